@@ -1,0 +1,3 @@
+from tcpceiling.cli import main
+
+main()

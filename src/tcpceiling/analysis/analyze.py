@@ -1,0 +1,145 @@
+"""analyze: read the host once, evaluate every limit family for each scenario, and
+name the binding constraint (the smallest total ceiling) and its two runners-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import platform
+from dataclasses import replace
+from pathlib import Path
+
+from tcpceiling.analysis.context import Context, PathTuple, connection_cost
+from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult
+from tcpceiling.analysis.registry import FAMILIES
+from tcpceiling.errors import InputError
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host import read, route, sockets
+from tcpceiling.host.cgroups import read_cgroup
+from tcpceiling.host.roots import Roots
+
+Route = tuple[str | None, bool]  # (source the kernel picks, destination is local)
+
+
+def _route(host: str, port: int, live: bool) -> Route:
+    if live:
+        return route.source_for(host, port), route.is_local(host)
+    return None, ipaddress.ip_address(host).is_loopback
+
+
+def read_snapshot(
+    roots: Roots,
+    pid: str = "self",
+    netns: str | None = None,
+    destinations: tuple[Endpoint, ...] = (),
+) -> tuple[read.HostSnapshot, dict[Endpoint, Route]]:
+    """Read process, system and cgroup values here, per-netns values inside `netns`."""
+    if pid != "self" and not (roots.procfs / pid).is_dir():
+        raise InputError(f"no process {pid} under {roots.procfs}")
+    process = read.read_process(roots, pid)
+    system = read.read_system(roots)
+    cgroup = read_cgroup(roots, process)
+    with netns_mod.inside(netns):
+        net = read.read_net(roots)
+        table = sockets.read_live() if roots.live else sockets.read_fixture(roots.procfs.parent)
+        routes = {d: _route(d.host, d.port, roots.live) for d in destinations}
+    snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns)
+    return snap, routes
+
+
+def _tuples(scenario: Scenario, routes: dict[Endpoint, Route]) -> tuple[PathTuple, ...]:
+    if scenario.role != "client":
+        return ()
+    if scenario.sources:
+        return tuple(itertools.product(scenario.sources, scenario.connect))
+    return tuple((routes.get(d, (None, False))[0], d) for d in scenario.connect)
+
+
+def _summary(role: str, ceiling: int | None, binding: str | None, scenario: Scenario) -> str:
+    if ceiling is None:
+        return f"no limit found for a {role}"
+    where = ""
+    if role == "client":
+        where = " to " + ", ".join(str(d) for d in scenario.connect)
+    return (
+        f"this host can hold about {ceiling:,} connections as a {role}{where}; "
+        f"the first limit reached is {binding}"
+    )
+
+
+def evaluate(
+    snap: read.HostSnapshot, scenario: Scenario, routes: dict[Endpoint, Route] | None = None
+) -> ScenarioResult:
+    """Pure given a snapshot: one Constraint per limit and the verdict."""
+    routes = routes or {}
+    local = (
+        scenario.role == "client"
+        and bool(scenario.connect)
+        and all(routes.get(d, (None, False))[1] for d in scenario.connect)
+    )
+    ctx = Context(
+        snap, scenario, _tuples(scenario, routes), local, connection_cost(snap, scenario, local)
+    )
+    constraints = tuple(c for _, family in FAMILIES for c in family(ctx))
+    ranked = sorted(
+        (c for c in constraints if c.kind == "total" and c.ceiling is not None),
+        key=lambda c: c.ceiling or 0,
+    )
+    binding = ranked[0] if ranked else None
+    ceiling = binding.ceiling if binding else None
+    bid = binding.id if binding else None
+    return ScenarioResult(
+        role=scenario.role,
+        ceiling=ceiling,
+        binding=bid,
+        runners_up=tuple(c.id for c in ranked[1:3]),
+        summary=_summary(scenario.role, ceiling, bid, scenario),
+        scenario=scenario,
+        constraints=constraints,
+    )
+
+
+def _host_info(snap: read.HostSnapshot) -> dict[str, object]:
+    live = snap.roots.live
+    return {
+        "kernel": platform.release() if live else None,
+        "procfs": str(snap.roots.procfs),
+        "pid": snap.process.pid if snap.process.pid != "self" else (os.getpid() if live else None),
+        "netns": snap.netns,
+        "uid": snap.process.status.uid,
+        "mem_total": snap.system.meminfo.mem_total,
+        "sockets_source": snap.sockets.source,
+    }
+
+
+def analyze(
+    scenarios: list[Scenario],
+    roots: Roots | None = None,
+    pid: str = "self",
+    netns: str | None = None,
+) -> Analysis:
+    """Read the host (or the fixture tree behind `roots`) and evaluate each scenario."""
+    roots = roots or Roots()
+    dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
+    snap, routes = read_snapshot(roots, pid, netns, dests)
+    results = tuple(evaluate(snap, s, routes) for s in scenarios)
+    return Analysis(scenarios=results, host=_host_info(snap))
+
+
+def load_measured_cost(path: Path) -> float:
+    """per_connection.kernel_bytes from a previous `probe --json` result."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return float(data["per_connection"]["kernel_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--cost-from {path}: no per_connection.kernel_bytes ({exc})") from exc
+
+
+def with_measured_cost(scenarios: list[Scenario], path: Path | None) -> list[Scenario]:
+    if path is None:
+        return scenarios
+    cost = load_measured_cost(path)
+    return [replace(s, measured_kernel_bytes=cost) for s in scenarios]

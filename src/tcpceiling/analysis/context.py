@@ -1,0 +1,93 @@
+"""Everything a limit family needs: the snapshot, the scenario, and what follows from
+them (the (source, destination) tuples, whether the peer is local, the cost of one
+connection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpceiling.analysis import costs
+from tcpceiling.analysis.model import Endpoint, Scenario
+from tcpceiling.host.read import HostSnapshot
+
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+
+PathTuple = tuple[str | None, Endpoint]  # (source IP or None: kernel's choice, destination)
+
+
+@dataclass(frozen=True)
+class Context:
+    snap: HostSnapshot
+    scenario: Scenario
+    tuples: tuple[PathTuple, ...]
+    peer_local: bool
+    cost: costs.ConnectionCost
+
+    @property
+    def sockets_here(self) -> int:
+        """Sockets on this host per connection: both ends when the peer is local."""
+        return 2 if self.peer_local else 1
+
+    @property
+    def is_admin(self) -> bool:
+        return self.snap.process.status.has_cap(CAP_SYS_ADMIN)
+
+    @property
+    def can_raise_hard(self) -> bool:
+        return self.snap.process.status.has_cap(CAP_SYS_RESOURCE)
+
+    def sysctl(self, assignment: str) -> str:
+        """A sysctl command, run inside the analysed namespace when there is one."""
+        cmd = f"sysctl -w {assignment}"
+        return f"ip netns exec {self.snap.netns} {cmd}" if self.snap.netns else cmd
+
+    def proc(self, rel: str) -> str:
+        """The file a value came from, as a path under the procfs root."""
+        return str(self.snap.roots.procfs / rel)
+
+
+def connection_cost(
+    snap: HostSnapshot, scenario: Scenario, peer_local: bool
+) -> costs.ConnectionCost:
+    """Kernel + user bytes of one connection for this scenario (see tcpceiling.analysis.costs)."""
+    slabs = snap.system.slabs
+    sockets = 2 if peer_local else 1
+    ipv6 = any(":" in e.host for e in (*scenario.connect, *scenario.listen))
+    items: list[costs.CostItem] = []
+    if scenario.measured_kernel_bytes is not None:
+        items.append(costs.measured(scenario.measured_kernel_bytes, sockets))
+    else:
+        sock = costs.idle_socket(slabs, ipv6)
+        items.append(costs.CostItem(sock.name, sock.bytes, sockets, sock.source))
+        items.append(
+            costs.CostItem(
+                "fd table slot",
+                costs.FD_TABLE_BYTES,
+                sockets,
+                "8 B pointer + bitmaps (≈13 B measured)",
+            )
+        )
+        if scenario.io_model == "epoll":
+            ep = costs.epoll_item(slabs)
+            items.append(costs.CostItem(ep.name, ep.bytes, sockets, ep.source))
+        if scenario.role == "client":
+            items.append(costs.port_bucket(slabs))
+    if scenario.io_model == "threads":
+        items.append(
+            costs.CostItem(
+                "thread per connection",
+                costs.PYTHON_THREAD_BYTES,
+                1,
+                "Python thread, measured ≈44 KB (shared brief §4)",
+            )
+        )
+    if scenario.buffered_bytes:
+        items.append(costs.buffered(scenario.buffered_bytes))
+    if scenario.app_bytes_per_conn:
+        items.append(
+            costs.CostItem(
+                "app bytes", float(scenario.app_bytes_per_conn), 1, "--app-bytes-per-conn"
+            )
+        )
+    return costs.ConnectionCost(tuple(items))

@@ -1,0 +1,116 @@
+"""What one connection costs in kernel and user memory.
+
+The idle-socket figure is built from this kernel's own slab geometry
+(/sys/kernel/slab/NAME: order and objs_per_slab give the bytes each object really
+takes, slab packing included), as measured in the shared brief §3.1: TCP 2,521 +
+sock_inode_cache 862 + filp 195 + dentry 195 + LSM blobs 56 = 3,829 B, against
+3,800 B measured. Fallbacks are those measured numbers, for kernels where a cache
+cannot be read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tcpceiling.host.parse import SlabCache
+
+PAGE = 4096
+
+#: Measured on Linux 6.18 (shared brief §3.1, §4); used when a slab cannot be read.
+FALLBACK_SLAB_BYTES = {
+    "TCP": 2521.0,
+    "TCPv6": 2521.0,
+    "sock_inode_cache": 862.0,
+    "filp": 195.0,
+    "dentry": 195.0,
+    "lsm_inode_cache": 32.0,
+    "lsm_file_cache": 24.0,
+    "eventpoll_epi": 128.0,
+    "eventpoll_pwq": 64.0,
+    "tcp_bind_bucket": 128.0,
+    "tcp_bind2_bucket": 128.0,
+}
+#: ep_head, a 16-byte kmalloc per watched file (fs/eventpoll.c, attach_epitem).
+EPOLL_HEAD_BYTES = 16.0
+#: fd table slot: an 8-byte pointer plus bitmap bits, grown in powers of two (≈13 measured).
+FD_TABLE_BYTES = 13.0
+#: One blocked Python threading.Thread: kernel stack 16 KiB, task_struct and VMAs,
+#: page tables and 16 KiB RSS; MemFree fell ≈44 KB per thread (shared brief §4).
+PYTHON_THREAD_BYTES = 44_000.0
+
+SOCKET_PARTS = ("sock_inode_cache", "filp", "dentry", "lsm_inode_cache", "lsm_file_cache")
+
+
+@dataclass(frozen=True)
+class CostItem:
+    name: str
+    bytes: float
+    count: float
+    source: str
+
+    @property
+    def total(self) -> float:
+        return self.bytes * self.count
+
+
+@dataclass(frozen=True)
+class ConnectionCost:
+    items: tuple[CostItem, ...]
+
+    @property
+    def kernel_bytes(self) -> float:
+        return sum(i.total for i in self.items if not i.name.startswith("app"))
+
+    @property
+    def total(self) -> float:
+        return sum(i.total for i in self.items)
+
+
+def slab_bytes(slabs: dict[str, SlabCache], name: str) -> tuple[float, str]:
+    """Effective bytes of one object of cache `name`, and where the figure came from."""
+    cache = slabs.get(name)
+    if cache is not None:
+        return (
+            cache.effective_size,
+            f"slab {name}: {cache.pages_per_slab} pages / {cache.objs_per_slab} objects",
+        )
+    return FALLBACK_SLAB_BYTES[name], f"{name}: measured on 6.18 (shared brief §3.1)"
+
+
+def idle_socket(slabs: dict[str, SlabCache], ipv6: bool) -> CostItem:
+    """One idle TCP socket: tcp_sock, socket inode, file, dentry, LSM blobs."""
+    parts = ["TCPv6" if ipv6 else "TCP", *SOCKET_PARTS]
+    total = sum(slab_bytes(slabs, p)[0] for p in parts)
+    src = "sum of slab object sizes: " + " + ".join(parts)
+    return CostItem("idle socket", total, 1, src)
+
+
+def epoll_item(slabs: dict[str, SlabCache]) -> CostItem:
+    """epitem + eppoll_entry + ep_head for one registered fd (shared brief §3.1)."""
+    total = slab_bytes(slabs, "eventpoll_epi")[0] + slab_bytes(slabs, "eventpoll_pwq")[0]
+    return CostItem(
+        "epoll watch", total + EPOLL_HEAD_BYTES, 1, "eventpoll_epi + eventpoll_pwq + 16"
+    )
+
+
+def port_bucket(slabs: dict[str, SlabCache]) -> CostItem:
+    """tcp_bind_bucket + tcp_bind2_bucket of a client's local port."""
+    total = slab_bytes(slabs, "tcp_bind_bucket")[0] + slab_bytes(slabs, "tcp_bind2_bucket")[0]
+    return CostItem("client port buckets", total, 1, "tcp_bind_bucket + tcp_bind2_bucket")
+
+
+def buffered(nbytes: int) -> CostItem:
+    """Queued data is charged in whole pages (sk_forward_alloc; shared brief §3.2)."""
+    pages = math.ceil(nbytes / PAGE) if nbytes > 0 else 0
+    return CostItem(
+        "buffered data (page-rounded)",
+        float(pages * PAGE),
+        1,
+        "--buffered-bytes rounded up to pages",
+    )
+
+
+def measured(kernel_bytes: float, sockets: int) -> CostItem:
+    """A probe's measured kernel bytes per loopback connection (both ends), scaled."""
+    return CostItem("measured kernel cost", kernel_bytes / 2, sockets, "--cost-from probe result")

@@ -1,0 +1,102 @@
+"""Memory: MemAvailable, the cgroup's memory limit, and tcp_mem (shared brief §3).
+
+Idle sockets cost slab memory only (≈3.8 KB each) and charge nothing to tcp_mem;
+a socket holding data charges at least one page to tcp_mem, whose third value is
+the hard limit in pages (ip-sysctl.rst, tcp(7); __sk_mem_raise_allocated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tcpceiling.analysis import costs
+from tcpceiling.analysis.context import Context
+from tcpceiling.analysis.limits import fit
+from tcpceiling.analysis.model import Constraint
+
+
+def _breakdown(ctx: Context) -> list[dict[str, object]]:
+    return [
+        {"item": i.name, "bytes": round(i.bytes, 1), "count": i.count, "source": i.source}
+        for i in ctx.cost.items
+    ]
+
+
+def memory(ctx: Context) -> Constraint:
+    mem = ctx.snap.system.meminfo
+    per = ctx.cost.total
+    return Constraint(
+        id="memory",
+        capacity_unit="bytes",
+        capacity=mem.mem_available,
+        in_use=mem.mem_total - mem.mem_available,
+        per_connection=round(per, 1),
+        ceiling=fit(mem.mem_available, 0, per),
+        symptom="OOM killer; socket(): ENFILE 'no more sockets' when slab allocation fails",
+        raise_="add RAM; keep connections idle (data in flight costs pages); smaller buffers "
+        "(tcp_rmem/tcp_wmem max)",
+        source=f"{ctx.proc('meminfo')} MemAvailable; per-connection cost from slab geometry",
+        note=f"MemAvailable / {per:.0f} B per connection",
+        details={
+            "per_connection_breakdown": _breakdown(ctx),
+            "kernel_bytes_per_connection": round(ctx.cost.kernel_bytes, 1),
+        },
+    )
+
+
+def cgroup_memory(ctx: Context) -> Constraint:
+    cg = ctx.snap.cgroup
+    base = Constraint(
+        id="cgroup_memory",
+        capacity_unit="bytes",
+        capacity=cg.memory_limit,
+        in_use=cg.memory_usage,
+        per_connection=round(ctx.cost.total, 1),
+        ceiling=None,
+        symptom="memcg OOM kill; socket buffers suppressed like tcp_mem",
+        raise_=(
+            "echo BYTES > memory.max (v2) / memory.limit_in_bytes (v1) of "
+            f"{cg.memory_path or 'the cgroup'}; docker --memory, systemd MemoryMax="
+        ),
+        source=f"cgroup v{cg.version} memory {cg.memory_path}" if cg.version else "no cgroup",
+        details={"version": cg.version, "path": cg.memory_path},
+    )
+    if cg.memory_limit is None:
+        return replace(base, note="no memory limit on this cgroup or its ancestors")
+    ceiling = fit(cg.memory_limit, cg.memory_usage or 0, ctx.cost.total)
+    return replace(
+        base, ceiling=ceiling, note=f"(limit - usage) / {ctx.cost.total:.0f} B per connection"
+    )
+
+
+def tcp_mem(ctx: Context) -> Constraint:
+    high = ctx.snap.system.tcp_mem[2]
+    used = ctx.snap.net.sockstat.mem_pages
+    nbytes = ctx.scenario.buffered_bytes
+    doubled = " ".join(str(v * 2) for v in ctx.snap.system.tcp_mem)
+    base = Constraint(
+        id="tcp_mem",
+        capacity_unit="pages",
+        capacity=high,
+        in_use=used,
+        per_connection=0,
+        ceiling=None,
+        unit="pages",
+        symptom="above pressure buffers shrink (TCPMemoryPressures); above high sends block, "
+        "receives drop (TCPRcvQDrop), orphans reset 'out of memory -- consider tuning tcp_mem'",
+        raise_=f"sysctl -w net.ipv4.tcp_mem='{doubled}' (global, pages)",
+        source=f"{ctx.proc('sys/net/ipv4/tcp_mem')} [2], {ctx.proc('net/sockstat')} mem",
+    )
+    if nbytes <= 0:
+        return replace(base, note="idle sockets charge nothing to tcp_mem (give --buffered-bytes)")
+    pages = costs.buffered(nbytes).bytes / costs.PAGE
+    return replace(
+        base,
+        per_connection=pages,
+        ceiling=fit(high, used, pages),
+        note=f"{pages:.0f} page(s) per connection with {nbytes} B queued",
+    )
+
+
+def evaluate(ctx: Context) -> list[Constraint]:
+    return [memory(ctx), cgroup_memory(ctx), tcp_mem(ctx)]

@@ -1,0 +1,119 @@
+"""The data of an analysis: scenario in, constraints and a verdict out."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tcpceiling.errors import InputError
+
+Role = Literal["server", "client"]
+IoModel = Literal["epoll", "threads"]
+Kind = Literal["total", "burst", "rate"]
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, default_host: str | None = None) -> Endpoint:
+    """ "HOST:PORT", "[v6]:PORT" or, with default_host, a bare ":PORT"/"PORT"."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep and default_host is not None:
+        host, port = default_host, text.strip()
+    host = host.strip("[]") or (default_host or "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"bad endpoint {text!r}: expected HOST:PORT with a port 1-65535")
+    return Endpoint(host, int(port))
+
+
+def expand_sources(items: tuple[str, ...], limit: int = 65536) -> tuple[str, ...]:
+    """Source IPs from addresses and CIDRs (a /24 gives its 254 hosts)."""
+    out: list[str] = []
+    for item in items:
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise InputError(f"bad --source-ip {item!r}: {exc}") from exc
+        hosts = [net.network_address] if net.num_addresses == 1 else list(net.hosts())
+        out.extend(str(h) for h in hosts[: max(0, limit - len(out))])
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the workload is: role, endpoints, I/O model, processes, traffic."""
+
+    role: Role
+    connect: tuple[Endpoint, ...] = ()
+    sources: tuple[str, ...] = ()
+    listen: tuple[Endpoint, ...] = ()
+    clients: int | None = None
+    io_model: IoModel = "epoll"
+    processes: int = 1
+    buffered_bytes: int = 0
+    app_bytes_per_conn: int = 0
+    backlog: int | None = None
+    churn_per_s: float = 0.0
+    measured_kernel_bytes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise InputError("--processes must be at least 1")
+        if self.buffered_bytes < 0 or self.app_bytes_per_conn < 0:
+            raise InputError("byte counts must not be negative")
+        if self.clients is not None and self.clients < 1:
+            raise InputError("--clients must be at least 1")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One limit as it applies to a scenario.
+
+    ceiling is the number of connections this limit allows (None: it does not bind
+    here, `note` says why); kind "burst" and "rate" constraints are reported apart
+    from the total (a backlog caps a burst, TIME_WAIT a churn rate).
+    """
+
+    id: str
+    capacity: float | None
+    in_use: float | None
+    per_connection: float | None
+    ceiling: int | None
+    symptom: str
+    raise_: str
+    source: str
+    kind: Kind = "total"
+    unit: str = "connections"
+    capacity_unit: str = "connections"
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    role: Role
+    ceiling: int | None
+    binding: str | None
+    runners_up: tuple[str, ...]
+    summary: str
+    scenario: Scenario
+    constraints: tuple[Constraint, ...]
+
+    def constraint(self, cid: str) -> Constraint:
+        for c in self.constraints:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    scenarios: tuple[ScenarioResult, ...]
+    host: dict[str, Any]

@@ -1,0 +1,37 @@
+"""The explicit list of limit families analyze evaluates, in report order.
+Adding a family means adding its module here; nothing is discovered by scanning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tcpceiling.analysis.context import Context
+from tcpceiling.analysis.limits import conntrack, fds, memory, ports, queues, tasks
+from tcpceiling.analysis.model import Constraint
+
+Family = Callable[[Context], list[Constraint]]
+
+FAMILIES: tuple[tuple[str, Family], ...] = (
+    ("ports", ports.evaluate),
+    ("fds", fds.evaluate),
+    ("memory", memory.evaluate),
+    ("tasks", tasks.evaluate),
+    ("queues", queues.evaluate),
+    ("conntrack", conntrack.evaluate),
+)
+
+#: Every constraint id a family can report (probe stop reasons map onto these).
+CONSTRAINT_IDS = (
+    "ports",
+    "time_wait",
+    "nofile",
+    "file_max",
+    "epoll_watches",
+    "memory",
+    "cgroup_memory",
+    "tcp_mem",
+    "threads",
+    "cgroup_pids",
+    "backlog",
+    "conntrack",
+)

@@ -1,0 +1,201 @@
+"""Command line: parses arguments, calls the library, renders. No logic lives here.
+
+Exit codes: 0 success (probe: target reached), 1 a limit or guard stopped a probe,
+2 bad input, 3 the host could not be read.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+from rich.console import Console
+
+from tcpceiling import __version__, results
+from tcpceiling.analysis.analyze import analyze, with_measured_cost
+from tcpceiling.analysis.model import Endpoint, Role, Scenario, expand_sources, parse_endpoint
+from tcpceiling.errors import InputError, ParseError
+from tcpceiling.host.roots import Roots
+from tcpceiling.report.analysis import render_analysis
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_LIMIT, EXIT_USAGE, EXIT_HOST = 0, 1, 2, 3
+#: A documentation address (RFC 5737) standing for "one remote ip:port" when the
+#: user gives no --connect; nothing is ever sent to it.
+DEFAULT_REMOTE = Endpoint("192.0.2.1", 443)
+
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"tcpceiling: error: {message}", err=True)
+    sys.exit(code)
+
+
+def errors_to_exit(fn: F) -> F:
+    """Bad input -> one line and exit 2; unreadable host -> exit 3."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except ParseError as exc:
+            fail(f"cannot read the host: {exc}", EXIT_HOST)
+        except FileNotFoundError as exc:
+            fail(f"cannot read the host: {exc}", EXIT_HOST)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def roots_options(fn: F) -> F:
+    """--procfs/--sysfs/--cgroupfs: point every reader at another tree (e.g. a fixture)."""
+    fn = click.option(
+        "--cgroupfs",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="cgroup mount (default SYSFS/fs/cgroup).",
+    )(fn)
+    fn = click.option(
+        "--sysfs", type=click.Path(path_type=Path), default=Path("/sys"), show_default=True
+    )(fn)
+    return click.option(
+        "--procfs", type=click.Path(path_type=Path), default=Path("/proc"), show_default=True
+    )(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__)
+def main() -> None:
+    """How many TCP connections can this machine hold, and what stops it?"""
+
+
+def build_scenarios(
+    role: str,
+    connect: tuple[str, ...],
+    source_ip: tuple[str, ...],
+    listen: tuple[str, ...],
+    **common: Any,
+) -> list[Scenario]:
+    """One Scenario per role asked for ('both' gives server then client)."""
+    dests = tuple(parse_endpoint(c) for c in connect)
+    listens = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
+    sources = expand_sources(source_ip)
+    roles: list[Role] = ["server", "client"] if role == "both" else [cast(Role, role)]
+    return [
+        Scenario(
+            role=r,
+            connect=(dests or (DEFAULT_REMOTE,)) if r == "client" else (),
+            sources=sources if r == "client" else (),
+            listen=listens if r == "server" else (),
+            **common,
+        )
+        for r in roles
+    ]
+
+
+@main.command("analyze")
+@click.option(
+    "--role", type=click.Choice(["server", "client", "both"]), default="both", show_default=True
+)
+@click.option(
+    "--connect",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Client destination (repeatable). Default: one remote ip:port.",
+)
+@click.option(
+    "--source-ip",
+    multiple=True,
+    metavar="IP|CIDR",
+    help="Client source address or CIDR (repeatable). Default: the kernel's pick.",
+)
+@click.option("--listen", multiple=True, metavar="IP:PORT", help="Server listen endpoint.")
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Server: distinct client IPs expected (bounds the port term).",
+)
+@click.option(
+    "--io-model", type=click.Choice(["epoll", "threads"]), default="epoll", show_default=True
+)
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--idle", "idle", is_flag=True, default=True, help="Connections hold no data.")
+@click.option(
+    "--buffered-bytes",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Bytes queued per connection (makes tcp_mem count).",
+)
+@click.option("--app-bytes-per-conn", type=click.IntRange(min=0), default=0)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The server's listen() backlog (default: as somaxconn allows).",
+)
+@click.option(
+    "--churn",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Connections closed per second (TIME_WAIT).",
+)
+@click.option("--pid", default=None, help="Analyse this process's limits and fds.")
+@click.option("--netns", default=None, help="Read per-netns values inside this namespace.")
+@click.option(
+    "--cost-from",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Use the kernel cost per connection measured by `probe --json`.",
+)
+@roots_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@errors_to_exit
+def analyze_cmd(
+    role: str,
+    connect: tuple[str, ...],
+    source_ip: tuple[str, ...],
+    listen: tuple[str, ...],
+    clients: int | None,
+    io_model: str,
+    processes: int,
+    idle: bool,
+    buffered_bytes: int,
+    app_bytes_per_conn: int,
+    backlog: int | None,
+    churn: float,
+    pid: str | None,
+    netns: str | None,
+    cost_from: Path | None,
+    procfs: Path,
+    sysfs: Path,
+    cgroupfs: Path | None,
+    as_json: bool,
+) -> None:
+    """Predict the connection ceiling from every limit on this machine."""
+    scenarios = build_scenarios(
+        role,
+        connect,
+        source_ip,
+        listen,
+        clients=clients,
+        io_model=io_model,
+        processes=processes,
+        buffered_bytes=buffered_bytes,
+        app_bytes_per_conn=app_bytes_per_conn,
+        backlog=backlog,
+        churn_per_s=churn,
+    )
+    scenarios = with_measured_cost(scenarios, cost_from)
+    result = analyze(scenarios, Roots(procfs, sysfs, cgroupfs), pid or "self", netns)
+    if as_json:
+        click.echo(results.dumps(result))
+    else:
+        render_analysis(result, stderr)

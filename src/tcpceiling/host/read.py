@@ -1,0 +1,203 @@
+"""Read a HostSnapshot from procfs, sysfs and cgroupfs rooted at a Roots.
+
+I/O only: every value goes through a pure parser in tcpceiling.host.parse.
+Per-network-namespace values (ip_local_port_range, somaxconn, sockstat, ...)
+are those of the namespace the calling thread is in when read_net() runs;
+see tcpceiling.host.netns for entering one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from tcpceiling.errors import ParseError
+from tcpceiling.host import parse
+from tcpceiling.host.roots import Roots
+from tcpceiling.host.sockets import SocketTable
+
+T = TypeVar("T")
+
+#: Slab caches whose geometry sets the kernel cost of one socket (shared brief §3.1).
+SOCKET_SLABS = (
+    "TCP",
+    "TCPv6",
+    "sock_inode_cache",
+    "filp",
+    "dentry",
+    "lsm_inode_cache",
+    "lsm_file_cache",
+    "eventpoll_epi",
+    "eventpoll_pwq",
+    "tcp_bind_bucket",
+    "tcp_bind2_bucket",
+    "tw_sock_TCP",
+    "request_sock_TCP",
+)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A value and the file it came from (the file is cited in every constraint)."""
+
+    value: object
+    source: str
+
+
+@dataclass(frozen=True)
+class ProcessView:
+    """The process whose limits the workload lives under (/proc/PID)."""
+
+    pid: str
+    limits: parse.Limits
+    status: parse.ProcStatus
+    open_fds: int
+    map_count: int
+    cgroups: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NetView:
+    """Per-network-namespace sysctls and counters (shared brief §1.3)."""
+
+    port_range: tuple[int, int]
+    reserved_ports: frozenset[int]
+    somaxconn: int
+    tw_reuse: int
+    max_tw_buckets: int
+    sockstat: parse.Sockstat
+    conntrack_max: int | None
+    conntrack_count: int | None
+
+
+@dataclass(frozen=True)
+class SystemView:
+    """Machine-wide values: memory, file table, tasks, slab geometry, tcp_mem."""
+
+    meminfo: parse.Meminfo
+    file_nr: parse.FileNr
+    nr_open: int
+    epoll_max_user_watches: int | None
+    threads_max: int
+    pid_max: int
+    max_map_count: int
+    tasks: int
+    tcp_mem: tuple[int, ...]
+    slabs: dict[str, parse.SlabCache]
+
+
+@dataclass(frozen=True)
+class CgroupView:
+    """Effective cgroup limits (minimum over the ancestors) for memory and pids."""
+
+    version: int
+    memory_limit: int | None
+    memory_usage: int | None
+    pids_max: int | None
+    pids_current: int | None
+    memory_path: str = ""
+    pids_path: str = ""
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """Everything analyze needs, read at one moment."""
+
+    process: ProcessView
+    net: NetView
+    system: SystemView
+    cgroup: CgroupView
+    sockets: SocketTable
+    roots: Roots = field(default_factory=Roots)
+    netns: str | None = None
+
+
+def read_text(path: Path) -> str:
+    return path.read_text()
+
+
+def _read(path: Path, parser: Callable[[str], T]) -> T:
+    """Parse one file, naming the file in any parse error."""
+    try:
+        return parser(path.read_text())
+    except ParseError as exc:
+        raise ParseError(f"{path}: {exc}") from exc
+
+
+def _read_opt(path: Path, parser: Callable[[str], T]) -> T | None:
+    try:
+        return _read(path, parser)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def read_process(roots: Roots, pid: str = "self") -> ProcessView:
+    """/proc/PID/{limits,status,fd,maps,cgroup}."""
+    base = roots.procfs / pid
+    maps = _read_opt(base / "maps", lambda t: t.count("\n")) or 0
+    return ProcessView(
+        pid=pid,
+        limits=_read(base / "limits", parse.parse_limits),
+        status=_read(base / "status", parse.parse_status),
+        open_fds=len(os.listdir(base / "fd")),
+        map_count=maps,
+        cgroups=_read_opt(base / "cgroup", parse.parse_proc_cgroup) or {},
+    )
+
+
+def read_net(roots: Roots) -> NetView:
+    """Per-netns values under /proc/sys/net and /proc/net (of the calling thread's netns)."""
+    ipv4 = roots.procfs / "sys" / "net" / "ipv4"
+    nf = roots.procfs / "sys" / "net" / "netfilter"
+    return NetView(
+        port_range=_read(ipv4 / "ip_local_port_range", parse.parse_port_range),
+        reserved_ports=_read_opt(ipv4 / "ip_local_reserved_ports", parse.parse_port_list)
+        or frozenset(),
+        somaxconn=_read(roots.procfs / "sys" / "net" / "core" / "somaxconn", parse.parse_int),
+        tw_reuse=_read_opt(ipv4 / "tcp_tw_reuse", parse.parse_int) or 0,
+        max_tw_buckets=_read(ipv4 / "tcp_max_tw_buckets", parse.parse_int),
+        sockstat=_read(roots.procfs / "net" / "sockstat", parse.parse_sockstat),
+        conntrack_max=_read_opt(nf / "nf_conntrack_max", parse.parse_int),
+        conntrack_count=_read_opt(nf / "nf_conntrack_count", parse.parse_int),
+    )
+
+
+def read_slabs(roots: Roots) -> dict[str, parse.SlabCache]:
+    """Geometry of SOCKET_SLABS from /sys/kernel/slab/NAME (root-readable), else slabinfo."""
+    out: dict[str, parse.SlabCache] = {}
+    base = roots.sysfs / "kernel" / "slab"
+    for name in SOCKET_SLABS:
+        d = base / name
+        order = _read_opt(d / "order", parse.parse_int)
+        per = _read_opt(d / "objs_per_slab", parse.parse_int)
+        size = _read_opt(d / "slab_size", parse.parse_int)
+        if order is not None and per and size:
+            out[name] = parse.SlabCache(name, size, per, 1 << order)
+    if len(out) < len(SOCKET_SLABS):
+        info = _read_opt(roots.procfs / "slabinfo", parse.parse_slabinfo) or {}
+        for name in SOCKET_SLABS:
+            if name not in out and name in info and info[name].objs_per_slab:
+                out[name] = info[name]
+    return out
+
+
+def read_system(roots: Roots) -> SystemView:
+    """Global values: meminfo, fs.*, kernel.*, vm.max_map_count, tcp_mem, slab geometry."""
+    sys_ = roots.procfs / "sys"
+    return SystemView(
+        meminfo=_read(roots.procfs / "meminfo", parse.parse_meminfo),
+        file_nr=_read(sys_ / "fs" / "file-nr", parse.parse_file_nr),
+        nr_open=_read(sys_ / "fs" / "nr_open", parse.parse_int),
+        epoll_max_user_watches=_read_opt(
+            sys_ / "fs" / "epoll" / "max_user_watches", parse.parse_int
+        ),
+        threads_max=_read(sys_ / "kernel" / "threads-max", parse.parse_int),
+        pid_max=_read(sys_ / "kernel" / "pid_max", parse.parse_int),
+        max_map_count=_read(sys_ / "vm" / "max_map_count", parse.parse_int),
+        tasks=_read(roots.procfs / "loadavg", parse.parse_loadavg_tasks),
+        tcp_mem=_read(sys_ / "net" / "ipv4" / "tcp_mem", lambda t: parse.parse_ints(t, 3)),
+        slabs=read_slabs(roots),
+    )

@@ -1,0 +1,1 @@
+"""Rendering results for people (rich tables on stderr/terminal); JSON is results.to_data."""
