@@ -199,3 +199,19 @@ def analyze_cmd(
         click.echo(results.dumps(result))
     else:
         render_analysis(result, stderr)
+
+
+@main.command("snapshot")
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--pid", default="self", help="Process whose limits and fds to copy.")
+@click.option("--netns", default=None, help="Copy per-netns values from this namespace.")
+@errors_to_exit
+def snapshot_cmd(out: Path, pid: str, netns: str | None) -> None:
+    """Copy every file analyze reads into OUT (read back with --procfs OUT/proc --sysfs OUT/sys)."""
+    from tcpceiling.host import capture, sockets
+    from tcpceiling.host import netns as netns_mod
+
+    with netns_mod.inside(netns):
+        entries = sockets.live_entries()
+    capture.capture(out, pid=pid, sockets=entries)
+    stderr.print(f"wrote {out}; analyze it with --procfs {out}/proc --sysfs {out}/sys")

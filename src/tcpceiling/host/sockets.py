@@ -104,10 +104,14 @@ def _diag_entries(family: socket.AddressFamily) -> list[SocketEntry]:
     return out
 
 
+def live_entries() -> list[SocketEntry]:
+    """All TCP sockets (IPv4 and IPv6) of the calling thread's netns, via sock_diag."""
+    return _diag_entries(socket.AF_INET) + _diag_entries(socket.AF_INET6)
+
+
 def read_live() -> SocketTable:
-    """All TCP sockets of the calling thread's network namespace, via sock_diag."""
-    entries = _diag_entries(socket.AF_INET) + _diag_entries(socket.AF_INET6)
-    return SocketTable.from_entries(entries, "netlink sock_diag (NETLINK_INET_DIAG)")
+    """The summarised socket table of the calling thread's network namespace."""
+    return SocketTable.from_entries(live_entries(), "netlink sock_diag (NETLINK_INET_DIAG)")
 
 
 def parse_sockets_json(text: str) -> list[SocketEntry]:

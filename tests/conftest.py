@@ -1,0 +1,57 @@
+"""Shared test helpers: root/netns skips, throwaway network namespaces, the CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tcpceiling.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+IS_ROOT = os.geteuid() == 0
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates network namespaces")
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the tcpceiling CLI in-process; returns (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(main, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def cli_json(*args: str) -> Any:
+    code, out, err = run_cli(*args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def constraint(scenario: dict[str, Any], cid: str) -> dict[str, Any]:
+    return next(c for c in scenario["constraints"] if c["id"] == cid)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh named network namespace with loopback up, deleted afterwards."""
+    if not IS_ROOT:
+        pytest.skip("needs root: creates network namespaces")
+    name = f"tcx-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def netns_sysctl(name: str, key: str, value: str) -> None:
+    subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"{key}={value}"], check=True)
