@@ -147,6 +147,12 @@ def build_scenarios(
     default=0.0,
     help="Connections closed per second (TIME_WAIT).",
 )
+@click.option(
+    "--memory-floor",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Bytes of MemAvailable to keep free (as probe's guard does).",
+)
 @click.option("--pid", default=None, help="Analyse this process's limits and fds.")
 @click.option("--netns", default=None, help="Read per-netns values inside this namespace.")
 @click.option(
@@ -171,6 +177,7 @@ def analyze_cmd(
     app_bytes_per_conn: int,
     backlog: int | None,
     churn: float,
+    memory_floor: int,
     pid: str | None,
     netns: str | None,
     cost_from: Path | None,
@@ -192,6 +199,7 @@ def analyze_cmd(
         app_bytes_per_conn=app_bytes_per_conn,
         backlog=backlog,
         churn_per_s=churn,
+        memory_floor=memory_floor,
     )
     scenarios = with_measured_cost(scenarios, cost_from)
     result = analyze(scenarios, Roots(procfs, sysfs, cgroupfs), pid or "self", netns)
@@ -215,3 +223,134 @@ def snapshot_cmd(out: Path, pid: str, netns: str | None) -> None:
         entries = sockets.live_entries()
     capture.capture(out, pid=pid, sockets=entries)
     stderr.print(f"wrote {out}; analyze it with --procfs {out}/proc --sysfs {out}/sys")
+
+
+@main.command("probe")
+@click.option(
+    "--target",
+    default="100000",
+    show_default=True,
+    metavar="N|max",
+    help="Connections to open, or 'max' for until the first limit or guard.",
+)
+@click.option(
+    "--hold",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to hold the connections before releasing them.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Open exactly R connections per second (default: as fast as possible).",
+)
+@click.option(
+    "--source-ip",
+    multiple=True,
+    metavar="IP|CIDR",
+    help="Source addresses to rotate over (default: as many 127.0.0.x as needed).",
+)
+@click.option("--sink-ports", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--sink-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--isolate/--no-isolate",
+    default=None,
+    help="Run inside a private network namespace (default: on when root).",
+)
+@click.option(
+    "--sysctl",
+    "sysctls",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A net.* sysctl set inside the run's namespace only.",
+)
+@click.option(
+    "--memory-floor",
+    default=None,
+    metavar="BYTES",
+    help="Stop before MemAvailable falls below this (default max(1 GiB, 10%).",
+)
+@click.option("--max-duration", type=click.FloatRange(min=0), default=600.0, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many client worker processes.",
+)
+@click.option(
+    "--worker-nofile",
+    type=click.IntRange(min=16),
+    default=None,
+    help="RLIMIT_NOFILE of each client worker (default: its hard limit).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Client workers opening at the same time.",
+)
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
+@click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
+@errors_to_exit
+def probe_cmd(
+    target: str,
+    hold: float,
+    rate: float | None,
+    source_ip: tuple[str, ...],
+    sink_ports: int,
+    sink_host: str,
+    isolate: bool | None,
+    sysctls: tuple[str, ...],
+    memory_floor: str | None,
+    max_duration: float,
+    workers: int | None,
+    worker_nofile: int | None,
+    parallel: int,
+    connect_timeout: float,
+    as_json: bool,
+    json_lines: bool,
+) -> None:
+    """Prove the ceiling: open real connections to a built-in loopback sink."""
+    from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
+    from tcpceiling.probe.coordinator import run
+    from tcpceiling.report.probe import LiveProgress, render_probe
+
+    cfg = ProbeConfig(
+        target=parse_target(target),
+        hold=hold,
+        rate=rate,
+        sources=expand_sources(source_ip),
+        sink_ports=sink_ports,
+        sink_host=sink_host,
+        isolate=isolate,
+        sysctls=tuple(parse_sysctl(s) for s in sysctls),
+        memory_floor=parse_bytes(memory_floor) if memory_floor else None,
+        max_duration=max_duration,
+        workers=workers,
+        worker_nofile=worker_nofile,
+        parallel=parallel,
+        connect_timeout=connect_timeout,
+    )
+    cfg.check_environment()
+    with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
+        result = run(cfg, progress)
+    if as_json:
+        click.echo(results.dumps(result))
+    render_probe(result, stderr)
+    sys.exit(EXIT_OK if result.target_reached else EXIT_LIMIT)
+
+
+def parse_bytes(text: str) -> int:
+    """'1073741824', '512M', '1.5G' -> bytes (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError as exc:
+        raise InputError(f"bad byte count {text!r}: expected e.g. 1073741824, 512M, 1.5G") from exc

@@ -62,6 +62,7 @@ class Scenario:
     backlog: int | None = None
     churn_per_s: float = 0.0
     measured_kernel_bytes: float | None = None
+    memory_floor: int = 0
 
     def __post_init__(self) -> None:
         if self.processes < 1:

@@ -25,18 +25,21 @@ def _breakdown(ctx: Context) -> list[dict[str, object]]:
 def memory(ctx: Context) -> Constraint:
     mem = ctx.snap.system.meminfo
     per = ctx.cost.total
+    floor = ctx.scenario.memory_floor
     return Constraint(
         id="memory",
         capacity_unit="bytes",
         capacity=mem.mem_available,
         in_use=mem.mem_total - mem.mem_available,
         per_connection=round(per, 1),
-        ceiling=fit(mem.mem_available, 0, per),
+        ceiling=fit(mem.mem_available, floor, per),
         symptom="OOM killer; socket(): ENFILE 'no more sockets' when slab allocation fails",
         raise_="add RAM; keep connections idle (data in flight costs pages); smaller buffers "
         "(tcp_rmem/tcp_wmem max)",
         source=f"{ctx.proc('meminfo')} MemAvailable; per-connection cost from slab geometry",
-        note=f"MemAvailable / {per:.0f} B per connection",
+        note=f"(MemAvailable - floor {floor}) / {per:.0f} B per connection"
+        if floor
+        else f"MemAvailable / {per:.0f} B per connection",
         details={
             "per_connection_breakdown": _breakdown(ctx),
             "kernel_bytes_per_connection": round(ctx.cost.kernel_bytes, 1),

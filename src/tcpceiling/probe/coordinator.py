@@ -1,0 +1,427 @@
+"""The coordinator: plans shards, starts the sink and the client workers, watches the
+guards, stops, measures, releases, and leaves nothing behind.
+
+One process can hold at most RLIMIT_NOFILE fds (20000 here, hard limit fixed), so
+the run is sharded over forked client workers, started `parallel` at a time as the
+previous ones fill their share, and sink shards sharing the sink ports through
+SO_REUSEPORT, sized with 30 % headroom because the kernel spreads connections
+among them by hash.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+from tcpceiling.analysis.analyze import evaluate, read_snapshot
+from tcpceiling.analysis.model import Endpoint, Scenario
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.parse import RLimit
+from tcpceiling.host.read import HostSnapshot
+from tcpceiling.host.roots import Roots
+from tcpceiling.probe import errnos, isolate, measure
+from tcpceiling.probe.client import ClientPlan, run_client
+from tcpceiling.probe.config import GIB, ProbeConfig
+from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
+from tcpceiling.probe.result import Predicted, ProbeResult, Stop
+from tcpceiling.probe.sink import SinkPlan, run_sink
+
+FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
+SINK_HEADROOM = 1.3
+MAX_EXPECTED = 10_000_000
+Progress = Callable[[dict[str, Any]], None]
+
+
+def default_floor(mem_total: int) -> int:
+    """Keep max(1 GiB, 10 % of MemTotal) available (issue 3)."""
+    return max(GIB, mem_total // 10)
+
+
+@dataclass
+class Plan:
+    client_capacity: int
+    sink_capacity: int
+    expected: int
+    sink_shards: int
+    endpoints: tuple[Endpoint, ...]
+    sources: tuple[str, ...]
+    floor: int
+    snapshot: HostSnapshot
+    notes: list[str] = field(default_factory=list)
+
+
+def _sink_ports(port_range: tuple[int, int], count: int) -> list[int]:
+    """Listener ports outside the ephemeral range, so they take no port from clients."""
+    low, high = port_range
+    if low - count >= 1024:
+        return list(range(low - count, low))
+    return list(range(high + 1, high + 1 + count))
+
+
+def _default_sources(host: str, count: int) -> tuple[str, ...]:
+    if ":" in host:
+        return ()
+    first = int(ipaddress.IPv4Address("127.0.0.2"))
+    return tuple(str(ipaddress.IPv4Address(first + i)) for i in range(count))
+
+
+def _client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
+    return Scenario(
+        role="client",
+        connect=plan.endpoints,
+        sources=plan.sources,
+        processes=processes,
+        memory_floor=plan.floor,
+    )
+
+
+def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
+    """Read the host (per-netns values inside the run's namespace); size shards, ports
+    and sources. Called from the host namespace: tcp_mem and co. exist only there."""
+    snap, _ = read_snapshot(Roots(), netns=netns)
+    hard = snap.process.limits.nofile.hard or snap.system.nr_open
+    client_cap = (cfg.worker_nofile or hard) - FD_MARGIN
+    floor = (
+        cfg.memory_floor
+        if cfg.memory_floor is not None
+        else default_floor(snap.system.meminfo.mem_total)
+    )
+    ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
+    endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
+    plan = Plan(client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap)
+    workers = cfg.workers or 10_000
+    pred = evaluate(snap, _client_scenario(cfg, plan, workers))
+    # With default sources the port term is ours to size, so it does not cap the plan.
+    ceilings = [
+        c.ceiling
+        for c in pred.constraints
+        if c.kind == "total" and c.ceiling is not None and (cfg.sources or c.id != "ports")
+    ]
+    plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
+    if not cfg.sources:
+        usable = snap.net.port_range[1] - snap.net.port_range[0] + 1
+        n = max(1, math.ceil(2 * plan.expected / (len(endpoints) * usable)))
+        plan.sources = _default_sources(cfg.sink_host, n)
+    plan.sink_shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / plan.sink_capacity))
+    return plan
+
+
+class Run:
+    """One probe run; execute() returns the ProbeResult."""
+
+    def __init__(self, cfg: ProbeConfig, progress: Progress | None = None) -> None:
+        self.cfg = cfg
+        self.report = progress or (lambda _msg: None)
+        self.clients: list[Child] = []
+        self.sinks: list[Child] = []
+        self.state: dict[tuple[str, int], dict[str, Any]] = {}
+        self.assigned = 0
+        self.stop: Stop | None = None
+        self.interrupted = False
+        self.netns: str | None = None
+
+    # -- signals ---------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.interrupted = True
+
+    # -- children --------------------------------------------------------------------
+    def _pump(self) -> None:
+        for child in [*self.clients, *self.sinks]:
+            msgs, closed = read_messages(child)
+            for msg in msgs:
+                key = (child.role, child.index)
+                st = self.state.setdefault(key, {})
+                if msg.get("type") in ("start", "ready"):
+                    st["start_rss"] = msg.get("rss", 0)
+                st.update(msg)
+                if msg.get("type") == "crash" and self.stop is None:
+                    self.stop = Stop(
+                        "worker_died",
+                        detail=f"{child.role} worker {child.index} "
+                        f"(pid {child.pid}) crashed: {msg.get('error')}",
+                    )
+            if closed or reap(child):
+                self._check_dead(child)
+
+    def _check_dead(self, child: Child) -> None:
+        reap(child)
+        st = self.state.get((child.role, child.index), {})
+        if st.get("type") == "released" or (
+            self.stop is not None and self.stop.reason == "worker_died"
+        ):
+            return
+        if child.exit_status is None:
+            return
+        how = (
+            f"killed by signal {os.WTERMSIG(child.exit_status)}"
+            if os.WIFSIGNALED(child.exit_status)
+            else f"exit {child.exit_status}"
+        )
+        self.stop = Stop(
+            "worker_died", detail=f"{child.role} worker {child.index} (pid {child.pid}) {how}"
+        )
+
+    def _wait_for(self, children: list[Child], kind: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (self.interrupted and kind != "released"):
+            self._pump()
+            if all(
+                self.state.get((c.role, c.index), {}).get("type") in (kind, "released")
+                or c.exit_status is not None
+                for c in children
+            ):
+                return
+            time.sleep(0.02)
+
+    def start_sinks(self, plan: Plan) -> None:
+        eps = tuple((e.host, e.port) for e in plan.endpoints)
+        backlog = plan.snapshot.net.somaxconn
+        for i in range(plan.sink_shards):
+            sp = SinkPlan(index=i, endpoints=eps, backlog=backlog)
+            self.sinks.append(spawn("sink", i, partial(run_sink, sp)))
+        self._wait_for(self.sinks, "ready", 10)
+
+    def _spawn_client(self, plan: Plan) -> None:
+        remaining = (self.cfg.target or MAX_EXPECTED * 10) - self.assigned
+        share = min(plan.client_capacity, remaining)
+        index = len(self.clients)
+        tuples = tuple(
+            (s, e.host, e.port) for s in (plan.sources or (None,)) for e in plan.endpoints
+        )
+        offset = index * 7 % len(tuples)
+        cp = ClientPlan(
+            index=index,
+            share=share,
+            tuples=tuples[offset:] + tuples[:offset],
+            nofile=self.cfg.worker_nofile,
+            rate=self.cfg.rate,
+            connect_timeout=self.cfg.connect_timeout,
+            floor=plan.floor,
+        )
+        self.clients.append(spawn("client", index, partial(run_client, cp)))
+        self.assigned += share
+
+    # -- the opening phase ---------------------------------------------------------------
+    def _client_states(self) -> list[dict[str, Any]]:
+        return [self.state.get(("client", c.index), {}) for c in self.clients]
+
+    def established(self) -> int:
+        return sum(int(s.get("established", 0)) for s in self._client_states())
+
+    def _opening(self) -> list[Child]:
+        return [
+            c
+            for c in self.clients
+            if self.state.get(("client", c.index), {}).get("type") not in ("done", "released")
+            and c.exit_status is None
+        ]
+
+    def _limit_stop(self) -> Stop | None:
+        """A worker that finished short of its share names the limit by its errno."""
+        for st in self._client_states():
+            if st.get("type") != "done":
+                continue
+            if st.get("guard"):
+                return Stop(f"guard:{st['guard']}")
+            num = st.get("limit_errno") or (st.get("first_errno") if st.get("short") else None)
+            if num:
+                return Stop(errnos.constraint_for(int(num)), errno=errnos.name(int(num)))
+        return None
+
+    def _may_spawn(self) -> bool:
+        cfg = self.cfg
+        return (
+            (cfg.target is None or self.assigned < cfg.target)
+            and (cfg.workers is None or len(self.clients) < cfg.workers)
+            and len(self._opening()) < (1 if cfg.rate else cfg.parallel)
+        )
+
+    def _tick(self, plan: Plan, t0: float) -> bool:
+        """One pass of the opening loop; False when opening is over."""
+        self._pump()
+        if self.interrupted:
+            self.stop = self.stop or Stop("interrupted")
+        elif time.monotonic() - t0 > self.cfg.max_duration:
+            self.stop = self.stop or Stop("guard:duration")
+        elif measure.mem_available() < plan.floor:
+            self.stop = self.stop or Stop("guard:memory")
+        self.stop = self.stop or self._limit_stop()
+        if self.stop is not None:
+            return False
+        while self._may_spawn():
+            self._spawn_client(plan)
+        self.report(
+            {
+                "type": "progress",
+                "established": self.established(),
+                "workers": len(self.clients),
+                "elapsed": time.monotonic() - t0,
+                "errors": self._errno_counts(),
+                "mem_available": measure.mem_available(),
+            }
+        )
+        return bool(self._opening()) or self._may_spawn()
+
+    def open_phase(self, plan: Plan) -> float:
+        t0 = time.monotonic()
+        while self._tick(plan, t0):
+            time.sleep(0.05)
+        for c in self._opening():
+            signal_child(c, signal.SIGUSR1)
+        self._wait_for(self.clients, "done", self.cfg.connect_timeout + 10)
+        return time.monotonic() - t0
+
+    def _errno_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for st in self._client_states():
+            for num, n in (st.get("errors") or {}).items():
+                key = errnos.name(int(num))
+                counts[key] = counts.get(key, 0) + int(n)
+        return counts
+
+    def sink_accepted(self) -> int:
+        return sum(
+            int(self.state.get(("sink", c.index), {}).get("accepted", 0)) for c in self.sinks
+        )
+
+    def _settle_sinks(self, timeout: float = 3.0) -> None:
+        """Wait until the sink reports it accepted what the clients established."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.sink_accepted() < self.established():
+            self._pump()
+            time.sleep(0.05)
+
+    # -- hold and release ------------------------------------------------------------------
+    def hold(self) -> None:
+        deadline = time.monotonic() + self.cfg.hold
+        while time.monotonic() < deadline and not self.interrupted:
+            self._pump()
+            if self.stop is not None and self.stop.reason == "worker_died":
+                return
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        """Clients first (RST, no TIME_WAIT), then the sink; SIGKILL what lingers."""
+        for group in (self.clients, self.sinks):
+            for c in group:
+                signal_child(c, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(reap(c) for c in group):
+                self._pump()
+                time.sleep(0.02)
+            for c in group:
+                if not reap(c):
+                    signal_child(c, signal.SIGKILL)
+                    reap(c, block=True)
+                self._pump()
+                close_pipe(c)
+
+    # -- the whole run ------------------------------------------------------------------------
+    def execute(self) -> ProbeResult:
+        self.cfg.check_environment()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with ExitStack() as stack:
+                if self.cfg.isolated:
+                    self.netns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
+                return self._execute()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _execute(self) -> ProbeResult:
+        plan = make_plan(self.cfg, self.netns)
+        with netns_mod.inside(self.netns):
+            return self._run(plan)
+
+    def _run(self, plan: Plan) -> ProbeResult:
+        try:
+            self.start_sinks(plan)
+            before = measure.Sample.take()
+            seconds = self.open_phase(plan)
+            self._settle_sinks()
+            after = measure.Sample.take()
+            pids = [c.pid for c in [*self.clients, *self.sinks] if c.exit_status is None]
+            usage = measure.process_usage(pids)
+            self.hold()
+            return self._result(plan, seconds, before, after, usage)
+        finally:
+            self.release()
+
+    # -- the result -----------------------------------------------------------------------------
+    def _prediction(self, plan: Plan) -> Predicted:
+        first = next((s for s in self._client_states() if "open_fds" in s), None)
+        snap = plan.snapshot
+        if first is not None:
+            soft = int(first["nofile"])
+            proc = replace(
+                snap.process,
+                open_fds=int(first["open_fds"]),
+                limits=replace(snap.process.limits, nofile=RLimit(soft, soft)),
+            )
+            snap = replace(snap, process=proc)
+        processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
+        res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)))
+        return Predicted(res.ceiling, res.binding, res.runners_up)
+
+    def _result(
+        self,
+        plan: Plan,
+        seconds: float,
+        before: measure.Sample,
+        after: measure.Sample,
+        usage: measure.Usage,
+    ) -> ProbeResult:
+        est = self.established()
+        stop = self.stop or (
+            Stop("target")
+            if self.cfg.target and est >= self.cfg.target
+            else self._limit_stop() or Stop("unknown")
+        )
+        counts = self._errno_counts()
+        first = next(
+            (st.get("first_errno") for st in self._client_states() if st.get("first_errno")), None
+        )
+        stop = replace(
+            stop,
+            errno_counts=counts,
+            errno=stop.errno or (errnos.name(int(first)) if first else None),
+        )
+        hist = Histogram()
+        for st in self._client_states():
+            hist.merge({int(k): v for k, v in (st.get("hist") or {}).items()})
+        start_rss = sum(int(s.get("start_rss", 0)) for s in self.state.values())
+        return ProbeResult(
+            established=est,
+            target=self.cfg.target,
+            stop=stop,
+            predicted=self._prediction(plan),
+            per_connection=measure.per_connection(before, after, est, usage, start_rss),
+            rate_per_s=round(est / seconds, 1) if seconds else 0.0,
+            open_seconds=seconds,
+            workers=len(self.clients),
+            sink_workers=len(self.sinks),
+            connect_latency_us=hist.summary(),
+            cpu_seconds_per_1000=round(usage.cpu_seconds * 1000 / est, 4) if est else None,
+            sink_accepted=self.sink_accepted(),
+            isolated=self.netns is not None,
+            netns=self.netns,
+            sources=len(plan.sources),
+            sink_endpoints=tuple(str(e) for e in plan.endpoints),
+            worker_pids=tuple(c.pid for c in self.clients),
+            notes=tuple(plan.notes)
+            + (() if self.netns else ("ran in the host's network namespace (not isolated)",)),
+        )
+
+
+def run(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult:
+    return Run(cfg, progress).execute()

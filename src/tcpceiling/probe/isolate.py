@@ -1,0 +1,50 @@
+"""The run's private network namespace: made at start, loopback up, per-netns sysctls
+set inside it only, deleted at the end (and stale ones of dead runs swept first)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tcpceiling.host import netns
+from tcpceiling.probe.config import check_sysctl_key
+
+PREFIX = "tcpceiling-"
+
+
+def sweep_stale() -> list[str]:
+    """Delete namespaces left by runs whose coordinator no longer exists."""
+    removed: list[str] = []
+    if not netns.NETNS_RUN_DIR.is_dir():
+        return removed
+    for entry in netns.NETNS_RUN_DIR.iterdir():
+        if not entry.name.startswith(PREFIX):
+            continue
+        pid = entry.name[len(PREFIX) :].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            netns.remove(entry.name)
+            removed.append(entry.name)
+    return removed
+
+
+def apply_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
+    """Write net.* sysctls; the calling thread must already be inside the namespace."""
+    for key, value in sysctls:
+        check_sysctl_key(key).write_text(value + "\n")
+
+
+@contextlib.contextmanager
+def private_netns(sysctls: tuple[tuple[str, str], ...]) -> Iterator[str]:
+    """Create it and set its sysctls; delete it at the end. Enter it with
+    tcpceiling.host.netns.inside(name) (forked workers inherit the thread's netns)."""
+    sweep_stale()
+    name = f"{PREFIX}{os.getpid()}"
+    netns.create(name)
+    try:
+        with netns.inside(name):
+            apply_sysctls(sysctls)
+        yield name
+    finally:
+        netns.remove(name)

@@ -1,0 +1,89 @@
+"""What the connections cost: kernel Slab delta (with its breakdown by slab cache),
+MemAvailable drop, worker RSS and CPU (psutil), all per established connection."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tcpceiling.errors import ParseError
+from tcpceiling.host import parse
+from tcpceiling.host.read import SOCKET_SLABS
+from tcpceiling.probe.result import PerConnection
+
+
+def mem_available(procfs: Path = Path("/proc")) -> int:
+    """MemAvailable in bytes (read often: a short scan of /proc/meminfo)."""
+    with open(procfs / "meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise ParseError("no MemAvailable in meminfo")
+
+
+@dataclass(frozen=True)
+class Sample:
+    meminfo: parse.Meminfo
+    slabs: dict[str, parse.SlabCache]
+
+    @classmethod
+    def take(cls, procfs: Path = Path("/proc")) -> Sample:
+        meminfo = parse.parse_meminfo((procfs / "meminfo").read_text())
+        try:
+            slabs = parse.parse_slabinfo((procfs / "slabinfo").read_text())
+        except OSError:
+            slabs = {}
+        return cls(meminfo, slabs)
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_bytes: int
+
+
+def process_usage(pids: list[int]) -> Usage:
+    """CPU (user+system) and RSS of the workers plus this coordinator."""
+    cpu, rss = 0.0, 0
+    for pid in [*pids, os.getpid()]:
+        try:
+            p = psutil.Process(pid)
+            t = p.cpu_times()
+            cpu += t.user + t.system
+            if pid != os.getpid():
+                rss += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return Usage(cpu, rss)
+
+
+def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
+    """Bytes per connection by slab cache (/proc/slabinfo names; SLUB merges some
+    caches, so a name may carry others' objects: shared brief §3.1)."""
+    out = {}
+    for name in SOCKET_SLABS:
+        a, b = before.slabs.get(name), after.slabs.get(name)
+        if a is None or b is None or not n:
+            continue
+        delta = (b.active_objs - a.active_objs) * b.effective_size / n
+        if abs(delta) >= 1:
+            out[name] = round(delta, 1)
+    return out
+
+
+def per_connection(
+    before: Sample, after: Sample, n: int, usage: Usage, start_rss: int
+) -> PerConnection:
+    if n <= 0:
+        return PerConnection(None, None, None)
+    slab = after.meminfo.slab - before.meminfo.slab
+    avail = before.meminfo.mem_available - after.meminfo.mem_available
+    return PerConnection(
+        kernel_bytes=round(slab / n, 1),
+        user_bytes=round(max(0, usage.rss_bytes - start_rss) / n, 1),
+        mem_available_bytes=round(avail / n, 1),
+        slab_breakdown=slab_breakdown(before, after, n),
+    )

@@ -1,0 +1,115 @@
+"""Forked worker processes that cannot outlive the run.
+
+Each child gets PR_SET_PDEATHSIG(SIGKILL) so it dies with the coordinator, ignores
+SIGINT (the coordinator decides how a Ctrl-C ends the run), and reports to the
+coordinator as JSON lines on a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass
+class Child:
+    pid: int
+    role: str
+    index: int
+    reader: int  # read end of the child's report pipe
+    buffer: bytes = b""
+    exit_status: int | None = None
+
+
+class Reporter:
+    """The child's side of the pipe: one JSON object per line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, **msg: Any) -> None:
+        data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+
+def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
+    """fork(); the child runs target(reporter) and exits; the parent gets a Child."""
+    r, w = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(r)
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            target(Reporter(w))
+        except BaseException as exc:  # report, never unwind into the parent's code
+            try:
+                Reporter(w).send(type="crash", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                code = 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    os.close(w)
+    os.set_blocking(r, False)
+    return Child(pid=pid, role=role, index=index, reader=r)
+
+
+def read_messages(child: Child) -> tuple[list[dict[str, Any]], bool]:
+    """Drain a child's pipe: (complete messages, pipe closed)."""
+    closed = False
+    if child.reader < 0:
+        return [], True
+    while True:
+        try:
+            chunk = os.read(child.reader, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            closed = True
+            break
+        child.buffer += chunk
+    *lines, child.buffer = child.buffer.split(b"\n")
+    return [json.loads(line) for line in lines if line], closed
+
+
+def signal_child(child: Child, sig: int) -> None:
+    if child.exit_status is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+
+
+def close_pipe(child: Child) -> None:
+    if child.reader >= 0:
+        os.close(child.reader)
+        child.reader = -1
+
+
+def reap(child: Child, block: bool = False) -> bool:
+    """Collect the child's exit status; True once it has exited."""
+    if child.exit_status is not None:
+        return True
+    try:
+        pid, status = os.waitpid(child.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        child.exit_status = -1
+        return True
+    if pid == 0:
+        return False
+    child.exit_status = status
+    return True

@@ -1,0 +1,61 @@
+"""The result of a probe run: plain data that serialises to JSON and merges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why opening stopped: 'target', a constraint id, 'guard:memory', 'guard:duration',
+    'interrupted' or 'worker_died'; the first errno seen and the count per errno."""
+
+    reason: str
+    errno: str | None = None
+    errno_counts: dict[str, int] = field(default_factory=dict)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Predicted:
+    ceiling: int | None
+    binding: str | None
+    runners_up: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PerConnection:
+    """Bytes per established connection (both ends: client and sink are on this host)."""
+
+    kernel_bytes: float | None
+    user_bytes: float | None
+    mem_available_bytes: float | None
+    slab_breakdown: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    established: int
+    target: int | None
+    stop: Stop
+    predicted: Predicted
+    per_connection: PerConnection
+    rate_per_s: float
+    open_seconds: float
+    workers: int
+    sink_workers: int
+    connect_latency_us: dict[str, float | None]
+    cpu_seconds_per_1000: float | None
+    sink_accepted: int
+    isolated: bool
+    netns: str | None
+    sources: int
+    sink_endpoints: tuple[str, ...]
+    worker_pids: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_reached(self) -> bool:
+        return self.stop.reason == "target"

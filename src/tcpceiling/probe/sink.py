@@ -1,0 +1,123 @@
+"""A sink shard: listens on the sink ports (SO_REUSEPORT, so shards share them and
+the kernel spreads connections by hash), accepts in batches, holds the fds in an
+array, and optionally reads-and-discards or echoes with a fixed buffer, so its
+memory stays bounded whatever clients send. `tcpceiling serve` runs these alone.
+Signals: SIGTERM closes everything (RST) and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import time
+from array import array
+from dataclasses import dataclass
+
+from tcpceiling.probe.client import LINGER_RST, raise_nofile, rss_bytes
+from tcpceiling.probe.procs import Reporter
+
+ACCEPT_BATCH = 1024
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class SinkPlan:
+    index: int
+    endpoints: tuple[tuple[str, int], ...]
+    backlog: int
+    mode: str = "hold"  # hold | discard | echo
+    nofile: int | None = None
+
+
+def listener(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, port))
+    s.listen(backlog)
+    return s
+
+
+class Sink:
+    def __init__(self, plan: SinkPlan, rep: Reporter) -> None:
+        self.plan, self.rep = plan, rep
+        self.fds = array("i")
+        self.closing = False
+        self.full_errno: int | None = None
+        self.buf = bytearray(READ_SIZE)
+        self.ep = select.epoll()
+        self.listeners = {}
+        for host, port in plan.endpoints:
+            sock = listener(host, port, plan.backlog)
+            self.listeners[sock.fileno()] = sock
+            self.ep.register(sock.fileno(), select.EPOLLIN)
+
+    def _stop(self, *_: object) -> None:
+        self.closing = True
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # raw fd, no object
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EMFILE/ENFILE/ENOMEM: this shard is full
+                self.full_errno = exc.errno
+                for lfd in self.listeners:
+                    self.ep.unregister(lfd)
+                return
+            self.fds.append(fd)
+            if self.plan.mode != "hold":
+                os.set_blocking(fd, False)
+                self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+
+    def _serve(self, fd: int, events: int) -> None:
+        try:
+            n = os.readv(fd, [self.buf])
+            if n and self.plan.mode == "echo":
+                os.write(fd, memoryview(self.buf)[:n])  # best effort; drops what does not fit
+            if n and not events & select.EPOLLRDHUP:
+                return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:
+                return
+        self.ep.unregister(fd)  # peer closed: keep the fd until release, stop polling it
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        self.rep.send(type="ready", index=self.plan.index, pid=os.getpid(), rss=rss_bytes())
+        last = 0.0
+        while not self.closing:
+            for fd, events in self.ep.poll(0.1, 4096):
+                if fd in self.listeners:
+                    self._accept(self.listeners[fd])
+                else:
+                    self._serve(fd, events)
+            if time.monotonic() - last > 0.25:
+                last = time.monotonic()
+                self.rep.send(
+                    type="progress",
+                    index=self.plan.index,
+                    accepted=len(self.fds),
+                    full_errno=self.full_errno,
+                    rss=rss_bytes(),
+                )
+        for fd in self.fds:
+            try:
+                s = socket.socket(fileno=fd)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+                s.close()
+            except OSError:
+                pass
+        self.rep.send(type="released", index=self.plan.index, accepted=len(self.fds))
+
+
+def run_sink(plan: SinkPlan, rep: Reporter) -> None:
+    raise_nofile(plan.nofile)
+    Sink(plan, rep).run()
