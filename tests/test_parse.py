@@ -85,7 +85,7 @@ def test_parse_status_caps() -> None:
 
 def test_parse_meminfo_bytes() -> None:
     text = "MemTotal: 100 kB\nMemFree: 1 kB\nMemAvailable: 50 kB\nSlab: 7 kB\n"
-    assert parse.parse_meminfo(text) == parse.Meminfo(102400, 51200, 7168)
+    assert parse.parse_meminfo(text) == parse.Meminfo(102400, 51200, 7168, 1024)
 
 
 def test_parse_slabinfo_effective_size() -> None:

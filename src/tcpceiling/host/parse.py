@@ -57,6 +57,7 @@ class Meminfo:
     mem_total: int
     mem_available: int
     slab: int
+    mem_free: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def parse_meminfo(text: str) -> Meminfo:
         def kb(key: str) -> int:
             return int(f[key].split()[0]) * 1024
 
-        return Meminfo(kb("MemTotal"), kb("MemAvailable"), kb("Slab"))
+        return Meminfo(kb("MemTotal"), kb("MemAvailable"), kb("Slab"), kb("MemFree"))
 
     return _guard("meminfo", go)
 

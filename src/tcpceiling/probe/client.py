@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.measure import mem_available
 from tcpceiling.probe.procs import Reporter
 
 IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
@@ -42,7 +41,7 @@ class ClientPlan:
     rate: float | None = None
     connect_timeout: float = 5.0
     batch: int = 64
-    floor: int = 0  # stop before MemAvailable falls below this (bytes)
+    free_floor: int = 0  # stop before MemFree falls below this (measure.free_floor)
 
 
 def raise_nofile(cap: int | None) -> int:
@@ -51,6 +50,24 @@ def raise_nofile(cap: int | None) -> int:
     want = hard if cap is None else (min(cap, hard) if hard != resource.RLIM_INFINITY else cap)
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard if cap is None else want))
     return want
+
+
+class SelfStats:
+    """/proc files kept open from the start, so reading them needs no new fd even
+    when the worker sits at its RLIMIT_NOFILE."""
+
+    def __init__(self) -> None:
+        self.statm = os.open("/proc/self/statm", os.O_RDONLY)
+        self.meminfo = os.open("/proc/meminfo", os.O_RDONLY)
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        return int(os.pread(self.statm, 256, 0).split()[1]) * self.page
+
+    def mem_free(self) -> int:
+        text = os.pread(self.meminfo, 8192, 0)
+        start = text.index(b"MemFree:") + 8
+        return int(text[start : text.index(b"kB", start)]) * 1024
 
 
 def rss_bytes() -> int:
@@ -73,6 +90,7 @@ class ClientWorker:
         self.ep: select.epoll | None = None
         self.next_tuple = 0
         self.last_expiry = 0.0
+        self.stats = SelfStats()
 
     # -- signals ---------------------------------------------------------------
     def _on_stop(self, *_: object) -> None:
@@ -180,7 +198,7 @@ class ClientWorker:
             first_errno=self.first_errno,
             limit_errno=self.limit_errno,
             hist=self.hist.counts if kind == "done" else None,
-            rss=rss_bytes(),
+            rss=self.stats.rss(),
             guard=self.guard,
             short=kind == "done" and len(self.fds) < self.plan.share,
         )
@@ -201,7 +219,7 @@ class ClientWorker:
                 self.drain(0)  # right away: the latency is the handshake's, not the batch's
                 if not more:
                     break
-            if plan.floor and mem_available() < plan.floor:
+            if plan.free_floor and self.stats.mem_free() < plan.free_floor:
                 self.guard = "memory"
                 break
             if time.perf_counter() - last > REPORT_EVERY:
@@ -233,7 +251,7 @@ class ClientWorker:
             pid=os.getpid(),
             nofile=soft,
             open_fds=base,
-            rss=rss_bytes(),
+            rss=self.stats.rss(),
         )
         self.open_all()
         self.progress("done")

@@ -38,6 +38,7 @@ from tcpceiling.probe.sink import SinkPlan, run_sink
 FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
 SINK_HEADROOM = 1.3
 MAX_EXPECTED = 10_000_000
+UNBOUNDED = 1 << 40
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -56,6 +57,8 @@ class Plan:
     sources: tuple[str, ...]
     floor: int
     snapshot: HostSnapshot
+    free_floor: int = 0
+    routes: dict[Endpoint, tuple[str | None, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,9 +100,12 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     )
     ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
     endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
-    plan = Plan(client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap)
+    _, routes = read_snapshot(Roots(), netns=netns, destinations=endpoints)
+    plan = Plan(
+        client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap, routes=routes
+    )
     workers = cfg.workers or 10_000
-    pred = evaluate(snap, _client_scenario(cfg, plan, workers))
+    pred = evaluate(snap, _client_scenario(cfg, plan, workers), routes)
     # With default sources the port term is ours to size, so it does not cap the plan.
     ceilings = [
         c.ceiling
@@ -192,8 +198,14 @@ class Run:
 
     def _spawn_client(self, plan: Plan) -> None:
         remaining = (self.cfg.target or MAX_EXPECTED * 10) - self.assigned
-        share = min(plan.client_capacity, remaining)
         index = len(self.clients)
+        last_allowed = self.cfg.workers is not None and index == self.cfg.workers - 1
+        # --target max with the last allowed worker: it opens until a limit stops it.
+        share = (
+            UNBOUNDED
+            if self.cfg.target is None and last_allowed
+            else min(plan.client_capacity, remaining)
+        )
         tuples = tuple(
             (s, e.host, e.port) for s in (plan.sources or (None,)) for e in plan.endpoints
         )
@@ -205,7 +217,7 @@ class Run:
             nofile=self.cfg.worker_nofile,
             rate=self.cfg.rate,
             connect_timeout=self.cfg.connect_timeout,
-            floor=plan.floor,
+            free_floor=plan.free_floor,
         )
         self.clients.append(spawn("client", index, partial(run_client, cp)))
         self.assigned += share
@@ -252,7 +264,7 @@ class Run:
             self.stop = self.stop or Stop("interrupted")
         elif time.monotonic() - t0 > self.cfg.max_duration:
             self.stop = self.stop or Stop("guard:duration")
-        elif measure.mem_available() < plan.floor:
+        elif measure.mem_field("MemFree") < plan.free_floor:
             self.stop = self.stop or Stop("guard:memory")
         self.stop = self.stop or self._limit_stop()
         if self.stop is not None:
@@ -347,6 +359,8 @@ class Run:
         try:
             self.start_sinks(plan)
             before = measure.Sample.take()
+            m = before.meminfo
+            plan.free_floor = measure.free_floor(m.mem_available, m.mem_free, plan.floor)
             seconds = self.open_phase(plan)
             self._settle_sinks()
             after = measure.Sample.take()
@@ -370,7 +384,7 @@ class Run:
             )
             snap = replace(snap, process=proc)
         processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
-        res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)))
+        res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
         return Predicted(res.ceiling, res.binding, res.runners_up)
 
     def _result(

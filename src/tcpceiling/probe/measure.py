@@ -15,13 +15,29 @@ from tcpceiling.host.read import SOCKET_SLABS
 from tcpceiling.probe.result import PerConnection
 
 
-def mem_available(procfs: Path = Path("/proc")) -> int:
-    """MemAvailable in bytes (read often: a short scan of /proc/meminfo)."""
+def mem_field(name: str, procfs: Path = Path("/proc")) -> int:
+    """One /proc/meminfo field in bytes (read often: a short scan of the file)."""
     with open(procfs / "meminfo") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(name + ":"):
                 return int(line.split()[1]) * 1024
-    raise ParseError("no MemAvailable in meminfo")
+    raise ParseError(f"no {name} in meminfo")
+
+
+def mem_available() -> int:
+    return mem_field("MemAvailable")
+
+
+def free_floor(available: int, free: int, floor: int) -> int:
+    """The MemFree level at which MemAvailable would have fallen to `floor`, had every
+    byte the run allocates been unavailable.
+
+    MemAvailable counts half of reclaimable slab as available (si_mem_available,
+    mm/show_mem.c), and sockfs inodes and dentries are reclaim-accounted though an
+    open socket pins them; so the guard counts what the run consumes (the fall of
+    MemFree) against the budget MemAvailable - floor taken at the start.
+    """
+    return free - (available - floor)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
         code = 0
         try:
             os.close(r)
+            os.closerange(3, w)  # nothing of the coordinator's (other pipes, netlink) leaks
+            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:
                 os._exit(1)
