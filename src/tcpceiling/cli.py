@@ -354,3 +354,41 @@ def parse_bytes(text: str) -> int:
         return int(t)
     except ValueError as exc:
         raise InputError(f"bad byte count {text!r}: expected e.g. 1073741824, 512M, 1.5G") from exc
+
+
+@main.command("serve")
+@click.option(
+    "--listen",
+    multiple=True,
+    required=True,
+    metavar="IP:PORT",
+    help="Endpoint to listen on (repeatable).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sink processes sharing the endpoints (each holds up to its fd limit).",
+)
+@click.option("--echo", is_flag=True, help="Echo what clients send (default: read and discard).")
+@click.option("--backlog", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after this many seconds (default: until Ctrl-C).",
+)
+@errors_to_exit
+def serve_cmd(
+    listen: tuple[str, ...], shards: int, echo: bool, backlog: int, duration: float | None
+) -> None:
+    """Run the probe's sink alone, for probing this machine from another one."""
+    from tcpceiling.probe.serve import serve
+
+    endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
+    stderr.print(f"serving {', '.join(map(str, endpoints))} with {shards} shard(s); Ctrl-C stops")
+    total = serve(
+        endpoints, shards, backlog, "echo" if echo else "discard", duration, lambda _msg: None
+    )
+    stderr.print(f"accepted {total:,} connections")

@@ -1,0 +1,79 @@
+"""tcpceiling probe against the C yardstick ../shared/bench/connflood.c, same run.
+
+Compiles connflood with cc, runs it and `tcpceiling probe` at the same number of
+connections (default 200,000), and prints the open-rate ratio and the memory per
+connection ratio (kernel Slab, both ends; and Slab + worker RSS). Not a test.
+usage: python benchmarks/probe_vs_connflood.py [CONNECTIONS]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE.parent.parent / "shared" / "bench" / "connflood.c"
+BINARY = HERE / "connflood"
+
+
+def connflood(n: int) -> dict[str, float]:
+    if not BINARY.exists() or BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-o", str(BINARY), str(SOURCE)], check=True)
+    out = subprocess.run(
+        [str(BINARY), "-n", str(n), "-s", "64", "-H", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    fields = dict(re.findall(r"(\w+) ([\d.]+)", out))
+    return {
+        "rate": float(fields["rate"]),
+        "seconds": float(fields["seconds"]),
+        "slab": float(fields["slab_per_conn"]),
+        "rss": float(fields["rss_per_conn"]),
+    }
+
+
+def probe(n: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "tcpceiling", "probe", "--target", str(n), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    ).stdout
+    r = json.loads(out)
+    if r["established"] < n:
+        raise SystemExit(f"probe stopped at {r['established']}: {r['stop']}")
+    pc = r["per_connection"]
+    return {
+        "rate": r["rate_per_s"],
+        "seconds": r["open_seconds"],
+        "slab": pc["kernel_bytes"],
+        "rss": pc["user_bytes"],
+    }
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    c, p = connflood(n), probe(n)
+    print(f"{n:,} connections")
+    print(f"{'':14}{'open rate/s':>14}{'seconds':>10}{'slab B/conn':>13}{'rss B/conn':>12}")
+    for name, d in (("connflood", c), ("tcpceiling", p)):
+        print(
+            f"{name:14}{d['rate']:>14,.0f}{d['seconds']:>10.2f}{d['slab']:>13,.0f}"
+            f"{d['rss']:>12,.0f}"
+        )
+    print(f"open-rate ratio (tcpceiling / connflood): {p['rate'] / c['rate']:.2f}")
+    mem_c, mem_p = c["slab"] + c["rss"], p["slab"] + p["rss"]
+    print(
+        f"memory per connection ratio (slab + rss): {mem_p / mem_c:.2f} "
+        f"(slab alone {p['slab'] / c['slab']:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

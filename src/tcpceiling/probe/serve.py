@@ -1,0 +1,64 @@
+"""`tcpceiling serve`: the probe's sink alone, for probing from another machine.
+
+Listens on every --listen endpoint across `shards` processes (SO_REUSEPORT), each
+holding up to its RLIMIT_NOFILE connections; reads and discards (or echoes) with a
+fixed 64 KiB buffer per shard, so memory stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from tcpceiling.analysis.model import Endpoint
+from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
+from tcpceiling.probe.sink import SinkPlan, run_sink
+
+
+def serve(
+    endpoints: tuple[Endpoint, ...],
+    shards: int,
+    backlog: int,
+    mode: str,
+    duration: float | None,
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run until SIGINT/SIGTERM or `duration` seconds; returns connections accepted."""
+    eps = tuple((e.host, e.port) for e in endpoints)
+    stop = {"flag": False}
+
+    def on_signal(*_: object) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: list[Child] = [
+        spawn("sink", i, partial(run_sink, SinkPlan(i, eps, backlog, mode))) for i in range(shards)
+    ]
+    accepted: dict[int, int] = {}
+    t0 = time.monotonic()
+    try:
+        while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
+            for c in children:
+                msgs, closed = read_messages(c)
+                for m in msgs:
+                    accepted[c.index] = int(m.get("accepted", accepted.get(c.index, 0)))
+                    if m.get("type") == "crash":
+                        raise RuntimeError(f"sink shard {c.index}: {m.get('error')}")
+                if closed and reap(c):
+                    raise RuntimeError(f"sink shard {c.index} (pid {c.pid}) exited")
+            report({"accepted": sum(accepted.values()), "elapsed": time.monotonic() - t0})
+            time.sleep(0.25)
+    finally:
+        for c in children:
+            signal_child(c, signal.SIGTERM)
+        for c in children:
+            reap(c, block=True)
+            for m in read_messages(c)[0]:
+                accepted[c.index] = int(m.get("accepted", accepted.get(c.index, 0)))
+            close_pipe(c)
+        for s, h in old.items():
+            signal.signal(s, h)
+    return sum(accepted.values())
