@@ -41,7 +41,7 @@ class ClientPlan:
     rate: float | None = None
     connect_timeout: float = 5.0
     batch: int = 64
-    free_floor: int = 0  # stop before MemFree falls below this (measure.free_floor)
+    slab_limit: int = 0  # stop before Slab grows past this (measure.slab_limit)
 
 
 def raise_nofile(cap: int | None) -> int:
@@ -64,9 +64,9 @@ class SelfStats:
     def rss(self) -> int:
         return int(os.pread(self.statm, 256, 0).split()[1]) * self.page
 
-    def mem_free(self) -> int:
+    def meminfo_field(self, name: bytes) -> int:
         text = os.pread(self.meminfo, 8192, 0)
-        start = text.index(b"MemFree:") + 8
+        start = text.index(name) + len(name)
         return int(text[start : text.index(b"kB", start)]) * 1024
 
 
@@ -219,7 +219,7 @@ class ClientWorker:
                 self.drain(0)  # right away: the latency is the handshake's, not the batch's
                 if not more:
                     break
-            if plan.free_floor and self.stats.mem_free() < plan.free_floor:
+            if plan.slab_limit and self.stats.meminfo_field(b"Slab:") > plan.slab_limit:
                 self.guard = "memory"
                 break
             if time.perf_counter() - last > REPORT_EVERY:

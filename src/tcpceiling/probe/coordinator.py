@@ -57,7 +57,7 @@ class Plan:
     sources: tuple[str, ...]
     floor: int
     snapshot: HostSnapshot
-    free_floor: int = 0
+    slab_limit: int = 0
     routes: dict[Endpoint, tuple[str | None, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -134,6 +134,7 @@ class Run:
         self.stop: Stop | None = None
         self.interrupted = False
         self.netns: str | None = None
+        self.notes: list[str] = []
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -217,7 +218,7 @@ class Run:
             nofile=self.cfg.worker_nofile,
             rate=self.cfg.rate,
             connect_timeout=self.cfg.connect_timeout,
-            free_floor=plan.free_floor,
+            slab_limit=plan.slab_limit,
         )
         self.clients.append(spawn("client", index, partial(run_client, cp)))
         self.assigned += share
@@ -264,7 +265,7 @@ class Run:
             self.stop = self.stop or Stop("interrupted")
         elif time.monotonic() - t0 > self.cfg.max_duration:
             self.stop = self.stop or Stop("guard:duration")
-        elif measure.mem_field("MemFree") < plan.free_floor:
+        elif plan.slab_limit and measure.mem_field("Slab") > plan.slab_limit:
             self.stop = self.stop or Stop("guard:memory")
         self.stop = self.stop or self._limit_stop()
         if self.stop is not None:
@@ -351,6 +352,10 @@ class Run:
                 signal.signal(s, h)
 
     def _execute(self) -> ProbeResult:
+        if not measure.wait_settled():
+            self.notes.append(
+                "memory was still moving at the start: per-connection figures may be off"
+            )
         plan = make_plan(self.cfg, self.netns)
         with netns_mod.inside(self.netns):
             return self._run(plan)
@@ -360,7 +365,7 @@ class Run:
             self.start_sinks(plan)
             before = measure.Sample.take()
             m = before.meminfo
-            plan.free_floor = measure.free_floor(m.mem_available, m.mem_free, plan.floor)
+            plan.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
             seconds = self.open_phase(plan)
             self._settle_sinks()
             after = measure.Sample.take()
@@ -432,7 +437,8 @@ class Run:
             sources=len(plan.sources),
             sink_endpoints=tuple(str(e) for e in plan.endpoints),
             worker_pids=tuple(c.pid for c in self.clients),
-            notes=tuple(plan.notes)
+            notes=tuple(self.notes)
+            + tuple(plan.notes)
             + (() if self.netns else ("ran in the host's network namespace (not isolated)",)),
         )
 

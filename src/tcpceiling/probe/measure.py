@@ -4,6 +4,7 @@ MemAvailable drop, worker RSS and CPU (psutil), all per established connection."
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +25,42 @@ def mem_field(name: str, procfs: Path = Path("/proc")) -> int:
     raise ParseError(f"no {name} in meminfo")
 
 
+def wait_settled(timeout: float = 15.0, window: float = 0.5, tolerance: int = 4 << 20) -> bool:
+    """Wait until MemFree and Slab move less than `tolerance` over `window` seconds.
+
+    A previous run's sockets and namespace are freed asynchronously (RCU, the netns
+    cleanup workqueue); a baseline taken meanwhile would count that memory coming
+    back as the next run's connections costing nothing.
+    """
+    deadline = time.monotonic() + timeout
+
+    def read() -> tuple[int, int]:
+        return mem_field("MemFree"), mem_field("Slab")
+
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = read()
+        if all(abs(a - b) < tolerance for a, b in zip(now, last, strict=True)):
+            return True
+        last = now
+    return False
+
+
 def mem_available() -> int:
     return mem_field("MemAvailable")
 
 
-def free_floor(available: int, free: int, floor: int) -> int:
-    """The MemFree level at which MemAvailable would have fallen to `floor`, had every
-    byte the run allocates been unavailable.
+def slab_limit(available: int, slab: int, floor: int) -> int:
+    """The Slab level at which the run has used up MemAvailable - floor.
 
-    MemAvailable counts half of reclaimable slab as available (si_mem_available,
-    mm/show_mem.c), and sockfs inodes and dentries are reclaim-accounted though an
-    open socket pins them; so the guard counts what the run consumes (the fall of
-    MemFree) against the budget MemAvailable - floor taken at the start.
+    The guard meters what the run consumes as kernel Slab growth (its sockets are
+    almost all of it; worker RSS is ≈50 B per connection). Neither MemAvailable nor
+    MemFree is a reliable meter here: MemAvailable counts pinned sockfs inodes and
+    dentries as half reclaimable (si_mem_available, mm/show_mem.c), and MemFree
+    misses pages parked on the per-CPU free lists the slab allocator draws from.
     """
-    return free - (available - floor)
+    return slab + (available - floor)
 
 
 @dataclass(frozen=True)
