@@ -22,7 +22,7 @@ from tcpceiling.host.roots import Roots
 Route = tuple[str | None, bool]  # (source the kernel picks, destination is local)
 
 
-def _route(host: str, port: int, live: bool) -> Route:
+def route_of(host: str, port: int, live: bool = True) -> Route:
     if live:
         return route.source_for(host, port), route.is_local(host)
     return None, ipaddress.ip_address(host).is_loopback
@@ -43,7 +43,7 @@ def read_snapshot(
     with netns_mod.inside(netns):
         net = read.read_net(roots)
         table = sockets.read_live() if roots.live else sockets.read_fixture(roots.procfs.parent)
-        routes = {d: _route(d.host, d.port, roots.live) for d in destinations}
+        routes = {d: route_of(d.host, d.port, roots.live) for d in destinations}
     snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns)
     return snap, routes
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from tcpceiling.analysis.analyze import evaluate, read_snapshot
+from tcpceiling.analysis.analyze import evaluate, read_snapshot, route_of
 from tcpceiling.analysis.model import Endpoint, Scenario
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.parse import RLimit
@@ -100,7 +100,8 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     )
     ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
     endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
-    _, routes = read_snapshot(Roots(), netns=netns, destinations=endpoints)
+    with netns_mod.inside(netns):
+        routes = {e: route_of(e.host, e.port) for e in endpoints}
     plan = Plan(
         client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap, routes=routes
     )

@@ -16,7 +16,7 @@ import time
 from array import array
 from dataclasses import dataclass
 
-from tcpceiling.probe.client import LINGER_RST, raise_nofile, rss_bytes
+from tcpceiling.probe.client import close_with_rst, raise_nofile, rss_bytes
 from tcpceiling.probe.procs import Reporter
 
 ACCEPT_BATCH = 1024
@@ -108,13 +108,7 @@ class Sink:
                     full_errno=self.full_errno,
                     rss=rss_bytes(),
                 )
-        for fd in self.fds:
-            try:
-                s = socket.socket(fileno=fd)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-                s.close()
-            except OSError:
-                pass
+        close_with_rst(self.fds)
         self.rep.send(type="released", index=self.plan.index, accepted=len(self.fds))
 
 
