@@ -335,7 +335,6 @@ def probe_cmd(
         parallel=parallel,
         connect_timeout=connect_timeout,
     )
-    cfg.check_environment()
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)
     if as_json:

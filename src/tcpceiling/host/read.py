@@ -40,14 +40,6 @@ SOCKET_SLABS = (
 
 
 @dataclass(frozen=True)
-class Reading:
-    """A value and the file it came from (the file is cited in every constraint)."""
-
-    value: object
-    source: str
-
-
-@dataclass(frozen=True)
 class ProcessView:
     """The process whose limits the workload lives under (/proc/PID)."""
 
@@ -113,10 +105,6 @@ class HostSnapshot:
     sockets: SocketTable
     roots: Roots = field(default_factory=Roots)
     netns: str | None = None
-
-
-def read_text(path: Path) -> str:
-    return path.read_text()
 
 
 def _read(path: Path, parser: Callable[[str], T]) -> T:

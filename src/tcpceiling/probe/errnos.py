@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 
 #: errno -> constraint id of tcpceiling.analysis.registry.CONSTRAINT_IDS.
 ERRNO_CONSTRAINT = {
@@ -23,10 +22,6 @@ SERVER_SIDE = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset"}
 
 def name(num: int) -> str:
     return errno.errorcode.get(num, str(num))
-
-
-def describe(num: int) -> str:
-    return f"{name(num)} ({num}): {os.strerror(num)}"
 
 
 def constraint_for(num: int) -> str:
