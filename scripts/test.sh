@@ -3,8 +3,17 @@
 # Installs the package with its dev extras, then runs ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v ip >/dev/null || ! command -v prlimit >/dev/null || ! command -v cc >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq iproute2 util-linux gcc >/dev/null
+# Real servers for the --connect tests (issue 4): nginx and redis-server from Debian.
+# Packages install without starting their services (no systemd here; policy-rc.d
+# forbids it elsewhere): the tests start their own instances on free ports.
+need=()
+for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "Running pip as the 'root'" || true
 ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,18 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+PROBE = [sys.executable, "-m", "tcpceiling", "probe"]
+
+
+def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
+    """Run `tcpceiling probe ARGS --json` as a subprocess: (exit code, result)."""
+    proc = subprocess.run(
+        [*PROBE, *args, "--json"], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
 
 
 def netns_sysctl(name: str, key: str, value: str) -> None:

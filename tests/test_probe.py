@@ -6,26 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import IS_ROOT, needs_root, run_cli
+from tests.conftest import IS_ROOT, PROBE, needs_root, probe, run_cli
 
-PROBE = [sys.executable, "-m", "tcpceiling", "probe"]
 RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
-
-
-def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run(
-        [*PROBE, *args, "--json"], capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.stdout, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
 
 
 def host_time_wait() -> int:
@@ -182,6 +171,10 @@ def test_killed_worker_is_named_and_nothing_is_orphaned() -> None:
         ["--sysctl", "kernel.pid_max=100"],
         ["--sysctl", "novalue"],
         ["--memory-floor", "abc"],
+        ["--check", "http"],
+        ["--connect", "127.0.0.1:80", "--isolate"],
+        ["--connect", "no-such-host.invalid:80"],
+        ["--connect", "127.0.0.1:0"],
     ],
 )
 def test_bad_input_one_line_exit_2(args: list[str]) -> None:

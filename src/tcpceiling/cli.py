@@ -20,6 +20,7 @@ from tcpceiling.analysis.analyze import analyze, with_measured_cost
 from tcpceiling.analysis.model import Endpoint, Role, Scenario, expand_sources, parse_endpoint
 from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host.roots import Roots
+from tcpceiling.probe.checks import CHECKS
 from tcpceiling.report.analysis import render_analysis
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -225,6 +226,53 @@ def snapshot_cmd(out: Path, pid: str, netns: str | None) -> None:
     stderr.print(f"wrote {out}; analyze it with --procfs {out}/proc --sysfs {out}/sys")
 
 
+def server_options(fn: F) -> F:
+    """probe's options for real servers (issue 4)."""
+    options = [
+        click.option(
+            "--connect",
+            multiple=True,
+            metavar="HOST:PORT",
+            help="Probe this server instead of the built-in sink (repeatable; IPv4, "
+            "[IPv6]:port or a hostname).",
+        ),
+        click.option(
+            "--check",
+            type=click.Choice(list(CHECKS)),
+            default="none",
+            show_default=True,
+            help="Request sent on each new connection; a valid reply means served.",
+        ),
+        click.option(
+            "--check-timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True
+        ),
+        click.option(
+            "--check-every",
+            type=click.FloatRange(min=0.05),
+            default=None,
+            metavar="SECONDS",
+            help="Re-check a sample of held connections this often.",
+        ),
+        click.option(
+            "--server-pid",
+            type=click.IntRange(min=1),
+            default=None,
+            help="The server's pid, for fd-limit evidence (default: the listener's owner).",
+        ),
+        click.option("--netns", default=None, help="Run inside this existing network namespace."),
+        click.option(
+            "--max-pending",
+            type=click.IntRange(min=1),
+            default=1024,
+            show_default=True,
+            help="Handshakes and checks in flight per worker.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("probe")
 @click.option(
     "--target",
@@ -293,6 +341,7 @@ def snapshot_cmd(out: Path, pid: str, netns: str | None) -> None:
     help="Client workers opening at the same time.",
 )
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
 @click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
 @errors_to_exit
@@ -311,10 +360,18 @@ def probe_cmd(
     worker_nofile: int | None,
     parallel: int,
     connect_timeout: float,
+    connect: tuple[str, ...],
+    check: str,
+    check_timeout: float,
+    check_every: float | None,
+    server_pid: int | None,
+    netns: str | None,
+    max_pending: int,
     as_json: bool,
     json_lines: bool,
 ) -> None:
-    """Prove the ceiling: open real connections to a built-in loopback sink."""
+    """Prove the ceiling: open real connections to a built-in loopback sink, or with
+    --connect to real servers, and name the limit (and the side) that stopped them."""
     from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
     from tcpceiling.probe.coordinator import run
     from tcpceiling.report.probe import LiveProgress, render_probe
@@ -334,6 +391,13 @@ def probe_cmd(
         worker_nofile=worker_nofile,
         parallel=parallel,
         connect_timeout=connect_timeout,
+        connect=tuple(parse_endpoint(c) for c in connect),
+        check=check,
+        check_timeout=check_timeout,
+        check_every=check_every,
+        server_pid=server_pid,
+        netns=netns,
+        max_pending=max_pending,
     )
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tcpceiling.errors import ParseError
 
@@ -85,22 +86,59 @@ class SocketTable:
         return used, tw
 
 
-def _diag_entries(family: socket.AddressFamily) -> list[SocketEntry]:
+@dataclass(frozen=True)
+class Listener:
+    """A LISTEN socket as sock_diag reports it: for a listener, idiag_rqueue is the
+    accept queue's current length and idiag_wqueue its limit (the backlog, capped by
+    somaxconn); the queue is full when it holds backlog + 1 (sk_acceptq_is_full)."""
+
+    host: str
+    port: int
+    queue: int
+    backlog: int
+    inode: int
+
+    @property
+    def full(self) -> bool:
+        return self.queue > self.backlog
+
+
+def _diag_messages(family: socket.AddressFamily, states: int = 0xFFF) -> list[Any]:
     from pyroute2 import DiagSocket
 
-    out = []
     with DiagSocket() as ds:
         ds.bind()
-        for msg in ds.get_sock_stats(family=family):
-            out.append(
-                SocketEntry(
-                    state=TCP_STATES.get(msg["idiag_state"], str(msg["idiag_state"])),
-                    src=msg["idiag_src"],
-                    sport=msg["idiag_sport"],
-                    dst=msg["idiag_dst"],
-                    dport=msg["idiag_dport"],
+        return list(ds.get_sock_stats(family=family, states=states))
+
+
+def _diag_entries(family: socket.AddressFamily) -> list[SocketEntry]:
+    return [
+        SocketEntry(
+            state=TCP_STATES.get(msg["idiag_state"], str(msg["idiag_state"])),
+            src=msg["idiag_src"],
+            sport=msg["idiag_sport"],
+            dst=msg["idiag_dst"],
+            dport=msg["idiag_dport"],
+        )
+        for msg in _diag_messages(family)
+    ]
+
+
+def listeners(port: int) -> list[Listener]:
+    """The LISTEN sockets on `port` in the calling thread's netns (IPv4 and IPv6)."""
+    out = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in _diag_messages(family, 1 << STATE_NUMBERS["LISTEN"]):
+            if msg["idiag_sport"] == port:
+                out.append(
+                    Listener(
+                        msg["idiag_src"],
+                        port,
+                        msg["idiag_rqueue"],
+                        msg["idiag_wqueue"],
+                        msg["idiag_inode"],
+                    )
                 )
-            )
     return out
 
 

@@ -24,12 +24,20 @@ from dataclasses import dataclass
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.procs import Reporter
+from tcpceiling.probe.watch import Watch
 
 IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
 LINGER_RST = struct.pack("ii", 1, 0)
 REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
+#: With a real server these errnos are the server's doing, judged by the Watch.
+SERVER_ERRNOS = {
+    errno.ECONNREFUSED: "refused",
+    errno.ECONNRESET: "reset",
+    errno.ETIMEDOUT: "timeout",
+    errno.EPIPE: "reset",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ class ClientPlan:
     connect_timeout: float = 5.0
     batch: int = 64
     slab_limit: int = 0  # stop before Slab grows past this (measure.slab_limit)
+    watch: bool = False  # the peer is a real server: check and watch every connection
+    check: str = "none"
+    check_timeout: float = 2.0
+    check_every: float | None = None
+    max_pending: int = 1024  # handshakes and checks in flight at once
 
 
 def raise_nofile(cap: int | None) -> int:
@@ -99,6 +112,10 @@ class ClientWorker:
         self.stopping = self.releasing = False
         self.guard: str | None = None
         self.ep: select.epoll | None = None
+        self.watch: Watch | None = None
+        self.pending_host: dict[int, tuple[str, int]] = {}  # server mode: (host, attempt)
+        self.attempts = 0
+        self.client_errno: int | None = None  # first errno that is not the server's doing
         self.next_tuple = 0
         self.last_expiry = 0.0
         self.stats = SelfStats()
@@ -111,10 +128,14 @@ class ClientWorker:
         self.stopping = self.releasing = True
 
     # -- one connection ------------------------------------------------------------
-    def _fail(self, num: int) -> None:
+    def _fail(self, num: int, seq: int | None = None) -> None:
         self.errors[num] += 1
         if self.first_errno is None:
             self.first_errno = num
+        if self.watch is not None and num in SERVER_ERRNOS:
+            self.watch.fail(SERVER_ERRNOS[num], self.attempts if seq is None else seq)
+            return
+        self.client_errno = self.client_errno or num
         repeated_timeouts = num == errno.ETIMEDOUT and self.errors[num] >= TIMEOUTS_ARE_A_LIMIT
         if repeated_timeouts or (
             num in ERRNO_CONSTRAINT and num not in (errno.EADDRNOTAVAIL, errno.ETIMEDOUT)
@@ -136,6 +157,7 @@ class ClientWorker:
         if ti is None:
             return False
         src, host, port = self.plan.tuples[ti]
+        self.attempts += 1
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -153,6 +175,8 @@ class ClientWorker:
         if err in (errno.EINPROGRESS, 0):
             self.pending[fd] = time.perf_counter()
             self._ep.register(fd, select.EPOLLOUT)
+            if self.watch is not None:
+                self.pending_host[fd] = (host, self.attempts)
             return True
         os.close(fd)
         self._fail(err)
@@ -178,69 +202,123 @@ class ClientWorker:
         events_ = self._ep.poll(timeout, 4096)
         now = time.perf_counter()
         for fd, events in events_:
-            self._ep.unregister(fd)
-            started = self.pending.pop(fd)
-            if events & DONE_EVENTS:
-                self._fail(self._socket_error(fd))
+            started = self.pending.pop(fd, None)
+            if started is None:
+                self._watch.on_event(fd, events)
+            elif events & DONE_EVENTS:
+                self._ep.unregister(fd)
+                _host, seq = self.pending_host.pop(fd, ("", self.attempts))
+                self._fail(self._socket_error(fd), seq)
                 os.close(fd)
             else:
-                self.fds.append(fd)
                 self.hist.add((now - started) * 1e6)
-        if self.pending and now - self.last_expiry > 0.1:
+                if self.watch is None:
+                    self._ep.unregister(fd)
+                    self.fds.append(fd)
+                else:
+                    self.watch.established(fd, *self.pending_host.pop(fd))
+        if now - self.last_expiry > 0.1:
             self.last_expiry = now
             self._expire(now)
+            if self.watch is not None:
+                self.watch.tick()
+
+    @property
+    def _watch(self) -> Watch:
+        assert self.watch is not None
+        return self.watch
+
+    def in_flight(self) -> int:
+        return len(self.pending) + (len(self.watch.checking) if self.watch else 0)
+
+    def established(self) -> int:
+        return self.watch.open_count if self.watch else len(self.fds)
 
     def _expire(self, now: float) -> None:
         limit = self.plan.connect_timeout
         for fd in [fd for fd, t in self.pending.items() if now - t > limit]:
             self._ep.unregister(fd)
             del self.pending[fd]
+            _host, seq = self.pending_host.pop(fd, ("", self.attempts))
             os.close(fd)
-            self._fail(errno.ETIMEDOUT)
+            self._fail(errno.ETIMEDOUT, seq)
 
     # -- phases ----------------------------------------------------------------------
     def progress(self, kind: str = "progress") -> None:
         self.rep.send(
             type=kind,
             index=self.plan.index,
-            established=len(self.fds),
+            established=self.established(),
             pending=len(self.pending),
+            watch=self.watch.summary() if self.watch else None,
             errors={str(k): v for k, v in self.errors.items()},
             first_errno=self.first_errno,
+            client_errno=self.client_errno,
             limit_errno=self.limit_errno,
             hist=self.hist.counts if kind == "done" else None,
             rss=self.stats.rss(),
             guard=self.guard,
-            short=kind == "done" and len(self.fds) < self.plan.share,
+            short=kind == "done" and self.established() < self.plan.share,
         )
+
+    def _server_stopped(self) -> bool:
+        return self.watch is not None and self.watch.limit_kind is not None
 
     def open_all(self) -> None:
         plan, start = self.plan, time.perf_counter()
         opened, last = 0, start
         more = True
         while more and not self.stopping and opened < plan.share:
-            n = min(plan.batch, plan.share - opened)
+            if self.in_flight() >= plan.max_pending:
+                self.drain(0.02)  # bounded: a silent server must not collect every fd
+            n = min(plan.batch, plan.share - opened, plan.max_pending - self.in_flight())
             if plan.rate:
                 due = start + opened / plan.rate
                 time.sleep(max(0.0, due - time.perf_counter()))
-                n = 1
+                n = min(n, 1)
             for _ in range(n):
                 more = self.open_one()
                 opened += 1
                 self.drain(0)  # right away: the latency is the handshake's, not the batch's
                 if not more:
                     break
+            if self._server_stopped():
+                break
             if plan.slab_limit and self.stats.meminfo_field(b"Slab:") > plan.slab_limit:
                 self.guard = "memory"
                 break
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
                 self.progress()
-        deadline = time.perf_counter() + plan.connect_timeout + 1
-        while self.pending and time.perf_counter() < deadline and not self.releasing:
+        self.finish_in_flight()
+
+    def finish_in_flight(self) -> None:
+        """Let handshakes (and checks) under way end in a verdict or a timeout."""
+        wait = self.plan.connect_timeout + (self.plan.check_timeout if self.watch else 0)
+        deadline = time.perf_counter() + wait + 1
+        last = time.perf_counter()
+        while self.in_flight() and time.perf_counter() < deadline and not self.releasing:
             self.drain(0.05)
+            if time.perf_counter() - last > REPORT_EVERY:
+                last = time.perf_counter()
+                self.progress()
+
+    def tend(self) -> None:
+        """While holding: watch the held connections (server mode) or just sleep."""
+        last = 0.0
+        while not self.releasing:
+            if self.watch is None:
+                time.sleep(0.2)  # signal handlers run during the sleep
+                continue
+            self.drain(0.1)
+            if time.monotonic() - last > 2 * REPORT_EVERY:
+                last = time.monotonic()
+                self.progress()
 
     def release(self) -> None:
+        if self.watch is not None:
+            self.fds.extend(self.watch.release())
+            self.fds.extend(self.pending)
         close_with_rst(self.fds)
         self.fds = array("i")
 
@@ -250,6 +328,9 @@ class ClientWorker:
         soft = raise_nofile(self.plan.nofile)
         base = len(os.listdir("/proc/self/fd")) - 1  # minus the listdir's own fd
         self.ep = select.epoll()  # analyze counts this fd as the epoll overhead
+        if self.plan.watch:
+            p = self.plan
+            self.watch = Watch(self.ep, p.check, p.check_timeout, p.check_every, os.close)
         self.rep.send(
             type="start",
             index=self.plan.index,
@@ -260,8 +341,7 @@ class ClientWorker:
         )
         self.open_all()
         self.progress("done")
-        while not self.releasing:
-            time.sleep(0.2)  # signal handlers run during the sleep
+        self.tend()
         self.release()
         self.rep.send(type="released", index=self.plan.index)
 

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import InputError
+from tcpceiling.probe.checks import CHECKS
 
 GIB = 1 << 30
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """A probe of the embedded loopback sink.
+    """A probe of the embedded loopback sink, or with `connect` of real servers.
 
     target None means "until the first limit or guard". memory_floor None means
-    max(1 GiB, 10 % of MemTotal) kept available (issue 3).
+    max(1 GiB, 10 % of MemTotal) kept available (issue 3). `netns` runs the probe in
+    an existing namespace (created by someone else, never deleted by us).
     """
 
     target: int | None = 100_000
@@ -33,8 +37,30 @@ class ProbeConfig:
     worker_nofile: int | None = None
     parallel: int = 2
     connect_timeout: float = 5.0
+    connect: tuple[Endpoint, ...] = ()
+    check: str = "none"
+    check_timeout: float = 2.0
+    check_every: float | None = None
+    server_pid: int | None = None
+    netns: str | None = None
+    max_pending: int = 1024
+
+    @property
+    def server_mode(self) -> bool:
+        return bool(self.connect)
 
     def __post_init__(self) -> None:
+        self._check_counts()
+        if self.check not in CHECKS:
+            raise InputError(f"--check must be one of {', '.join(CHECKS)}")
+        if self.check != "none" and not self.connect:
+            raise InputError("--check needs --connect (the built-in sink is not a service)")
+        if self.check_every is not None and self.check_every <= 0:
+            raise InputError("--check-every must be positive")
+        if self.connect and (self.sink_ports != 1 or self.sink_host != "127.0.0.1"):
+            raise InputError("--sink-ports/--sink-host are for the built-in sink, not --connect")
+
+    def _check_counts(self) -> None:
         if self.target is not None and self.target < 1:
             raise InputError(f"--target must be a positive number or 'max', not {self.target}")
         if self.rate is not None and self.rate <= 0:
@@ -50,12 +76,22 @@ class ProbeConfig:
 
     @property
     def isolated(self) -> bool:
-        return os.geteuid() == 0 if self.isolate is None else self.isolate
+        """A private namespace of our own: by default when root and probing the sink."""
+        if self.isolate is None:
+            return os.geteuid() == 0 and not self.connect and self.netns is None
+        return self.isolate
 
     def check_environment(self, procfs: Path = Path("/proc")) -> None:
         """Errors that depend on the machine: root for --isolate, known per-netns sysctls."""
         if self.isolate and os.geteuid() != 0:
             raise InputError("--isolate needs root (it creates a network namespace)")
+        if self.isolate and (self.connect or self.netns):
+            raise InputError(
+                "--isolate makes a fresh namespace that no server lives in; "
+                "use --netns NAME to probe inside an existing one"
+            )
+        if self.netns and os.geteuid() != 0:
+            raise InputError("--netns needs root (it enters a network namespace)")
         if self.sysctls and not self.isolated:
             raise InputError(
                 "--sysctl is applied only inside the run's own namespace: "
@@ -93,3 +129,12 @@ def parse_target(text: str) -> int | None:
     if value < 1:
         raise InputError(f"--target must be a positive number or 'max', not {text!r}")
     return value
+
+
+def resolve(endpoint: Endpoint) -> Endpoint:
+    """A hostname to its first address (getaddrinfo order: what a client would use)."""
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from exc
+    return Endpoint(str(infos[0][4][0]), endpoint.port)

@@ -27,9 +27,9 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.parse import RLimit
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import errnos, isolate, measure
+from tcpceiling.probe import errnos, evidence, isolate, measure
 from tcpceiling.probe.client import ClientPlan, run_client
-from tcpceiling.probe.config import GIB, ProbeConfig
+from tcpceiling.probe.config import GIB, ProbeConfig, resolve
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
 from tcpceiling.probe.result import Predicted, ProbeResult, Stop
@@ -98,8 +98,11 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         if cfg.memory_floor is not None
         else default_floor(snap.system.meminfo.mem_total)
     )
-    ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
-    endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
+    if cfg.server_mode:
+        endpoints = tuple(dict.fromkeys(resolve(e) for e in cfg.connect))
+    else:
+        ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
+        endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
     with netns_mod.inside(netns):
         routes = {e: route_of(e.host, e.port) for e in endpoints}
     plan = Plan(
@@ -114,6 +117,9 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         if c.kind == "total" and c.ceiling is not None and (cfg.sources or c.id != "ports")
     ]
     plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
+    if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours
+        plan.sink_shards = 0
+        return plan
     if not cfg.sources:
         usable = snap.net.port_range[1] - snap.net.port_range[0] + 1
         n = max(1, math.ceil(2 * plan.expected / (len(endpoints) * usable)))
@@ -136,6 +142,12 @@ class Run:
         self.interrupted = False
         self.netns: str | None = None
         self.notes: list[str] = []
+        self.max_served = 0
+        self.timeline: list[tuple[float, int, int | None]] = []
+        self.server_before: evidence.ServerSample | None = None
+        self.server_after: evidence.ServerSample | None = None
+        self.t0 = time.monotonic()
+        self.held = 0
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -159,6 +171,25 @@ class Run:
                     )
             if closed or reap(child):
                 self._check_dead(child)
+        if self.cfg.server_mode:
+            self.max_served = max(self.max_served, self._served_peak())
+            self._sample_timeline()
+
+    def _served_peak(self) -> int:
+        """Most connections served at once. One worker knows its exact peak; across
+        workers only the sum of their latest reports is simultaneous."""
+        peaks = [int((s.get("watch") or {}).get("max_served", 0)) for s in self._client_states()]
+        return max(self._watch_sum("held"), max(peaks, default=0))
+
+    def _watch_sum(self, key: str) -> int:
+        return sum(int((s.get("watch") or {}).get(key, 0)) for s in self._client_states())
+
+    def _sample_timeline(self) -> None:
+        """(seconds, established, served) about once a second, at most 3600 points."""
+        t = round(time.monotonic() - self.t0, 1)
+        if (not self.timeline or t - self.timeline[-1][0] >= 1.0) and len(self.timeline) < 3600:
+            served = self._watch_sum("served") if self.cfg.check != "none" else None
+            self.timeline.append((t, self.established(), served))
 
     def _check_dead(self, child: Child) -> None:
         reap(child)
@@ -220,6 +251,11 @@ class Run:
             rate=self.cfg.rate,
             connect_timeout=self.cfg.connect_timeout,
             slab_limit=plan.slab_limit,
+            watch=self.cfg.server_mode,
+            check=self.cfg.check,
+            check_timeout=self.cfg.check_timeout,
+            check_every=self.cfg.check_every,
+            max_pending=self.cfg.max_pending,
         )
         self.clients.append(spawn("client", index, partial(run_client, cp)))
         self.assigned += share
@@ -240,15 +276,24 @@ class Run:
         ]
 
     def _limit_stop(self) -> Stop | None:
-        """A worker that finished short of its share names the limit by its errno."""
+        """A worker that finished short of its share names the limit by its errno;
+        with a real server, a worker whose connections kept failing names the kind."""
         for st in self._client_states():
             if st.get("type") != "done":
                 continue
             if st.get("guard"):
                 return Stop(f"guard:{st['guard']}")
-            num = st.get("limit_errno") or (st.get("first_errno") if st.get("short") else None)
-            if num:
-                return Stop(errnos.constraint_for(int(num)), errno=errnos.name(int(num)))
+            if st.get("limit_errno"):
+                num = int(st["limit_errno"])
+                return Stop(errnos.constraint_for(num), errno=errnos.name(num), side="client")
+            kind = (st.get("watch") or {}).get("limit_kind")
+            if kind:
+                return Stop("server", detail=kind, side="server")
+            which = "client_errno" if self.cfg.server_mode else "first_errno"
+            first = st.get(which) if st.get("short") else None
+            if first:
+                num = int(first)
+                return Stop(errnos.constraint_for(num), errno=errnos.name(num), side="client")
         return None
 
     def _may_spawn(self) -> bool:
@@ -345,6 +390,7 @@ class Run:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             with ExitStack() as stack:
+                self.netns = self.cfg.netns
                 if self.cfg.isolated:
                     self.netns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
                 return self._execute()
@@ -363,19 +409,57 @@ class Run:
 
     def _run(self, plan: Plan) -> ProbeResult:
         try:
-            self.start_sinks(plan)
+            if self.cfg.server_mode:
+                self.server_before = self._server_sample(plan)
+            else:
+                self.start_sinks(plan)
             before = measure.Sample.take()
             m = before.meminfo
             plan.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
+            self.t0 = time.monotonic()
             seconds = self.open_phase(plan)
-            self._settle_sinks()
+            if self.cfg.server_mode:
+                self.server_after = self._server_sample(plan)
+            else:
+                self._settle_sinks()
             after = measure.Sample.take()
+            self.held = self.established()  # the result is about the opening phase
             pids = [c.pid for c in [*self.clients, *self.sinks] if c.exit_status is None]
             usage = measure.process_usage(pids)
             self.hold()
             return self._result(plan, seconds, before, after, usage)
         finally:
             self.release()
+
+    def _server_sample(self, plan: Plan) -> evidence.ServerSample | None:
+        """The server side as this host sees it; None when no destination is local."""
+        if not any(local for _src, local in plan.routes.values()):
+            return None
+        return evidence.sample(plan.endpoints, self.cfg.server_pid)
+
+    def _server_stop(self, stop: Stop) -> Stop:
+        """Attribute a server-side stop with the evidence read before and after."""
+        replies: dict[str, int] = {}
+        for st in self._client_states():
+            for text, n in ((st.get("watch") or {}).get("replies") or {}).items():
+                replies[text] = replies.get(text, 0) + int(n)
+        empty = evidence.ServerSample()
+        return evidence.attribute(
+            stop.detail, replies, self.server_before or empty, self.server_after or empty
+        )
+
+    def _outcomes(self) -> tuple[dict[str, int], dict[str, int]]:
+        totals: dict[str, int] = {}
+        replies: dict[str, int] = {}
+        for st in self._client_states():
+            w = st.get("watch") or {}
+            for k, n in (w.get("totals") or {}).items():
+                totals[k] = totals.get(k, 0) + int(n)
+            for k, n in (w.get("replies") or {}).items():
+                replies[k] = replies.get(k, 0) + int(n)
+        totals["open_at_end"] = self.established()
+        totals["silent_at_end"] = self._watch_sum("silent")
+        return totals, replies
 
     # -- the result -----------------------------------------------------------------------------
     def _prediction(self, plan: Plan) -> Predicted:
@@ -401,7 +485,7 @@ class Run:
         after: measure.Sample,
         usage: measure.Usage,
     ) -> ProbeResult:
-        est = self.established()
+        est = self.held
         stop = self.stop or (
             Stop("target")
             if self.cfg.target and est >= self.cfg.target
@@ -411,11 +495,14 @@ class Run:
         first = next(
             (st.get("first_errno") for st in self._client_states() if st.get("first_errno")), None
         )
+        if stop.reason == "server":
+            stop = self._server_stop(stop)
         stop = replace(
             stop,
             errno_counts=counts,
             errno=stop.errno or (errnos.name(int(first)) if first else None),
         )
+        outcomes, replies = self._outcomes() if self.cfg.server_mode else ({}, {})
         hist = Histogram()
         for st in self._client_states():
             hist.merge({int(k): v for k, v in (st.get("hist") or {}).items()})
@@ -433,15 +520,33 @@ class Run:
             connect_latency_us=hist.summary(),
             cpu_seconds_per_1000=round(usage.cpu_seconds * 1000 / est, 4) if est else None,
             sink_accepted=self.sink_accepted(),
-            isolated=self.netns is not None,
+            isolated=self.cfg.isolated,
             netns=self.netns,
             sources=len(plan.sources),
             sink_endpoints=tuple(str(e) for e in plan.endpoints),
             worker_pids=tuple(c.pid for c in self.clients),
-            notes=tuple(self.notes)
-            + tuple(plan.notes)
-            + (() if self.netns else ("ran in the host's network namespace (not isolated)",)),
+            notes=tuple(self.notes) + tuple(plan.notes) + self._mode_notes(),
+            mode="server" if self.cfg.server_mode else "sink",
+            check=self.cfg.check,
+            served=self.max_served if self.cfg.server_mode and self.cfg.check != "none" else None,
+            side=stop.side,
+            outcomes=outcomes,
+            replies=replies,
+            timeline=tuple(self.timeline),
         )
+
+    def _mode_notes(self) -> tuple[str, ...]:
+        notes = []
+        if not self.netns:
+            notes.append("ran in the host's network namespace (not isolated)")
+        if self.cfg.server_mode and self.cfg.check == "none":
+            notes.append(
+                "no --check: 'established' is all that is known; the server may not have "
+                "accepted, let alone served, these connections"
+            )
+        if self.cfg.server_mode and self.server_before is None:
+            notes.append("the server is not on this host: no server-side evidence was read")
+        return tuple(notes)
 
 
 def run(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult:

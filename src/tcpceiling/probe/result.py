@@ -9,12 +9,16 @@ from typing import Any
 @dataclass(frozen=True)
 class Stop:
     """Why opening stopped: 'target', a constraint id, 'guard:memory', 'guard:duration',
-    'interrupted' or 'worker_died'; the first errno seen and the count per errno."""
+    'interrupted', 'worker_died', or with a real server one of evidence.py's server
+    reasons; which side hit its limit; the first errno seen and the count per errno;
+    the evidence read on this host (server side)."""
 
     reason: str
     errno: str | None = None
     errno_counts: dict[str, int] = field(default_factory=dict)
     detail: str = ""
+    side: str | None = None  # "client" | "server" when a limit stopped the run
+    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,13 @@ class ProbeResult:
     sink_endpoints: tuple[str, ...]
     worker_pids: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
+    mode: str = "sink"  # "sink": the built-in loopback sink; "server": --connect
+    check: str = "none"
+    served: int | None = None  # most connections served at once (None: no check)
+    side: str | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
+    replies: dict[str, int] = field(default_factory=dict)
+    timeline: tuple[tuple[float, int, int | None], ...] = ()  # (s, established, served)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -45,16 +45,50 @@ class LiveProgress:
             sys.stdout.flush()
 
 
-def render_probe(r: ProbeResult, console: Console) -> None:
+def _title(r: ProbeResult) -> str:
     verdict = "reached the target" if r.target_reached else f"stopped: {r.stop.reason}"
-    t = Table(
-        title=f"{r.established:,} connections established — {verdict}",
-        title_justify="left",
-        show_header=False,
-    )
+    if r.stop.side:
+        verdict += f" ({r.stop.side} side)"
+    if r.mode == "server" and r.served is not None:
+        return f"{r.served:,} served at most at once, {r.established:,} established — {verdict}"
+    return f"{r.established:,} connections established — {verdict}"
+
+
+def _server_rows(r: ProbeResult) -> list[tuple[str, str]]:
+    """Outcomes of a --connect probe, and what this host showed of the server."""
+    counts = ", ".join(f"{k} {v:,}" for k, v in r.outcomes.items())
+    rows = [("check", r.check), ("outcomes", counts or "none")]
+    if r.replies:
+        rows.append(("server replies", "; ".join(f"{k!r} x{v}" for k, v in r.replies.items())))
+    ev = r.stop.evidence
+    if ev.get("deltas"):
+        moved = ", ".join(f"{k} +{v:,}" for k, v in ev["deltas"].items() if v)
+        rows.append(("counters (delta)", moved or "none moved (ListenOverflows, drops…)"))
+    for ln in ev.get("listeners", []):
+        rows.append(
+            (
+                "listener",
+                f"{ln['host']}:{ln['port']} accept queue "
+                f"{ln['queue']}/{ln['backlog']}" + (" FULL" if ln["full"] else ""),
+            )
+        )
+    for p in ev.get("processes", []):
+        rows.append(
+            (
+                "server process",
+                f"{p['name']} pid {p['pid']}: {p['open_fds']} fds "
+                f"of nofile {p['nofile_soft']}" + (" (at its limit)" if p["at_fd_limit"] else ""),
+            )
+        )
+    return rows
+
+
+def render_probe(r: ProbeResult, console: Console) -> None:
+    t = Table(title=_title(r), title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column()
     pc = r.per_connection
+    ends = "both ends" if r.mode == "sink" else "client, and server if local"
     rows = [
         (
             "stop reason",
@@ -64,30 +98,29 @@ def render_probe(r: ProbeResult, console: Console) -> None:
         (
             "predicted by analyze",
             f"{human(r.predicted.ceiling)} ({r.predicted.binding}; then "
-            f"{', '.join(r.predicted.runners_up)})",
+            f"{', '.join(r.predicted.runners_up)}) — client side",
         ),
         ("open rate", f"{r.rate_per_s:,.0f}/s over {r.open_seconds:.2f} s"),
-        ("kernel memory / conn", f"{human(pc.kernel_bytes, ' B')} Slab (both ends)"),
+        ("kernel memory / conn", f"{human(pc.kernel_bytes, ' B')} Slab ({ends})"),
         ("user memory / conn", f"{human(pc.user_bytes, ' B')} RSS, all workers"),
-        ("MemAvailable drop / conn", human(pc.mem_available_bytes, " B")),
         ("connect latency µs", ", ".join(f"{k} {v}" for k, v in r.connect_latency_us.items())),
-        ("CPU s / 1000 conns", str(r.cpu_seconds_per_1000)),
         (
             "workers",
-            f"{r.workers} client + {r.sink_workers} sink; {r.sources} source IPs → "
+            f"{r.workers} client + {r.sink_workers} sink; "
+            f"{r.sources or 'kernel-picked'} source IPs → "
             f"{', '.join(r.sink_endpoints)}",
         ),
         ("namespace", r.netns or "host (not isolated)"),
     ]
     if r.stop.detail:
         rows.insert(1, ("detail", r.stop.detail))
+    if r.mode == "server":
+        rows[2:2] = _server_rows(r)
     if pc.slab_breakdown:
-        rows.append(
-            (
-                "slab breakdown B/conn",
-                ", ".join(f"{k} {v:,.0f}" for k, v in pc.slab_breakdown.items()),
-            )
-        )
+        breakdown = ", ".join(f"{k} {v:,.0f}" for k, v in pc.slab_breakdown.items())
+        rows.append(("slab breakdown B/conn", breakdown))
+    for note in r.notes:
+        rows.append(("note", note))
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

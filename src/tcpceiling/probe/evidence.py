@@ -1,0 +1,184 @@
+"""Whose limit stopped a probe of a real server, and the evidence for it.
+
+When the server runs on this machine (its address is local in the probe's netns),
+the kernel shows its side too: the listener's accept queue (sock_diag), the netns
+counters ListenOverflows / ListenDrops / TCPSynRetrans (/proc/net/netstat),
+conntrack drops (/proc/net/stat/nf_conntrack), and the server process's open fds
+against its RLIMIT_NOFILE (/proc/PID). `sample()` reads them; `attribute()` is a
+pure function from the workers' failure kind and two samples to a Stop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcpceiling.analysis.model import Endpoint
+from tcpceiling.errors import ParseError
+from tcpceiling.host import parse, sockets
+from tcpceiling.host.read import read_process
+from tcpceiling.host.roots import Roots
+from tcpceiling.probe.result import Stop
+
+NETSTAT_KEYS = (
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPSynRetrans",
+    "TcpExt.TCPReqQFullDrop",
+)
+CONNTRACK_KEYS = ("drop", "early_drop", "insert_failed")
+FD_SLACK = 2  # a server "at" its fd limit may keep a spare fd or two (e.g. asyncio)
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    pid: int
+    name: str
+    open_fds: int
+    nofile_soft: int | None
+    nofile_hard: int | None
+
+    @property
+    def at_fd_limit(self) -> bool:
+        return self.nofile_soft is not None and self.open_fds >= self.nofile_soft - FD_SLACK
+
+
+@dataclass(frozen=True)
+class ServerSample:
+    counters: dict[str, int] = field(default_factory=dict)
+    listeners: tuple[sockets.Listener, ...] = ()
+    processes: tuple[ServerProcess, ...] = ()
+
+
+def _counters(procfs: Path) -> dict[str, int]:
+    """Netns counters of the calling thread (thread-self: the netns it entered)."""
+    net = procfs / "thread-self" / "net"
+    out: dict[str, int] = {}
+    try:
+        stats = parse.parse_netstat((net / "netstat").read_text())
+        out.update({k.split(".", 1)[1]: stats.get(k, 0) for k in NETSTAT_KEYS})
+    except FileNotFoundError:
+        pass
+    try:
+        ct = parse.parse_conntrack_stat((net / "stat" / "nf_conntrack").read_text())
+        out.update({f"conntrack_{k}": ct.get(k, 0) for k in CONNTRACK_KEYS})
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def socket_owners(inodes: Iterable[int], procfs: Path) -> list[int]:
+    """Pids holding any of these socket inodes (a scan of /proc/*/fd, as ss -p does)."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    pids = []
+    for entry in os.scandir(procfs):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(Path(entry.path) / "fd")
+            if any(os.readlink(fd.path) in wanted for fd in fds):
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return pids
+
+
+def _process(pid: int, roots: Roots) -> ServerProcess | None:
+    try:
+        view = read_process(roots, str(pid))
+        name = (roots.procfs / str(pid) / "comm").read_text().strip()
+    except (OSError, ParseError):
+        return None
+    nofile = view.limits.nofile
+    return ServerProcess(pid, name, view.open_fds, nofile.soft, nofile.hard)
+
+
+def sample(
+    endpoints: tuple[Endpoint, ...], server_pid: int | None, roots: Roots | None = None
+) -> ServerSample:
+    """Read the server side on this host, in the calling thread's netns."""
+    roots = roots or Roots()
+    found = tuple(ln for e in {e.port for e in endpoints} for ln in sockets.listeners(e))
+    hosts = {e.host for e in endpoints}
+    mine = tuple(ln for ln in found if ln.host in hosts or ln.host in ("0.0.0.0", "::")) or found
+    pids = [server_pid] if server_pid else socket_owners((ln.inode for ln in mine), roots.procfs)
+    procs = tuple(p for p in (_process(pid, roots) for pid in pids) if p is not None)
+    return ServerSample(_counters(roots.procfs), mine, procs)
+
+
+def deltas(before: ServerSample, after: ServerSample) -> dict[str, int]:
+    return {k: v - before.counters.get(k, 0) for k, v in after.counters.items()}
+
+
+def evidence_data(before: ServerSample, after: ServerSample) -> dict[str, Any]:
+    """The evidence as plain data for the result's `server` field."""
+    return {
+        "deltas": deltas(before, after),
+        "listeners": [asdict(ln) | {"full": ln.full} for ln in after.listeners],
+        "processes": [asdict(p) | {"at_fd_limit": p.at_fd_limit} for p in after.processes],
+    }
+
+
+def _fd_limit_detail(procs: list[ServerProcess]) -> str:
+    p = procs[0]
+    return (
+        f"server process {p.name} (pid {p.pid}) holds {p.open_fds} fds of its "
+        f"RLIMIT_NOFILE {p.nofile_soft}: it cannot accept more (accept() fails with EMFILE)"
+    )
+
+
+def _queue_detail(after: ServerSample, d: dict[str, int]) -> str:
+    queues = ", ".join(f"{ln.queue}/{ln.backlog}" for ln in after.listeners) or "not visible"
+    return (
+        f"the listener's accept queue is full (queued/backlog {queues}); "
+        f"ListenOverflows +{d.get('ListenOverflows', 0)}: the server does not accept "
+        "fast enough (or at all), so new handshakes are dropped"
+    )
+
+
+def _reason(kind: str, reply: str, after: ServerSample, d: dict[str, int]) -> tuple[str, str]:
+    """(reason, detail) for the failure kind that ended opening, given the evidence."""
+    at_limit = [p for p in after.processes if p.at_fd_limit]
+    overflowed = d.get("ListenOverflows", 0) > 0 or any(ln.full for ln in after.listeners)
+    conntrack = sum(d.get(f"conntrack_{k}", 0) for k in CONNTRACK_KEYS)
+    if reply and kind in ("error_reply", "closed", "reset"):
+        return "server_reply", f'the server refused with "{reply}" and closed'
+    if kind in ("silent", "timeout") and at_limit:
+        return "server_nofile", _fd_limit_detail(at_limit)
+    if kind == "timeout" and conntrack:
+        return "conntrack", f"conntrack dropped {conntrack} packets (table full)"
+    if kind in ("silent", "timeout", "reset") and overflowed:
+        return "backlog", _queue_detail(after, d)
+    if kind == "closed":
+        if at_limit:
+            return "server_nofile", _fd_limit_detail(at_limit)
+        return "server_closed", (
+            "the server accepted and closed at once: it is at a connection limit of its "
+            "own (e.g. nginx worker_connections, a maxconn or maxclients setting)"
+        )
+    return {
+        "evicted": (
+            "server_evicted",
+            "the server closed connections it had served to make room for new ones: "
+            "'served' is the most it holds at once (nginx: worker_connections are not "
+            "enough, reusing connections)",
+        ),
+        "refused": ("server_refused", "connection refused: nothing listens, or it stopped"),
+        "reset": ("server_reset", "the server reset connections"),
+        "silent": ("server_silent", "established but never answered: the server is stuck"),
+        "timeout": ("server_timeout", "SYNs unanswered: a full queue elsewhere or a firewall"),
+    }.get(kind, (f"server_{kind}", ""))
+
+
+def attribute(
+    kind: str, replies: dict[str, int], before: ServerSample, after: ServerSample
+) -> Stop:
+    """The server-side Stop for the workers' dominant failure kind (watch.py)."""
+    reply = max(replies, key=lambda r: replies[r]) if replies else ""
+    d = deltas(before, after)
+    reason, detail = _reason(kind, reply, after, d)
+    evidence = evidence_data(before, after) | {"failure": kind, "reply": reply or None}
+    return Stop(reason, side="server", detail=detail, evidence=evidence)

@@ -1,0 +1,227 @@
+"""What happens to each connection after its handshake, when the peer is a real server.
+
+ESTABLISHED is not served: the kernel completes handshakes into a listener's accept
+queue whether or not the server ever accepts them (issue 4). So every new connection
+gets a service check (checks.py) and is then watched for the rest of the run
+(EPOLLIN | EPOLLRDHUP on the held fd): the server may answer, refuse with an error
+reply, close, reset, or stay silent. With `--check none` a connection that the
+server has not closed within the check timeout counts as held (that is all a
+check-less probe can know).
+
+When has the server stopped serving? Two signs, counted together up to STREAK_LIMIT:
+- failures (closed, reset, refused, silent, timeout, error reply) of connections
+  attempted after the latest one that succeeded. Order is by attempt number, not by
+  when the verdict came: a check that passes late says nothing of later attempts;
+- evictions: good connections the server closes while the number of good ones
+  makes no new high. nginx at worker_connections closes idle keep-alive
+  connections to serve new ones, so every new one succeeds and the count stays flat.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tcpceiling.probe import checks
+
+STREAK_LIMIT = 16
+RECHECK_SAMPLE = 64  # connections re-checked per --check-every round (bounded cost)
+CHECKING, HELD, SERVED, SILENT = "checking", "held", "served", "silent"
+GOOD = (HELD, SERVED)
+WATCH_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+
+
+@dataclass
+class Checking:
+    deadline: float
+    sent: bytes
+    again: bool  # a --check-every re-check of a held connection
+    buf: bytes = b""
+
+
+class Watch:
+    """Check and watch the connections of one client worker (all state is per fd)."""
+
+    def __init__(
+        self,
+        ep: select.epoll,
+        check: str,
+        timeout: float,
+        every: float | None,
+        closer: Callable[[int], None],
+    ) -> None:
+        self.ep, self.check, self.timeout, self.every = ep, check, timeout, every
+        self.close = closer
+        self.requests: dict[str, bytes] = {}
+        self.state: dict[int, str] = {}  # every open fd
+        self.host_of: dict[int, str] = {}
+        self.seq_of: dict[int, int] = {}
+        self.checking: dict[int, Checking] = {}  # fds with a request outstanding
+        self.totals: Counter[str] = Counter()
+        self.replies: Counter[str] = Counter()
+        self.failures: list[tuple[int, str]] = []  # (attempt, kind) after the last success
+        self.last_success = -1
+        self.latest = 0
+        self.good = self.high = self.evicted_flat = 0
+        self.next_round = time.monotonic() + (every or 0)
+        self.cursor = 0
+
+    # -- counts ----------------------------------------------------------------
+    @property
+    def open_count(self) -> int:
+        return len(self.state)
+
+    @property
+    def limit_kind(self) -> str | None:
+        if len(self.failures) + self.evicted_flat < STREAK_LIMIT:
+            return None
+        kinds = Counter(kind for _seq, kind in self.failures)
+        kinds["evicted"] += self.evicted_flat
+        return kinds.most_common(1)[0][0]
+
+    def summary(self) -> dict[str, Any]:
+        states = Counter(self.state.values())
+        return {
+            "open": self.open_count,
+            "served": self.good if self.check != "none" else None,
+            "held": self.good,
+            "silent": states[SILENT],
+            "checking": len(self.checking),
+            "max_served": self.high,
+            "totals": dict(self.totals),
+            "replies": dict(self.replies),
+            "limit_kind": self.limit_kind,
+        }
+
+    # -- state and outcomes ----------------------------------------------------------
+    def _set(self, fd: int, new: str | None) -> str | None:
+        """Move fd to a new state (None: gone), keeping the count of good ones."""
+        old = self.state.pop(fd, None)
+        self.good += (new in GOOD) - (old in GOOD)
+        if new is not None:
+            self.state[fd] = new
+        return old
+
+    def fail(self, kind: str, seq: int) -> None:
+        """A failure of the seq-th attempt (counts toward the limit only when no later
+        attempt has succeeded)."""
+        self.totals[kind] += 1
+        self.latest = max(self.latest, seq)
+        if seq > self.last_success:
+            self.failures.append((seq, kind))
+
+    def _succeed(self, fd: int) -> None:
+        self._set(fd, SERVED if self.check != "none" else HELD)
+        if self.good > self.high:
+            self.high, self.evicted_flat = self.good, 0
+        seq = self.seq_of.get(fd, -1)
+        if seq > self.last_success:
+            self.last_success = seq
+            self.failures = [f for f in self.failures if f[0] > seq]
+
+    def _drop(self, fd: int, kind: str, text: str = "") -> None:
+        """The server ended this connection: count it, forget it, close our end."""
+        seq = self.seq_of.pop(fd, self.latest)
+        self.checking.pop(fd, None)
+        self.host_of.pop(fd, None)
+        if text:
+            self.replies[text] += 1
+        if self._set(fd, None) in GOOD:  # it had been served: an eviction
+            self.totals["evicted"] += 1
+            self.evicted_flat += 1
+        else:
+            self.fail(kind, seq)
+        self.ep.unregister(fd)
+        self.close(fd)
+
+    # -- events ------------------------------------------------------------------------
+    def established(self, fd: int, host: str, seq: int) -> None:
+        """A handshake completed: send the check request and wait for the verdict."""
+        self.totals["established"] += 1
+        self.host_of[fd], self.seq_of[fd] = host, seq
+        self.latest = max(self.latest, seq)
+        self.state[fd] = CHECKING
+        self.ep.modify(fd, WATCH_EVENTS)
+        self._send_check(fd, again=False)
+
+    def _send_check(self, fd: int, again: bool) -> None:
+        host = self.host_of[fd]
+        sent = self.requests.setdefault(host, checks.request(self.check, host))
+        try:
+            if sent:
+                os.write(fd, sent)
+        except OSError:
+            self._drop(fd, "reset")
+            return
+        self.checking[fd] = Checking(time.monotonic() + self.timeout, sent, again)
+
+    def on_event(self, fd: int, events: int) -> None:
+        """Data, EOF or reset on a checked or held connection."""
+        pending = self.checking.get(fd)
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(fd, "reset", self._pending_text(fd))
+            return
+        if not data:
+            self._drop(fd, "closed", self._pending_text(fd))
+        elif pending is not None:
+            pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
+            self._judge(fd, pending)
+
+    def _pending_text(self, fd: int) -> str:
+        pending = self.checking.get(fd)
+        return checks.first_line(pending.buf) if pending and pending.buf else ""
+
+    def _judge(self, fd: int, pending: Checking) -> None:
+        v = checks.verdict(self.check, pending.buf, pending.sent)
+        if v.outcome == "more":
+            return
+        del self.checking[fd]
+        if v.outcome == "ok":
+            self.totals["rechecked_ok" if pending.again else "served"] += 1
+            self._succeed(fd)
+        else:
+            self._drop(fd, "error_reply", v.text)
+
+    # -- time ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Expire checks past their timeout; start a --check-every round when due."""
+        now = time.monotonic()
+        for fd in [fd for fd, p in self.checking.items() if p.deadline < now]:
+            pending = self.checking.pop(fd)
+            if self.check == "none":
+                self._succeed(fd)
+                continue
+            self._set(fd, SILENT)
+            self.fail("silent", self.latest if pending.again else self.seq_of.get(fd, -1))
+            if pending.again:
+                self.totals["went_silent"] += 1
+        if self.every and now >= self.next_round:
+            self.next_round = now + self.every
+            self._recheck_round()
+
+    def _recheck_round(self) -> None:
+        """Re-send the check on a rotating sample of held connections."""
+        fds = [fd for fd in self.state if fd not in self.checking]
+        if not fds or self.check == "none":
+            return
+        start = self.cursor % len(fds)
+        for fd in (fds[start:] + fds[:start])[:RECHECK_SAMPLE]:
+            self._send_check(fd, again=True)
+        self.cursor += RECHECK_SAMPLE
+
+    def release(self) -> list[int]:
+        """Every fd still open (the caller closes them with RST)."""
+        fds = list(self.state)
+        for table in (self.state, self.checking, self.host_of, self.seq_of):
+            table.clear()
+        self.good = 0
+        return fds

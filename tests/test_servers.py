@@ -1,0 +1,196 @@
+"""probe --connect against real servers: whose limit stopped it, and was it served?
+(issue 4). nginx and redis-server are the Debian packages `.ci/run` installs."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tcpceiling.host import sockets
+from tests.conftest import netns_sysctl, probe
+
+HERE = Path(__file__).parent
+ECHO_SERVER = HERE / "servers" / "echo_server.py"
+NGINX_CONF = """
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def needs(binary: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        shutil.which(binary) is None, reason=f"needs {binary} (`.ci/run` installs it)"
+    )
+
+
+@contextmanager
+def running(cmd: list[str], port: int, ready_line: bool = False) -> Iterator[int]:
+    """Start a server, wait until it listens on port, yield its pid; stop it by pid."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        if ready_line:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        while not ready_line and not sockets.listeners(port):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port}"
+            time.sleep(0.05)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fd_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@needs("nginx")
+def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path) -> None:
+    """One worker, worker_connections 256. The worker spends one connection on its
+    listener and one on the channel to the master; and when fewer than
+    worker_connections/16 are free, nginx closes idle keep-alive connections to make
+    room (ngx_drain_connections in src/core/ngx_connection.c). So the configuration
+    allows 256 - 1 - 1 - 16 = 238 idle clients at once, and then evicts."""
+    port, connections = free_port(), 256
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, connections=connections))
+    cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]
+    with running(cmd, port):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http", "--target", "600")
+    allowed = connections - 1 - 1 - connections // 16
+    assert code == 1 and r["mode"] == "server" and r["check"] == "http"
+    assert abs(r["served"] - allowed) <= 0.02 * allowed, r["served"]
+    assert r["side"] == "server" and r["stop"]["side"] == "server"
+    assert r["stop"]["reason"] == "server_evicted"
+    assert r["outcomes"]["evicted"] >= 16
+    assert any(p["name"] == "nginx" for p in r["stop"]["evidence"]["processes"])
+
+
+@needs("redis-server")
+def test_redis_maxclients_is_named_by_its_reply() -> None:
+    port = free_port()
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--maxclients",
+        "100",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    with running(cmd, port):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "300")
+    assert code == 1 and r["side"] == "server"
+    assert 98 <= r["served"] <= 102
+    assert r["stop"]["reason"] == "server_reply"
+    assert "max number of clients reached" in r["stop"]["detail"]
+    assert "max number of clients reached" in r["stop"]["evidence"]["reply"]
+
+
+def test_echo_server_fd_limit_established_but_not_served() -> None:
+    """A server at its RLIMIT_NOFILE stops accepting; the kernel still completes
+    handshakes into its accept queue, so ESTABLISHED exceeds served."""
+    port, limit = free_port(), 300
+    cmd = ["prlimit", f"--nofile={limit}:{limit}", sys.executable, str(ECHO_SERVER)]
+    with running([*cmd, str(port), "64"], port, ready_line=True) as pid:
+        allowed = limit - fd_count(pid)  # each served connection takes one fd
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "echo", "--target", "1000",
+            "--connect-timeout", "2",
+        )  # fmt: skip
+    assert code == 1 and r["side"] == "server"
+    assert abs(r["served"] - allowed) <= 0.02 * allowed, (r["served"], allowed)
+    assert r["established"] > r["served"]
+    assert r["outcomes"]["silent_at_end"] >= 1
+    assert r["stop"]["reason"] == "server_nofile"
+    proc = next(p for p in r["stop"]["evidence"]["processes"] if p["pid"] == pid)
+    assert proc["at_fd_limit"] and proc["nofile_soft"] == limit
+
+
+def test_listener_that_never_accepts_fills_its_backlog() -> None:
+    """Linux queues backlog + 1 completed handshakes (sk_acceptq_is_full is '>'),
+    then drops SYNs and counts ListenOverflows."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--target", "100", "--connect-timeout", "1"
+        )
+    assert code == 1 and r["side"] == "server"
+    assert r["established"] == 16 + 1
+    assert r["served"] is None  # no check: established is all that is known
+    assert any("established' is all that is known" in n for n in r["notes"])
+    assert r["stop"]["reason"] == "backlog"
+    ev = r["stop"]["evidence"]
+    assert ev["deltas"]["ListenOverflows"] > 0
+    assert ev["listeners"][0]["backlog"] == 16 and ev["listeners"][0]["full"]
+
+
+def test_client_side_limit_still_named_client(netns: str) -> None:
+    """The server has room; the namespace's 50 ephemeral ports run out first."""
+    netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60049")
+    port = free_port()
+    cmd = ["ip", "netns", "exec", netns, sys.executable, str(ECHO_SERVER), str(port), "512"]
+    with running(cmd, port, ready_line=True):
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "echo", "--target", "200",
+            "--netns", netns,
+        )  # fmt: skip
+    assert code == 1
+    assert r["side"] == "client" and r["stop"]["side"] == "client"
+    assert r["stop"]["reason"] == "ports" and r["stop"]["errno"] == "EADDRNOTAVAIL"
+    assert r["established"] == 50 and r["served"] == 50
+    assert r["predicted"]["ceiling"] == 50 and r["predicted"]["binding"] == "ports"
+
+
+@needs("redis-server")
+@pytest.mark.parametrize("every", [None, "0.25"])
+def test_check_every_keeps_watching_held_connections(every: str | None) -> None:
+    """redis `timeout 1` closes clients idle for more than a second, counted in whole
+    seconds and visited once a second by its clientsCron: within 4 s at worst. Held
+    5 s without re-checks they are closed by the server; re-checked, they stay served."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--timeout", "1"]
+    extra = ["--check-every", every] if every else []
+    with running([*cmd, "--save", "", "--appendonly", "no"], port):
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "50",
+            "--hold", "5", *extra,
+        )  # fmt: skip
+    assert code == 0 and r["served"] == 50
+    assert len(r["timeline"]) >= 3
+    if every:
+        assert r["outcomes"]["rechecked_ok"] >= 50 and r["outcomes"].get("evicted", 0) == 0
+    else:
+        assert r["outcomes"]["evicted"] == 50 and "rechecked_ok" not in r["outcomes"]
