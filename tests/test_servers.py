@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tcpceiling.analysis.model import Endpoint
 from tcpceiling.host import sockets
+from tcpceiling.probe.config import resolve
 from tests.conftest import netns_sysctl, probe
 
 HERE = Path(__file__).parent
@@ -126,7 +128,7 @@ def test_echo_server_fd_limit_established_but_not_served() -> None:
         allowed = limit - fd_count(pid)  # each served connection takes one fd
         code, r = probe(
             "--connect", f"127.0.0.1:{port}", "--check", "echo", "--target", "1000",
-            "--connect-timeout", "2",
+            "--connect-timeout", "2", "--server-pid", str(pid),
         )  # fmt: skip
     assert code == 1 and r["side"] == "server"
     assert abs(r["served"] - allowed) <= 0.02 * allowed, (r["served"], allowed)
@@ -194,3 +196,14 @@ def test_check_every_keeps_watching_held_connections(every: str | None) -> None:
         assert r["outcomes"]["rechecked_ok"] >= 50 and r["outcomes"].get("evicted", 0) == 0
     else:
         assert r["outcomes"]["evicted"] == 50 and "rechecked_ok" not in r["outcomes"]
+
+
+def test_ipv6_listener_and_hostnames() -> None:
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.bind(("::1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        code, r = probe("--connect", f"[::1]:{port}", "--target", "50", "--connect-timeout", "1")
+    assert code == 1 and r["established"] == 4 + 1 and r["stop"]["reason"] == "backlog"
+    assert r["sink_endpoints"] == [f"[::1]:{port}"]
+    assert resolve(Endpoint("localhost", 80)).host in ("127.0.0.1", "::1")
