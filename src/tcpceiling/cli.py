@@ -273,6 +273,43 @@ def server_options(fn: F) -> F:
     return fn
 
 
+def activity_options(fn: F) -> F:
+    """probe's options for the sink's I/O model and traffic (issue 5)."""
+    options = [
+        click.option(
+            "--io-model",
+            type=click.Choice(["epoll", "threads"]),
+            default="epoll",
+            show_default=True,
+            help="The sink's model: one event loop, or one thread per connection.",
+        ),
+        click.option(
+            "--message-rate",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            metavar="R",
+            help="Messages per held connection per second, echoed by the sink, "
+            "for --hold seconds (5 if not given).",
+        ),
+        click.option("--message-bytes", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option(
+            "--wake-samples",
+            type=click.IntRange(min=0),
+            default=0,
+            help="Per client worker: one-byte round trips on random held connections.",
+        ),
+        click.option(
+            "--measure-cpu",
+            is_flag=True,
+            help="Measure the server's CPU per message (--message-rate 1 unless given); "
+            "feed the JSON to `analyze --cost-from`.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("probe")
 @click.option(
     "--target",
@@ -342,6 +379,7 @@ def server_options(fn: F) -> F:
 )
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @server_options
+@activity_options
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
 @click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
 @errors_to_exit
@@ -367,6 +405,11 @@ def probe_cmd(
     server_pid: int | None,
     netns: str | None,
     max_pending: int,
+    io_model: str,
+    message_rate: float,
+    message_bytes: int,
+    wake_samples: int,
+    measure_cpu: bool,
     as_json: bool,
     json_lines: bool,
 ) -> None:
@@ -398,6 +441,10 @@ def probe_cmd(
         server_pid=server_pid,
         netns=netns,
         max_pending=max_pending,
+        io_model=io_model,
+        message_rate=message_rate or (1.0 if measure_cpu else 0.0),
+        message_bytes=message_bytes,
+        wake_samples=wake_samples,
     )
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)

@@ -58,6 +58,8 @@ class Meminfo:
     mem_available: int
     slab: int
     mem_free: int = 0
+    kernel_stack: int = 0  # 16 KiB per task (THREAD_SIZE), not part of Slab
+    page_tables: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,17 @@ def parse_meminfo(text: str) -> Meminfo:
         def kb(key: str) -> int:
             return int(f[key].split()[0]) * 1024
 
-        return Meminfo(kb("MemTotal"), kb("MemAvailable"), kb("Slab"), kb("MemFree"))
+        def opt(key: str) -> int:
+            return kb(key) if key in f else 0
+
+        return Meminfo(
+            kb("MemTotal"),
+            kb("MemAvailable"),
+            kb("Slab"),
+            kb("MemFree"),
+            opt("KernelStack"),
+            opt("PageTables"),
+        )
 
     return _guard("meminfo", go)
 

@@ -4,13 +4,16 @@ Per connection: socket(), IP_BIND_ADDRESS_NO_PORT + bind(src, 0) when a source i
 set (so bind() reserves no port, unlike tcpkali: shared brief §1.2), non-blocking
 connect(), then epoll for completion (the watch is removed once it completes).
 Established fds live in an array('i'); no Python object outlives its connection.
-Signals: SIGUSR1 stop opening, SIGTERM release (RST via SO_LINGER 0) and exit.
+Signals: SIGUSR1 stop opening, SIGUSR2 run the active phase (traffic at the plan's
+message rate, then wake-up round trips), SIGTERM release (RST via SO_LINGER 0), exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import random
 import resource
 import select
 import signal
@@ -55,6 +58,10 @@ class ClientPlan:
     check_timeout: float = 2.0
     check_every: float | None = None
     max_pending: int = 1024  # handshakes and checks in flight at once
+    message_rate: float = 0.0  # per held connection per second, on SIGUSR2 (issue 5)
+    message_bytes: int = 64
+    traffic_seconds: float = 5.0
+    wake_samples: int = 0
 
 
 def raise_nofile(cap: int | None) -> int:
@@ -109,7 +116,7 @@ class ClientWorker:
         self.limit_errno: int | None = None
         self.hist = Histogram()
         self.exhausted: set[int] = set()
-        self.stopping = self.releasing = False
+        self.stopping = self.releasing = self.go = False
         self.guard: str | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
@@ -126,6 +133,9 @@ class ClientWorker:
 
     def _on_release(self, *_: object) -> None:
         self.stopping = self.releasing = True
+
+    def _on_go(self, *_: object) -> None:
+        self.go = True
 
     # -- one connection ------------------------------------------------------------
     def _fail(self, num: int, seq: int | None = None) -> None:
@@ -307,6 +317,9 @@ class ClientWorker:
         """While holding: watch the held connections (server mode) or just sleep."""
         last = 0.0
         while not self.releasing:
+            if self.go:
+                self.go = False
+                self.active_phase()
             if self.watch is None:
                 time.sleep(0.2)  # signal handlers run during the sleep
                 continue
@@ -314,6 +327,61 @@ class ClientWorker:
             if time.monotonic() - last > 2 * REPORT_EVERY:
                 last = time.monotonic()
                 self.progress()
+
+    # -- the active phase (issue 5) --------------------------------------------------
+    def active_phase(self) -> None:
+        t0 = time.perf_counter()
+        sent = self.traffic() if self.plan.message_rate > 0 else 0
+        seconds = time.perf_counter() - t0
+        time.sleep(0.2)  # let the last echoes land before timing wake-ups
+        wake = self.wake_ups()
+        self.rep.send(
+            type="active_done", index=self.plan.index, messages=sent, seconds=seconds,
+            wake_hist=wake.counts,
+        )  # fmt: skip
+
+    def traffic(self) -> int:
+        """Send message_bytes on every held connection message_rate times a second,
+        round robin, reading back the previous echo first; returns messages sent."""
+        fds, plan = self.fds, self.plan
+        payload = b"x" * plan.message_bytes
+        rate, n = plan.message_rate * len(fds), len(fds)
+        sent = i = 0
+        t0 = time.perf_counter()
+        while n and not self.releasing:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= plan.traffic_seconds:
+                break
+            due = min(int(elapsed * rate) - sent, 4096)
+            if due <= 0:
+                time.sleep(0.001)
+            for _ in range(due):
+                fd, i = fds[i], (i + 1) % n
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)  # the echo of this connection's last message
+                with contextlib.suppress(OSError):
+                    sent += os.write(fd, payload) > 0
+        return sent
+
+    def wake_ups(self) -> Histogram:
+        """Round trips of one byte on random held connections, one at a time: how long
+        the server takes to wake the one connection that has work."""
+        hist = Histogram()
+        po = select.poll()
+        picks = random.sample(range(len(self.fds)), min(self.plan.wake_samples, len(self.fds)))
+        for idx in picks:
+            fd = self.fds[idx]
+            with contextlib.suppress(OSError):
+                os.read(fd, 65536)
+            po.register(fd, select.POLLIN)
+            start = time.perf_counter()
+            os.write(fd, b"w")
+            if po.poll(1000):
+                hist.add((time.perf_counter() - start) * 1e6)
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)
+            po.unregister(fd)
+        return hist
 
     def release(self) -> None:
         if self.watch is not None:
@@ -325,6 +393,7 @@ class ClientWorker:
     def run(self) -> None:
         signal.signal(signal.SIGUSR1, self._on_stop)
         signal.signal(signal.SIGTERM, self._on_release)
+        signal.signal(signal.SIGUSR2, self._on_go)
         soft = raise_nofile(self.plan.nofile)
         base = len(os.listdir("/proc/self/fd")) - 1  # minus the listdir's own fd
         self.ep = select.epoll()  # analyze counts this fd as the epoll overhead

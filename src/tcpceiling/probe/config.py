@@ -44,10 +44,24 @@ class ProbeConfig:
     server_pid: int | None = None
     netns: str | None = None
     max_pending: int = 1024
+    io_model: str = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
+    message_rate: float = 0.0  # messages per held connection per second (issue 5)
+    message_bytes: int = 64
+    wake_samples: int = 0  # echo round trips on random held connections, after opening
 
     @property
     def server_mode(self) -> bool:
         return bool(self.connect)
+
+    @property
+    def active(self) -> bool:
+        """Held connections carry traffic or wake-up samples: the sink echoes."""
+        return self.message_rate > 0 or self.wake_samples > 0
+
+    @property
+    def traffic_seconds(self) -> float:
+        """The traffic window is the hold (5 s when no --hold was given)."""
+        return self.hold or 5.0
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -59,6 +73,13 @@ class ProbeConfig:
             raise InputError("--check-every must be positive")
         if self.connect and (self.sink_ports != 1 or self.sink_host != "127.0.0.1"):
             raise InputError("--sink-ports/--sink-host are for the built-in sink, not --connect")
+        if self.connect and (self.active or self.io_model != "epoll"):
+            raise InputError(
+                "--io-model, --message-rate and --wake-samples drive the built-in sink, "
+                "not --connect"
+            )
+        if self.message_rate < 0 or self.message_bytes < 1 or self.wake_samples < 0:
+            raise InputError("--message-rate must be >= 0 and --message-bytes >= 1")
 
     def _check_counts(self) -> None:
         if self.target is not None and self.target < 1:

@@ -10,6 +10,7 @@ among them by hash.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import os
@@ -22,8 +23,10 @@ from functools import partial
 from typing import Any
 
 from tcpceiling.analysis.analyze import evaluate, read_snapshot, route_of
-from tcpceiling.analysis.model import Endpoint, Scenario
+from tcpceiling.analysis.model import Endpoint, Scenario, ScenarioResult
 from tcpceiling.host import netns as netns_mod
+from tcpceiling.host import parse, read
+from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.parse import RLimit
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
@@ -32,7 +35,7 @@ from tcpceiling.probe.client import ClientPlan, run_client
 from tcpceiling.probe.config import GIB, ProbeConfig, resolve
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
-from tcpceiling.probe.result import Predicted, ProbeResult, Stop
+from tcpceiling.probe.result import Predicted, ProbeResult, Stop, Traffic
 from tcpceiling.probe.sink import SinkPlan, run_sink
 
 FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
@@ -148,6 +151,11 @@ class Run:
         self.server_after: evidence.ServerSample | None = None
         self.t0 = time.monotonic()
         self.held = 0
+        self.server_prediction: ScenarioResult | None = None
+        self.setup_seconds: float | None = None
+        self.traffic: Traffic | None = None
+        self.wake: dict[str, float | None] | None = None
+        self.sink_cpu_open = 0.0
 
     # -- signals ---------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -162,6 +170,9 @@ class Run:
                 st = self.state.setdefault(key, {})
                 if msg.get("type") in ("start", "ready"):
                     st["start_rss"] = msg.get("rss", 0)
+                if msg.get("type") == "active_done":
+                    st["active"] = msg
+                    continue
                 st.update(msg)
                 if msg.get("type") == "crash" and self.stop is None:
                     self.stop = Stop(
@@ -224,8 +235,9 @@ class Run:
     def start_sinks(self, plan: Plan) -> None:
         eps = tuple((e.host, e.port) for e in plan.endpoints)
         backlog = plan.snapshot.net.somaxconn
+        mode = "echo" if self.cfg.active else "hold"
         for i in range(plan.sink_shards):
-            sp = SinkPlan(index=i, endpoints=eps, backlog=backlog)
+            sp = SinkPlan(i, eps, backlog, mode=mode, io_model=self.cfg.io_model)
             self.sinks.append(spawn("sink", i, partial(run_sink, sp)))
         self._wait_for(self.sinks, "ready", 10)
 
@@ -256,6 +268,10 @@ class Run:
             check_timeout=self.cfg.check_timeout,
             check_every=self.cfg.check_every,
             max_pending=self.cfg.max_pending,
+            message_rate=self.cfg.message_rate,
+            message_bytes=self.cfg.message_bytes,
+            traffic_seconds=self.cfg.traffic_seconds,
+            wake_samples=self.cfg.wake_samples,
         )
         self.clients.append(spawn("client", index, partial(run_client, cp)))
         self.assigned += share
@@ -275,9 +291,31 @@ class Run:
             and c.exit_status is None
         ]
 
+    def _sink_stop(self) -> Stop | None:
+        """A sink shard that could take no more (EMFILE; EAGAIN from pthread_create in
+        the threads model) names the server side's limit."""
+        for c in self.sinks:
+            num = self.state.get(("sink", c.index), {}).get("full_errno")
+            if num:
+                cid = self._task_limit() if num == errno.EAGAIN else errnos.constraint_for(num)
+                detail = f"sink shard {c.index} (pid {c.pid}) accepted {self.sink_accepted():,}"
+                return Stop(cid, errno=errnos.name(num), side="server", detail=detail)
+        return None
+
+    def _task_limit(self) -> str:
+        """threads or cgroup_pids: whichever the server-side prediction says binds."""
+        pred = self.server_prediction
+        if pred is None:
+            return "threads"
+        ceilings = {c.id: c.ceiling for c in pred.constraints if c.ceiling is not None}
+        return min(("cgroup_pids", "threads"), key=lambda k: ceilings.get(k, UNBOUNDED))
+
     def _limit_stop(self) -> Stop | None:
         """A worker that finished short of its share names the limit by its errno;
         with a real server, a worker whose connections kept failing names the kind."""
+        sink = self._sink_stop()
+        if sink is not None:
+            return sink
         for st in self._client_states():
             if st.get("type") != "done":
                 continue
@@ -353,11 +391,57 @@ class Run:
         )
 
     def _settle_sinks(self, timeout: float = 3.0) -> None:
-        """Wait until the sink reports it accepted what the clients established."""
-        deadline = time.monotonic() + timeout
+        """Wait until the sink reports it accepted what the clients established (or
+        a full shard says it never will)."""
+        deadline = time.monotonic() + max(timeout, self.established() / 5000)
         while time.monotonic() < deadline and self.sink_accepted() < self.established():
             self._pump()
+            if self._sink_stop() is not None:
+                break
             time.sleep(0.05)
+
+    def _sink_pids(self) -> list[int]:
+        return [c.pid for c in self.sinks if c.exit_status is None]
+
+    # -- the active phase (issue 5) ----------------------------------------------------------
+    def active_phase(self, before: measure.Sample) -> None:
+        """Traffic on the held connections, then wake-up round trips; the sink's CPU
+        over the window gives the CPU cost per message."""
+        cpu0 = measure.cpu_seconds(self._sink_pids())
+        for c in self.clients:
+            signal_child(c, signal.SIGUSR2)
+        deadline = time.monotonic() + self.cfg.traffic_seconds + 60
+        while time.monotonic() < deadline and not self.interrupted:
+            self._pump()
+            live = [s for c, s in zip(self.clients, self._client_states(), strict=True)
+                    if c.exit_status is None]  # fmt: skip
+            if all("active" in s for s in live):
+                break
+            time.sleep(0.05)
+        cpu = measure.cpu_seconds(self._sink_pids()) - cpu0
+        self._active_result(cpu, before, measure.Sample.take())
+
+    def _active_result(self, cpu: float, before: measure.Sample, after: measure.Sample) -> None:
+        done = [s["active"] for s in self._client_states() if "active" in s]
+        hist = Histogram()
+        for d in done:
+            hist.merge({int(k): v for k, v in (d.get("wake_hist") or {}).items()})
+        if self.cfg.wake_samples:
+            self.wake = hist.summary()
+        if self.cfg.message_rate <= 0:
+            return
+        messages = sum(int(d.get("messages", 0)) for d in done)
+        n = self.held
+        self.traffic = Traffic(
+            message_rate=self.cfg.message_rate,
+            message_bytes=self.cfg.message_bytes,
+            seconds=round(max((float(d.get("seconds", 0)) for d in done), default=0.0), 3),
+            messages=messages,
+            server_cpu_seconds=round(cpu, 4),
+            cpu_us_per_message=cpu * 1e6 / messages if messages else None,
+            cpu_us_per_connect=self.sink_cpu_open * 1e6 / n if n else None,
+            kernel_bytes_active=round((after.meminfo.slab - before.meminfo.slab) / n, 1),
+        )
 
     # -- hold and release ------------------------------------------------------------------
     def hold(self) -> None:
@@ -413,20 +497,27 @@ class Run:
                 self.server_before = self._server_sample(plan)
             else:
                 self.start_sinks(plan)
+                self.server_prediction = self._predict_server(plan)
             before = measure.Sample.take()
             m = before.meminfo
             plan.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
+            sink_cpu = measure.cpu_seconds(self._sink_pids())
             self.t0 = time.monotonic()
             seconds = self.open_phase(plan)
             if self.cfg.server_mode:
                 self.server_after = self._server_sample(plan)
             else:
                 self._settle_sinks()
+                self.setup_seconds = time.monotonic() - self.t0
+                self.sink_cpu_open = measure.cpu_seconds(self._sink_pids()) - sink_cpu
             after = measure.Sample.take()
             self.held = self.established()  # the result is about the opening phase
             pids = [c.pid for c in [*self.clients, *self.sinks] if c.exit_status is None]
             usage = measure.process_usage(pids)
-            self.hold()
+            if self.cfg.active and self.held and not self.interrupted:
+                self.active_phase(before)
+            else:
+                self.hold()
             return self._result(plan, seconds, before, after, usage)
         finally:
             self.release()
@@ -475,7 +566,34 @@ class Run:
             snap = replace(snap, process=proc)
         processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
         res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
+        server = self.server_prediction
+        lower = server is not None and server.ceiling is not None
+        if server and lower and (res.ceiling is None or (server.ceiling or 0) < res.ceiling):
+            return Predicted(server.ceiling, server.binding, (*server.runners_up, "client"))
         return Predicted(res.ceiling, res.binding, res.runners_up)
+
+    def _predict_server(self, plan: Plan) -> ScenarioResult | None:
+        """The thread sink's own ceiling: analyze's server scenario with the sink
+        process's limits and cgroup (read now, with the sink started)."""
+        if self.cfg.io_model != "threads" or not self.sinks:
+            return None
+        roots = Roots()
+        proc = read.read_process(roots, str(self.sinks[0].pid))
+        tasks = parse.parse_loadavg_tasks((roots.procfs / "loadavg").read_text())
+        snap = replace(
+            plan.snapshot,
+            process=proc,
+            cgroup=read_cgroup(roots, proc),
+            system=replace(plan.snapshot.system, tasks=tasks),
+        )
+        scenario = Scenario(
+            role="server",
+            listen=plan.endpoints,
+            io_model="threads",
+            processes=len(self.sinks),
+            memory_floor=plan.floor,
+        )
+        return evaluate(snap, scenario, plan.routes)
 
     def _result(
         self,
@@ -528,12 +646,24 @@ class Run:
             notes=tuple(self.notes) + tuple(plan.notes) + self._mode_notes(),
             mode="server" if self.cfg.server_mode else "sink",
             check=self.cfg.check,
-            served=self.max_served if self.cfg.server_mode and self.cfg.check != "none" else None,
+            served=self._served(),
             side=stop.side,
             outcomes=outcomes,
             replies=replies,
             timeline=tuple(self.timeline),
+            io_model=self.cfg.io_model,
+            setup_seconds=round(self.setup_seconds, 3) if self.setup_seconds else None,
+            cpu_seconds=round(usage.cpu_seconds, 3),
+            traffic=self.traffic,
+            wake_latency_us=self.wake,
         )
+
+    def _served(self) -> int | None:
+        """Server side's count: the most served at once (a checked real server), or
+        what the sink accepted (the built-in sink)."""
+        if not self.cfg.server_mode:
+            return self.sink_accepted()
+        return self.max_served if self.cfg.check != "none" else None
 
     def _mode_notes(self) -> tuple[str, ...]:
         notes = []

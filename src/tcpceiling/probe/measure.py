@@ -99,6 +99,18 @@ def process_usage(pids: list[int]) -> Usage:
     return Usage(cpu, rss)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (every thread), via psutil."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
     """Bytes per connection by slab cache (/proc/slabinfo names; SLUB merges some
     caches, so a name may carry others' objects: shared brief §3.1)."""
@@ -118,11 +130,15 @@ def per_connection(
 ) -> PerConnection:
     if n <= 0:
         return PerConnection(None, None, None)
-    slab = after.meminfo.slab - before.meminfo.slab
-    avail = before.meminfo.mem_available - after.meminfo.mem_available
+    a, b = before.meminfo, after.meminfo
+    slab = b.slab - a.slab
+    tasks = (b.kernel_stack - a.kernel_stack) + (b.page_tables - a.page_tables)
+    user = max(0, usage.rss_bytes - start_rss)
     return PerConnection(
         kernel_bytes=round(slab / n, 1),
-        user_bytes=round(max(0, usage.rss_bytes - start_rss) / n, 1),
-        mem_available_bytes=round(avail / n, 1),
+        user_bytes=round(user / n, 1),
+        mem_available_bytes=round((a.mem_available - b.mem_available) / n, 1),
         slab_breakdown=slab_breakdown(before, after, n),
+        total_bytes=round((slab + tasks + user) / n, 1),
+        task_bytes=round(tasks / n, 1),
     )

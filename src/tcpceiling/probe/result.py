@@ -36,6 +36,25 @@ class PerConnection:
     user_bytes: float | None
     mem_available_bytes: float | None
     slab_breakdown: dict[str, float] = field(default_factory=dict)
+    #: Slab + KernelStack + PageTables growth plus RSS growth of every process: what
+    #: a connection costs whole (a thread's kernel stack and page tables are not Slab).
+    total_bytes: float | None = None
+    task_bytes: float | None = None  # KernelStack + PageTables growth alone
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """A traffic profile run on the held connections, and what it cost the server
+    (the sink: psutil CPU times of its processes, all threads included)."""
+
+    message_rate: float  # per connection per second
+    message_bytes: int
+    seconds: float
+    messages: int
+    server_cpu_seconds: float
+    cpu_us_per_message: float | None  # microseconds of server CPU per message echoed
+    cpu_us_per_connect: float | None  # the sink's CPU while accepting, per connection
+    kernel_bytes_active: float | None  # Slab growth per connection after the traffic
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,11 @@ class ProbeResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)
     timeline: tuple[tuple[float, int, int | None], ...] = ()  # (s, established, served)
+    io_model: str = "epoll"
+    setup_seconds: float | None = None  # until the server side held every connection
+    cpu_seconds: float | None = None  # every process of the run, coordinator included
+    traffic: Traffic | None = None
+    wake_latency_us: dict[str, float | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -3,20 +3,27 @@ the kernel spreads connections by hash), accepts in batches, holds the fds in an
 array, and optionally reads-and-discards or echoes with a fixed buffer, so its
 memory stays bounded whatever clients send. `tcpceiling serve` runs these alone.
 Signals: SIGTERM closes everything (RST) and exits.
+
+Two I/O models (issue 5): `epoll`, one event loop for every connection (Sink), and
+`threads`, the classic blocking server with one thread per connection blocked in
+recv() (ThreadSink). When pthread_create fails (EAGAIN: threads-max, pid_max, the
+pids cgroup, RLIMIT_NPROC, max_map_count) the thread sink stops accepting and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
 import signal
 import socket
+import threading
 import time
 from array import array
 from dataclasses import dataclass
 
-from tcpceiling.probe.client import close_with_rst, raise_nofile, rss_bytes
+from tcpceiling.probe.client import LINGER_RST, close_with_rst, raise_nofile, rss_bytes
 from tcpceiling.probe.procs import Reporter
 
 ACCEPT_BATCH = 1024
@@ -30,6 +37,7 @@ class SinkPlan:
     backlog: int
     mode: str = "hold"  # hold | discard | echo
     nofile: int | None = None
+    io_model: str = "epoll"  # epoll | threads
 
 
 def listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -66,10 +74,7 @@ class Sink:
             except BlockingIOError:
                 return
             except OSError as exc:  # EMFILE/ENFILE/ENOMEM: this shard is full
-                self.full_errno = exc.errno
-                for lfd in self.listeners:
-                    self.ep.unregister(lfd)
-                return
+                return self._full(exc.errno)
             self.fds.append(fd)
             if self.plan.mode != "hold":
                 os.set_blocking(fd, False)
@@ -89,6 +94,28 @@ class Sink:
                 return
         self.ep.unregister(fd)  # peer closed: keep the fd until release, stop polling it
 
+    def _full(self, num: int | None) -> None:
+        """This shard can take no more: stop accepting (the rest wait in the queue)."""
+        self.full_errno = num
+        for lfd in self.listeners:
+            self.ep.unregister(lfd)
+
+    def _report(self, kind: str = "progress") -> None:
+        self.rep.send(
+            type=kind,
+            index=self.plan.index,
+            accepted=self.held(),
+            full_errno=self.full_errno,
+            rss=rss_bytes(),
+            cpu=sum(os.times()[:2]),
+        )
+
+    def held(self) -> int:
+        return len(self.fds)
+
+    def release(self) -> None:
+        close_with_rst(self.fds)
+
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         self.rep.send(type="ready", index=self.plan.index, pid=os.getpid(), rss=rss_bytes())
@@ -101,17 +128,57 @@ class Sink:
                     self._serve(fd, events)
             if time.monotonic() - last > 0.25:
                 last = time.monotonic()
-                self.rep.send(
-                    type="progress",
-                    index=self.plan.index,
-                    accepted=len(self.fds),
-                    full_errno=self.full_errno,
-                    rss=rss_bytes(),
-                )
-        close_with_rst(self.fds)
-        self.rep.send(type="released", index=self.plan.index, accepted=len(self.fds))
+                self._report()
+        self._report("releasing")
+        self.release()
+        self.rep.send(type="released", index=self.plan.index, accepted=self.held())
+
+
+class ThreadSink(Sink):
+    """One thread per connection, blocked in recv() (echoing when asked): the model
+    whose ceiling is the task limits, and whose cost per connection is a thread's
+    (16 KiB kernel stack, task_struct, page tables, RSS: shared brief §4)."""
+
+    def __init__(self, plan: SinkPlan, rep: Reporter) -> None:
+        super().__init__(plan, rep)
+        self.conns: list[socket.socket] = []
+
+    def held(self) -> int:
+        return len(self.conns)
+
+    def _conversation(self, conn: socket.socket) -> None:
+        echo = self.plan.mode == "echo"
+        try:
+            while data := conn.recv(READ_SIZE):
+                if echo:
+                    conn.sendall(data)
+        except OSError:
+            pass
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                return self._full(exc.errno)
+            conn.setblocking(True)
+            try:
+                threading.Thread(target=self._conversation, args=(conn,), daemon=True).start()
+            except RuntimeError:  # "can't start new thread": pthread_create said EAGAIN
+                conn.close()
+                return self._full(errno.EAGAIN)
+            self.conns.append(conn)
+
+    def release(self) -> None:
+        """RST on exit: SO_LINGER 0 now; the fds close when the process exits (a
+        close() here would not wake the threads blocked in recv on them)."""
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
 
 
 def run_sink(plan: SinkPlan, rep: Reporter) -> None:
     raise_nofile(plan.nofile)
-    Sink(plan, rep).run()
+    (ThreadSink if plan.io_model == "threads" else Sink)(plan, rep).run()
