@@ -454,6 +454,31 @@ def probe_cmd(
     sys.exit(EXIT_OK if result.target_reached else EXIT_LIMIT)
 
 
+@main.command("compare-io")
+@click.option("--connections", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option(
+    "--wake-samples",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Round trips on random held connections, per client worker.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
+@errors_to_exit
+def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
+    """Threads vs epoll at the same N: memory, setup time, CPU and wake-up latency."""
+    from tcpceiling.probe.compare import compare_io
+    from tcpceiling.report.compare import render_comparison
+    from tcpceiling.report.probe import LiveProgress
+
+    with LiveProgress(stderr, False, live=sys.stderr.isatty()) as progress:
+        result = compare_io(connections, wake_samples, progress)
+    if as_json:
+        click.echo(results.dumps(result))
+    render_comparison(result, stderr)
+    sys.exit(EXIT_OK if result.memory_ratio is not None else EXIT_LIMIT)
+
+
 def parse_bytes(text: str) -> int:
     """'1073741824', '512M', '1.5G' -> bytes (binary units)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

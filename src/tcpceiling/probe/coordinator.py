@@ -90,6 +90,16 @@ def _client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
     )
 
 
+def _thread_sink_scenario(plan: Plan, shards: int) -> Scenario:
+    return Scenario(
+        role="server",
+        listen=plan.endpoints,
+        io_model="threads",
+        processes=shards,
+        memory_floor=plan.floor,
+    )
+
+
 def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     """Read the host (per-netns values inside the run's namespace); size shards, ports
     and sources. Called from the host namespace: tcp_mem and co. exist only there."""
@@ -120,6 +130,9 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         if c.kind == "total" and c.ceiling is not None and (cfg.sources or c.id != "ports")
     ]
     plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
+    if cfg.io_model == "threads":  # the sink's task limits bound the run (and its shards)
+        server = evaluate(snap, _thread_sink_scenario(plan, 1), routes).ceiling
+        plan.expected = min(plan.expected, server or MAX_EXPECTED)
     if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours
         plan.sink_shards = 0
         return plan
@@ -586,14 +599,7 @@ class Run:
             cgroup=read_cgroup(roots, proc),
             system=replace(plan.snapshot.system, tasks=tasks),
         )
-        scenario = Scenario(
-            role="server",
-            listen=plan.endpoints,
-            io_model="threads",
-            processes=len(self.sinks),
-            memory_floor=plan.floor,
-        )
-        return evaluate(snap, scenario, plan.routes)
+        return evaluate(snap, _thread_sink_scenario(plan, len(self.sinks)), plan.routes)
 
     def _result(
         self,

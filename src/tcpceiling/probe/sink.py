@@ -99,6 +99,7 @@ class Sink:
         self.full_errno = num
         for lfd in self.listeners:
             self.ep.unregister(lfd)
+        self._report()  # now: the coordinator stops the clients on this
 
     def _report(self, kind: str = "progress") -> None:
         self.rep.send(

@@ -1,0 +1,31 @@
+"""Rendering `compare-io`: one row per I/O model, then the verdict."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tcpceiling.probe.compare import Comparison
+from tcpceiling.report.analysis import human
+
+
+def render_comparison(c: Comparison, console: Console) -> None:
+    t = Table(title=f"threads vs epoll at {c.connections:,} connections", title_justify="left")
+    for name in ("model", "held", "memory/conn", "Slab", "stack+PT", "RSS", "setup s", "CPU s"):
+        t.add_column(name, justify="left" if name == "model" else "right")
+    t.add_column("wake p50/p99 µs", justify="right")
+    for m in c.models:
+        wake = m.wake_latency_us
+        t.add_row(
+            m.io_model,
+            f"{m.connections:,}",
+            human(m.memory_per_connection, " B"),
+            human(m.kernel_bytes, " B"),
+            human(m.task_bytes, " B"),
+            human(m.user_bytes, " B"),
+            f"{m.setup_seconds:.2f}" if m.setup_seconds is not None else "?",
+            f"{m.cpu_seconds:.2f}" if m.cpu_seconds is not None else "?",
+            f"{wake.get('p50')} / {wake.get('p99')}",
+        )
+    console.print(t)
+    console.print(c.verdict)
