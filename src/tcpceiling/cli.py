@@ -154,6 +154,27 @@ def build_scenarios(
     default=0,
     help="Bytes of MemAvailable to keep free (as probe's guard does).",
 )
+@click.option(
+    "--message-rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="R",
+    help="Messages per connection per second (0.033 = a heartbeat every 30 s).",
+)
+@click.option("--message-bytes", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--cpu-target",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.7,
+    show_default=True,
+    help="Share of all CPUs the connections may use.",
+)
+@click.option(
+    "--cpu-us-per-message",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Server CPU microseconds per message (default: from --cost-from).",
+)
 @click.option("--pid", default=None, help="Analyse this process's limits and fds.")
 @click.option("--netns", default=None, help="Read per-netns values inside this namespace.")
 @click.option(
@@ -179,6 +200,10 @@ def analyze_cmd(
     backlog: int | None,
     churn: float,
     memory_floor: int,
+    message_rate: float,
+    message_bytes: int,
+    cpu_target: float,
+    cpu_us_per_message: float | None,
     pid: str | None,
     netns: str | None,
     cost_from: Path | None,
@@ -201,6 +226,10 @@ def analyze_cmd(
         backlog=backlog,
         churn_per_s=churn,
         memory_floor=memory_floor,
+        message_rate=message_rate,
+        message_bytes=message_bytes,
+        cpu_target=cpu_target,
+        cpu_us_per_message=cpu_us_per_message,
     )
     scenarios = with_measured_cost(scenarios, cost_from)
     result = analyze(scenarios, Roots(procfs, sysfs, cgroupfs), pid or "self", netns)

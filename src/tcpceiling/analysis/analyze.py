@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import os
 import platform
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tcpceiling.analysis.context import Context, PathTuple, connection_cost
 from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult
@@ -127,19 +129,40 @@ def analyze(
     return Analysis(scenarios=results, host=_host_info(snap))
 
 
-def load_measured_cost(path: Path) -> float:
-    """per_connection.kernel_bytes from a previous `probe --json` result."""
-    import json
-
+def load_measured_cost(path: Path) -> dict[str, Any]:
+    """What a previous `probe --json` measured: kernel bytes per connection, and
+    when it ran a traffic profile, CPU per message and bytes per active connection."""
     try:
         data = json.loads(path.read_text())
-        return float(data["per_connection"]["kernel_bytes"])
+        out: dict[str, Any] = {"kernel_bytes": float(data["per_connection"]["kernel_bytes"])}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"--cost-from {path}: no per_connection.kernel_bytes ({exc})") from exc
+    traffic = data.get("traffic") or {}
+    if traffic.get("cpu_us_per_message") is not None:
+        out["traffic"] = traffic
+    return out
 
 
 def with_measured_cost(scenarios: list[Scenario], path: Path | None) -> list[Scenario]:
+    """Scenarios with the measured costs; an active scenario (message_rate > 0) takes
+    the bytes per active connection and, unless given, the profile's rate and size."""
     if path is None:
         return scenarios
     cost = load_measured_cost(path)
-    return [replace(s, measured_kernel_bytes=cost) for s in scenarios]
+    out = []
+    for s in scenarios:
+        s = replace(s, measured_kernel_bytes=cost["kernel_bytes"])
+        traffic = cost.get("traffic")
+        if traffic:
+            rate = s.message_rate or float(traffic["message_rate"])
+            size = s.message_bytes if s.message_rate else int(traffic["message_bytes"])
+            active = traffic.get("kernel_bytes_active") or cost["kernel_bytes"]
+            s = replace(
+                s,
+                message_rate=rate,
+                message_bytes=size,
+                cpu_us_per_message=s.cpu_us_per_message or float(traffic["cpu_us_per_message"]),
+                measured_kernel_bytes=max(cost["kernel_bytes"], float(active)),
+            )
+        out.append(s)
+    return out

@@ -46,6 +46,10 @@ class Context:
         """The file a value came from, as a path under the procfs root."""
         return str(self.snap.roots.procfs / rel)
 
+    def sys(self, rel: str) -> str:
+        """The file a value came from, as a path under the sysfs root."""
+        return str(self.snap.roots.sysfs / rel)
+
 
 def connection_cost(
     snap: HostSnapshot, scenario: Scenario, peer_local: bool

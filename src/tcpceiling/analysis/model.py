@@ -63,6 +63,10 @@ class Scenario:
     churn_per_s: float = 0.0
     measured_kernel_bytes: float | None = None
     memory_floor: int = 0
+    message_rate: float = 0.0  # messages per connection per second (issue 5)
+    message_bytes: int = 64
+    cpu_us_per_message: float | None = None  # measured by `probe --measure-cpu`
+    cpu_target: float = 0.7  # the share of all CPUs the workload may use
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -71,6 +75,8 @@ class Scenario:
             raise InputError("byte counts must not be negative")
         if self.clients is not None and self.clients < 1:
             raise InputError("--clients must be at least 1")
+        if self.message_rate < 0 or not 0 < self.cpu_target <= 1:
+            raise InputError("--message-rate must be >= 0 and --cpu-target in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tcpceiling.analysis.context import Context
-from tcpceiling.analysis.limits import conntrack, fds, memory, ports, queues, tasks
+from tcpceiling.analysis.limits import conntrack, cpu, fds, memory, ports, queues, tasks
 from tcpceiling.analysis.model import Constraint
 
 Family = Callable[[Context], list[Constraint]]
@@ -18,6 +18,7 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
     ("tasks", tasks.evaluate),
     ("queues", queues.evaluate),
     ("conntrack", conntrack.evaluate),
+    ("cpu", cpu.evaluate),
 )
 
 #: Every constraint id a family can report (probe stop reasons map onto these).
@@ -34,4 +35,5 @@ CONSTRAINT_IDS = (
     "cgroup_pids",
     "backlog",
     "conntrack",
+    "cpu",
 )

@@ -96,6 +96,8 @@ def capture(
     for name in read.SOCKET_SLABS:
         for f in SLAB_FILES:
             _copy(roots.sysfs / "kernel" / "slab" / name / f, out / "sys/kernel/slab" / name / f)
+    cpus = "devices/system/cpu/online"
+    _copy(roots.sysfs / cpus, out / "sys" / cpus)
     _capture_process(roots, pid, out)
     _capture_cgroups(roots, pid, out)
     if sockets is not None:

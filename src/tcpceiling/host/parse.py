@@ -324,3 +324,18 @@ def parse_conntrack_stat(text: str) -> dict[str, int]:
         return out
 
     return _guard("nf_conntrack stat", go)
+
+
+def parse_cpu_list(text: str) -> int:
+    """/sys/devices/system/cpu/online, e.g. "0-1" or "0,2-5": the number of CPUs."""
+
+    def go() -> int:
+        count = 0
+        for part in text.strip().split(","):
+            low, _, high = part.partition("-")
+            count += (int(high) if high else int(low)) - int(low) + 1
+        if count < 1:
+            raise ParseError(f"cannot parse cpu list {text!r}")
+        return count
+
+    return _guard("cpu list", go)

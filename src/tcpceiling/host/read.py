@@ -79,6 +79,7 @@ class SystemView:
     tasks: int
     tcp_mem: tuple[int, ...]
     slabs: dict[str, parse.SlabCache]
+    cpus: int | None = None  # online CPUs (/sys/devices/system/cpu/online)
 
 
 @dataclass(frozen=True)
@@ -188,4 +189,5 @@ def read_system(roots: Roots) -> SystemView:
         tasks=_read(roots.procfs / "loadavg", parse.parse_loadavg_tasks),
         tcp_mem=_read(sys_ / "net" / "ipv4" / "tcp_mem", lambda t: parse.parse_ints(t, 3)),
         slabs=read_slabs(roots),
+        cpus=_read_opt(roots.sysfs / "devices" / "system" / "cpu" / "online", parse.parse_cpu_list),
     )
