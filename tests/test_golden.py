@@ -80,3 +80,14 @@ def test_stock_distro_ports_count_existing_connections() -> None:
     # counts: tcp_tw_reuse=2 is loopback-only).
     assert ports["details"]["bind_held_in_range"] == 1
     assert ports["ceiling"] == 28232 - 1 - 3
+
+
+def test_cpu_ceiling_arithmetic() -> None:
+    """2 CPUs x 0.7 / (0.5 msg/s x 12.5 us) = 224,000 connections; 10x the rate, 1/10."""
+    args = ["--role", "server", "--cpu-us-per-message", "12.5"]
+    slow = constraint(_analyze("this-machine", *args, "--message-rate", "0.5"), "cpu")
+    fast = constraint(_analyze("this-machine", *args, "--message-rate", "5"), "cpu")
+    assert (slow["ceiling"], fast["ceiling"]) == (224_000, 22_400)
+    assert slow["capacity"] == 1_400_000 and slow["per_connection"] == 6.25
+    idle = constraint(_analyze("this-machine", "--role", "server"), "cpu")
+    assert idle["ceiling"] is None and "idle" in idle["note"]

@@ -451,8 +451,8 @@ class Run:
             seconds=round(max((float(d.get("seconds", 0)) for d in done), default=0.0), 3),
             messages=messages,
             server_cpu_seconds=round(cpu, 4),
-            cpu_us_per_message=cpu * 1e6 / messages if messages else None,
-            cpu_us_per_connect=self.sink_cpu_open * 1e6 / n if n else None,
+            cpu_us_per_message=round(cpu * 1e6 / messages, 3) if messages else None,
+            cpu_us_per_connect=round(self.sink_cpu_open * 1e6 / n, 3) if n else None,
             kernel_bytes_active=round((after.meminfo.slab - before.meminfo.slab) / n, 1),
         )
 

@@ -83,6 +83,35 @@ def _server_rows(r: ProbeResult) -> list[tuple[str, str]]:
     return rows
 
 
+def _activity_rows(r: ProbeResult) -> list[tuple[str, str]]:
+    """The sink's I/O model, the traffic profile's CPU cost, wake-up latency (issue 5)."""
+    pc, rows = r.per_connection, []
+    if r.io_model == "threads":
+        rows.append((
+            "thread cost / conn",
+            f"{human(pc.task_bytes, ' B')} kernel stack + page tables, {human(pc.user_bytes, ' B')}"
+            " RSS, plus task_struct in Slab (shared brief: ≈44 KB per Python thread)",
+        ))  # fmt: skip
+    if pc.total_bytes is not None:
+        rows.append(
+            ("total memory / conn", f"{human(pc.total_bytes, ' B')} (Slab + stack + PT + RSS)")
+        )
+    if r.traffic:
+        t = r.traffic
+        rows.append((
+            "traffic",
+            f"{t.messages:,} messages of {t.message_bytes} B at {t.message_rate:g}/s per conn "
+            f"in {t.seconds:.1f} s: server CPU {t.cpu_us_per_message} µs per message, "
+            f"{t.cpu_us_per_connect} µs per connect; {human(t.kernel_bytes_active, ' B')} Slab "
+            "per active conn",
+        ))  # fmt: skip
+    if r.wake_latency_us:
+        rows.append(
+            ("wake-up round trip µs", ", ".join(f"{k} {v}" for k, v in r.wake_latency_us.items()))
+        )
+    return rows
+
+
 def render_probe(r: ProbeResult, console: Console) -> None:
     t = Table(title=_title(r), title_justify="left", show_header=False)
     t.add_column(style="bold")
@@ -116,6 +145,7 @@ def render_probe(r: ProbeResult, console: Console) -> None:
         rows.insert(1, ("detail", r.stop.detail))
     if r.mode == "server":
         rows[2:2] = _server_rows(r)
+    rows += _activity_rows(r)
     if pc.slab_breakdown:
         breakdown = ", ".join(f"{k} {v:,.0f}" for k, v in pc.slab_breakdown.items())
         rows.append(("slab breakdown B/conn", breakdown))

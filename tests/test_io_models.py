@@ -1,0 +1,130 @@
+"""Threads vs epoll and the CPU ceiling, measured (issue 5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IS_ROOT, constraint, needs_root, probe
+
+TCPCEILING = [sys.executable, "-m", "tcpceiling"]
+
+
+def _pids_root() -> Path | None:
+    v1 = Path("/sys/fs/cgroup/pids")
+    if (v1 / "cgroup.procs").exists():
+        return v1
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.controllers"
+    if controllers.exists() and "pids" in controllers.read_text().split():
+        return v2
+    return None
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A throwaway pids cgroup with pids.max 300, removed when its tasks are gone."""
+    root = _pids_root()
+    if not IS_ROOT or root is None:
+        pytest.skip("needs root and a pids cgroup controller")
+    group = root / f"tcx-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    (group / "pids.max").write_text("300")
+    try:
+        yield group
+    finally:
+        for _ in range(100):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def in_cgroup(group: Path, *args: str) -> dict[str, Any]:
+    """Run tcpceiling ARGS --json as a process of the cgroup; returns its JSON."""
+    script = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", *TCPCEILING, *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_threads_stop_at_the_pids_cgroup_as_analyze_predicts(pids_cgroup: Path) -> None:
+    analysis = in_cgroup(pids_cgroup, "analyze", "--role", "server", "--io-model", "threads")
+    predicted = analysis["scenarios"][0]
+    assert predicted["binding"] == "cgroup_pids"
+    r = in_cgroup(pids_cgroup, "probe", "--target", "max", "--io-model", "threads")
+    assert r["stop"]["reason"] in ("cgroup_pids", "threads")
+    assert r["stop"]["errno"] == "EAGAIN" and r["stop"]["side"] == "server"
+    assert abs(r["served"] - predicted["ceiling"]) <= 0.02 * predicted["ceiling"]
+    assert r["predicted"]["binding"] == "cgroup_pids"
+    assert abs(r["served"] - r["predicted"]["ceiling"]) <= 0.02 * r["predicted"]["ceiling"]
+
+
+@needs_root
+def test_compare_io_threads_cost_more_memory_per_connection() -> None:
+    proc = subprocess.run(
+        [*TCPCEILING, "compare-io", "--connections", "5000", "--wake-samples", "50", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    models = {m["io_model"]: m for m in data["models"]}
+    assert set(models) == {"epoll", "threads"}
+    for m in models.values():
+        assert m["connections"] == 5000
+        assert m["setup_seconds"] > 0 and m["cpu_seconds"] > 0
+        assert m["wake_latency_us"]["p50"] > 0 and m["wake_latency_us"]["p99"] > 0
+    ratio = models["threads"]["memory_per_connection"] / models["epoll"]["memory_per_connection"]
+    assert ratio >= 3, ratio
+    assert math.isclose(data["memory_ratio"], ratio, rel_tol=0.01)
+    # where a thread's cost lives: kernel stack + page tables (16 KiB stack alone)
+    assert models["threads"]["task_bytes"] > 16_000 > models["epoll"]["task_bytes"]
+
+
+def _cpu_ceiling(profile: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [*TCPCEILING, "analyze", "--role", "server", "--cost-from", str(profile), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return constraint(json.loads(proc.stdout)["scenarios"][0], "cpu")
+
+
+@needs_root
+def test_cpu_ceiling_from_measured_profiles(tmp_path: Path) -> None:
+    ceilings = {}
+    for rate in (2, 20):
+        code, r = probe("--target", "2000", "--measure-cpu", "--message-rate", str(rate),
+                        "--hold", "4")  # fmt: skip
+        assert code == 0 and r["traffic"]["messages"] > 0.8 * 2000 * rate * 4
+        profile = tmp_path / f"rate{rate}.json"
+        profile.write_text(json.dumps(r))
+        cpu = _cpu_ceiling(profile)
+        t = r["traffic"]
+        assert t["cpu_us_per_message"] == pytest.approx(
+            t["server_cpu_seconds"] * 1e6 / t["messages"], rel=0.01
+        )
+        cores = cpu["details"]["cores"]
+        expected = math.floor(cores * 0.7 * 1e6 / (rate * t["cpu_us_per_message"]))
+        assert cpu["ceiling"] == expected
+        ceilings[rate] = cpu["ceiling"]
+    assert 5 <= ceilings[2] / ceilings[20] <= 20, ceilings
