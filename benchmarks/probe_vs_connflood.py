@@ -31,6 +31,7 @@ def connflood(n: int) -> dict[str, float]:
     ).stdout
     fields = dict(re.findall(r"(\w+) ([\d.]+)", out))
     return {
+        "workers": float(fields["workers"]),
         "rate": float(fields["rate"]),
         "seconds": float(fields["seconds"]),
         "slab": float(fields["slab_per_conn"]),
@@ -50,10 +51,12 @@ def probe(n: int) -> dict[str, float]:
         raise SystemExit(f"probe stopped at {r['established']}: {r['stop']}")
     pc = r["per_connection"]
     return {
+        "held": r["established"],
         "rate": r["rate_per_s"],
         "seconds": r["open_seconds"],
         "slab": pc["kernel_bytes"],
         "rss": pc["user_bytes"],
+        "workers": r["workers"] + r["sink_workers"],
     }
 
 

@@ -402,7 +402,7 @@ def activity_options(fn: F) -> F:
 @click.option(
     "--parallel",
     type=click.IntRange(min=1),
-    default=2,
+    default=3,
     show_default=True,
     help="Client workers opening at the same time.",
 )

@@ -10,6 +10,7 @@ message rate, then wake-up round trips), SIGTERM release (RST via SO_LINGER 0), 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import os
@@ -34,6 +35,8 @@ LINGER_RST = struct.pack("ii", 1, 0)
 REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
+FAST_BATCH = 256
+STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 #: With a real server these errnos are the server's doing, judged by the Watch.
 SERVER_ERRNOS = {
     errno.ECONNREFUSED: "refused",
@@ -115,6 +118,10 @@ class ClientWorker:
         self.first_errno: int | None = None
         self.limit_errno: int | None = None
         self.hist = Histogram()
+        self.latencies = array("f")  # µs, bucketed into hist once opening is over
+        self.families = [
+            socket.AF_INET6 if ":" in host else socket.AF_INET for _s, host, _p in plan.tuples
+        ]
         self.exhausted: set[int] = set()
         self.stopping = self.releasing = self.go = False
         self.guard: str | None = None
@@ -188,12 +195,7 @@ class ClientWorker:
             if self.watch is not None:
                 self.pending_host[fd] = (host, self.attempts)
             return True
-        os.close(fd)
-        self._fail(err)
-        if err in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
-            self.exhausted.add(ti)
-            return len(self.exhausted) < len(self.plan.tuples)
-        return self.limit_errno is None
+        return self._connect_failed(fd, err, ti)
 
     @property
     def _ep(self) -> select.epoll:
@@ -265,7 +267,7 @@ class ClientWorker:
             first_errno=self.first_errno,
             client_errno=self.client_errno,
             limit_errno=self.limit_errno,
-            hist=self.hist.counts if kind == "done" else None,
+            hist=self._histogram().counts if kind == "done" else None,
             rss=self.stats.rss(),
             guard=self.guard,
             short=kind == "done" and self.established() < self.plan.share,
@@ -274,7 +276,94 @@ class ClientWorker:
     def _server_stopped(self) -> bool:
         return self.watch is not None and self.watch.limit_kind is not None
 
+    # -- the fast path: the built-in sink, no pacing (issue 6) ------------------------
+    def open_fast(self) -> None:
+        """Open the share in batches with the fewest syscalls per connection: socket,
+        setsockopt, bind, connect (as connflood.c), then one poll() per batch to see
+        which completed; the few still pending go to the epoll path. On loopback the
+        handshake completes inside connect(), so its duration is the latency."""
+        plan, opened, last = self.plan, 0, time.perf_counter()
+        while not self.stopping and opened < plan.share and self.limit_errno is None:
+            n = min(FAST_BATCH, plan.share - opened)
+            if self.in_flight() >= plan.max_pending:
+                self.drain(0.02)
+                continue
+            started, more = self._connect_batch(n)
+            opened += n
+            self._complete_batch(started)
+            if not more:
+                break
+            if plan.slab_limit and self.stats.meminfo_field(b"Slab:") > plan.slab_limit:
+                self.guard = "memory"
+                break
+            if time.perf_counter() - last > REPORT_EVERY:
+                last = time.perf_counter()
+                self.drain(0)
+                self.progress()
+        self.finish_in_flight()
+
+    def _connect_batch(self, n: int) -> tuple[dict[int, float], bool]:
+        """Up to n non-blocking connects; returns {fd: connect() seconds}, and False
+        when no tuple is left or a limit was hit."""
+        started: dict[int, float] = {}
+        tuples, clock = self.plan.tuples, time.perf_counter
+        for _ in range(n):
+            ti = self._pick_tuple()
+            if ti is None:
+                return started, False
+            src, host, port = tuples[ti]
+            self.attempts += 1
+            try:
+                s = _socket.socket(self.families[ti], STREAM_NONBLOCK)
+            except OSError as exc:
+                self._fail(exc.errno or 0)
+                return started, False
+            try:
+                if src is not None:
+                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    s.bind((src, 0))
+                t0 = clock()
+                err = s.connect_ex((host, port))
+                took = clock() - t0
+            except OSError as exc:
+                err, took = exc.errno or 0, 0.0
+            fd = s.detach()
+            if err == errno.EINPROGRESS or err == 0:
+                started[fd] = took
+            elif not self._connect_failed(fd, err, ti):
+                return started, False
+        return started, True
+
+    def _connect_failed(self, fd: int, err: int, ti: int) -> bool:
+        os.close(fd)
+        self._fail(err)
+        if err in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+            self.exhausted.add(ti)
+            return len(self.exhausted) < len(self.plan.tuples)
+        return self.limit_errno is None
+
+    def _complete_batch(self, started: dict[int, float]) -> None:
+        """One poll() for the batch: completed ones are held, failed ones named, the
+        rest wait on epoll (the slow path) with their start time."""
+        po = select.poll()
+        for fd in started:
+            po.register(fd, select.POLLOUT)
+        now = time.perf_counter()
+        for fd, events in po.poll(0):
+            took = started.pop(fd)
+            if events & (select.POLLERR | select.POLLHUP):
+                self._fail(self._socket_error(fd))
+                os.close(fd)
+            else:
+                self.fds.append(fd)
+                self.latencies.append(took * 1e6)
+        for fd, took in started.items():
+            self.pending[fd] = now - took
+            self._ep.register(fd, select.EPOLLOUT)
+
     def open_all(self) -> None:
+        if self.watch is None and not self.plan.rate:
+            return self.open_fast()
         plan, start = self.plan, time.perf_counter()
         opened, last = 0, start
         more = True
@@ -382,6 +471,12 @@ class ClientWorker:
                     os.read(fd, 65536)
             po.unregister(fd)
         return hist
+
+    def _histogram(self) -> Histogram:
+        for us in self.latencies:
+            self.hist.add(us)
+        self.latencies = array("f")
+        return self.hist
 
     def release(self) -> None:
         if self.watch is not None:

@@ -35,7 +35,7 @@ class ProbeConfig:
     max_duration: float = 600.0
     workers: int | None = None
     worker_nofile: int | None = None
-    parallel: int = 2
+    parallel: int = 3
     connect_timeout: float = 5.0
     connect: tuple[Endpoint, ...] = ()
     check: str = "none"

@@ -1,0 +1,94 @@
+"""Scale: tcpceiling probe against connflood at 100k, 1M and 2M connections (issue 6).
+
+One command:  python benchmarks/scale.py [--sizes 100000,1000000,2000000] [--json PATH]
+
+For each size, in the same run: compile and run ../shared/bench/connflood.c, then
+`tcpceiling probe --target N` on loopback; print connections held, time to open,
+the open-rate ratio (tcpceiling / connflood), total memory per connection (kernel
+Slab delta + user RSS of every process) and its ratio, and the open rate at 1M
+relative to 100k. A size is skipped, and said so, when the memory guard's budget
+(MemAvailable minus the probe's default floor) cannot hold it at the Slab cost
+connflood measured at the smallest size. Writes the same as JSON. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from probe_vs_connflood import connflood, probe  # noqa: E402
+
+from tcpceiling.probe.coordinator import default_floor  # noqa: E402
+from tcpceiling.probe.measure import mem_field, wait_settled  # noqa: E402
+
+DEFAULT_SIZES = (100_000, 1_000_000, 2_000_000)
+HEADROOM = 1.10  # the budget must hold the size with 10 % to spare
+
+
+def fits(n: int, bytes_per_conn: float) -> tuple[bool, str]:
+    """Would n connections stay above the probe's default memory floor?"""
+    available, total = mem_field("MemAvailable"), mem_field("MemTotal")
+    budget = available - default_floor(total)
+    need = n * bytes_per_conn * HEADROOM
+    why = f"needs {need / 2**30:.1f} GiB, the memory guard allows {budget / 2**30:.1f} GiB"
+    return need <= budget, why
+
+
+def one_size(n: int, bytes_per_conn: float) -> dict[str, Any]:
+    ok, why = fits(n, bytes_per_conn)
+    if not ok:
+        print(f"{n:,}: skipped: {why}", flush=True)
+        return {"connections": n, "skipped": why}
+    wait_settled()
+    c = connflood(n)
+    time.sleep(2)
+    p = probe(n)
+    mem_c, mem_p = c["slab"] + c["rss"], p["slab"] + p["rss"]
+    row = {
+        "connections": n,
+        "held": p["held"],
+        "connflood": c,
+        "tcpceiling": p,
+        "open_rate_ratio": round(p["rate"] / c["rate"], 3),
+        "memory_per_connection": {"connflood": mem_c, "tcpceiling": mem_p},
+        "memory_ratio": round(mem_p / mem_c, 3),
+    }
+    print(
+        f"{n:>9,}  held {p['held']:>9,}  open {p['seconds']:6.1f} s vs {c['seconds']:6.1f} s  "
+        f"rate {p['rate']:>8,.0f}/s vs {c['rate']:>8,.0f}/s = {row['open_rate_ratio']:.2f}x  "
+        f"memory {mem_p:,.0f} vs {mem_c:,.0f} B/conn = {row['memory_ratio']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    ap.add_argument("--json", type=Path, default=HERE / "scale.json")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows: list[dict[str, Any]] = []
+    cost = 8_000.0  # Slab per connection before the first measurement (shared brief)
+    for n in sizes:
+        rows.append(one_size(n, cost))
+        if "connflood" in rows[-1]:
+            cost = max(cost, rows[-1]["memory_per_connection"]["tcpceiling"])
+    rates = {r["connections"]: r["tcpceiling"]["rate"] for r in rows if "tcpceiling" in r}
+    summary: dict[str, Any] = {"sizes": rows}
+    if 100_000 in rates and 1_000_000 in rates:
+        summary["rate_1m_vs_100k"] = round(rates[1_000_000] / rates[100_000], 3)
+        print(f"open rate at 1M relative to 100k: {summary['rate_1m_vs_100k']:.2f}")
+    args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
