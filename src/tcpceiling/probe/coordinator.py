@@ -191,6 +191,7 @@ class Run:
                 if msg.get("type") == "active_done":
                     st["active"] = msg
                     continue
+                st[f"seen_{msg.get('type')}"] = True  # a later progress line overwrites type
                 st.update(msg)
                 if msg.get("type") == "crash" and self.stop is None:
                     self.stop = Stop(
@@ -243,7 +244,8 @@ class Run:
         while time.monotonic() < deadline and not (self.interrupted and kind != "released"):
             self._pump()
             if all(
-                self.state.get((c.role, c.index), {}).get("type") in (kind, "released")
+                self.state.get((c.role, c.index), {}).get(f"seen_{kind}")
+                or self.state.get((c.role, c.index), {}).get("type") == "released"
                 or c.exit_status is not None
                 for c in children
             ):
@@ -305,7 +307,8 @@ class Run:
         return [
             c
             for c in self.clients
-            if self.state.get(("client", c.index), {}).get("type") not in ("done", "released")
+            if not self.state.get(("client", c.index), {}).get("seen_done")
+            and self.state.get(("client", c.index), {}).get("type") != "released"
             and c.exit_status is None
         ]
 
@@ -335,7 +338,7 @@ class Run:
         if sink is not None:
             return sink
         for st in self._client_states():
-            if st.get("type") != "done":
+            if not st.get("seen_done"):
                 continue
             if st.get("guard"):
                 return Stop(f"guard:{st['guard']}")
