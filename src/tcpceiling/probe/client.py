@@ -273,6 +273,13 @@ class ClientWorker:
             short=kind == "done" and self.established() < self.plan.share,
         )
 
+    def _over_memory(self) -> bool:
+        """The memory guard: has Slab grown past the plan's limit (measure.slab_limit)?"""
+        limit = self.plan.slab_limit
+        if limit and self.stats.meminfo_field(b"Slab:") > limit:
+            self.guard = "memory"
+        return self.guard == "memory"
+
     def _server_stopped(self) -> bool:
         return self.watch is not None and self.watch.limit_kind is not None
 
@@ -293,8 +300,7 @@ class ClientWorker:
             self._complete_batch(started)
             if not more:
                 break
-            if plan.slab_limit and self.stats.meminfo_field(b"Slab:") > plan.slab_limit:
-                self.guard = "memory"
+            if self._over_memory():
                 break
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
@@ -383,8 +389,7 @@ class ClientWorker:
                     break
             if self._server_stopped():
                 break
-            if plan.slab_limit and self.stats.meminfo_field(b"Slab:") > plan.slab_limit:
-                self.guard = "memory"
+            if self._over_memory():
                 break
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
