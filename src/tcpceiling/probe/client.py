@@ -168,32 +168,41 @@ class ClientWorker:
                 return i
         return None
 
-    def open_one(self) -> bool:
-        """Start one connection; False when no tuple is left or a limit was hit."""
-        ti = self._pick_tuple()
-        if ti is None:
-            return False
+    def _start(self, ti: int) -> tuple[int, int, float] | None:
+        """socket(), IP_BIND_ADDRESS_NO_PORT + bind(src, 0) when a source is set, and a
+        non-blocking connect() toward tuple ti: (fd, connect errno, connect() seconds);
+        None when socket() itself failed (counted)."""
         src, host, port = self.plan.tuples[ti]
         self.attempts += 1
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            s = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            s = _socket.socket(self.families[ti], STREAM_NONBLOCK)
         except OSError as exc:
             self._fail(exc.errno or 0)
-            return False
+            return None
+        took = 0.0
         try:
             if src is not None:
                 s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 s.bind((src, 0))
+            t0 = time.perf_counter()
             err = s.connect_ex((host, port))
+            took = time.perf_counter() - t0
         except OSError as exc:
             err = exc.errno or 0
-        fd = s.detach()
+        return s.detach(), err, took
+
+    def open_one(self) -> bool:
+        """Start one connection; False when no tuple is left or a limit was hit."""
+        ti = self._pick_tuple()
+        started = None if ti is None else self._start(ti)
+        if ti is None or started is None:
+            return False
+        fd, err, _took = started
         if err in (errno.EINPROGRESS, 0):
             self.pending[fd] = time.perf_counter()
             self._ep.register(fd, select.EPOLLOUT)
             if self.watch is not None:
-                self.pending_host[fd] = (host, self.attempts)
+                self.pending_host[fd] = (self.plan.tuples[ti][1], self.attempts)
             return True
         return self._connect_failed(fd, err, ti)
 
@@ -312,28 +321,12 @@ class ClientWorker:
         """Up to n non-blocking connects; returns {fd: connect() seconds}, and False
         when no tuple is left or a limit was hit."""
         started: dict[int, float] = {}
-        tuples, clock = self.plan.tuples, time.perf_counter
         for _ in range(n):
             ti = self._pick_tuple()
-            if ti is None:
+            one = None if ti is None else self._start(ti)
+            if ti is None or one is None:
                 return started, False
-            src, host, port = tuples[ti]
-            self.attempts += 1
-            try:
-                s = _socket.socket(self.families[ti], STREAM_NONBLOCK)
-            except OSError as exc:
-                self._fail(exc.errno or 0)
-                return started, False
-            try:
-                if src is not None:
-                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    s.bind((src, 0))
-                t0 = clock()
-                err = s.connect_ex((host, port))
-                took = clock() - t0
-            except OSError as exc:
-                err, took = exc.errno or 0, 0.0
-            fd = s.detach()
+            fd, err, took = one
             if err == errno.EINPROGRESS or err == 0:
                 started[fd] = took
             elif not self._connect_failed(fd, err, ti):

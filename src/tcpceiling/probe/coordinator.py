@@ -549,29 +549,29 @@ class Run:
             return None
         return evidence.sample(plan.endpoints, self.cfg.server_pid)
 
+    def _watch_counts(self, key: str) -> dict[str, int]:
+        """A per-worker Watch counter (totals, replies) summed over the workers."""
+        out: dict[str, int] = {}
+        for st in self._client_states():
+            for k, n in ((st.get("watch") or {}).get(key) or {}).items():
+                out[k] = out.get(k, 0) + int(n)
+        return out
+
     def _server_stop(self, stop: Stop) -> Stop:
         """Attribute a server-side stop with the evidence read before and after."""
-        replies: dict[str, int] = {}
-        for st in self._client_states():
-            for text, n in ((st.get("watch") or {}).get("replies") or {}).items():
-                replies[text] = replies.get(text, 0) + int(n)
         empty = evidence.ServerSample()
         return evidence.attribute(
-            stop.detail, replies, self.server_before or empty, self.server_after or empty
+            stop.detail,
+            self._watch_counts("replies"),
+            self.server_before or empty,
+            self.server_after or empty,
         )
 
-    def _outcomes(self) -> tuple[dict[str, int], dict[str, int]]:
-        totals: dict[str, int] = {}
-        replies: dict[str, int] = {}
-        for st in self._client_states():
-            w = st.get("watch") or {}
-            for k, n in (w.get("totals") or {}).items():
-                totals[k] = totals.get(k, 0) + int(n)
-            for k, n in (w.get("replies") or {}).items():
-                replies[k] = replies.get(k, 0) + int(n)
+    def _outcomes(self) -> dict[str, int]:
+        totals = self._watch_counts("totals")
         totals["open_at_end"] = self.established()
         totals["silent_at_end"] = self._watch_sum("silent")
-        return totals, replies
+        return totals
 
     # -- the result -----------------------------------------------------------------------------
     def _prediction(self, plan: Plan) -> Predicted:
@@ -587,10 +587,9 @@ class Run:
             snap = replace(snap, process=proc)
         processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
         res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
-        server = self.server_prediction
-        lower = server is not None and server.ceiling is not None
-        if server and lower and (res.ceiling is None or (server.ceiling or 0) < res.ceiling):
-            return Predicted(server.ceiling, server.binding, (*server.runners_up, "client"))
+        srv = self.server_prediction
+        if srv and srv.ceiling is not None and (res.ceiling is None or srv.ceiling < res.ceiling):
+            return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"))
         return Predicted(res.ceiling, res.binding, res.runners_up)
 
     def _predict_server(self, plan: Plan) -> ScenarioResult | None:
@@ -634,7 +633,10 @@ class Run:
             errno_counts=counts,
             errno=stop.errno or (errnos.name(int(first)) if first else None),
         )
-        outcomes, replies = self._outcomes() if self.cfg.server_mode else ({}, {})
+        server = self.cfg.server_mode
+        outcomes, replies = (
+            (self._outcomes(), self._watch_counts("replies")) if server else ({}, {})
+        )
         hist = Histogram()
         for st in self._client_states():
             hist.merge({int(k): v for k, v in (st.get("hist") or {}).items()})
