@@ -36,6 +36,7 @@ REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
 FAST_BATCH = 256
+POLL_BAD = select.POLLERR | select.POLLHUP
 STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 #: With a real server these errnos are the server's doing, judged by the Watch.
 SERVER_ERRNOS = {
@@ -118,11 +119,18 @@ class ClientWorker:
         self.first_errno: int | None = None
         self.limit_errno: int | None = None
         self.hist = Histogram()
-        self.latencies = array("f")  # µs, bucketed into hist once opening is over
-        self.families = [
-            socket.AF_INET6 if ":" in host else socket.AF_INET for _s, host, _p in plan.tuples
+        self.latencies = array("f")  # seconds, bucketed into hist once opening is over
+        #: (family, bind address or None, connect address) per tuple, built once.
+        self.targets = [
+            (
+                socket.AF_INET6 if ":" in host else socket.AF_INET,
+                None if src is None else (src, 0),
+                (host, port),
+            )
+            for src, host, port in plan.tuples
         ]
         self.exhausted: set[int] = set()
+        self.live = self._live()
         self.stopping = self.releasing = self.go = False
         self.guard: str | None = None
         self.ep: select.epoll | None = None
@@ -172,10 +180,10 @@ class ClientWorker:
         """socket(), IP_BIND_ADDRESS_NO_PORT + bind(src, 0) when a source is set, and a
         non-blocking connect() toward tuple ti: (fd, connect errno, connect() seconds);
         None when socket() itself failed (counted)."""
-        src, host, port = self.plan.tuples[ti]
+        family, src, dst = self.targets[ti]
         self.attempts += 1
         try:
-            s = _socket.socket(self.families[ti], STREAM_NONBLOCK)
+            s = _socket.socket(family, STREAM_NONBLOCK)
         except OSError as exc:
             self._fail(exc.errno or 0)
             return None
@@ -183,9 +191,9 @@ class ClientWorker:
         try:
             if src is not None:
                 s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                s.bind((src, 0))
+                s.bind(src)
             t0 = time.perf_counter()
-            err = s.connect_ex((host, port))
+            err = s.connect_ex(dst)
             took = time.perf_counter() - t0
         except OSError as exc:
             err = exc.errno or 0
@@ -294,22 +302,20 @@ class ClientWorker:
 
     # -- the fast path: the built-in sink, no pacing (issue 6) ------------------------
     def open_fast(self) -> None:
-        """Open the share in batches with the fewest syscalls per connection: socket,
-        setsockopt, bind, connect (as connflood.c), then one poll() per batch to see
-        which completed; the few still pending go to the epoll path. On loopback the
-        handshake completes inside connect(), so its duration is the latency."""
+        """Open the share in batches with the fewest steps per connection: socket,
+        setsockopt, bind (with a source), connect (as connflood.c) in one tight loop,
+        then one poll() per batch to see which completed; the few still pending go to
+        the epoll path. On loopback the handshake completes inside connect(), so its
+        duration is the latency."""
         plan, opened, last = self.plan, 0, time.perf_counter()
         while not self.stopping and opened < plan.share and self.limit_errno is None:
-            n = min(FAST_BATCH, plan.share - opened)
             if self.in_flight() >= plan.max_pending:
                 self.drain(0.02)
                 continue
-            started, more = self._connect_batch(n)
-            opened += n
-            self._complete_batch(started)
-            if not more:
-                break
-            if self._over_memory():
+            fds, took, tried, more = self._connect_batch(min(FAST_BATCH, plan.share - opened))
+            opened += tried
+            self._complete_batch(fds, took)
+            if not more or self._over_memory():
                 break
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
@@ -317,48 +323,88 @@ class ClientWorker:
                 self.progress()
         self.finish_in_flight()
 
-    def _connect_batch(self, n: int) -> tuple[dict[int, float], bool]:
-        """Up to n non-blocking connects; returns {fd: connect() seconds}, and False
-        when no tuple is left or a limit was hit."""
-        started: dict[int, float] = {}
-        for _ in range(n):
-            ti = self._pick_tuple()
-            one = None if ti is None else self._start(ti)
-            if ti is None or one is None:
-                return started, False
-            fd, err, took = one
-            if err == errno.EINPROGRESS or err == 0:
-                started[fd] = took
-            elif not self._connect_failed(fd, err, ti):
-                return started, False
-        return started, True
+    def _connect_batch(self, n: int) -> tuple[array[int], array[float], int, bool]:
+        """Up to n non-blocking connects round robin over the live tuples, with no
+        Python step that is not needed (each costs about what a syscall does: issue 6
+        profile). Returns the started fds, their connect() seconds, the attempts, and
+        False when no tuple is left or a limit was hit. A failed connect ends the batch
+        (the live tuples may have changed)."""
+        fds, took = array("i"), array("f")
+        live, k = self.live, self.next_tuple
+        if not live:
+            return fds, took, 0, False
+        sock, perf, inprogress, nl = _socket.socket, time.perf_counter, errno.EINPROGRESS, len(live)
+        for j in range(n):
+            ti, family, src, dst = live[k % nl]
+            k += 1
+            try:
+                s = sock(family, STREAM_NONBLOCK)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM
+                self._fail(exc.errno or 0)
+                return self._batch_end(fds, took, k, j + 1, False)
+            try:
+                if src is not None:
+                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    s.bind(src)
+                t0 = perf()
+                err = s.connect_ex(dst)
+                t1 = perf()
+            except OSError as exc:  # bind(): the source is not local, and the like
+                err, t0, t1 = exc.errno or 0, 0.0, 0.0
+            fd = s.detach()
+            if err == inprogress or err == 0:
+                fds.append(fd)
+                took.append(t1 - t0)
+                continue
+            return self._batch_end(fds, took, k, j + 1, self._connect_failed(fd, err, ti))
+        return self._batch_end(fds, took, k, n, True)
+
+    def _batch_end(
+        self, fds: array[int], took: array[float], k: int, tried: int, more: bool
+    ) -> tuple[array[int], array[float], int, bool]:
+        self.next_tuple = k
+        self.attempts += tried
+        return fds, took, tried, more
 
     def _connect_failed(self, fd: int, err: int, ti: int) -> bool:
         os.close(fd)
         self._fail(err)
         if err in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
             self.exhausted.add(ti)
-            return len(self.exhausted) < len(self.plan.tuples)
+            self.live = self._live()
+            return bool(self.live)
         return self.limit_errno is None
 
-    def _complete_batch(self, started: dict[int, float]) -> None:
-        """One poll() for the batch: completed ones are held, failed ones named, the
-        rest wait on epoll (the slow path) with their start time."""
+    def _live(self) -> list[tuple[int, int, tuple[str, int] | None, tuple[str, int]]]:
+        """The tuples with ports left: (index, family, bind address, connect address)."""
+        return [(i, *t) for i, t in enumerate(self.targets) if i not in self.exhausted]
+
+    def _complete_batch(self, fds: array[int], took: array[float]) -> None:
+        """One poll() for the batch: completed ones are held (all of them, as a rule,
+        on loopback), failed ones named, the rest wait on epoll with their start time."""
+        if not fds:
+            return
         po = select.poll()
-        for fd in started:
-            po.register(fd, select.POLLOUT)
-        now = time.perf_counter()
-        for fd, events in po.poll(0):
-            took = started.pop(fd)
-            if events & (select.POLLERR | select.POLLHUP):
+        register = po.register
+        for fd in fds:
+            register(fd, select.POLLOUT)
+        ready = po.poll(0)
+        if len(ready) == len(fds) and not any(ev & POLL_BAD for _fd, ev in ready):
+            self.fds.extend(fds)
+            self.latencies.extend(took)
+            return
+        events, now = dict(ready), time.perf_counter()
+        for fd, t in zip(fds, took, strict=True):
+            ev = events.get(fd)
+            if ev is None:
+                self.pending[fd] = now - t
+                self._ep.register(fd, select.EPOLLOUT)
+            elif ev & POLL_BAD:
                 self._fail(self._socket_error(fd))
                 os.close(fd)
             else:
                 self.fds.append(fd)
-                self.latencies.append(took * 1e6)
-        for fd, took in started.items():
-            self.pending[fd] = now - took
-            self._ep.register(fd, select.EPOLLOUT)
+                self.latencies.append(t)
 
     def open_all(self) -> None:
         if self.watch is None and not self.plan.rate:
@@ -471,8 +517,8 @@ class ClientWorker:
         return hist
 
     def _histogram(self) -> Histogram:
-        for us in self.latencies:
-            self.hist.add(us)
+        for seconds in self.latencies:
+            self.hist.add(seconds * 1e6)
         self.latencies = array("f")
         return self.hist
 
