@@ -23,7 +23,7 @@ def connflood(n: int) -> dict[str, float]:
     if not BINARY.exists() or BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
         subprocess.run(["cc", "-O2", "-o", str(BINARY), str(SOURCE)], check=True)
     out = subprocess.run(
-        [str(BINARY), "-n", str(n), "-s", "64", "-H", "1"],
+        [str(BINARY), "-n", str(n), "-s", "64", "-H", "600"],
         check=True,
         capture_output=True,
         text=True,

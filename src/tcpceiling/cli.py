@@ -364,9 +364,16 @@ def activity_options(fn: F) -> F:
     "--source-ip",
     multiple=True,
     metavar="IP|CIDR",
-    help="Source addresses to rotate over (default: as many 127.0.0.x as needed).",
+    help="Source addresses to rotate over (default: the kernel's pick, or as many "
+    "127.0.0.x as needed when --sink-ports is given).",
 )
-@click.option("--sink-ports", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--sink-ports",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sink listening ports (default: as many as keep each port pair 1/8 full, "
+    "or 1 when --source-ip is given).",
+)
 @click.option("--sink-host", default="127.0.0.1", show_default=True)
 @click.option(
     "--isolate/--no-isolate",
@@ -417,7 +424,7 @@ def probe_cmd(
     hold: float,
     rate: float | None,
     source_ip: tuple[str, ...],
-    sink_ports: int,
+    sink_ports: int | None,
     sink_host: str,
     isolate: bool | None,
     sysctls: tuple[str, ...],

@@ -66,6 +66,8 @@ class ClientPlan:
     message_bytes: int = 64
     traffic_seconds: float = 5.0
     wake_samples: int = 0
+    first: int = 0  # where in the turn over the tuples this worker starts (connections)
+    burst: int = 1  # connections in a row toward one tuple (the fast path)
 
 
 def raise_nofile(cap: int | None) -> int:
@@ -138,7 +140,7 @@ class ClientWorker:
         self.pending_host: dict[int, tuple[str, int]] = {}  # server mode: (host, attempt)
         self.attempts = 0
         self.client_errno: int | None = None  # first errno that is not the server's doing
-        self.next_tuple = 0
+        self.next_tuple = plan.first  # the fast path counts connections, bursts of plan.burst
         self.last_expiry = 0.0
         self.stats = SelfStats()
 
@@ -330,12 +332,12 @@ class ClientWorker:
         False when no tuple is left or a limit was hit. A failed connect ends the batch
         (the live tuples may have changed)."""
         fds, took = array("i"), array("f")
-        live, k = self.live, self.next_tuple
+        live, k, burst = self.live, self.next_tuple, self.plan.burst
         if not live:
             return fds, took, 0, False
         sock, perf, inprogress, nl = _socket.socket, time.perf_counter, errno.EINPROGRESS, len(live)
         for j in range(n):
-            ti, family, src, dst = live[k % nl]
+            ti, family, src, dst = live[k // burst % nl]
             k += 1
             try:
                 s = sock(family, STREAM_NONBLOCK)

@@ -27,7 +27,7 @@ class ProbeConfig:
     hold: float = 0.0
     rate: float | None = None
     sources: tuple[str, ...] = ()
-    sink_ports: int = 1
+    sink_ports: int | None = None  # None: as many as spread the run (coordinator)
     sink_host: str = "127.0.0.1"
     isolate: bool | None = None
     sysctls: tuple[tuple[str, str], ...] = ()
@@ -71,7 +71,7 @@ class ProbeConfig:
             raise InputError("--check needs --connect (the built-in sink is not a service)")
         if self.check_every is not None and self.check_every <= 0:
             raise InputError("--check-every must be positive")
-        if self.connect and (self.sink_ports != 1 or self.sink_host != "127.0.0.1"):
+        if self.connect and (self.sink_ports is not None or self.sink_host != "127.0.0.1"):
             raise InputError("--sink-ports/--sink-host are for the built-in sink, not --connect")
         if self.connect and (self.active or self.io_model != "epoll"):
             raise InputError(
@@ -87,7 +87,7 @@ class ProbeConfig:
         if self.rate is not None and self.rate <= 0:
             raise InputError("--rate must be positive")
         if (
-            self.sink_ports < 1
+            (self.sink_ports is not None and self.sink_ports < 1)
             or self.parallel < 1
             or (self.workers is not None and self.workers < 1)
         ):

@@ -40,11 +40,19 @@ from tcpceiling.probe.sink import SinkPlan, run_sink
 
 FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
 SINK_HEADROOM = 1.3
-#: Default sources keep each (source, sink port) pair at most 1/SOURCE_SPREAD full of
-#: ephemeral ports, so connect()'s port search (__inet_hash_connect) finds a free
-#: port at once (connflood.c spreads as widely). At 100k connections 8 or 29 sources
-#: measured the same rate; the spread is for the millions.
-SOURCE_SPREAD = 8
+#: Default sink ports (or, with --sink-ports given, default sources) keep each
+#: (source, sink port) pair at most 1/SPREAD full of ephemeral ports, so connect()'s
+#: port search (__inet_hash_connect) finds a free port at once. Spreading over sink
+#: ports rather than sources spares a setsockopt() and a bind() per connection and
+#: keeps the kernel's bind2 buckets (one per source address and port) few: 1.8 us
+#: less per connection in Python, and inet_bind2_bucket_find fell out of the kernel
+#: profile (issue 6).
+SPREAD = 8
+#: Owned ports: a shard's share is exact but for a burst per port, and a client that
+#: stops early leaves its ports short: a little headroom covers both.
+OWNED_HEADROOM = 1.05
+#: Connections in a row toward one (source, sink port) before turning to the next.
+PORT_BURST = 16
 MAX_EXPECTED = 10_000_000
 UNBOUNDED = 1 << 40
 Progress = Callable[[dict[str, Any]], None]
@@ -66,15 +74,18 @@ class Plan:
     floor: int
     snapshot: HostSnapshot
     slab_limit: int = 0
+    owned_ports: int = 0  # ports per sink shard when each owns its own; 0: all share
     routes: dict[Endpoint, tuple[str | None, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
 def _sink_ports(port_range: tuple[int, int], count: int) -> list[int]:
-    """Listener ports outside the ephemeral range, so they take no port from clients."""
+    """Listener ports outside the ephemeral range, so they take no port from clients:
+    below it when there is room above 1023, else above it (fewer when neither fits)."""
     low, high = port_range
     if low - count >= 1024:
         return list(range(low - count, low))
+    count = min(count, max(1, 65535 - high))
     return list(range(high + 1, high + 1 + count))
 
 
@@ -83,6 +94,39 @@ def _default_sources(host: str, count: int) -> tuple[str, ...]:
         return ()
     first = int(ipaddress.IPv4Address("127.0.0.2"))
     return tuple(str(ipaddress.IPv4Address(first + i)) for i in range(count))
+
+
+def _pairs_needed(plan: Plan) -> int:
+    """(source, sink port) pairs that keep each at most 1/SPREAD full of ports."""
+    low, high = plan.snapshot.net.port_range
+    return max(1, math.ceil(SPREAD * plan.expected / (high - low + 1)))
+
+
+def _shared_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
+    """--sink-ports or --source-ip given: every shard listens on every sink port
+    (SO_REUSEPORT spreads by hash, hence the headroom); sources fill the spread."""
+    if not cfg.sources:
+        n = math.ceil(_pairs_needed(plan) / len(plan.endpoints))
+        plan.sources = _default_sources(cfg.sink_host, n)
+    plan.sink_capacity = hard - FD_MARGIN - len(plan.endpoints)  # its listeners are fds
+    plan.sink_shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / plan.sink_capacity))
+
+
+def _owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
+    """The default: no source binding; each sink shard owns `owned_ports` ports of
+    its own, and the clients turn over all ports in bursts, so every shard gets an
+    even share without SO_REUSEPORT's hashing (and its headroom) and every drain of
+    a listener accepts a burst."""
+    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / (hard - FD_MARGIN - 8)))
+    per = max(1, math.ceil(_pairs_needed(plan) / shards))
+    plan.sink_capacity = hard - FD_MARGIN - per
+    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / plan.sink_capacity))
+    ports = _sink_ports(plan.snapshot.net.port_range, shards * per)
+    per = max(1, len(ports) // shards)
+    route = plan.routes[plan.endpoints[0]]
+    plan.endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports[: shards * per])
+    plan.routes = {e: route for e in plan.endpoints}
+    plan.sink_shards, plan.owned_ports = shards, per
 
 
 def _client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
@@ -119,7 +163,7 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     if cfg.server_mode:
         endpoints = tuple(dict.fromkeys(resolve(e) for e in cfg.connect))
     else:
-        ports = _sink_ports(snap.net.port_range, cfg.sink_ports)
+        ports = _sink_ports(snap.net.port_range, cfg.sink_ports or 1)
         endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
     with netns_mod.inside(netns):
         routes = {e: route_of(e.host, e.port) for e in endpoints}
@@ -128,11 +172,12 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     )
     workers = cfg.workers or 10_000
     pred = evaluate(snap, _client_scenario(cfg, plan, workers), routes)
-    # With default sources the port term is ours to size, so it does not cap the plan.
+    # With default sources or sink ports the port term is ours to size: no cap.
+    ours = not cfg.sources and not cfg.server_mode
     ceilings = [
         c.ceiling
         for c in pred.constraints
-        if c.kind == "total" and c.ceiling is not None and (cfg.sources or c.id != "ports")
+        if c.kind == "total" and c.ceiling is not None and not (ours and c.id == "ports")
     ]
     plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
     if cfg.io_model == "threads":  # the sink's task limits bound the run (and its shards)
@@ -141,11 +186,10 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
     if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours
         plan.sink_shards = 0
         return plan
-    if not cfg.sources:
-        usable = snap.net.port_range[1] - snap.net.port_range[0] + 1
-        n = max(1, math.ceil(SOURCE_SPREAD * plan.expected / (len(endpoints) * usable)))
-        plan.sources = _default_sources(cfg.sink_host, n)
-    plan.sink_shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / plan.sink_capacity))
+    if cfg.sink_ports is None and not cfg.sources:
+        _owned_ports(cfg, plan, hard)
+    else:
+        _shared_ports(cfg, plan, hard)
     return plan
 
 
@@ -257,7 +301,9 @@ class Run:
         backlog = plan.snapshot.net.somaxconn
         mode = "echo" if self.cfg.active else "hold"
         for i in range(plan.sink_shards):
-            sp = SinkPlan(i, eps, backlog, mode=mode, io_model=self.cfg.io_model)
+            k = plan.owned_ports
+            mine = eps[i * k : (i + 1) * k] if k else eps
+            sp = SinkPlan(i, mine, backlog, mode=mode, io_model=self.cfg.io_model)
             self.sinks.append(spawn("sink", i, partial(run_sink, sp)))
         self._wait_for(self.sinks, "ready", 10)
 
@@ -274,11 +320,12 @@ class Run:
         tuples = tuple(
             (s, e.host, e.port) for s in (plan.sources or (None,)) for e in plan.endpoints
         )
-        offset = index * 7 % len(tuples)
         cp = ClientPlan(
             index=index,
             share=share,
-            tuples=tuples[offset:] + tuples[:offset],
+            tuples=tuples,
+            first=self.assigned,  # the turn over the tuples goes on where the last left it
+            burst=PORT_BURST,
             nofile=self.cfg.worker_nofile,
             rate=self.cfg.rate,
             connect_timeout=self.cfg.connect_timeout,

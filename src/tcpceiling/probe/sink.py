@@ -27,10 +27,12 @@ from tcpceiling.probe.client import LINGER_RST, close_with_rst, raise_nofile, rs
 from tcpceiling.probe.procs import Reporter
 
 ACCEPT_BATCH = 65536
-#: The listeners are drained every ACCEPT_EVERY seconds instead of being watched:
-#: a watched listener wakes its process for every handshake (a context switch per
+#: The listeners are drained every ACCEPT_EVERY seconds instead of being waited on:
+#: a listener waited on wakes its process for every handshake (a context switch per
 #: connection, measured as the largest cost of the probe after the kernel's own
-#: work, issue 6); the accept queue (somaxconn) holds what arrives in between.
+#: work, issue 6); the accept queue (somaxconn) holds what arrives in between. They
+#: sit in an epoll of their own that is only polled, to find the ones with a queue
+#: among hundreds of sink ports without an accept() on each.
 ACCEPT_EVERY = 0.02
 READ_SIZE = 65536
 
@@ -62,27 +64,40 @@ class Sink:
         self.closing = False
         self.full_errno: int | None = None
         self.buf = bytearray(READ_SIZE)
-        self.ep = select.epoll()
+        self.ep = select.epoll()  # the connections being served (echo, discard)
+        self.listen_ep = select.epoll()  # the listeners: polled, never waited on
         self.listeners = {}
         for host, port in plan.endpoints:
             sock = listener(host, port, plan.backlog)
             self.listeners[sock.fileno()] = sock
+            self.listen_ep.register(sock.fileno(), select.EPOLLIN)
 
     def _stop(self, *_: object) -> None:
         self.closing = True
 
     def _accept(self, sock: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
+        """Accept what is queued, as raw fds (no socket object per connection)."""
+        accept = sock._accept  # type: ignore[attr-defined]
+        if self.plan.mode == "hold":  # the hot loop of a probe: nothing but accept
+            append = self.fds.append
             try:
-                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # raw fd, no object
+                for _ in range(ACCEPT_BATCH):
+                    append(accept()[0])
             except BlockingIOError:
                 return
             except OSError as exc:  # EMFILE/ENFILE/ENOMEM: this shard is full
                 return self._full(exc.errno)
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                return self._full(exc.errno)
             self.fds.append(fd)
-            if self.plan.mode != "hold":
-                os.set_blocking(fd, False)
-                self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+            os.set_blocking(fd, False)
+            self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     def _serve(self, fd: int, events: int) -> None:
         try:
@@ -127,8 +142,8 @@ class Sink:
             for fd, events in self.ep.poll(ACCEPT_EVERY, 4096):
                 self._serve(fd, events)
             if self.full_errno is None:
-                for sock in self.listeners.values():
-                    self._accept(sock)
+                for fd, _events in self.listen_ep.poll(0, len(self.listeners)):
+                    self._accept(self.listeners[fd])
             if time.monotonic() - last > 0.25:
                 last = time.monotonic()
                 self._report()

@@ -13,6 +13,14 @@ from tcpceiling.probe.result import ProbeResult
 from tcpceiling.report.analysis import human
 
 
+def _endpoints_text(endpoints: tuple[str, ...]) -> str:
+    """A few endpoints listed; many (the default sink ports) as a range."""
+    if len(endpoints) <= 3:
+        return ", ".join(endpoints)
+    first, last = endpoints[0], endpoints[-1]
+    return f"{first}..{last.rsplit(':', 1)[1]} ({len(endpoints):,} ports)"
+
+
 class LiveProgress:
     """Progress to the terminal (rich status) and/or JSON lines to stdout."""
 
@@ -136,8 +144,7 @@ def render_probe(r: ProbeResult, console: Console) -> None:
         (
             "workers",
             f"{r.workers} client + {r.sink_workers} sink; "
-            f"{r.sources or 'kernel-picked'} source IPs → "
-            f"{', '.join(r.sink_endpoints)}",
+            f"{r.sources or 'kernel-picked'} source IPs → {_endpoints_text(r.sink_endpoints)}",
         ),
         ("namespace", r.netns or "host (not isolated)"),
     ]
