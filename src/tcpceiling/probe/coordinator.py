@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import math
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -225,7 +226,14 @@ class Run:
 
     # -- children --------------------------------------------------------------------
     def _pump(self) -> None:
-        for child in [*self.clients, *self.sinks]:
+        """Read what the children said: one poll() finds the pipes with news, so a
+        tick costs no syscall per quiet child (102 children at 1M connections)."""
+        children = {c.reader: c for c in [*self.clients, *self.sinks] if c.reader >= 0}
+        po = select.poll()
+        for fd in children:
+            po.register(fd, select.POLLIN)
+        for fd, _events in po.poll(0):
+            child = children[fd]
             msgs, closed = read_messages(child)
             for msg in msgs:
                 key = (child.role, child.index)
