@@ -10,7 +10,8 @@ Slab delta + user RSS of every process) and its ratio, and the open rate at 1M
 relative to 100k (for connflood too: how much of the slowdown is the kernel's).
 Each tool runs --repeat times in turns and its fastest run is kept. A size is
 skipped, and said so, when the memory guard's budget (MemAvailable minus the
-probe's default floor) cannot hold it at the Slab cost measured so far. Writes the same as JSON. Not a test.
+probe's default floor) cannot hold it at the Slab cost measured so far. Writes
+the same as JSON. Not a test.
 """
 
 from __future__ import annotations

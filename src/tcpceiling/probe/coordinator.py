@@ -3,9 +3,11 @@ guards, stops, measures, releases, and leaves nothing behind.
 
 One process can hold at most RLIMIT_NOFILE fds (20000 here, hard limit fixed), so
 the run is sharded over forked client workers, started `parallel` at a time as the
-previous ones fill their share, and sink shards sharing the sink ports through
-SO_REUSEPORT, sized with 30 % headroom because the kernel spreads connections
-among them by hash.
+previous ones fill their share, and sink shards. By default each shard owns a few
+sink ports and the clients, unbound, turn over all ports in bursts, so the shares
+are even by construction (5 % headroom); with --sink-ports or --source-ip every
+shard listens on every port through SO_REUSEPORT, with 30 % headroom because the
+kernel spreads connections among them by hash.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A sink shard: listens on the sink ports (SO_REUSEPORT, so shards share them and
-the kernel spreads connections by hash), accepts in batches, holds the fds in an
-array, and optionally reads-and-discards or echoes with a fixed buffer, so its
+"""A sink shard: listens on its sink ports (its own, or shared with the other shards
+through SO_REUSEPORT, the kernel spreading connections by hash), accepts in
+batches, holds the fds in an array, and optionally reads-and-discards or echoes with a fixed buffer, so its
 memory stays bounded whatever clients send. `tcpceiling serve` runs these alone.
 Signals: SIGTERM closes everything (RST) and exits.
 
