@@ -61,6 +61,17 @@ def test_port_range_three_sources_two_sink_ports() -> None:
     assert r["predicted"]["ceiling"] == 600
 
 
+@needs_root
+def test_default_layout_spreads_over_owned_sink_ports() -> None:
+    """With a 100-port range one (source, sink port) pair holds 100 connections; the
+    default layout binds no source and spreads over enough sink ports (each pair at
+    most 1/8 full) that 1,000 fit in a single shard."""
+    code, r = probe("--target", "1000", "--sysctl", RANGE_100)
+    assert code == 0 and r["established"] == 1000 and r["stop"]["reason"] == "target"
+    assert r["sources"] == 0 and len(r["sink_endpoints"]) == 80 and r["sink_workers"] == 1
+    assert r["sink_accepted"] == 1000
+
+
 def test_worker_fd_limit_stops_at_predicted_nofile() -> None:
     code, r = probe(
         "--target",
@@ -87,6 +98,7 @@ def test_sixty_thousand_sharded_held_and_released() -> None:
     assert r["established"] == 60000 and r["stop"]["reason"] == "target"
     assert r["sink_accepted"] == 60000
     assert r["workers"] >= 4  # beyond one process's 20000 fds
+    assert r["sources"] == 0 and len(r["sink_endpoints"]) % r["sink_workers"] == 0  # owned
     assert not [
         p
         for p in r["worker_pids"]

@@ -1,8 +1,8 @@
 """A sink shard: listens on its sink ports (its own, or shared with the other shards
 through SO_REUSEPORT, the kernel spreading connections by hash), accepts in
-batches, holds the fds in an array, and optionally reads-and-discards or echoes with a fixed buffer, so its
-memory stays bounded whatever clients send. `tcpceiling serve` runs these alone.
-Signals: SIGTERM closes everything (RST) and exits.
+batches, holds the fds in an array, and optionally reads-and-discards or echoes
+with a fixed buffer, so its memory stays bounded whatever clients send.
+`tcpceiling serve` runs these alone. Signals: SIGTERM closes everything (RST) and exits.
 
 Two I/O models (issue 5): `epoll`, one event loop for every connection (Sink), and
 `threads`, the classic blocking server with one thread per connection blocked in
