@@ -107,6 +107,24 @@ def close_with_rst(fds: array[int]) -> None:
             pass
 
 
+def start_connect(
+    family: int, src: tuple[str, int] | None, dst: tuple[str, int]
+) -> tuple[int, int, float]:
+    """socket(), IP_BIND_ADDRESS_NO_PORT + bind(src) when a source is given (so bind()
+    reserves no port, unlike tcpkali: shared brief §1.2), and a non-blocking connect():
+    (raw fd, connect errno, connect() seconds). socket() failing raises OSError."""
+    s = _socket.socket(family, STREAM_NONBLOCK)
+    try:
+        if src is not None:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind(src)
+        t0 = time.perf_counter()
+        err = s.connect_ex(dst)
+        return s.detach(), err, time.perf_counter() - t0
+    except OSError as exc:  # bind(): the source is not local, and the like
+        return s.detach(), exc.errno or 0, 0.0
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -170,36 +188,21 @@ class ClientWorker:
             self.limit_errno = self.limit_errno or num
 
     def _pick_tuple(self) -> int | None:
-        n = len(self.plan.tuples)
-        for _ in range(n):
-            i = self.next_tuple % n
-            self.next_tuple += 1
-            if i not in self.exhausted:
-                return i
-        return None
+        """The next tuple with ports left, one connection each (the paced path)."""
+        if not self.live:
+            return None
+        ti = self.live[self.next_tuple % len(self.live)][0]
+        self.next_tuple += 1
+        return ti
 
     def _start(self, ti: int) -> tuple[int, int, float] | None:
-        """socket(), IP_BIND_ADDRESS_NO_PORT + bind(src, 0) when a source is set, and a
-        non-blocking connect() toward tuple ti: (fd, connect errno, connect() seconds);
-        None when socket() itself failed (counted)."""
-        family, src, dst = self.targets[ti]
+        """start_connect() toward tuple ti; None when socket() itself failed (counted)."""
         self.attempts += 1
         try:
-            s = _socket.socket(family, STREAM_NONBLOCK)
+            return start_connect(*self.targets[ti])
         except OSError as exc:
             self._fail(exc.errno or 0)
             return None
-        took = 0.0
-        try:
-            if src is not None:
-                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                s.bind(src)
-            t0 = time.perf_counter()
-            err = s.connect_ex(dst)
-            took = time.perf_counter() - t0
-        except OSError as exc:
-            err = exc.errno or 0
-        return s.detach(), err, took
 
     def open_one(self) -> bool:
         """Start one connection; False when no tuple is left or a limit was hit."""
@@ -335,28 +338,18 @@ class ClientWorker:
         live, k, burst = self.live, self.next_tuple, self.plan.burst
         if not live:
             return fds, took, 0, False
-        sock, perf, inprogress, nl = _socket.socket, time.perf_counter, errno.EINPROGRESS, len(live)
+        start, inprogress, nl = start_connect, errno.EINPROGRESS, len(live)
         for j in range(n):
             ti, family, src, dst = live[k // burst % nl]
             k += 1
             try:
-                s = sock(family, STREAM_NONBLOCK)
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM
+                fd, err, seconds = start(family, src, dst)
+            except OSError as exc:  # socket(): EMFILE, ENFILE, ENOBUFS, ENOMEM
                 self._fail(exc.errno or 0)
                 return self._batch_end(fds, took, k, j + 1, False)
-            try:
-                if src is not None:
-                    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    s.bind(src)
-                t0 = perf()
-                err = s.connect_ex(dst)
-                t1 = perf()
-            except OSError as exc:  # bind(): the source is not local, and the like
-                err, t0, t1 = exc.errno or 0, 0.0, 0.0
-            fd = s.detach()
             if err == inprogress or err == 0:
                 fds.append(fd)
-                took.append(t1 - t0)
+                took.append(seconds)
                 continue
             return self._batch_end(fds, took, k, j + 1, self._connect_failed(fd, err, ti))
         return self._batch_end(fds, took, k, n, True)
