@@ -46,10 +46,9 @@ SINK_HEADROOM = 1.3
 #: Default sink ports (or, with --sink-ports given, default sources) keep each
 #: (source, sink port) pair at most 1/SPREAD full of ephemeral ports, so connect()'s
 #: port search (__inet_hash_connect) finds a free port at once. Spreading over sink
-#: ports rather than sources spares a setsockopt() and a bind() per connection and
-#: keeps the kernel's bind2 buckets (one per source address and port) few: 1.8 us
-#: less per connection in Python, and inet_bind2_bucket_find fell out of the kernel
-#: profile (issue 6).
+#: ports rather than sources spares a setsockopt() and a bind() per connection (1.8
+#: of 22 us per connect in a one-process micro-benchmark, issue 6) and keeps the
+#: kernel's bind2 buckets (one per source address and port in use) few.
 SPREAD = 8
 #: Owned ports: a shard's share is exact but for a burst per port, and a client that
 #: stops early leaves its ports short: a little headroom covers both.
@@ -120,8 +119,8 @@ def _owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
     its own, and the clients turn over all ports in bursts, so every shard gets an
     even share without SO_REUSEPORT's hashing (and its headroom) and every drain of
     a listener accepts a burst."""
-    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / (hard - FD_MARGIN - 8)))
-    per = max(1, math.ceil(_pairs_needed(plan) / shards))
+    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / (hard - FD_MARGIN)))
+    per = max(1, math.ceil(_pairs_needed(plan) / shards))  # then count its listeners
     plan.sink_capacity = hard - FD_MARGIN - per
     shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / plan.sink_capacity))
     ports = _sink_ports(plan.snapshot.net.port_range, shards * per)
@@ -229,7 +228,7 @@ class Run:
     # -- children --------------------------------------------------------------------
     def _pump(self) -> None:
         """Read what the children said: one poll() finds the pipes with news, so a
-        tick costs no syscall per quiet child (102 children at 1M connections)."""
+        tick costs no syscall per quiet child (about a hundred at 1M connections)."""
         children = {c.reader: c for c in [*self.clients, *self.sinks] if c.reader >= 0}
         po = select.poll()
         for fd in children:
