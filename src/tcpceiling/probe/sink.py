@@ -35,7 +35,7 @@ ACCEPT_BATCH = 65536
 #: among hundreds of sink ports without an accept() on each.
 ACCEPT_EVERY = 0.02
 #: A shard with nothing queued waits longer, doubling up to IDLE_EVERY: with owned
-#: ports the clients visit one shard after another, and at 1M connections 51 shards
+#: ports the clients visit one shard after another, and at 1M connections 53 shards
 #: waking 50 times a second cost more user CPU than their accept()s (issue 6).
 IDLE_EVERY = 0.16
 READ_SIZE = 65536
