@@ -125,11 +125,6 @@ def start_connect(
         return s.detach(), exc.errno or 0, 0.0
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class ClientWorker:
     def __init__(self, plan: ClientPlan, rep: Reporter) -> None:
         self.plan, self.rep = plan, rep

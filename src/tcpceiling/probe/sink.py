@@ -23,7 +23,7 @@ import time
 from array import array
 from dataclasses import dataclass
 
-from tcpceiling.probe.client import LINGER_RST, close_with_rst, raise_nofile, rss_bytes
+from tcpceiling.probe.client import LINGER_RST, SelfStats, close_with_rst, raise_nofile
 from tcpceiling.probe.procs import Reporter
 
 ACCEPT_BATCH = 65536
@@ -68,6 +68,7 @@ class Sink:
         self.closing = False
         self.full_errno: int | None = None
         self.buf = bytearray(READ_SIZE)
+        self.stats = SelfStats()  # opened now: a full shard (EMFILE) can still report
         self.ep = select.epoll()  # the connections being served (echo, discard)
         self.listen_ep = select.epoll()  # the listeners: polled, never waited on
         self.listeners = {}
@@ -128,7 +129,7 @@ class Sink:
             index=self.plan.index,
             accepted=self.held(),
             full_errno=self.full_errno,
-            rss=rss_bytes(),
+            rss=self.stats.rss(),
             cpu=sum(os.times()[:2]),
         )
 
@@ -149,7 +150,7 @@ class Sink:
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
-        self.rep.send(type="ready", index=self.plan.index, pid=os.getpid(), rss=rss_bytes())
+        self.rep.send(type="ready", index=self.plan.index, pid=os.getpid(), rss=self.stats.rss())
         last, wait, reported = 0.0, ACCEPT_EVERY, -1
         while not self.closing:
             for fd, events in self.ep.poll(wait, 4096):
