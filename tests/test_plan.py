@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from tcpceiling.analysis.analyze import read_snapshot
+from tcpceiling.analysis.analyze import evaluate, read_snapshot
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import coordinator as co
@@ -67,3 +67,24 @@ def test_given_sources_are_kept() -> None:
 def test_sink_ports_above_the_range_when_below_is_full() -> None:
     assert co._sink_ports((1100, 60999), 200) == list(range(61000, 61200))
     assert co._sink_ports((1100, 65500), 200) == list(range(65501, 65536))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "watches"),
+    [
+        (ProbeConfig(), 0),  # hold: clients poll per batch, the sink never watches
+        (ProbeConfig(wake_samples=10), 1),  # echo under epoll: the sink's end
+        (ProbeConfig(wake_samples=10, io_model="threads"), 0),  # a thread per connection
+    ],
+)
+def test_probe_scenario_counts_only_the_watches_it_makes(cfg: ProbeConfig, watches: int) -> None:
+    """A held loopback connection costs two idle sockets and no epoll watch: the
+    CI run that overestimated the guard's stop by 13 % counted two (416 B)."""
+    plan = plan_for(10_000)
+    res = evaluate(plan.snapshot, co._client_scenario(cfg, plan, 1), plan.routes)
+    mem = next(c for c in res.constraints if c.id == "memory")
+    items = {i["item"]: i["count"] for i in mem.details["per_connection_breakdown"]}
+    assert items["idle socket"] == 2
+    assert items.get("epoll watch", 0) == watches
+    ep = next(c for c in res.constraints if c.id == "epoll_watches")
+    assert ep.per_connection == watches and (ep.ceiling is None) == (watches == 0)

@@ -30,6 +30,11 @@ class Context:
         return 2 if self.peer_local else 1
 
     @property
+    def watches(self) -> int:
+        """epoll watches per connection on this host (none unless the model is epoll)."""
+        return watches_per_connection(self.scenario, self.sockets_here)
+
+    @property
     def is_admin(self) -> bool:
         return self.snap.process.status.has_cap(CAP_SYS_ADMIN)
 
@@ -49,6 +54,12 @@ class Context:
     def sys(self, rel: str) -> str:
         """The file a value came from, as a path under the sysfs root."""
         return str(self.snap.roots.sysfs / rel)
+
+
+def watches_per_connection(scenario: Scenario, sockets: int) -> int:
+    if scenario.io_model != "epoll":
+        return 0
+    return sockets if scenario.epoll_watches is None else scenario.epoll_watches
 
 
 def connection_cost(
@@ -72,9 +83,10 @@ def connection_cost(
                 "8 B pointer + bitmaps (≈13 B measured)",
             )
         )
-        if scenario.io_model == "epoll":
+        watches = watches_per_connection(scenario, sockets)
+        if watches:
             ep = costs.epoll_item(slabs)
-            items.append(costs.CostItem(ep.name, ep.bytes, sockets, ep.source))
+            items.append(costs.CostItem(ep.name, ep.bytes, watches, ep.source))
         if scenario.role == "client":
             items.append(costs.port_bucket(slabs))
     if scenario.io_model == "threads":

@@ -56,6 +56,9 @@ class Scenario:
     listen: tuple[Endpoint, ...] = ()
     clients: int | None = None
     io_model: IoModel = "epoll"
+    #: epoll watches per connection on this host; None: one per socket here under
+    #: epoll. A prober that only holds its sockets watches none (probe --hold).
+    epoll_watches: int | None = None
     processes: int = 1
     buffered_bytes: int = 0
     app_bytes_per_conn: int = 0

@@ -131,11 +131,22 @@ def _owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
     plan.sink_shards, plan.owned_ports = shards, per
 
 
+def _watches(cfg: ProbeConfig, plan: Plan) -> int:
+    """epoll watches per connection on this host. The clients watch none (a poll()
+    per batch); the built-in sink watches its end only while it serves traffic (echo
+    under epoll); a real server of this host is taken to watch its end (nginx and
+    redis use epoll)."""
+    if cfg.server_mode:
+        return int(all(plan.routes.get(e, (None, False))[1] for e in plan.endpoints))
+    return int(cfg.active and cfg.io_model == "epoll")
+
+
 def _client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
     return Scenario(
         role="client",
         connect=plan.endpoints,
         sources=plan.sources,
+        epoll_watches=_watches(cfg, plan),
         processes=processes,
         memory_floor=plan.floor,
     )
@@ -630,9 +641,11 @@ class Run:
         return totals
 
     # -- the result -----------------------------------------------------------------------------
-    def _prediction(self, plan: Plan) -> Predicted:
+    def _prediction(self, plan: Plan, meminfo: parse.Meminfo) -> Predicted:
+        """analyze's client scenario with the workers' real fd limits and the memory
+        that was available when opening began (the memory guard's budget too)."""
         first = next((s for s in self._client_states() if "open_fds" in s), None)
-        snap = plan.snapshot
+        snap = replace(plan.snapshot, system=replace(plan.snapshot.system, meminfo=meminfo))
         if first is not None:
             soft = int(first["nofile"])
             proc = replace(
@@ -701,7 +714,7 @@ class Run:
             established=est,
             target=self.cfg.target,
             stop=stop,
-            predicted=self._prediction(plan),
+            predicted=self._prediction(plan, before.meminfo),
             per_connection=measure.per_connection(before, after, est, usage, start_rss),
             rate_per_s=round(est / seconds, 1) if seconds else 0.0,
             open_seconds=seconds,

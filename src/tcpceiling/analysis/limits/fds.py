@@ -110,7 +110,9 @@ def epoll_watches(ctx: Context) -> Constraint:
     )
     if cap is None or ctx.scenario.io_model != "epoll":
         return replace(base, note="not an epoll workload" if cap else "no epoll sysctl here")
-    per = ctx.sockets_here
+    if not ctx.watches:
+        return replace(base, per_connection=0, note="the workload watches no connection")
+    per = ctx.watches
     return replace(base, per_connection=per, ceiling=fit(cap, 0, per))
 
 
