@@ -1,209 +1,47 @@
-"""The coordinator: plans shards, starts the sink and the client workers, watches the
-guards, stops, measures, releases, and leaves nothing behind.
-
-One process can hold at most RLIMIT_NOFILE fds (20000 here, hard limit fixed), so
-the run is sharded over forked client workers, started `parallel` at a time as the
-previous ones fill their share, and sink shards. By default each shard owns a few
-sink ports and the clients, unbound, turn over all ports in bursts, so the shares
-are even by construction (5 % headroom); with --sink-ports or --source-ip every
-shard listens on every port through SO_REUSEPORT, with 30 % headroom because the
-kernel spreads connections among them by hash.
+"""The coordinator: carries out a plan (tcpceiling.probe.plan). It starts the sink
+shards and the client workers (forked, `parallel` at a time as the previous ones
+fill their share), watches the guards, stops, measures, releases, and leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
-import math
 import os
 import select
 import signal
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from tcpceiling.analysis.analyze import evaluate, read_snapshot, route_of
-from tcpceiling.analysis.model import Endpoint, Scenario, ScenarioResult
+from tcpceiling.analysis.analyze import evaluate
+from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.parse import RLimit
-from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import errnos, evidence, isolate, measure
 from tcpceiling.probe.client import ClientPlan, run_client
-from tcpceiling.probe.config import GIB, ProbeConfig, resolve
+from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.plan import (
+    MAX_EXPECTED,
+    PORT_BURST,
+    Plan,
+    client_scenario,
+    make_plan,
+    thread_sink_scenario,
+)
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
 from tcpceiling.probe.result import Predicted, ProbeResult, Stop, Traffic
 from tcpceiling.probe.sink import SinkPlan, run_sink
 
-FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
-SINK_HEADROOM = 1.3
-#: Default sink ports (or, with --sink-ports given, default sources) keep each
-#: (source, sink port) pair at most 1/SPREAD full of ephemeral ports, so connect()'s
-#: port search (__inet_hash_connect) finds a free port at once. Spreading over sink
-#: ports rather than sources spares a setsockopt() and a bind() per connection (1.8
-#: of 22 us per connect in a one-process micro-benchmark, issue 6) and keeps the
-#: kernel's bind2 buckets (one per source address and port in use) few.
-SPREAD = 8
-#: Owned ports: a shard's share is exact but for a burst per port, and a client that
-#: stops early leaves its ports short: a little headroom covers both.
-OWNED_HEADROOM = 1.05
-#: Connections in a row toward one (source, sink port) before turning to the next.
-PORT_BURST = 16
-MAX_EXPECTED = 10_000_000
 UNBOUNDED = 1 << 40
 Progress = Callable[[dict[str, Any]], None]
-
-
-def default_floor(mem_total: int) -> int:
-    """Keep max(1 GiB, 10 % of MemTotal) available (issue 3)."""
-    return max(GIB, mem_total // 10)
-
-
-@dataclass
-class Plan:
-    client_capacity: int
-    sink_capacity: int
-    expected: int
-    sink_shards: int
-    endpoints: tuple[Endpoint, ...]
-    sources: tuple[str, ...]
-    floor: int
-    snapshot: HostSnapshot
-    slab_limit: int = 0
-    owned_ports: int = 0  # ports per sink shard when each owns its own; 0: all share
-    routes: dict[Endpoint, tuple[str | None, bool]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def _sink_ports(port_range: tuple[int, int], count: int) -> list[int]:
-    """Listener ports outside the ephemeral range, so they take no port from clients:
-    below it when there is room above 1023, else above it (fewer when neither fits)."""
-    low, high = port_range
-    if low - count >= 1024:
-        return list(range(low - count, low))
-    count = min(count, max(1, 65535 - high))
-    return list(range(high + 1, high + 1 + count))
-
-
-def _default_sources(host: str, count: int) -> tuple[str, ...]:
-    if ":" in host:
-        return ()
-    first = int(ipaddress.IPv4Address("127.0.0.2"))
-    return tuple(str(ipaddress.IPv4Address(first + i)) for i in range(count))
-
-
-def _pairs_needed(plan: Plan) -> int:
-    """(source, sink port) pairs that keep each at most 1/SPREAD full of ports."""
-    low, high = plan.snapshot.net.port_range
-    return max(1, math.ceil(SPREAD * plan.expected / (high - low + 1)))
-
-
-def _shared_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
-    """--sink-ports or --source-ip given: every shard listens on every sink port
-    (SO_REUSEPORT spreads by hash, hence the headroom); sources fill the spread."""
-    if not cfg.sources:
-        n = math.ceil(_pairs_needed(plan) / len(plan.endpoints))
-        plan.sources = _default_sources(cfg.sink_host, n)
-    plan.sink_capacity = hard - FD_MARGIN - len(plan.endpoints)  # its listeners are fds
-    plan.sink_shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / plan.sink_capacity))
-
-
-def _owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
-    """The default: no source binding; each sink shard owns `owned_ports` ports of
-    its own, and the clients turn over all ports in bursts, so every shard gets an
-    even share without SO_REUSEPORT's hashing (and its headroom) and every drain of
-    a listener accepts a burst."""
-    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / (hard - FD_MARGIN)))
-    per = max(1, math.ceil(_pairs_needed(plan) / shards))  # then count its listeners
-    plan.sink_capacity = hard - FD_MARGIN - per
-    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / plan.sink_capacity))
-    ports = _sink_ports(plan.snapshot.net.port_range, shards * per)
-    per = max(1, len(ports) // shards)
-    route = plan.routes[plan.endpoints[0]]
-    plan.endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports[: shards * per])
-    plan.routes = {e: route for e in plan.endpoints}
-    plan.sink_shards, plan.owned_ports = shards, per
-
-
-def _watches(cfg: ProbeConfig, plan: Plan) -> int:
-    """epoll watches per connection on this host. The clients watch none (a poll()
-    per batch); the built-in sink watches its end only while it serves traffic (echo
-    under epoll); a real server of this host is taken to watch its end (nginx and
-    redis use epoll)."""
-    if cfg.server_mode:
-        return int(all(plan.routes.get(e, (None, False))[1] for e in plan.endpoints))
-    return int(cfg.active and cfg.io_model == "epoll")
-
-
-def _client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
-    return Scenario(
-        role="client",
-        connect=plan.endpoints,
-        sources=plan.sources,
-        epoll_watches=_watches(cfg, plan),
-        processes=processes,
-        memory_floor=plan.floor,
-    )
-
-
-def _thread_sink_scenario(plan: Plan, shards: int) -> Scenario:
-    return Scenario(
-        role="server",
-        listen=plan.endpoints,
-        io_model="threads",
-        processes=shards,
-        memory_floor=plan.floor,
-    )
-
-
-def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
-    """Read the host (per-netns values inside the run's namespace); size shards, ports
-    and sources. Called from the host namespace: tcp_mem and co. exist only there."""
-    snap, _ = read_snapshot(Roots(), netns=netns)
-    hard = snap.process.limits.nofile.hard or snap.system.nr_open
-    client_cap = (cfg.worker_nofile or hard) - FD_MARGIN
-    floor = (
-        cfg.memory_floor
-        if cfg.memory_floor is not None
-        else default_floor(snap.system.meminfo.mem_total)
-    )
-    if cfg.server_mode:
-        endpoints = tuple(dict.fromkeys(resolve(e) for e in cfg.connect))
-    else:
-        ports = _sink_ports(snap.net.port_range, cfg.sink_ports or 1)
-        endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
-    with netns_mod.inside(netns):
-        routes = {e: route_of(e.host, e.port) for e in endpoints}
-    plan = Plan(
-        client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap, routes=routes
-    )
-    workers = cfg.workers or 10_000
-    pred = evaluate(snap, _client_scenario(cfg, plan, workers), routes)
-    # With default sources or sink ports the port term is ours to size: no cap.
-    ours = not cfg.sources and not cfg.server_mode
-    ceilings = [
-        c.ceiling
-        for c in pred.constraints
-        if c.kind == "total" and c.ceiling is not None and not (ours and c.id == "ports")
-    ]
-    plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
-    if cfg.io_model == "threads":  # the sink's task limits bound the run (and its shards)
-        server = evaluate(snap, _thread_sink_scenario(plan, 1), routes).ceiling
-        plan.expected = min(plan.expected, server or MAX_EXPECTED)
-    if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours
-        plan.sink_shards = 0
-        return plan
-    if cfg.sink_ports is None and not cfg.sources:
-        _owned_ports(cfg, plan, hard)
-    else:
-        _shared_ports(cfg, plan, hard)
-    return plan
 
 
 class Run:
@@ -655,7 +493,7 @@ class Run:
             )
             snap = replace(snap, process=proc)
         processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
-        res = evaluate(snap, _client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
+        res = evaluate(snap, client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
         srv = self.server_prediction
         if srv and srv.ceiling is not None and (res.ceiling is None or srv.ceiling < res.ceiling):
             return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"))
@@ -675,7 +513,7 @@ class Run:
             cgroup=read_cgroup(roots, proc),
             system=replace(plan.snapshot.system, tasks=tasks),
         )
-        return evaluate(snap, _thread_sink_scenario(plan, len(self.sinks)), plan.routes)
+        return evaluate(snap, thread_sink_scenario(plan, len(self.sinks)), plan.routes)
 
     def _result(
         self,
