@@ -98,6 +98,32 @@ def test_parse_slabinfo_effective_size() -> None:
 
 
 @pytest.mark.parametrize(
+    ("links", "expected"),
+    [
+        ({}, {}),
+        ({"TCP": None, "filp": None}, {}),  # caches of their own
+        ({"lsm_file_cache": ":0000024"}, {}),  # merged, but with no other socket cache
+        (  # as on this machine (Linux 6.18): one 128-byte cache under three names
+            {
+                "eventpoll_epi": ":A-0000128",
+                "tcp_bind_bucket": ":A-0000128",
+                "tcp_bind2_bucket": ":A-0000128",
+                "eventpoll_pwq": ":A-0000064",
+                "TCP": None,
+            },
+            {
+                "eventpoll_epi": ("tcp_bind_bucket", "tcp_bind2_bucket"),
+                "tcp_bind_bucket": ("eventpoll_epi", "tcp_bind2_bucket"),
+                "tcp_bind2_bucket": ("eventpoll_epi", "tcp_bind_bucket"),
+            },
+        ),
+    ],
+)
+def test_slab_aliases(links: dict[str, str | None], expected: dict[str, tuple[str, ...]]) -> None:
+    assert parse.slab_aliases(links) == expected
+
+
+@pytest.mark.parametrize(
     ("fn", "text"),
     [
         (parse.parse_port_range, "60000"),

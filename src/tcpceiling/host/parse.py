@@ -8,7 +8,7 @@ cgroup v1/v2 documentation of Linux 6.x.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -289,6 +289,22 @@ def parse_slabinfo(text: str) -> dict[str, SlabCache]:
         return out
 
     return _guard("slabinfo", go)
+
+
+def slab_aliases(links: Mapping[str, str | None]) -> dict[str, tuple[str, ...]]:
+    """SLUB merges caches of like size and flags into one (mm/slab_common.c,
+    find_mergeable): /sys/kernel/slab/NAME is then a symlink to the shared cache
+    (":A-0000128"), and /proc/slabinfo shows it under one of its names only. Given
+    name -> link target (None: not merged), each merged name -> the others sharing
+    its cache."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, target in links.items():
+        if target is None:
+            continue
+        others = tuple(n for n, t in links.items() if t == target and n != name)
+        if others:
+            out[name] = others
+    return out
 
 
 def parse_netstat(text: str) -> dict[str, int]:

@@ -173,6 +173,19 @@ def read_slabs(roots: Roots) -> dict[str, parse.SlabCache]:
     return out
 
 
+def read_slab_links(roots: Roots) -> dict[str, str | None]:
+    """SOCKET_SLABS name -> the merged cache its /sys/kernel/slab entry links to
+    (None: a cache of its own, or no sysfs). See parse.slab_aliases."""
+    base = roots.sysfs / "kernel" / "slab"
+    out: dict[str, str | None] = {}
+    for name in SOCKET_SLABS:
+        try:
+            out[name] = os.readlink(base / name)
+        except OSError:  # not a symlink, or absent
+            out[name] = None
+    return out
+
+
 def read_system(roots: Roots) -> SystemView:
     """Global values: meminfo, fs.*, kernel.*, vm.max_map_count, tcp_mem, slab geometry."""
     sys_ = roots.procfs / "sys"

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from tcpceiling.errors import ParseError
 from tcpceiling.host import parse
-from tcpceiling.host.read import SOCKET_SLABS
+from tcpceiling.host.read import SOCKET_SLABS, read_slab_links
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe.result import PerConnection
 
 
@@ -67,15 +68,18 @@ def slab_limit(available: int, slab: int, floor: int) -> int:
 class Sample:
     meminfo: parse.Meminfo
     slabs: dict[str, parse.SlabCache]
+    #: slabinfo names SLUB merged with other socket caches (parse.slab_aliases)
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def take(cls, procfs: Path = Path("/proc")) -> Sample:
-        meminfo = parse.parse_meminfo((procfs / "meminfo").read_text())
+    def take(cls, roots: Roots | None = None) -> Sample:
+        roots = roots or Roots()
+        meminfo = parse.parse_meminfo((roots.procfs / "meminfo").read_text())
         try:
-            slabs = parse.parse_slabinfo((procfs / "slabinfo").read_text())
+            slabs = parse.parse_slabinfo((roots.procfs / "slabinfo").read_text())
         except OSError:
             slabs = {}
-        return cls(meminfo, slabs)
+        return cls(meminfo, slabs, parse.slab_aliases(read_slab_links(roots)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,11 @@ def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
 
 
 def per_connection(
-    before: Sample, after: Sample, n: int, usage: Usage, start_rss: int
+    before: Sample,
+    after: Sample,
+    n: int,
+    usage: Usage,
+    start_rss: int,
 ) -> PerConnection:
     if n <= 0:
         return PerConnection(None, None, None)
@@ -134,11 +142,13 @@ def per_connection(
     slab = b.slab - a.slab
     tasks = (b.kernel_stack - a.kernel_stack) + (b.page_tables - a.page_tables)
     user = max(0, usage.rss_bytes - start_rss)
+    breakdown = slab_breakdown(before, after, n)
     return PerConnection(
         kernel_bytes=round(slab / n, 1),
         user_bytes=round(user / n, 1),
         mem_available_bytes=round((a.mem_available - b.mem_available) / n, 1),
-        slab_breakdown=slab_breakdown(before, after, n),
+        slab_breakdown=breakdown,
+        slab_shared={k: list(v) for k, v in after.aliases.items() if k in breakdown},
         total_bytes=round((slab + tasks + user) / n, 1),
         task_bytes=round(tasks / n, 1),
     )

@@ -36,6 +36,9 @@ class PerConnection:
     user_bytes: float | None
     mem_available_bytes: float | None
     slab_breakdown: dict[str, float] = field(default_factory=dict)
+    #: breakdown names whose cache SLUB merged with others (parse.slab_aliases): the
+    #: bytes under "eventpoll_epi" are tcp_bind_bucket's too on this machine
+    slab_shared: dict[str, list[str]] = field(default_factory=dict)
     #: Slab + KernelStack + PageTables growth plus RSS growth of every process: what
     #: a connection costs whole (a thread's kernel stack and page tables are not Slab).
     total_bytes: float | None = None

@@ -154,10 +154,19 @@ def render_probe(r: ProbeResult, console: Console) -> None:
         rows[2:2] = _server_rows(r)
     rows += _activity_rows(r)
     if pc.slab_breakdown:
-        breakdown = ", ".join(f"{k} {v:,.0f}" for k, v in pc.slab_breakdown.items())
+        breakdown = ", ".join(
+            f"{_slab_label(k, pc.slab_shared.get(k))} {v:,.0f}"
+            for k, v in pc.slab_breakdown.items()
+        )
         rows.append(("slab breakdown B/conn", breakdown))
     for note in r.notes:
         rows.append(("note", note))
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
+
+
+def _slab_label(name: str, shared: list[str] | None) -> str:
+    """A merged cache carries its aliases' objects too: say so, or the bytes look
+    like eventpoll_epi's when they are tcp_bind_bucket's."""
+    return f"{name} (shared with {', '.join(shared)})" if shared else name
