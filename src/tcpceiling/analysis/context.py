@@ -57,6 +57,8 @@ class Context:
 
 
 def watches_per_connection(scenario: Scenario, sockets: int) -> int:
+    """One epoll watch per socket here under epoll (epitem + pwq, fs/eventpoll.c),
+    unless the scenario says how many of its ends are watched."""
     if scenario.io_model != "epoll":
         return 0
     return sockets if scenario.epoll_watches is None else scenario.epoll_watches

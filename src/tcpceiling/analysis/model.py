@@ -57,7 +57,7 @@ class Scenario:
     clients: int | None = None
     io_model: IoModel = "epoll"
     #: epoll watches per connection on this host; None: one per socket here under
-    #: epoll. A prober that only holds its sockets watches none (probe --hold).
+    #: epoll. A prober that only holds its sockets (probe without traffic) watches none.
     epoll_watches: int | None = None
     processes: int = 1
     buffered_bytes: int = 0

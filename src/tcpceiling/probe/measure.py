@@ -130,11 +130,7 @@ def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
 
 
 def per_connection(
-    before: Sample,
-    after: Sample,
-    n: int,
-    usage: Usage,
-    start_rss: int,
+    before: Sample, after: Sample, n: int, usage: Usage, start_rss: int
 ) -> PerConnection:
     if n <= 0:
         return PerConnection(None, None, None)
