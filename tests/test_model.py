@@ -31,6 +31,40 @@ def test_idle_socket_cost_from_slab_geometry() -> None:
     assert round(item.bytes) == 3829
 
 
+P = 28_232  # this machine's ephemeral range, 32768-60999
+
+
+@pytest.mark.parametrize(
+    ("pool", "n", "expected"),
+    [
+        (costs.PortPool(P, 1, 1), 20_000, 20_000),  # one destination: a port each
+        (costs.PortPool(P, 2, 1), 50_000, 50_000),
+        (costs.PortPool(P, 1, 2), 2 * P, P),  # two destinations, every port in use twice
+        (costs.PortPool(P, 1, 30), 100_000, 27_581),  # P (1 - (1 - 100000/(30 P))^30)
+        (costs.PortPool(P, 1, 318), 1_000_000, P),  # the probe at 1M: the whole range
+    ],
+)
+def test_port_pool_pairs(pool: costs.PortPool, n: int, expected: int) -> None:
+    assert round(pool.pairs(n)) == expected
+
+
+def test_fit_shares_port_buckets() -> None:
+    """With one destination a connection costs its own bucket pair; with many, the
+    pairs are shared, so more fit, and the fit is the largest n within the budget."""
+    items = (
+        costs.CostItem("idle socket", 3829.0, 2, "x"),
+        costs.CostItem(costs.PORT_BUCKETS, 256.0, 1, "x"),
+    )
+    budget = 8e9
+    one = costs.ConnectionCost(items, costs.PortPool(P, 1, 1))
+    many = costs.ConnectionCost(items, costs.PortPool(P, 1, 318))
+    assert one.fit(budget) == int(budget // 7914) == fit(budget, 0, 7914)
+    n = many.fit(budget)
+    assert many.bytes_for(n) <= budget < many.bytes_for(n + 1)
+    assert n == int((budget - P * 256) // 7658)  # the range's buckets, then sockets only
+    assert costs.ConnectionCost(items).fit(0) == 0
+
+
 def test_buffered_cost_is_page_rounded() -> None:
     assert costs.buffered(1).bytes == 4096
     assert costs.buffered(4097).bytes == 8192

@@ -88,3 +88,16 @@ def test_probe_scenario_counts_only_the_watches_it_makes(cfg: ProbeConfig, watch
     assert items.get("epoll watch", 0) == watches
     ep = next(c for c in res.constraints if c.id == "epoll_watches")
     assert ep.per_connection == watches and (ep.ceiling is None) == (watches == 0)
+
+
+def test_probe_layout_shares_port_buckets() -> None:
+    """Over 318 sink ports the clients' local ports are shared: the prediction counts
+    the range's bucket pairs once, not one pair per connection (7 MB, not 256 MB)."""
+    plan = plan_for(1_000_000)
+    pl.owned_ports(ProbeConfig(), plan, HARD)
+    res = evaluate(plan.snapshot, pl.client_scenario(ProbeConfig(), plan, 60), plan.routes)
+    mem = next(c for c in res.constraints if c.id == "memory")
+    rows = {r["item"]: r for r in mem.details["per_connection_breakdown"]}
+    n = mem.ceiling
+    assert n is not None and n > USABLE
+    assert rows["client port buckets"]["count"] == pytest.approx(USABLE / n, abs=1e-3)

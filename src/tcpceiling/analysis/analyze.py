@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tcpceiling.analysis.context import Context, PathTuple, connection_cost
+from tcpceiling.analysis.context import Context, PathTuple, connection_cost, port_pool
 from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult
 from tcpceiling.analysis.registry import FAMILIES
 from tcpceiling.errors import InputError
@@ -80,9 +80,9 @@ def evaluate(
         and bool(scenario.connect)
         and all(routes.get(d, (None, False))[1] for d in scenario.connect)
     )
-    ctx = Context(
-        snap, scenario, _tuples(scenario, routes), local, connection_cost(snap, scenario, local)
-    )
+    tuples = _tuples(scenario, routes)
+    cost = connection_cost(snap, scenario, local, port_pool(snap, tuples))
+    ctx = Context(snap, scenario, tuples, local, cost)
     constraints = tuple(c for _, family in FAMILIES for c in family(ctx))
     ranked = sorted(
         (c for c in constraints if c.kind == "total" and c.ceiling is not None),

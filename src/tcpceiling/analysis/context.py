@@ -64,8 +64,22 @@ def watches_per_connection(scenario: Scenario, sockets: int) -> int:
     return sockets if scenario.epoll_watches is None else scenario.epoll_watches
 
 
+def port_pool(snap: HostSnapshot, tuples: tuple[PathTuple, ...]) -> costs.PortPool | None:
+    """The local ports a client's connections share (costs.PortPool): the range less
+    its reserved ports, per source, over the destinations of each source."""
+    if not tuples:
+        return None
+    low, high = snap.net.port_range
+    reserved = len(snap.net.reserved_ports & set(range(low, high + 1)))
+    sources = len({src for src, _dst in tuples})
+    return costs.PortPool(high - low + 1 - reserved, sources, max(1, len(tuples) // sources))
+
+
 def connection_cost(
-    snap: HostSnapshot, scenario: Scenario, peer_local: bool
+    snap: HostSnapshot,
+    scenario: Scenario,
+    peer_local: bool,
+    pool: costs.PortPool | None = None,
 ) -> costs.ConnectionCost:
     """Kernel + user bytes of one connection for this scenario (see tcpceiling.analysis.costs)."""
     slabs = snap.system.slabs
@@ -108,4 +122,4 @@ def connection_cost(
                 "app bytes", float(scenario.app_bytes_per_conn), 1, "--app-bytes-per-conn"
             )
         )
-    return costs.ConnectionCost(tuple(items))
+    return costs.ConnectionCost(tuple(items), pool)

@@ -15,24 +15,43 @@ from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
 
 
-def _breakdown(ctx: Context) -> list[dict[str, object]]:
-    return [
-        {"item": i.name, "bytes": round(i.bytes, 1), "count": i.count, "source": i.source}
-        for i in ctx.cost.items
+def _at(ctx: Context, n: int) -> tuple[float, list[dict[str, object]]]:
+    """Bytes per connection, and their breakdown, when n connections are held: the
+    port buckets are shared among them (costs.PortPool), so fewer than one each."""
+    cost = ctx.cost
+    share = cost.bytes_for(n) / n if n > 0 else cost.total
+    buckets = 1.0
+    if n > 0 and cost.pool is not None and cost.pool.destinations > 1:
+        buckets = cost.pool.pairs(n) / n
+    rows = [
+        {
+            "item": i.name,
+            "bytes": round(i.bytes, 1),
+            "count": round(buckets, 3) if i.name == costs.PORT_BUCKETS else i.count,
+            "source": i.source,
+        }
+        for i in cost.items
     ]
+    return share, rows
+
+
+def _kernel_share(ctx: Context, per: float) -> float:
+    """The kernel part of `per`: all but the app bytes (ConnectionCost.kernel_bytes)."""
+    return per - (ctx.cost.total - ctx.cost.kernel_bytes)
 
 
 def memory(ctx: Context) -> Constraint:
     mem = ctx.snap.system.meminfo
-    per = ctx.cost.total
     floor = ctx.scenario.memory_floor
+    ceiling = ctx.cost.fit(mem.mem_available - floor)
+    per, rows = _at(ctx, ceiling)
     return Constraint(
         id="memory",
         capacity_unit="bytes",
         capacity=mem.mem_available,
         in_use=mem.mem_total - mem.mem_available,
         per_connection=round(per, 1),
-        ceiling=fit(mem.mem_available, floor, per),
+        ceiling=ceiling,
         symptom="OOM killer; socket(): ENFILE 'no more sockets' when slab allocation fails",
         raise_="add RAM; keep connections idle (data in flight costs pages); smaller buffers "
         "(tcp_rmem/tcp_wmem max)",
@@ -41,8 +60,8 @@ def memory(ctx: Context) -> Constraint:
         if floor
         else f"MemAvailable / {per:.0f} B per connection",
         details={
-            "per_connection_breakdown": _breakdown(ctx),
-            "kernel_bytes_per_connection": round(ctx.cost.kernel_bytes, 1),
+            "per_connection_breakdown": rows,
+            "kernel_bytes_per_connection": round(_kernel_share(ctx, per), 1),
         },
     )
 
@@ -66,9 +85,13 @@ def cgroup_memory(ctx: Context) -> Constraint:
     )
     if cg.memory_limit is None:
         return replace(base, note="no memory limit on this cgroup or its ancestors")
-    ceiling = fit(cg.memory_limit, cg.memory_usage or 0, ctx.cost.total)
+    ceiling = ctx.cost.fit(cg.memory_limit - (cg.memory_usage or 0))
+    per, _rows = _at(ctx, ceiling)
     return replace(
-        base, ceiling=ceiling, note=f"(limit - usage) / {ctx.cost.total:.0f} B per connection"
+        base,
+        per_connection=round(per, 1),
+        ceiling=ceiling,
+        note=f"(limit - usage) / {per:.0f} B per connection",
     )
 
 
