@@ -515,6 +515,24 @@ class Run:
         )
         return evaluate(snap, thread_sink_scenario(plan, len(self.sinks)), plan.routes)
 
+    def _final_stop(self, est: int) -> Stop:
+        """Why opening ended, with every errno the clients saw and the first one."""
+        stop = self.stop or (
+            Stop("target")
+            if self.cfg.target and est >= self.cfg.target
+            else self._limit_stop() or Stop("unknown")
+        )
+        first = next(
+            (st.get("first_errno") for st in self._client_states() if st.get("first_errno")), None
+        )
+        if stop.reason == "server":
+            stop = self._server_stop(stop)
+        return replace(
+            stop,
+            errno_counts=self._errno_counts(),
+            errno=stop.errno or (errnos.name(int(first)) if first else None),
+        )
+
     def _result(
         self,
         plan: Plan,
@@ -524,22 +542,7 @@ class Run:
         usage: measure.Usage,
     ) -> ProbeResult:
         est = self.held
-        stop = self.stop or (
-            Stop("target")
-            if self.cfg.target and est >= self.cfg.target
-            else self._limit_stop() or Stop("unknown")
-        )
-        counts = self._errno_counts()
-        first = next(
-            (st.get("first_errno") for st in self._client_states() if st.get("first_errno")), None
-        )
-        if stop.reason == "server":
-            stop = self._server_stop(stop)
-        stop = replace(
-            stop,
-            errno_counts=counts,
-            errno=stop.errno or (errnos.name(int(first)) if first else None),
-        )
+        stop = self._final_stop(est)
         server = self.cfg.server_mode
         outcomes, replies = (
             (self._outcomes(), self._watch_counts("replies")) if server else ({}, {})
