@@ -97,10 +97,13 @@ class SelfStats:
 
 
 def close_with_rst(fds: array[int]) -> None:
-    """Close with SO_LINGER 0: an RST instead of a FIN, so no TIME_WAIT stays behind."""
+    """Close with SO_LINGER 0: an RST instead of a FIN, so no TIME_WAIT stays behind.
+    The wrapper is told family, type and protocol (any: SOL_SOCKET options ignore
+    them), else it asks the kernel with two getsockopt() calls per fd."""
+    wrap, family, stream = _socket.socket, socket.AF_INET, socket.SOCK_STREAM
     for fd in fds:
         try:
-            s = socket.socket(fileno=fd)
+            s = wrap(family, stream, 0, fd)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             s.close()
         except OSError:
