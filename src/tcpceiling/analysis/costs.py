@@ -85,13 +85,20 @@ class ConnectionCost:
     items: tuple[CostItem, ...]
     pool: PortPool | None = None  # the client port buckets are shared among these
 
+    def bucket_share(self, n: int) -> float:
+        """Port bucket pairs per connection when n are held: 1, or fewer when the
+        pool is shared among several destinations."""
+        if self.pool is None or n <= 0:
+            return 1.0
+        return self.pool.pairs(n) / n
+
     def bytes_for(self, n: int) -> float:
         """Bytes n connections cost: every item per connection but the port buckets,
         one pair per (source, port) in use."""
-        bucket = next((i for i in self.items if i.name == PORT_BUCKETS), None)
-        if self.pool is None or bucket is None or self.pool.destinations <= 1:
+        share = self.bucket_share(n)
+        if share >= 1.0:
             return n * self.total
-        return n * (self.total - bucket.total) + self.pool.pairs(n) * bucket.bytes
+        return n * (self.unshared + (self.total - self.unshared) * share)
 
     def fit(self, budget: float) -> int:
         """The most connections whose bytes_for() fits the budget (bytes_for only

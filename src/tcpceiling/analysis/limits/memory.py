@@ -20,9 +20,7 @@ def _at(ctx: Context, n: int) -> tuple[float, list[dict[str, object]]]:
     port buckets are shared among them (costs.PortPool), so fewer than one each."""
     cost = ctx.cost
     share = cost.bytes_for(n) / n if n > 0 else cost.total
-    buckets = 1.0
-    if n > 0 and cost.pool is not None and cost.pool.destinations > 1:
-        buckets = cost.pool.pairs(n) / n
+    buckets = cost.bucket_share(n)
     rows = [
         {
             "item": i.name,
