@@ -70,9 +70,15 @@ def port_pool(snap: HostSnapshot, tuples: tuple[PathTuple, ...]) -> costs.PortPo
     if not tuples:
         return None
     low, high = snap.net.port_range
-    reserved = len(snap.net.reserved_ports & set(range(low, high + 1)))
+    size = high - low + 1 - in_port_range(snap, snap.net.reserved_ports)
     sources = len({src for src, _dst in tuples})
-    return costs.PortPool(high - low + 1 - reserved, sources, max(1, len(tuples) // sources))
+    return costs.PortPool(size, sources, max(1, len(tuples) // sources))
+
+
+def in_port_range(snap: HostSnapshot, ports: frozenset[int]) -> int:
+    """How many of `ports` lie in the ephemeral range (ip_local_port_range)."""
+    low, high = snap.net.port_range
+    return sum(1 for p in ports if low <= p <= high)
 
 
 def connection_cost(

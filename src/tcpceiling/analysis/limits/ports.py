@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from tcpceiling.analysis.context import Context
+from tcpceiling.analysis.context import Context, in_port_range
 from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
 
@@ -23,10 +23,10 @@ SYMPTOM = "connect(): EADDRNOTAVAIL (99); connect() slows ~100x past half the ra
 
 def _usable(ctx: Context) -> tuple[int, int, int, int]:
     """(range size, reserved in range, bind-held in range, usable) for one tuple."""
-    low, high = ctx.snap.net.port_range
-    in_range = set(range(low, high + 1))
-    reserved = len(ctx.snap.net.reserved_ports & in_range)
-    held = len((ctx.snap.sockets.listen_ports - ctx.snap.net.reserved_ports) & in_range)
+    net = ctx.snap.net
+    low, high = net.port_range
+    reserved = in_port_range(ctx.snap, net.reserved_ports)
+    held = in_port_range(ctx.snap, ctx.snap.sockets.listen_ports - net.reserved_ports)
     size = high - low + 1
     return size, reserved, held, size - reserved - held
 
