@@ -11,3 +11,7 @@ class ParseError(TcpceilingError, ValueError):
 
 class InputError(TcpceilingError, ValueError):
     """The user asked for something malformed or impossible (exit code 2)."""
+
+
+class HostError(TcpceilingError):
+    """The host could not be read (exit code 3): a netlink dump or a file failed."""

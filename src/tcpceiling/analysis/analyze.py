@@ -44,10 +44,24 @@ def read_snapshot(
     cgroup = read_cgroup(roots, process)
     with netns_mod.inside(netns):
         net = read.read_net(roots)
-        table = sockets.read_live() if roots.live else sockets.read_fixture(roots.procfs.parent)
+        table = (
+            sockets.read_live([(d.host, d.port) for d in destinations])
+            if roots.live
+            else sockets.read_fixture(roots.procfs.parent)
+        )
         routes = {d: route_of(d.host, d.port, roots.live) for d in destinations}
     snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns)
     return snap, routes
+
+
+def rescope(snap: read.HostSnapshot, destinations: tuple[Endpoint, ...]) -> read.HostSnapshot:
+    """The snapshot with its socket table read again for `destinations` (a live
+    table counts only the connections toward the destinations it was read for)."""
+    if not snap.roots.live:
+        return snap
+    with netns_mod.inside(snap.netns):
+        table = sockets.read_live([(d.host, d.port) for d in destinations])
+    return replace(snap, sockets=table)
 
 
 def _tuples(scenario: Scenario, routes: dict[Endpoint, Route]) -> tuple[PathTuple, ...]:

@@ -17,7 +17,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 
-from tcpceiling.analysis.analyze import evaluate, read_snapshot, route_of
+from tcpceiling.analysis.analyze import evaluate, read_snapshot, rescope, route_of
 from tcpceiling.analysis.model import Endpoint, Scenario
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import HostSnapshot
@@ -161,6 +161,7 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
     with netns_mod.inside(netns):
         routes = {e: route_of(e.host, e.port) for e in endpoints}
+    snap = rescope(snap, endpoints)
     plan = Plan(
         client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap, routes=routes
     )
@@ -182,6 +183,7 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         return plan
     if cfg.sink_ports is None and not cfg.sources:
         owned_ports(cfg, plan, hard)
+        plan.snapshot = rescope(snap, plan.endpoints)
     else:
         shared_ports(cfg, plan, hard)
     return plan
