@@ -129,6 +129,26 @@ def _host_info(snap: read.HostSnapshot) -> dict[str, object]:
     }
 
 
+def not_local(sources: tuple[str, ...], netns: str | None) -> list[str]:
+    """The source addresses that are no address of the namespace (the kernel would
+    refuse to bind them: EADDRNOTAVAIL, which is not a port shortage)."""
+    with netns_mod.inside(netns):
+        return [s for s in sources if not route.is_local(s)]
+
+
+def check_sources(sources: tuple[str, ...], netns: str | None) -> None:
+    """Every source address must be local in the namespace the run reads or uses."""
+    missing = not_local(sources, netns)
+    if missing:
+        where = f"network namespace {netns}" if netns else "this host's network namespace"
+        cmd = f"ip -n {netns} addr add" if netns else "ip addr add"
+        more = f" (and {len(missing) - 1:,} more)" if len(missing) > 1 else ""
+        raise InputError(
+            f"--source-ip {missing[0]}{more} is not an address of {where}: "
+            f"add it first, e.g. `{cmd} {missing[0]}/{32 if ':' not in missing[0] else 128} dev lo`"
+        )
+
+
 def analyze(
     scenarios: list[Scenario],
     roots: Roots | None = None,
@@ -137,6 +157,8 @@ def analyze(
 ) -> Analysis:
     """Read the host (or the fixture tree behind `roots`) and evaluate each scenario."""
     roots = roots or Roots()
+    if roots.live:
+        check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
     snap, routes = read_snapshot(roots, pid, netns, dests)
     results = tuple(evaluate(snap, s, routes) for s in scenarios)

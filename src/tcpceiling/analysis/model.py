@@ -33,16 +33,49 @@ def parse_endpoint(text: str, default_host: str | None = None) -> Endpoint:
     return Endpoint(host, int(port))
 
 
-def expand_sources(items: tuple[str, ...], limit: int = 65536) -> tuple[str, ...]:
-    """Source IPs from addresses and CIDRs (a /24 gives its 254 hosts)."""
-    out: list[str] = []
-    for item in items:
+#: Source addresses a run can use: a /16 of IPv4 (each gives a port range per
+#: destination, so a /16 is 1.8 billion 4-tuples at the default range).
+MAX_SOURCES = 65536
+
+
+def host_count(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+    """Usable hosts of a network, by arithmetic: all of a /32, /31 (RFC 3021), /128
+    or /127; else less the network and broadcast addresses (IPv4) or the
+    subnet-router anycast address (IPv6), as ipaddress's hosts() gives them."""
+    if net.prefixlen >= net.max_prefixlen - 1:
+        return net.num_addresses
+    return net.num_addresses - (2 if net.version == 4 else 1)
+
+
+def parse_network(item: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or a CIDR; host bits set is an error that names the network meant."""
+    try:
+        return ipaddress.ip_network(item.strip(), strict=True)
+    except ValueError as exc:
         try:
-            net = ipaddress.ip_network(item, strict=False)
-        except ValueError as exc:
+            meant = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
             raise InputError(f"bad --source-ip {item!r}: {exc}") from exc
-        hosts = [net.network_address] if net.num_addresses == 1 else list(net.hosts())
-        out.extend(str(h) for h in hosts[: max(0, limit - len(out))])
+        raise InputError(
+            f"bad --source-ip {item!r}: host bits are set (the network is {meant})"
+        ) from exc
+
+
+def expand_sources(items: tuple[str, ...], limit: int = MAX_SOURCES) -> tuple[str, ...]:
+    """Source IPs from addresses and CIDRs (a /24 gives its 254 hosts). The count
+    is checked by arithmetic before any address is listed: more than `limit` is an
+    error, never a silent cut."""
+    nets = [parse_network(item) for item in items]
+    total = sum(host_count(n) for n in nets)
+    if total > limit:
+        raise InputError(
+            f"--source-ip gives {total:,} addresses; at most {limit:,} can be used "
+            "(a /16 of IPv4): give a smaller network"
+        )
+    out: list[str] = []
+    for net in nets:
+        hosts = [net.network_address] if net.num_addresses == 1 else net.hosts()
+        out.extend(str(h) for h in hosts)
     return tuple(dict.fromkeys(out))
 
 

@@ -55,3 +55,13 @@ def remove(name: str) -> None:
 
     if (NETNS_RUN_DIR / name).exists():
         netns.remove(name)
+
+
+def add_addresses(name: str, addresses: tuple[str, ...]) -> None:
+    """Add host addresses (/32, /128) to loopback inside namespace `name`."""
+    from pyroute2 import IPRoute
+
+    with inside(name), IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for a in addresses:
+            ipr.addr("add", index=lo, address=a, prefixlen=128 if ":" in a else 32)

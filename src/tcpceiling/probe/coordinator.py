@@ -17,7 +17,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from tcpceiling.analysis.analyze import evaluate
+from tcpceiling.analysis.analyze import check_sources, evaluate, not_local
 from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
@@ -408,7 +408,24 @@ class Run:
             for s, h in old.items():
                 signal.signal(s, h)
 
+    def _sources_here(self) -> None:
+        """Source addresses must be local where the run happens: the run's own
+        namespace gets the missing ones on its loopback (and the result says so);
+        anywhere else a missing one is an input error, before any connection."""
+        if self.cfg.isolated and self.netns:
+            missing = tuple(not_local(self.cfg.sources, self.netns))
+            if missing:
+                netns_mod.add_addresses(self.netns, missing)
+                shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
+                self.notes.append(
+                    f"added {len(missing):,} source address(es) to loopback in the run's "
+                    f"namespace: {shown}"
+                )
+        else:
+            check_sources(self.cfg.sources, self.netns)
+
     def _execute(self) -> ProbeResult:
+        self._sources_here()
         if not measure.wait_settled():
             self.notes.append(
                 "memory was still moving at the start: per-connection figures may be off"
@@ -511,7 +528,7 @@ class Run:
             plan.snapshot,
             process=proc,
             cgroup=read_cgroup(roots, proc),
-            system=replace(plan.snapshot.system, tasks=tasks),
+            system=replace(plan.snapshot.system, tasks=tasks, pids=read.read_pids(roots)),
         )
         return evaluate(snap, thread_sink_scenario(plan, len(self.sinks)), plan.routes)
 
