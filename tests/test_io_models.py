@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import subprocess
 import sys
 import time
@@ -128,3 +129,44 @@ def test_cpu_ceiling_from_measured_profiles(tmp_path: Path) -> None:
         assert cpu["ceiling"] == expected
         ceilings[rate] = cpu["ceiling"]
     assert 5 <= ceilings[2] / ceilings[20] <= 20, ceilings
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = platform.release().split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+@pytest.mark.skipif(
+    not IS_ROOT or not _kernel_at_least(6, 14),
+    reason="needs root, and Linux >= 6.14 where pid_max is per pid namespace (writing it "
+    "on an older kernel would change the host's)",
+)
+def test_threads_in_a_pid_namespace_count_its_own_tasks(tmp_path: Path) -> None:
+    """pid_max 400 in a fresh pid namespace: analyze counts that namespace's tasks
+    (not the host's), and the thread sink serves what it left, less the pids the
+    probe itself took before its threads (coordinator, namespace helpers, sink and
+    client processes: every pid up to the last client's)."""
+    exe = " ".join(TCPCEILING)
+    script = (
+        "echo 400 > /proc/sys/kernel/pid_max && "
+        f"{exe} analyze --role server --io-model threads --json > {tmp_path}/a.json && "
+        f"{exe} probe --io-model threads --target max --json > {tmp_path}/p.json "
+        f"2> {tmp_path}/p.err; true"
+    )
+    subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        check=True,
+        timeout=300,
+    )
+    a = json.loads((tmp_path / "a.json").read_text())
+    r = json.loads((tmp_path / "p.json").read_text())
+    s = a["scenarios"][0]
+    pid_max = constraint(s, "threads")["details"]["pid_max"]
+    assert s["binding"] == "threads" and pid_max["capacity"] == 400
+    assert pid_max["in_use"] < 10  # this namespace's tasks, not the host's hundreds
+    assert r["stop"]["reason"] == "threads" and r["stop"]["side"] == "server"
+    taken_by_probe = max(r["worker_pids"]) - a["host"]["pid"]
+    assert abs(s["ceiling"] - taken_by_probe - r["served"]) <= 3
+    assert abs(r["predicted"]["ceiling"] - r["served"]) <= 3
+    head = (tmp_path / "p.err").read_text()
+    assert f"{r['served']:,} connections served by the sink" in head

@@ -196,3 +196,18 @@ def test_parsers_raise_only_parse_error(text: str) -> None:
     for fn in PARSERS:
         with contextlib.suppress(ParseError):
             fn(text)
+
+
+@pytest.mark.parametrize(
+    ("pid_max", "pids", "room"),
+    [
+        (400, [], 399),  # pids 1..399
+        (400, [1, 2], 397),  # a fresh namespace: everything above the last pid given
+        (400, [1, 2, 7], 392),  # 3..6 were given and freed: not handed out again
+        (4194304, [1, 300, 301, 5000], 4194304 - 1 - 5000 + (5000 - 300 - 2)),
+        (32768, list(range(1, 32768)), 0),
+        (1000, [999], 999 - 300),  # at the top: wraps to RESERVED_PIDS
+    ],
+)
+def test_pid_room(pid_max: int, pids: list[int], room: int) -> None:
+    assert parse.pid_room(pid_max, pids) == room

@@ -18,7 +18,7 @@ from rich.console import Console
 from tcpceiling import __version__, results
 from tcpceiling.analysis.analyze import analyze, with_measured_cost
 from tcpceiling.analysis.model import Endpoint, Role, Scenario, expand_sources, parse_endpoint
-from tcpceiling.errors import InputError, ParseError
+from tcpceiling.errors import HostError, InputError, ParseError
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.checks import CHECKS
 from tcpceiling.report.analysis import render_analysis
@@ -47,10 +47,11 @@ def errors_to_exit(fn: F) -> F:
             return fn(*args, **kwargs)
         except InputError as exc:
             fail(str(exc), EXIT_USAGE)
-        except ParseError as exc:
+        except (ParseError, HostError) as exc:
             fail(f"cannot read the host: {exc}", EXIT_HOST)
-        except FileNotFoundError as exc:
-            fail(f"cannot read the host: {exc}", EXIT_HOST)
+        except OSError as exc:  # a file of the host missing or unreadable
+            where = f" {exc.filename}" if exc.filename else ""
+            fail(f"cannot read the host:{where} {exc.strerror or exc}", EXIT_HOST)
 
     return wrapper  # type: ignore[return-value]
 
@@ -240,18 +241,41 @@ def analyze_cmd(
 
 
 @main.command("snapshot")
-@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False), required=False)
+@click.option(
+    "--tar",
+    "archive",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE.tar.gz",
+    help="Write one compressed archive instead of a directory (a new file only).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace OUT when it holds a snapshot of tcpceiling's own."
+)
 @click.option("--pid", default="self", help="Process whose limits and fds to copy.")
 @click.option("--netns", default=None, help="Copy per-netns values from this namespace.")
 @errors_to_exit
-def snapshot_cmd(out: Path, pid: str, netns: str | None) -> None:
-    """Copy every file analyze reads into OUT (read back with --procfs OUT/proc --sysfs OUT/sys)."""
+def snapshot_cmd(
+    out: Path | None, archive: Path | None, force: bool, pid: str, netns: str | None
+) -> None:
+    """Copy every file analyze reads into OUT, a new or empty directory (read back
+    with --procfs OUT/proc --sysfs OUT/sys), or into one --tar archive."""
     from tcpceiling.host import capture, sockets
     from tcpceiling.host import netns as netns_mod
 
+    if (out is None) == (archive is None):
+        raise InputError("give a directory OUT or --tar FILE.tar.gz (one of them)")
     with netns_mod.inside(netns):
         entries = sockets.live_entries()
-    capture.capture(out, pid=pid, sockets=entries)
+    if archive is not None:
+        capture.capture_tar(archive, pid=pid, sockets=entries)
+        stderr.print(
+            f"wrote {archive}; unpack it and analyze with --procfs DIR/proc --sysfs DIR/sys"
+        )
+        return
+    assert out is not None
+    capture.capture(out, pid=pid, sockets=entries, force=force)
     stderr.print(f"wrote {out}; analyze it with --procfs {out}/proc --sysfs {out}/sys")
 
 
@@ -558,8 +582,11 @@ def serve_cmd(
     from tcpceiling.probe.serve import serve
 
     endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
-    stderr.print(f"serving {', '.join(map(str, endpoints))} with {shards} shard(s); Ctrl-C stops")
-    total = serve(
-        endpoints, shards, backlog, "echo" if echo else "discard", duration, lambda _msg: None
-    )
+
+    def show(msg: dict[str, Any]) -> None:
+        if msg.get("type") == "ready":
+            eps = ", ".join(map(str, endpoints))
+            stderr.print(f"serving {eps} with {shards} shard(s); Ctrl-C stops")
+
+    total = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
     stderr.print(f"accepted {total:,} connections")

@@ -355,3 +355,25 @@ def parse_cpu_list(text: str) -> int:
         return count
 
     return _guard("cpu list", go)
+
+
+#: Pids below this are not handed out again once allocation has passed it
+#: (RESERVED_PIDS, include/linux/pid.h; alloc_pid in kernel/pid.c).
+RESERVED_PIDS = 300
+
+
+def pid_room(pid_max: int, pids: list[int]) -> int:
+    """How many more tasks fit under pid_max, given the pids in use in a pid namespace.
+
+    alloc_pid (kernel/pid.c) hands pids out cyclically: from the last one given up to
+    pid_max - 1, then, once past RESERVED_PIDS, from RESERVED_PIDS again. The last
+    pid given is taken to be the highest in use: every pid above it is free, and
+    below it the free ones at or above RESERVED_PIDS."""
+    if not pids:
+        return max(0, pid_max - 1)
+    top = max(pids)
+    above = max(0, pid_max - 1 - top)
+    if top < RESERVED_PIDS:
+        return above
+    used_below = sum(1 for p in pids if RESERVED_PIDS <= p < top)
+    return above + max(0, top - RESERVED_PIDS - used_below)

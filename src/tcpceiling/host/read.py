@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from tcpceiling.errors import ParseError
+from tcpceiling.errors import HostError, ParseError
 from tcpceiling.host import parse
 from tcpceiling.host.roots import Roots
 from tcpceiling.host.sockets import SocketTable
@@ -80,6 +80,9 @@ class SystemView:
     tcp_mem: tuple[int, ...]
     slabs: dict[str, parse.SlabCache]
     cpus: int | None = None  # online CPUs (/sys/devices/system/cpu/online)
+    #: pids (thread ids) in use in the pid namespace the procfs belongs to; None
+    #: when the tree lists no tasks (a snapshot copies loadavg, not every task)
+    pids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,18 @@ def _read_opt(path: Path, parser: Callable[[str], T]) -> T | None:
         return None
 
 
+def count_fds(fd_dir: Path) -> int:
+    """Open fds of a process: the entries of /proc/PID/fd. Another user's process
+    is readable only by root or its owner (ptrace access mode, proc(5))."""
+    try:
+        return len(os.listdir(fd_dir))
+    except PermissionError as exc:
+        raise HostError(
+            f"cannot list {fd_dir}: permission denied (another user's process: "
+            "run as root or as its owner)"
+        ) from exc
+
+
 def read_process(roots: Roots, pid: str = "self") -> ProcessView:
     """/proc/PID/{limits,status,fd,maps,cgroup}."""
     base = roots.procfs / pid
@@ -131,7 +146,7 @@ def read_process(roots: Roots, pid: str = "self") -> ProcessView:
         pid=pid,
         limits=_read(base / "limits", parse.parse_limits),
         status=_read(base / "status", parse.parse_status),
-        open_fds=len(os.listdir(base / "fd")),
+        open_fds=count_fds(base / "fd"),
         map_count=maps,
         cgroups=_read_opt(base / "cgroup", parse.parse_proc_cgroup) or {},
     )
@@ -186,6 +201,22 @@ def read_slab_links(roots: Roots) -> dict[str, str | None]:
     return out
 
 
+def read_pids(roots: Roots) -> tuple[int, ...] | None:
+    """Every thread id the procfs shows (/proc/PID/task/TID): the tasks of the pid
+    namespace that procfs was mounted for, which pid_max counts since Linux 6.14."""
+    out: list[int] = []
+    try:
+        entries = [e.name for e in os.scandir(roots.procfs) if e.name.isdigit()]
+    except OSError:
+        return None
+    for pid in entries:
+        try:
+            out.extend(int(t) for t in os.listdir(roots.procfs / pid / "task"))
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return tuple(out) or None
+
+
 def read_system(roots: Roots) -> SystemView:
     """Global values: meminfo, fs.*, kernel.*, vm.max_map_count, tcp_mem, slab geometry."""
     sys_ = roots.procfs / "sys"
@@ -203,4 +234,5 @@ def read_system(roots: Roots) -> SystemView:
         tcp_mem=_read(sys_ / "net" / "ipv4" / "tcp_mem", lambda t: parse.parse_ints(t, 3)),
         slabs=read_slabs(roots),
         cpus=_read_opt(roots.sysfs / "devices" / "system" / "cpu" / "online", parse.parse_cpu_list),
+        pids=read_pids(roots),
     )

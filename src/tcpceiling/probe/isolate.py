@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcpceiling.errors import InputError
 from tcpceiling.host import netns
 from tcpceiling.probe.config import check_sysctl_key
 
@@ -32,7 +33,12 @@ def sweep_stale() -> list[str]:
 def apply_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
     """Write net.* sysctls; the calling thread must already be inside the namespace."""
     for key, value in sysctls:
-        check_sysctl_key(key).write_text(value + "\n")
+        try:
+            check_sysctl_key(key).write_text(value + "\n")
+        except OSError as exc:
+            raise InputError(
+                f"--sysctl {key}={value!r}: the kernel refused the value ({exc.strerror})"
+            ) from exc
 
 
 @contextlib.contextmanager

@@ -14,8 +14,20 @@ from functools import partial
 from typing import Any
 
 from tcpceiling.analysis.model import Endpoint
+from tcpceiling.errors import HostError, InputError
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
-from tcpceiling.probe.sink import SinkPlan, run_sink
+from tcpceiling.probe.sink import SinkPlan, listener, run_sink
+
+
+def check_listen(endpoints: tuple[Endpoint, ...], backlog: int) -> None:
+    """Bind each endpoint once as a shard will (SO_REUSEPORT), so a port in use or an
+    address not of this host is one clear error before any shard starts."""
+    for e in endpoints:
+        try:
+            listener(e.host, e.port, backlog).close()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise InputError(f"cannot listen on {e}: {why}") from exc
 
 
 def serve(
@@ -27,6 +39,7 @@ def serve(
     report: Callable[[dict[str, Any]], None],
 ) -> int:
     """Run until SIGINT/SIGTERM or `duration` seconds; returns connections accepted."""
+    check_listen(endpoints, backlog)
     eps = tuple((e.host, e.port) for e in endpoints)
     stop = {"flag": False}
 
@@ -39,6 +52,7 @@ def serve(
     ]
     accepted: dict[int, int] = {}
     t0 = time.monotonic()
+    report({"type": "ready", "accepted": 0, "elapsed": 0.0})
     try:
         while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
             for c in children:
@@ -46,10 +60,16 @@ def serve(
                 for m in msgs:
                     accepted[c.index] = int(m.get("accepted", accepted.get(c.index, 0)))
                     if m.get("type") == "crash":
-                        raise RuntimeError(f"sink shard {c.index}: {m.get('error')}")
+                        raise HostError(f"sink shard {c.index} failed: {m.get('error')}")
                 if closed and reap(c):
-                    raise RuntimeError(f"sink shard {c.index} (pid {c.pid}) exited")
-            report({"accepted": sum(accepted.values()), "elapsed": time.monotonic() - t0})
+                    raise HostError(f"sink shard {c.index} (pid {c.pid}) exited")
+            report(
+                {
+                    "type": "progress",
+                    "accepted": sum(accepted.values()),
+                    "elapsed": time.monotonic() - t0,
+                }
+            )
             time.sleep(0.25)
     finally:
         for c in children:

@@ -59,6 +59,11 @@ def _title(r: ProbeResult) -> str:
         verdict += f" ({r.stop.side} side)"
     if r.mode == "server" and r.served is not None:
         return f"{r.served:,} served at most at once, {r.established:,} established — {verdict}"
+    if r.stop.side == "server" and r.served is not None:  # the sink was the limit
+        return (
+            f"{r.served:,} connections served by the sink, {r.established:,} established "
+            f"(the rest wait in its accept queue) — {verdict}"
+        )
     return f"{r.established:,} connections established — {verdict}"
 
 

@@ -1,9 +1,11 @@
-"""Threads and processes, which bind only for thread-per-connection (shared brief §4).
+"""Threads and processes, which bind only for thread-per-connection (docs/limits.md).
 
-A thread is a task: it needs room under kernel.threads-max, a pid under
-kernel.pid_max (system-wide; the init pid namespace caps all), RLIMIT_NPROC
-(not enforced for root), the cgroup's pids.max, and two VMAs (stack + guard)
-under vm.max_map_count per process. clone()/pthread_create fail with EAGAIN.
+A thread is a task: it needs room under kernel.threads-max (all tasks of the
+machine, /proc/loadavg), a pid under kernel.pid_max (per pid namespace since Linux
+6.14, counted among that namespace's tasks: the ones its procfs lists; every
+ancestor namespace's pid_max applies too, with its own count), RLIMIT_NPROC (not
+enforced for root), the cgroup's pids.max, and two VMAs (stack + guard) under
+vm.max_map_count per process. clone()/pthread_create fail with EAGAIN.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import replace
 from tcpceiling.analysis.context import CAP_SYS_ADMIN, CAP_SYS_RESOURCE, Context
 from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
+from tcpceiling.host.parse import pid_room
 
 VMAS_PER_THREAD = 2
 SYMPTOM = "pthread_create()/clone(): EAGAIN (11)"
@@ -24,7 +27,7 @@ def _sub_limits(ctx: Context) -> dict[str, tuple[int, int, int]]:
     tasks = sysv.tasks
     out = {
         "threads-max": (sysv.threads_max, tasks, fit(sysv.threads_max, tasks, 1)),
-        "pid_max": (sysv.pid_max, tasks, fit(sysv.pid_max, tasks, 1)),
+        "pid_max": _pid_max(ctx),
     }
     st = proc.status
     nproc = proc.limits.nproc.soft
@@ -35,6 +38,15 @@ def _sub_limits(ctx: Context) -> dict[str, tuple[int, int, int]]:
     n = ctx.scenario.processes
     out["max_map_count"] = (sysv.max_map_count * n, proc.map_count * n, maps_left * n)
     return out
+
+
+def _pid_max(ctx: Context) -> tuple[int, int, int]:
+    """(pid_max, tasks of this pid namespace, pids left: parse.pid_room); without a
+    task listing (a snapshot) every task of loadavg is taken to hold a pid."""
+    sysv = ctx.snap.system
+    if sysv.pids is None:
+        return sysv.pid_max, sysv.tasks, fit(sysv.pid_max, sysv.tasks, 1)
+    return sysv.pid_max, len(sysv.pids), pid_room(sysv.pid_max, list(sysv.pids))
 
 
 def threads(ctx: Context) -> Constraint:
