@@ -117,8 +117,7 @@ class Watch:
 
     def _succeed(self, fd: int) -> None:
         self._set(fd, SERVED if self.check != "none" else HELD)
-        if self.good > self.high:
-            self.high, self.evicted_flat = self.good, 0
+        self.settle()
         seq = self.seq_of.get(fd, -1)
         if seq > self.last_success:
             self.last_success = seq
@@ -138,6 +137,11 @@ class Watch:
             self.fail(kind, seq)
         self.ep.unregister(fd)
         self.close(fd)
+
+    def settle(self) -> None:
+        """A new high of connections served at once resets the eviction streak."""
+        if self.good > self.high:
+            self.high, self.evicted_flat = self.good, 0
 
     # -- events ------------------------------------------------------------------------
     def established(self, fd: int, host: str, seq: int) -> None:
@@ -172,9 +176,14 @@ class Watch:
             return
         if not data:
             self._drop(fd, "closed", self._pending_text(fd))
-        elif pending is not None:
+            return
+        if pending is not None:
             pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
             self._judge(fd, pending)
+        if events & select.EPOLLRDHUP and fd in self.state:
+            # the reply and the server's close were both waiting: it was served, and
+            # is gone already (a read returns the data first, the EOF only after)
+            self._drop(fd, "closed", self._pending_text(fd))
 
     def _pending_text(self, fd: int) -> str:
         pending = self.checking.get(fd)
