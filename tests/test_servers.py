@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tcpceiling.analysis.model import Endpoint
+from tcpceiling.analysis.model import Endpoint, resolve
 from tcpceiling.host import sockets
-from tcpceiling.probe.config import resolve
 from tests.conftest import netns_sysctl, probe
 
 HERE = Path(__file__).parent

@@ -1,3 +1,3 @@
-from tcpceiling.cli import main
+from tcpceiling.cli import run
 
-main()
+run()

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -19,9 +19,11 @@ from tcpceiling import __version__, results
 from tcpceiling.analysis.analyze import analyze, with_measured_cost
 from tcpceiling.analysis.model import Endpoint, Role, Scenario, expand_sources, parse_endpoint
 from tcpceiling.errors import HostError, InputError, ParseError
+from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.checks import CHECKS
 from tcpceiling.report.analysis import render_analysis
+from tcpceiling.units import parse_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,7 +74,48 @@ def roots_options(fn: F) -> F:
     )(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+if TYPE_CHECKING:  # generic in click >= 8.2 only; plain at run time
+    _IntParam = click.ParamType[int]
+else:
+    _IntParam = click.ParamType
+
+
+class ByteSize(_IntParam):
+    """A byte count with an optional binary unit (tcpceiling.units.parse_bytes)."""
+
+    name = "BYTES"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_bytes(str(value))
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+BYTES = ByteSize()
+
+
+class OneLineErrors(click.Group):
+    """click's own usage errors become one line on stderr (exit 2), like every other
+    error of the tool; Ctrl-C before a run starts is exit 130."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            click.echo(f"tcpceiling: error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("tcpceiling: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__)
 def main() -> None:
     """How many TCP connections can this machine hold, and what stops it?"""
@@ -132,11 +175,16 @@ def build_scenarios(
 @click.option("--idle", "idle", is_flag=True, default=True, help="Connections hold no data.")
 @click.option(
     "--buffered-bytes",
-    type=click.IntRange(min=0),
+    type=BYTES,
     default=0,
-    help="Bytes queued per connection (makes tcp_mem count).",
+    help="Bytes queued per connection, or with a unit (16K) (makes tcp_mem count).",
 )
-@click.option("--app-bytes-per-conn", type=click.IntRange(min=0), default=0)
+@click.option(
+    "--app-bytes-per-conn",
+    type=BYTES,
+    default=0,
+    help="The application's own bytes per connection (buffers, session state).",
+)
 @click.option(
     "--backlog",
     type=click.IntRange(min=0),
@@ -151,9 +199,9 @@ def build_scenarios(
 )
 @click.option(
     "--memory-floor",
-    type=click.IntRange(min=0),
+    type=BYTES,
     default=0,
-    help="Bytes of MemAvailable to keep free (as probe's guard does).",
+    help="MemAvailable to keep free, in bytes or with a unit (1G, 512MiB), as probe's guard.",
 )
 @click.option(
     "--message-rate",
@@ -233,9 +281,11 @@ def analyze_cmd(
         cpu_us_per_message=cpu_us_per_message,
     )
     scenarios = with_measured_cost(scenarios, cost_from)
-    result = analyze(scenarios, Roots(procfs, sysfs, cgroupfs), pid or "self", netns)
+    roots = Roots(procfs, sysfs, cgroupfs)
+    result = analyze(scenarios, roots, pid or "self", netns)
     if as_json:
-        click.echo(results.dumps(result))
+        host = results.host_block(read_identity(roots), netns)
+        click.echo(results.dumps(results.document("analyze", result, host)))
     else:
         render_analysis(result, stderr)
 
@@ -413,9 +463,10 @@ def activity_options(fn: F) -> F:
 )
 @click.option(
     "--memory-floor",
+    type=BYTES,
     default=None,
-    metavar="BYTES",
-    help="Stop before MemAvailable falls below this (default max(1 GiB, 10%).",
+    help="Stop before MemAvailable falls below this many bytes (1G, 512MiB; "
+    "default max(1 GiB, 10% of MemTotal)).",
 )
 @click.option("--max-duration", type=click.FloatRange(min=0), default=600.0, show_default=True)
 @click.option(
@@ -452,7 +503,7 @@ def probe_cmd(
     sink_host: str,
     isolate: bool | None,
     sysctls: tuple[str, ...],
-    memory_floor: str | None,
+    memory_floor: int | None,
     max_duration: float,
     workers: int | None,
     worker_nofile: int | None,
@@ -488,7 +539,7 @@ def probe_cmd(
         sink_host=sink_host,
         isolate=isolate,
         sysctls=tuple(parse_sysctl(s) for s in sysctls),
-        memory_floor=parse_bytes(memory_floor) if memory_floor else None,
+        memory_floor=memory_floor,
         max_duration=max_duration,
         workers=workers,
         worker_nofile=worker_nofile,
@@ -509,7 +560,8 @@ def probe_cmd(
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)
     if as_json:
-        click.echo(results.dumps(result))
+        host = results.host_block(read_identity(Roots()), result.netns)
+        click.echo(results.dumps(results.document("probe", result, host)))
     render_probe(result, stderr)
     sys.exit(EXIT_OK if result.target_reached else EXIT_LIMIT)
 
@@ -534,21 +586,10 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     with LiveProgress(stderr, False, live=sys.stderr.isatty()) as progress:
         result = compare_io(connections, wake_samples, progress)
     if as_json:
-        click.echo(results.dumps(result))
+        host = results.host_block(read_identity(Roots()), None)
+        click.echo(results.dumps(results.document("compare-io", result, host)))
     render_comparison(result, stderr)
     sys.exit(EXIT_OK if result.memory_ratio is not None else EXIT_LIMIT)
-
-
-def parse_bytes(text: str) -> int:
-    """'1073741824', '512M', '1.5G' -> bytes (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError as exc:
-        raise InputError(f"bad byte count {text!r}: expected e.g. 1073741824, 512M, 1.5G") from exc
 
 
 @main.command("serve")
@@ -590,3 +631,8 @@ def serve_cmd(
 
     total = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
     stderr.print(f"accepted {total:,} connections")
+
+
+def run() -> None:
+    """The console entry point (see OneLineErrors)."""
+    main()

@@ -7,19 +7,19 @@ import ipaddress
 import itertools
 import json
 import os
-import platform
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tcpceiling.analysis.context import Context, PathTuple, connection_cost, port_pool
-from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult
+from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult, resolve
 from tcpceiling.analysis.registry import FAMILIES
 from tcpceiling.errors import InputError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import read, route, sockets
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
+from tcpceiling.results import check_document
 
 Route = tuple[str | None, bool]  # (source the kernel picks, destination is local)
 
@@ -37,7 +37,7 @@ def read_snapshot(
     destinations: tuple[Endpoint, ...] = (),
 ) -> tuple[read.HostSnapshot, dict[Endpoint, Route]]:
     """Read process, system and cgroup values here, per-netns values inside `netns`."""
-    if pid != "self" and not (roots.procfs / pid).is_dir():
+    if pid != "self" and (not pid.isdigit() or not (roots.procfs / pid).is_dir()):
         raise InputError(f"no process {pid} under {roots.procfs}")
     process = read.read_process(roots, pid)
     system = read.read_system(roots)
@@ -119,7 +119,6 @@ def evaluate(
 def _host_info(snap: read.HostSnapshot) -> dict[str, object]:
     live = snap.roots.live
     return {
-        "kernel": platform.release() if live else None,
         "procfs": str(snap.roots.procfs),
         "pid": snap.process.pid if snap.process.pid != "self" else (os.getpid() if live else None),
         "netns": snap.netns,
@@ -157,6 +156,7 @@ def analyze(
 ) -> Analysis:
     """Read the host (or the fixture tree behind `roots`) and evaluate each scenario."""
     roots = roots or Roots()
+    scenarios = [replace(s, connect=tuple(resolve(d) for d in s.connect)) for s in scenarios]
     if roots.live:
         check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
@@ -169,8 +169,10 @@ def load_measured_cost(path: Path) -> dict[str, Any]:
     """What a previous `probe --json` measured: kernel bytes per connection, and
     when it ran a traffic profile, CPU per message and bytes per active connection."""
     try:
-        data = json.loads(path.read_text())
+        data = check_document(json.loads(path.read_text()), "probe", f"--cost-from {path}")
         out: dict[str, Any] = {"kernel_bytes": float(data["per_connection"]["kernel_bytes"])}
+    except InputError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"--cost-from {path}: no per_connection.kernel_bytes ({exc})") from exc
     traffic = data.get("traffic") or {}

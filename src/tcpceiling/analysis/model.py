@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +60,15 @@ def parse_network(item: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InputError(
             f"bad --source-ip {item!r}: host bits are set (the network is {meant})"
         ) from exc
+
+
+def resolve(endpoint: Endpoint) -> Endpoint:
+    """A hostname to its first address (getaddrinfo order: what a client would use)."""
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from exc
+    return Endpoint(str(infos[0][4][0]), endpoint.port)
 
 
 def expand_sources(items: tuple[str, ...], limit: int = MAX_SOURCES) -> tuple[str, ...]:

@@ -25,6 +25,8 @@ PROC_FILES = (
     "meminfo",
     "loadavg",
     "net/sockstat",
+    "sys/kernel/osrelease",
+    "sys/kernel/hostname",
     "sys/fs/file-nr",
     "sys/fs/nr_open",
     "sys/fs/epoll/max_user_watches",

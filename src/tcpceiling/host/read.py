@@ -236,3 +236,32 @@ def read_system(roots: Roots) -> SystemView:
         cpus=_read_opt(roots.sysfs / "devices" / "system" / "cpu" / "online", parse.parse_cpu_list),
         pids=read_pids(roots),
     )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which machine, kernel and namespaces a result describes."""
+
+    kernel: str | None
+    hostname: str | None
+    pid_namespace: str | None  # "pid:[INODE]" of /proc/self/ns/pid (live only)
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def read_identity(roots: Roots) -> Identity:
+    """/proc/sys/kernel/{osrelease,hostname} (copied into snapshots too) and the pid
+    namespace of the reading process, which only a live procfs can tell."""
+    sys_kernel = roots.procfs / "sys" / "kernel"
+    pidns = None
+    if roots.live:
+        try:
+            pidns = os.readlink(roots.procfs / "self" / "ns" / "pid")
+        except OSError:
+            pidns = None
+    return Identity(_text(sys_kernel / "osrelease"), _text(sys_kernel / "hostname"), pidns)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,12 +149,3 @@ def parse_target(text: str) -> int | None:
     if value < 1:
         raise InputError(f"--target must be a positive number or 'max', not {text!r}")
     return value
-
-
-def resolve(endpoint: Endpoint) -> Endpoint:
-    """A hostname to its first address (getaddrinfo order: what a client would use)."""
-    try:
-        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InputError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from exc
-    return Endpoint(str(infos[0][4][0]), endpoint.port)
