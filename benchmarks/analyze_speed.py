@@ -1,4 +1,4 @@
-"""How long `tcpceiling analyze` takes on this machine (issue 2 asks for < 0.5 s wall).
+"""How long `tcpceiling analyze` takes (the aim: under 0.5 s wall per run).
 
 Runs the installed console script N times as a user would and prints the median
 and worst wall time. Not a test: timings belong here, never in tests/.

@@ -1,13 +1,13 @@
-"""Scale: tcpceiling probe against connflood at 100k, 1M and 2M connections (issue 6).
+"""Scale: tcpceiling probe against the C reference at 100k, 1M and 2M connections.
 
 One command:  python benchmarks/scale.py [--sizes 100000,1000000,2000000] [--repeat 2]
               [--json PATH]
 
-For each size, in the same run: compile and run ../shared/bench/connflood.c, then
+For each size, in the same run: compile and run benchmarks/cref.c, then
 `tcpceiling probe --target N` on loopback; print connections held, time to open,
-the open-rate ratio (tcpceiling / connflood), total memory per connection (kernel
+the open-rate ratio (tcpceiling / cref), total memory per connection (kernel
 Slab delta + user RSS of every process) and its ratio, and the open rate at 1M
-relative to 100k (for connflood too: how much of the slowdown is the kernel's).
+relative to 100k (for cref too: how much of the slowdown is the kernel's).
 Each tool runs --repeat times in turns and its fastest run is kept. A size is
 skipped, and said so, when the memory guard's budget (MemAvailable minus the
 probe's default floor) cannot hold it at the Slab cost measured so far. Writes
@@ -26,7 +26,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from probe_vs_connflood import connflood, probe  # noqa: E402
+from probe_vs_cref import cref, probe  # noqa: E402
 
 from tcpceiling.probe.measure import mem_field, wait_settled  # noqa: E402
 from tcpceiling.probe.plan import default_floor  # noqa: E402
@@ -45,7 +45,7 @@ def fits(n: int, bytes_per_conn: float) -> tuple[bool, str]:
 
 
 def best_of(repeat: int, n: int) -> tuple[dict[str, float], dict[str, float], list[float]]:
-    """connflood and the probe in turn, `repeat` times; the fastest run of each.
+    """cref and the probe in turn, `repeat` times; the fastest run of each.
 
     Turns, not blocks: this VM's memory is slower to fault in after a while unused
     (the hypervisor takes freed pages back), which moves a single run by 10-20 %;
@@ -54,7 +54,7 @@ def best_of(repeat: int, n: int) -> tuple[dict[str, float], dict[str, float], li
     ps: list[dict[str, float]] = []
     for _ in range(repeat):
         wait_settled()
-        cs.append(connflood(n))
+        cs.append(cref(n))
         time.sleep(2)
         ps.append(probe(n))
         time.sleep(2)
@@ -72,12 +72,12 @@ def one_size(n: int, bytes_per_conn: float, repeat: int) -> dict[str, Any]:
     row = {
         "connections": n,
         "held": p["held"],
-        "connflood": c,
+        "cref": c,
         "tcpceiling": p,
         "open_rate_ratio": round(p["rate"] / c["rate"], 3),
-        "memory_per_connection": {"connflood": mem_c, "tcpceiling": mem_p},
+        "memory_per_connection": {"cref": mem_c, "tcpceiling": mem_p},
         "memory_ratio": round(mem_p / mem_c, 3),
-        "runs_rate_connflood_probe": rates,
+        "runs_rate_cref_probe": rates,
     }
     print(
         f"{n:>9,}  held {p['held']:>9,}  open {p['seconds']:6.1f} s vs {c['seconds']:6.1f} s  "
@@ -96,13 +96,13 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict[str, Any]] = []
-    cost = 8_000.0  # Slab per connection before the first measurement (shared brief)
+    cost = 8_000.0  # bytes per connection before the first measurement (docs/limits.md §4)
     for n in sizes:
         rows.append(one_size(n, cost, args.repeat))
-        if "connflood" in rows[-1]:
+        if "cref" in rows[-1]:
             cost = max(cost, rows[-1]["memory_per_connection"]["tcpceiling"])
     summary: dict[str, Any] = {"sizes": rows, "repeat": args.repeat}
-    for tool in ("tcpceiling", "connflood"):
+    for tool in ("tcpceiling", "cref"):
         rates = {r["connections"]: r[tool]["rate"] for r in rows if tool in r}
         if 100_000 in rates and 1_000_000 in rates:
             ratio = round(rates[1_000_000] / rates[100_000], 3)

@@ -3,7 +3,7 @@
 # Installs the package with its dev extras, then runs ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Real servers for the --connect tests (issue 4): nginx and redis-server from Debian.
+# Real servers for the --connect tests: nginx and redis-server from Debian.
 # Packages install without starting their services (no systemd here; policy-rc.d
 # forbids it elsewhere): the tests start their own instances on free ports.
 need=()

@@ -24,7 +24,7 @@ def test_live_many_processes_memory_or_epoll_binds() -> None:
     available = mem["capacity"]
     idle = mem["details"]["per_connection_breakdown"][0]
     assert idle["item"] == "idle socket" and 3000 < idle["bytes"] < 5000
-    # within 10 % of MemAvailable / the ≈3.8 KB measured per socket (shared brief §3.1)
+    # within 10 % of MemAvailable / the ≈3.8 KB measured per socket (docs/limits.md §4)
     assert abs(mem["ceiling"] - available / 3800) / (available / 3800) < 0.10
 
 

@@ -1,4 +1,4 @@
-"""Threads vs epoll and the CPU ceiling, measured (issue 5)."""
+"""Threads vs epoll and the CPU ceiling, measured."""
 
 from __future__ import annotations
 

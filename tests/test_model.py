@@ -27,7 +27,7 @@ def test_idle_socket_cost_from_slab_geometry() -> None:
         "dentry": SlabCache("dentry", 192, 21, 1),
     }
     item = costs.idle_socket(slabs, ipv6=False)
-    # 2520.6 + 862.3 + 195.0 + 195.0 + LSM fallbacks 32 + 24 (shared brief §3.1: 3,829)
+    # 2520.6 + 862.3 + 195.0 + 195.0 + LSM fallbacks 32 + 24 (docs/limits.md §4: 3,829)
     assert round(item.bytes) == 3829
 
 

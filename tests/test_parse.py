@@ -94,7 +94,7 @@ def test_parse_slabinfo_effective_size() -> None:
         "TCP 26 26 2368 13 8 : tunables 0 0 0 : slabdata 2 2 0\n"
     )
     tcp = parse.parse_slabinfo(text)["TCP"]
-    assert tcp.object_size == 2368 and round(tcp.effective_size) == 2521  # brief §3.1
+    assert tcp.object_size == 2368 and round(tcp.effective_size) == 2521  # docs/limits.md §4
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""probe end to end: real connections, real namespaces, real signals (issue 3)."""
+"""probe end to end: real connections, real namespaces, real signals."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_sixty_thousand_sharded_held_and_released() -> None:
     assert our_namespaces() == []
     assert host_time_wait() - tw_before <= 600  # 1 % of the connections
     kb = r["per_connection"]["kernel_bytes"]
-    assert 5000 < kb < 12000  # both ends; ≈7.6 KB measured in the shared brief §3.1
+    assert 5000 < kb < 12000  # both ends; ≈7.6 KB measured (docs/limits.md §4)
 
 
 @needs_root

@@ -1,4 +1,4 @@
-"""Pure parts of server probing: protocol verdicts, evidence and attribution (issue 4)."""
+"""Pure parts of server probing: protocol verdicts, evidence and attribution."""
 
 from __future__ import annotations
 

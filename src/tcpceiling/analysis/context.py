@@ -117,7 +117,7 @@ def connection_cost(
                 "thread per connection",
                 costs.PYTHON_THREAD_BYTES,
                 1,
-                "Python thread, measured ≈44 KB (shared brief §4)",
+                "Python thread, measured ≈44 KB (docs/limits.md §6)",
             )
         )
     if scenario.buffered_bytes:

@@ -2,7 +2,7 @@
 
 The idle-socket figure is built from this kernel's own slab geometry
 (/sys/kernel/slab/NAME: order and objs_per_slab give the bytes each object really
-takes, slab packing included), as measured in the shared brief §3.1: TCP 2,521 +
+takes, slab packing included), as measured on Linux 6.18 (docs/limits.md §4): TCP 2,521 +
 sock_inode_cache 862 + filp 195 + dentry 195 + LSM blobs 56 = 3,829 B, against
 3,800 B measured. Fallbacks are those measured numbers, for kernels where a cache
 cannot be read.
@@ -17,7 +17,7 @@ from tcpceiling.host.parse import SlabCache
 
 PAGE = 4096
 
-#: Measured on Linux 6.18 (shared brief §3.1, §4); used when a slab cannot be read.
+#: Measured on Linux 6.18 (docs/limits.md §4, §6); used when a slab cannot be read.
 FALLBACK_SLAB_BYTES = {
     "TCP": 2521.0,
     "TCPv6": 2521.0,
@@ -36,7 +36,7 @@ EPOLL_HEAD_BYTES = 16.0
 #: fd table slot: an 8-byte pointer plus bitmap bits, grown in powers of two (≈13 measured).
 FD_TABLE_BYTES = 13.0
 #: One blocked Python threading.Thread: kernel stack 16 KiB, task_struct and VMAs,
-#: page tables and 16 KiB RSS; MemFree fell ≈44 KB per thread (shared brief §4).
+#: page tables and 16 KiB RSS; MemFree fell ≈44 KB per thread (docs/limits.md §6).
 PYTHON_THREAD_BYTES = 44_000.0
 
 PORT_BUCKETS = "client port buckets"
@@ -134,7 +134,7 @@ def slab_bytes(slabs: dict[str, SlabCache], name: str) -> tuple[float, str]:
             cache.effective_size,
             f"slab {name}: {cache.pages_per_slab} pages / {cache.objs_per_slab} objects",
         )
-    return FALLBACK_SLAB_BYTES[name], f"{name}: measured on 6.18 (shared brief §3.1)"
+    return FALLBACK_SLAB_BYTES[name], f"{name}: measured on 6.18 (docs/limits.md §4)"
 
 
 def idle_socket(slabs: dict[str, SlabCache], ipv6: bool) -> CostItem:
@@ -146,7 +146,7 @@ def idle_socket(slabs: dict[str, SlabCache], ipv6: bool) -> CostItem:
 
 
 def epoll_item(slabs: dict[str, SlabCache]) -> CostItem:
-    """epitem + eppoll_entry + ep_head for one registered fd (shared brief §3.1)."""
+    """epitem + eppoll_entry + ep_head for one registered fd (docs/limits.md §4)."""
     total = slab_bytes(slabs, "eventpoll_epi")[0] + slab_bytes(slabs, "eventpoll_pwq")[0]
     return CostItem(
         "epoll watch", total + EPOLL_HEAD_BYTES, 1, "eventpoll_epi + eventpoll_pwq + 16"
@@ -161,7 +161,7 @@ def port_bucket(slabs: dict[str, SlabCache]) -> CostItem:
 
 
 def buffered(nbytes: int) -> CostItem:
-    """Queued data is charged in whole pages (sk_forward_alloc; shared brief §3.2)."""
+    """Queued data is charged in whole pages (sk_forward_alloc; docs/limits.md §5)."""
     pages = math.ceil(nbytes / PAGE) if nbytes > 0 else 0
     return CostItem(
         "buffered data (page-rounded)",

@@ -109,7 +109,7 @@ class Scenario:
     churn_per_s: float = 0.0
     measured_kernel_bytes: float | None = None
     memory_floor: int = 0
-    message_rate: float = 0.0  # messages per connection per second (issue 5)
+    message_rate: float = 0.0  # messages per connection per second
     message_bytes: int = 64
     cpu_us_per_message: float | None = None  # measured by `probe --measure-cpu`
     cpu_target: float = 0.7  # the share of all CPUs the workload may use

@@ -1,4 +1,4 @@
-"""Threads vs epoll at the same N (issue 5): two probe runs on loopback, one table.
+"""Threads vs epoll at the same N: two probe runs on loopback, one table.
 
 Each run holds N connections to the built-in sink in one model, then times
 one-byte round trips on random held connections (the cost of waking one of N

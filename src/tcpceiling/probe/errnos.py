@@ -1,4 +1,4 @@
-"""Which limit an errno names (shared brief §7, master table)."""
+"""Which limit an errno names (docs/limits.md, "errno → limit")."""
 
 from __future__ import annotations
 

@@ -97,13 +97,13 @@ def _server_rows(r: ProbeResult) -> list[tuple[str, str]]:
 
 
 def _activity_rows(r: ProbeResult) -> list[tuple[str, str]]:
-    """The sink's I/O model, the traffic profile's CPU cost, wake-up latency (issue 5)."""
+    """The sink's I/O model, the traffic profile's CPU cost, wake-up latency."""
     pc, rows = r.per_connection, []
     if r.io_model == "threads":
         rows.append((
             "thread cost / conn",
             f"{human(pc.task_bytes, ' B')} kernel stack + page tables, {human(pc.user_bytes, ' B')}"
-            " RSS, plus task_struct in Slab (shared brief: ≈44 KB per Python thread)",
+            " RSS, plus task_struct in Slab (≈44 KB per Python thread: docs/limits.md §6)",
         ))  # fmt: skip
     if pc.total_bytes is not None:
         rows.append(

@@ -1,5 +1,5 @@
 """nf_conntrack: one entry per connection, but only when tracking is active
-(a rule or NAT registered the hooks in the namespace; shared brief §5).
+(a rule or NAT registered the hooks in the namespace; docs/limits.md §8).
 Past nf_conntrack_max new SYNs are dropped ("nf_conntrack: table full")."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CPU: the last wall, set by what each connection does (issue 5).
+"""CPU: the last wall, set by what each connection does (docs/limits.md §10).
 
 An idle connection costs no CPU after its handshake. An active one costs
 message_rate x (CPU per message) CPU-seconds every second, so the CPUs at the

@@ -1,4 +1,4 @@
-"""File descriptors: RLIMIT_NOFILE, fs.file-max, epoll watches (shared brief §2, §5).
+"""File descriptors: RLIMIT_NOFILE, fs.file-max, epoll watches (docs/limits.md §3, §9).
 
 Every socket is one fd in its process (EMFILE past RLIMIT_NOFILE, getrlimit(2)),
 one struct file system-wide (ENFILE past fs.file-max, not enforced for

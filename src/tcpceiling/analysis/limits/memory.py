@@ -1,4 +1,4 @@
-"""Memory: MemAvailable, the cgroup's memory limit, and tcp_mem (shared brief §3).
+"""Memory: MemAvailable, the cgroup's memory limit, and tcp_mem (docs/limits.md §4-5).
 
 Idle sockets cost slab memory only (≈3.8 KB each) and charge nothing to tcp_mem;
 a socket holding data charges at least one page to tcp_mem, whose third value is

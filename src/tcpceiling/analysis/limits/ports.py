@@ -1,4 +1,4 @@
-"""Ephemeral ports and TIME_WAIT (shared brief §1).
+"""Ephemeral ports and TIME_WAIT (docs/limits.md §1-2).
 
 For one (source IP, destination IP, destination port) the kernel can hand out
   (high - low + 1) - |reserved ∩ range| - |bind()-held ports in range| - |used|

@@ -1,4 +1,4 @@
-"""The accept queue: a burst limit, not a total (shared brief §5).
+"""The accept queue: a burst limit, not a total (docs/limits.md §7).
 
 listen(backlog) is clamped to net.core.somaxconn and the queue holds backlog + 1
 completed connections (sk_ack_backlog > sk_max_ack_backlog); a SYN that finds it

@@ -1,9 +1,9 @@
-"""tcpceiling probe against the C yardstick ../shared/bench/connflood.c, same run.
+"""tcpceiling probe against the C reference benchmarks/cref.c, in the same run.
 
-Compiles connflood with cc, runs it and `tcpceiling probe` at the same number of
+Compiles cref with cc, runs it and `tcpceiling probe` at the same number of
 connections (default 200,000), and prints the open-rate ratio and the memory per
 connection ratio (kernel Slab, both ends; and Slab + worker RSS). Not a test.
-usage: python benchmarks/probe_vs_connflood.py [CONNECTIONS]
+usage: python benchmarks/probe_vs_cref.py [CONNECTIONS]
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE.parent.parent / "shared" / "bench" / "connflood.c"
-BINARY = HERE / "connflood"
+SOURCE = HERE / "cref.c"
+BINARY = HERE / "out" / "cref"
 
 
-def connflood(n: int) -> dict[str, float]:
+def cref(n: int) -> dict[str, float]:
+    """cref hold -n N: open rate, Slab and worker RSS per connection."""
+    BINARY.parent.mkdir(exist_ok=True)
     if not BINARY.exists() or BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
         subprocess.run(["cc", "-O2", "-o", str(BINARY), str(SOURCE)], check=True)
     out = subprocess.run(
-        [str(BINARY), "-n", str(n), "-s", "64", "-H", "600"],
+        [str(BINARY), "hold", "-n", str(n)],
         check=True,
         capture_output=True,
         text=True,
@@ -62,15 +64,15 @@ def probe(n: int) -> dict[str, float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    c, p = connflood(n), probe(n)
+    c, p = cref(n), probe(n)
     print(f"{n:,} connections")
     print(f"{'':14}{'open rate/s':>14}{'seconds':>10}{'slab B/conn':>13}{'rss B/conn':>12}")
-    for name, d in (("connflood", c), ("tcpceiling", p)):
+    for name, d in (("cref (C)", c), ("tcpceiling", p)):
         print(
             f"{name:14}{d['rate']:>14,.0f}{d['seconds']:>10.2f}{d['slab']:>13,.0f}"
             f"{d['rss']:>12,.0f}"
         )
-    print(f"open-rate ratio (tcpceiling / connflood): {p['rate'] / c['rate']:.2f}")
+    print(f"open-rate ratio (tcpceiling / cref): {p['rate'] / c['rate']:.2f}")
     mem_c, mem_p = c["slab"] + c["rss"], p["slab"] + p["rss"]
     print(
         f"memory per connection ratio (slab + rss): {mem_p / mem_c:.2f} "
