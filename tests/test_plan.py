@@ -1,4 +1,4 @@
-"""The probe's layout arithmetic (issue 6): how many sink shards and ports, and which
+"""The probe's layout arithmetic: how many sink shards and ports, and which
 sources, for a given run, on the this-machine fixture (hard nofile 20000, ports
 32768-60999: 28,232 usable). Pure arithmetic on a Plan; the real runs are in
 test_probe.py."""
@@ -6,6 +6,7 @@ test_probe.py."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -25,15 +26,14 @@ def plan_for(expected: int) -> pl.Plan:
     snap, _ = read_snapshot(Roots(procfs=base / "proc", sysfs=base / "sys"))
     assert snap.net.port_range == (32768, 60999)
     one = Endpoint("127.0.0.1", 32767)
-    plan = pl.Plan(HARD - pl.FD_MARGIN, 0, expected, 1, (one,), (), 0, snap)
-    plan.routes = {one: ("127.0.0.1", True)}
-    return plan
+    routes: dict[Endpoint, tuple[str | None, bool]] = {one: ("127.0.0.1", True)}
+    return pl.Plan(HARD - pl.FD_MARGIN, 0, expected, 1, (one,), (), 0, snap, routes=routes)
 
 
 @pytest.mark.parametrize("expected", [1, 100_000, 1_000_000, 2_000_000])
 def test_owned_ports_even_shares_and_spread(expected: int) -> None:
     plan = plan_for(expected)
-    pl.owned_ports(ProbeConfig(), plan, HARD)
+    plan = pl.owned_ports(ProbeConfig(), plan, HARD)
     ports = [e.port for e in plan.endpoints]
     assert plan.sources == ()  # no bind(): the kernel picks 127.0.0.1
     assert len(ports) == plan.sink_shards * plan.owned_ports  # every shard owns as many
@@ -46,21 +46,20 @@ def test_owned_ports_even_shares_and_spread(expected: int) -> None:
 
 def test_one_million_is_51_shards_of_6_ports() -> None:
     plan = plan_for(1_000_000)
-    pl.owned_ports(ProbeConfig(), plan, HARD)
+    plan = pl.owned_ports(ProbeConfig(), plan, HARD)
     assert (plan.sink_shards, plan.owned_ports, len(plan.endpoints)) == (53, 6, 318)
 
 
 def test_shared_ports_pick_sources_and_headroom() -> None:
     plan = plan_for(1_000_000)
-    pl.shared_ports(ProbeConfig(sink_ports=1), plan, HARD)
+    plan = pl.shared_ports(ProbeConfig(sink_ports=1), plan, HARD)
     assert len(plan.sources) == math.ceil(pl.SPREAD * 1_000_000 / USABLE) == 284
     assert plan.sink_shards == math.ceil(1_000_000 * pl.SINK_HEADROOM / (HARD - pl.FD_MARGIN - 1))
 
 
 def test_given_sources_are_kept() -> None:
-    plan = plan_for(1_000_000)
-    plan.sources = ("127.0.0.9",)
-    pl.shared_ports(ProbeConfig(sources=("127.0.0.9",)), plan, HARD)
+    plan = replace(plan_for(1_000_000), sources=("127.0.0.9",))
+    plan = pl.shared_ports(ProbeConfig(sources=("127.0.0.9",)), plan, HARD)
     assert plan.sources == ("127.0.0.9",)
 
 
@@ -94,7 +93,7 @@ def test_probe_layout_shares_port_buckets() -> None:
     """Over 318 sink ports the clients' local ports are shared: the prediction counts
     the range's bucket pairs once, not one pair per connection (7 MB, not 256 MB)."""
     plan = plan_for(1_000_000)
-    pl.owned_ports(ProbeConfig(), plan, HARD)
+    plan = pl.owned_ports(ProbeConfig(), plan, HARD)
     res = evaluate(plan.snapshot, pl.client_scenario(ProbeConfig(), plan, 60), plan.routes)
     mem = next(c for c in res.constraints if c.id == "memory")
     rows = {r["item"]: r for r in mem.details["per_connection_breakdown"]}

@@ -1,5 +1,5 @@
 """probe --connect against real servers: whose limit stopped it, and was it served?
-(issue 4). nginx and redis-server are the Debian packages `.ci/run` installs."""
+nginx and redis-server are the Debian packages `.ci/run` installs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,24 +48,27 @@ def needs(binary: str) -> pytest.MarkDecorator:
 
 @contextmanager
 def running(cmd: list[str], port: int, ready_line: bool = False) -> Iterator[int]:
-    """Start a server, wait until it listens on port, yield its pid; stop it by pid."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        if ready_line:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        while not ready_line and not sockets.listeners(port):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port}"
-            time.sleep(0.05)
-        yield proc.pid
-    finally:
-        proc.terminate()
+    """Start a server, wait until it listens on port, yield its pid; stop it by pid.
+    Its stderr goes to a file: a server logging every failed accept() would fill a
+    pipe nobody reads and freeze (asyncio logs each EMFILE with a traceback)."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            deadline = time.monotonic() + 15
+            if ready_line:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            while not ready_line and not sockets.listeners(port):
+                assert proc.poll() is None, log.seek(0) or log.read()
+                assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port}"
+                time.sleep(0.05)
+            yield proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def fd_count(pid: int) -> int:

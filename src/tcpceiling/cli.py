@@ -330,7 +330,7 @@ def snapshot_cmd(
 
 
 def server_options(fn: F) -> F:
-    """probe's options for real servers (issue 4)."""
+    """probe's options for real servers."""
     options = [
         click.option(
             "--connect",
@@ -377,7 +377,7 @@ def server_options(fn: F) -> F:
 
 
 def activity_options(fn: F) -> F:
-    """probe's options for the sink's I/O model and traffic (issue 5)."""
+    """probe's options for the sink's I/O model and traffic."""
     options = [
         click.option(
             "--io-model",
@@ -493,6 +493,14 @@ def activity_options(fn: F) -> F:
 @activity_options
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
 @click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
+@click.option(
+    "--record-messages",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Write every worker message to FILE (a new file), as JSON lines: a run to "
+    "replay when reporting a wrong stop reason.",
+)
 @errors_to_exit
 def probe_cmd(
     target: str,
@@ -523,6 +531,7 @@ def probe_cmd(
     measure_cpu: bool,
     as_json: bool,
     json_lines: bool,
+    record_messages: Path | None,
 ) -> None:
     """Prove the ceiling: open real connections to a built-in loopback sink, or with
     --connect to real servers, and name the limit (and the side) that stopped them."""
@@ -556,6 +565,7 @@ def probe_cmd(
         message_rate=message_rate or (1.0 if measure_cpu else 0.0),
         message_bytes=message_bytes,
         wake_samples=wake_samples,
+        record=record_messages,
     )
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)

@@ -9,7 +9,7 @@ see tcpceiling.host.netns for entering one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -21,7 +21,7 @@ from tcpceiling.host.sockets import SocketTable
 
 T = TypeVar("T")
 
-#: Slab caches whose geometry sets the kernel cost of one socket (shared brief §3.1).
+#: Slab caches whose geometry sets the kernel cost of one socket (docs/limits.md §4).
 SOCKET_SLABS = (
     "TCP",
     "TCPv6",
@@ -53,7 +53,7 @@ class ProcessView:
 
 @dataclass(frozen=True)
 class NetView:
-    """Per-network-namespace sysctls and counters (shared brief §1.3)."""
+    """Per-network-namespace sysctls and counters (docs/limits.md §1-2)."""
 
     port_range: tuple[int, int]
     reserved_ports: frozenset[int]
@@ -265,3 +265,48 @@ def read_identity(roots: Roots) -> Identity:
         except OSError:
             pidns = None
     return Identity(_text(sys_kernel / "osrelease"), _text(sys_kernel / "hostname"), pidns)
+
+
+def read_meminfo_field(roots: Roots, name: str) -> int:
+    """One /proc/meminfo field in bytes (read often, so the file is scanned, not
+    parsed whole)."""
+    with open(roots.procfs / "meminfo") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    raise ParseError(f"no {name} in {roots.procfs / 'meminfo'}")
+
+
+def read_meminfo(roots: Roots) -> parse.Meminfo:
+    return _read(roots.procfs / "meminfo", parse.parse_meminfo)
+
+
+def read_slabinfo(roots: Roots) -> dict[str, parse.SlabCache]:
+    """/proc/slabinfo (root only; empty when unreadable)."""
+    return _read_opt(roots.procfs / "slabinfo", parse.parse_slabinfo) or {}
+
+
+def read_net_counters(roots: Roots) -> tuple[dict[str, int], dict[str, int]]:
+    """(netstat TcpExt counters, conntrack stat totals) of the calling thread's netns:
+    /proc/thread-self/net, which follows a setns() of this thread."""
+    net = roots.procfs / "thread-self" / "net"
+    netstat = _read_opt(net / "netstat", parse.parse_netstat) or {}
+    conntrack = _read_opt(net / "stat" / "nf_conntrack", parse.parse_conntrack_stat) or {}
+    return netstat, conntrack
+
+
+def socket_owners(inodes: Iterable[int], roots: Roots) -> list[int]:
+    """Pids holding any of these socket inodes: a scan of /proc/*/fd, as ss -p does
+    (the only way from a socket to its process)."""
+    wanted = {f"socket:[{i}]" for i in inodes}
+    pids = []
+    for entry in os.scandir(roots.procfs):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.scandir(Path(entry.path) / "fd")
+            if any(os.readlink(fd.path) in wanted for fd in fds):
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return pids

@@ -1,7 +1,7 @@
 """A client worker: opens its share of connections and holds them as raw fds.
 
 Per connection: socket(), IP_BIND_ADDRESS_NO_PORT + bind(src, 0) when a source is
-set (so bind() reserves no port, unlike tcpkali: shared brief §1.2), non-blocking
+set (so bind() reserves no port: docs/limits.md §1), non-blocking
 connect(), then epoll for completion (the watch is removed once it completes).
 Established fds live in an array('i'); no Python object outlives its connection.
 Signals: SIGUSR1 stop opening, SIGUSR2 run the active phase (traffic at the plan's
@@ -15,23 +15,22 @@ import contextlib
 import errno
 import os
 import random
-import resource
 import select
 import signal
 import socket
-import struct
 import time
 from array import array
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
 from tcpceiling.probe.procs import Reporter
 from tcpceiling.probe.watch import Watch
+from tcpceiling.probe.worker import SelfStats, close_with_rst, raise_nofile
 
 IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
-LINGER_RST = struct.pack("ii", 1, 0)
 REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
@@ -62,7 +61,7 @@ class ClientPlan:
     check_timeout: float = 2.0
     check_every: float | None = None
     max_pending: int = 1024  # handshakes and checks in flight at once
-    message_rate: float = 0.0  # per held connection per second, on SIGUSR2 (issue 5)
+    message_rate: float = 0.0  # per held connection per second, on SIGUSR2
     message_bytes: int = 64
     traffic_seconds: float = 5.0
     wake_samples: int = 0
@@ -70,51 +69,11 @@ class ClientPlan:
     burst: int = 1  # connections in a row toward one tuple (the fast path)
 
 
-def raise_nofile(cap: int | None) -> int:
-    """Soft limit to the hard limit (or to cap, which may also lower it); returns soft."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if cap is None else (min(cap, hard) if hard != resource.RLIM_INFINITY else cap)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard if cap is None else want))
-    return want
-
-
-class SelfStats:
-    """/proc files kept open from the start, so reading them needs no new fd even
-    when the worker sits at its RLIMIT_NOFILE."""
-
-    def __init__(self) -> None:
-        self.statm = os.open("/proc/self/statm", os.O_RDONLY)
-        self.meminfo = os.open("/proc/meminfo", os.O_RDONLY)
-        self.page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss(self) -> int:
-        return int(os.pread(self.statm, 256, 0).split()[1]) * self.page
-
-    def meminfo_field(self, name: bytes) -> int:
-        text = os.pread(self.meminfo, 8192, 0)
-        start = text.index(name) + len(name)
-        return int(text[start : text.index(b"kB", start)]) * 1024
-
-
-def close_with_rst(fds: array[int]) -> None:
-    """Close with SO_LINGER 0: an RST instead of a FIN, so no TIME_WAIT stays behind.
-    The wrapper is told family, type and protocol (any: SOL_SOCKET options ignore
-    them), else it asks the kernel with two getsockopt() calls per fd."""
-    wrap, family, stream = _socket.socket, socket.AF_INET, socket.SOCK_STREAM
-    for fd in fds:
-        try:
-            s = wrap(family, stream, 0, fd)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-            s.close()
-        except OSError:
-            pass
-
-
 def start_connect(
     family: int, src: tuple[str, int] | None, dst: tuple[str, int]
 ) -> tuple[int, int, float]:
     """socket(), IP_BIND_ADDRESS_NO_PORT + bind(src) when a source is given (so bind()
-    reserves no port, unlike tcpkali: shared brief §1.2), and a non-blocking connect():
+    reserves no port: docs/limits.md §1), and a non-blocking connect():
     (raw fd, connect errno, connect() seconds). socket() failing raises OSError."""
     s = _socket.socket(family, STREAM_NONBLOCK)
     try:
@@ -134,8 +93,7 @@ class ClientWorker:
         self.fds = array("i")
         self.pending: dict[int, float] = {}
         self.errors: Counter[int] = Counter()
-        self.first_errno: int | None = None
-        self.limit_errno: int | None = None
+        self.failure = Failure()
         self.hist = Histogram()
         self.latencies = array("f")  # seconds, bucketed into hist once opening is over
         #: (family, bind address or None, connect address) per tuple, built once.
@@ -155,7 +113,6 @@ class ClientWorker:
         self.watch: Watch | None = None
         self.pending_host: dict[int, tuple[str, int]] = {}  # server mode: (host, attempt)
         self.attempts = 0
-        self.client_errno: int | None = None  # first errno that is not the server's doing
         self.next_tuple = plan.first  # the fast path counts connections, bursts of plan.burst
         self.last_expiry = 0.0
         self.stats = SelfStats()
@@ -173,17 +130,20 @@ class ClientWorker:
     # -- one connection ------------------------------------------------------------
     def _fail(self, num: int, seq: int | None = None) -> None:
         self.errors[num] += 1
-        if self.first_errno is None:
-            self.first_errno = num
+        f = self.failure
+        if not f.first:
+            self.failure = f = replace(f, first=num)
         if self.watch is not None and num in SERVER_ERRNOS:
             self.watch.fail(SERVER_ERRNOS[num], self.attempts if seq is None else seq)
             return
-        self.client_errno = self.client_errno or num
+        if not f.client:
+            self.failure = f = replace(f, client=num)
         repeated_timeouts = num == errno.ETIMEDOUT and self.errors[num] >= TIMEOUTS_ARE_A_LIMIT
-        if repeated_timeouts or (
-            num in ERRNO_CONSTRAINT and num not in (errno.EADDRNOTAVAIL, errno.ETIMEDOUT)
+        if not f.limit and (
+            repeated_timeouts
+            or (num in ERRNO_CONSTRAINT and num not in (errno.EADDRNOTAVAIL, errno.ETIMEDOUT))
         ):
-            self.limit_errno = self.limit_errno or num
+            self.failure = replace(f, limit=num)
 
     def _pick_tuple(self) -> int | None:
         """The next tuple with ports left, one connection each (the paced path)."""
@@ -276,21 +236,21 @@ class ClientWorker:
             self._fail(errno.ETIMEDOUT, seq)
 
     # -- phases ----------------------------------------------------------------------
-    def progress(self, kind: str = "progress") -> None:
+    def progress(self, final: bool = False) -> None:
         self.rep.send(
-            type=kind,
-            index=self.plan.index,
-            established=self.established(),
-            pending=len(self.pending),
-            watch=self.watch.summary() if self.watch else None,
-            errors={str(k): v for k, v in self.errors.items()},
-            first_errno=self.first_errno,
-            client_errno=self.client_errno,
-            limit_errno=self.limit_errno,
-            hist=self._histogram().counts if kind == "done" else None,
-            rss=self.stats.rss(),
-            guard=self.guard,
-            short=kind == "done" and self.established() < self.plan.share,
+            ClientProgress(
+                index=self.plan.index,
+                established=self.established(),
+                pending=len(self.pending),
+                final=final,
+                short=final and self.established() < self.plan.share,
+                errors=dict(self.errors),
+                failure=self.failure,
+                watch=self.watch.summary() if self.watch else None,
+                hist=self._histogram().counts if final else {},
+                rss=self.stats.rss(),
+                guard=self.guard,
+            )
         )
 
     def _over_memory(self) -> bool:
@@ -303,15 +263,15 @@ class ClientWorker:
     def _server_stopped(self) -> bool:
         return self.watch is not None and self.watch.limit_kind is not None
 
-    # -- the fast path: the built-in sink, no pacing (issue 6) ------------------------
+    # -- the fast path: the built-in sink, no pacing ----------------------------------
     def open_fast(self) -> None:
         """Open the share in batches with the fewest steps per connection: socket,
-        setsockopt, bind (with a source), connect (as connflood.c) in one tight loop,
+        setsockopt, bind (with a source), connect (as benchmarks/cref.c) in one tight loop,
         then one poll() per batch to see which completed; the few still pending go to
         the epoll path. On loopback the handshake completes inside connect(), so its
         duration is the latency."""
         plan, opened, last = self.plan, 0, time.perf_counter()
-        while not self.stopping and opened < plan.share and self.limit_errno is None:
+        while not self.stopping and opened < plan.share and not self.failure.limit:
             if self.in_flight() >= plan.max_pending:
                 self.drain(0.02)
                 continue
@@ -328,7 +288,7 @@ class ClientWorker:
 
     def _connect_batch(self, n: int) -> tuple[array[int], array[float], int, bool]:
         """Up to n non-blocking connects round robin over the live tuples, with no
-        Python step that is not needed (each costs about what a syscall does: issue 6
+        Python step that is not needed (each costs about what a syscall does, by a py-spy
         profile). Returns the started fds, their connect() seconds, the attempts, and
         False when no tuple is left or a limit was hit. A failed connect ends the batch
         (the live tuples may have changed)."""
@@ -366,7 +326,7 @@ class ClientWorker:
             self.exhausted.add(ti)
             self.live = self._live()
             return bool(self.live)
-        return self.limit_errno is None
+        return not self.failure.limit
 
     def _live(self) -> list[tuple[int, int, tuple[str, int] | None, tuple[str, int]]]:
         """The tuples with ports left: (index, family, bind address, connect address)."""
@@ -454,17 +414,14 @@ class ClientWorker:
                 last = time.monotonic()
                 self.progress()
 
-    # -- the active phase (issue 5) --------------------------------------------------
+    # -- the active phase ------------------------------------------------------------
     def active_phase(self) -> None:
         t0 = time.perf_counter()
         sent = self.traffic() if self.plan.message_rate > 0 else 0
         seconds = time.perf_counter() - t0
         time.sleep(0.2)  # let the last echoes land before timing wake-ups
         wake = self.wake_ups()
-        self.rep.send(
-            type="active_done", index=self.plan.index, messages=sent, seconds=seconds,
-            wake_hist=wake.counts,
-        )  # fmt: skip
+        self.rep.send(ActiveDone(self.plan.index, sent, seconds, wake.counts))
 
     def traffic(self) -> int:
         """Send message_bytes on every held connection message_rate times a second,
@@ -527,24 +484,17 @@ class ClientWorker:
         signal.signal(signal.SIGTERM, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_go)
         soft = raise_nofile(self.plan.nofile)
-        base = len(os.listdir("/proc/self/fd")) - 1  # minus the listdir's own fd
+        base = self.stats.open_fds()
         self.ep = select.epoll()  # analyze counts this fd as the epoll overhead
         if self.plan.watch:
             p = self.plan
             self.watch = Watch(self.ep, p.check, p.check_timeout, p.check_every, os.close)
-        self.rep.send(
-            type="start",
-            index=self.plan.index,
-            pid=os.getpid(),
-            nofile=soft,
-            open_fds=base,
-            rss=self.stats.rss(),
-        )
+        self.rep.send(ClientStart(self.plan.index, os.getpid(), soft, base, self.stats.rss()))
         self.open_all()
-        self.progress("done")
+        self.progress(final=True)
         self.tend()
         self.release()
-        self.rep.send(type="released", index=self.plan.index)
+        self.rep.send(Released(self.plan.index))
 
 
 def run_client(plan: ClientPlan, rep: Reporter) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import InputError
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe.checks import CHECKS
 
 GIB = 1 << 30
@@ -18,7 +19,7 @@ class ProbeConfig:
     """A probe of the embedded loopback sink, or with `connect` of real servers.
 
     target None means "until the first limit or guard". memory_floor None means
-    max(1 GiB, 10 % of MemTotal) kept available (issue 3). `netns` runs the probe in
+    max(1 GiB, 10 % of MemTotal) kept available. `netns` runs the probe in
     an existing namespace (created by someone else, never deleted by us).
     """
 
@@ -44,9 +45,10 @@ class ProbeConfig:
     netns: str | None = None
     max_pending: int = 1024
     io_model: str = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
-    message_rate: float = 0.0  # messages per held connection per second (issue 5)
+    message_rate: float = 0.0  # messages per held connection per second
     message_bytes: int = 64
     wake_samples: int = 0  # echo round trips on random held connections, after opening
+    record: Path | None = None  # every worker message, as JSON lines (for replay tests)
 
     @property
     def server_mode(self) -> bool:
@@ -101,7 +103,7 @@ class ProbeConfig:
             return os.geteuid() == 0 and not self.connect and self.netns is None
         return self.isolate
 
-    def check_environment(self, procfs: Path = Path("/proc")) -> None:
+    def check_environment(self, roots: Roots | None = None) -> None:
         """Errors that depend on the machine: root for --isolate, known per-netns sysctls."""
         if self.isolate and os.geteuid() != 0:
             raise InputError("--isolate needs root (it creates a network namespace)")
@@ -118,12 +120,14 @@ class ProbeConfig:
                 "needs --isolate (and root); host sysctls are never changed"
             )
         for key, _value in self.sysctls:
-            check_sysctl_key(key, procfs)
+            check_sysctl_key(key, roots)
+        if self.record is not None and (self.record.exists() or not self.record.parent.is_dir()):
+            raise InputError(f"--record-messages {self.record}: must be a new file in a directory")
 
 
-def check_sysctl_key(key: str, procfs: Path = Path("/proc")) -> Path:
+def check_sysctl_key(key: str, roots: Roots | None = None) -> Path:
     """A per-netns sysctl (net.*) that exists; returns its path under procfs/sys."""
-    path = procfs / "sys" / Path(*key.split("."))
+    path = (roots or Roots()).procfs / "sys" / Path(*key.split("."))
     if not key.startswith("net.") or ".." in key or not path.is_file():
         raise InputError(
             f"unknown or not per-network-namespace sysctl {key!r} "

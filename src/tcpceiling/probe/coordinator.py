@@ -1,14 +1,13 @@
 """The coordinator: carries out a plan (tcpceiling.probe.plan). It starts the sink
-shards and the client workers (forked, `parallel` at a time as the previous ones
-fill their share), watches the guards, stops, measures, releases, and leaves
-nothing behind.
+shards and the client workers (tcpceiling.probe.children; forked, `parallel` at a
+time as the previous ones fill their share), watches the guards, stops, measures,
+releases, and leaves nothing behind. Why it stopped is decided from the workers'
+messages by tcpceiling.probe.attribution; the result is assembled by
+tcpceiling.probe.outcome.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import select
 import signal
 import time
 from collections.abc import Callable
@@ -22,22 +21,19 @@ from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
-from tcpceiling.host.parse import RLimit
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import errnos, evidence, isolate, measure
+from tcpceiling.probe import attribution, evidence, isolate, measure, outcome
+from tcpceiling.probe.children import Children
 from tcpceiling.probe.client import ClientPlan, run_client
 from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.plan import (
     MAX_EXPECTED,
     PORT_BURST,
     Plan,
-    client_scenario,
     make_plan,
     thread_sink_scenario,
 )
-from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
-from tcpceiling.probe.result import Predicted, ProbeResult, Stop, Traffic
+from tcpceiling.probe.result import ProbeResult, Stop
 from tcpceiling.probe.sink import SinkPlan, run_sink
 
 UNBOUNDED = 1 << 40
@@ -50,110 +46,37 @@ class Run:
     def __init__(self, cfg: ProbeConfig, progress: Progress | None = None) -> None:
         self.cfg = cfg
         self.report = progress or (lambda _msg: None)
-        self.clients: list[Child] = []
-        self.sinks: list[Child] = []
-        self.state: dict[tuple[str, int], dict[str, Any]] = {}
+        self.kids = Children()
         self.assigned = 0
         self.stop: Stop | None = None
         self.interrupted = False
         self.netns: str | None = None
         self.notes: list[str] = []
-        self.max_served = 0
-        self.timeline: list[tuple[float, int, int | None]] = []
-        self.server_before: evidence.ServerSample | None = None
-        self.server_after: evidence.ServerSample | None = None
         self.t0 = time.monotonic()
-        self.held = 0
+        self.slab_limit = 0
         self.server_prediction: ScenarioResult | None = None
-        self.setup_seconds: float | None = None
-        self.traffic: Traffic | None = None
-        self.wake: dict[str, float | None] | None = None
-        self.sink_cpu_open = 0.0
+        self.watched = outcome.Watched()
+        self.active_window: outcome.ActiveWindow | None = None
 
-    # -- signals ---------------------------------------------------------------------
+    # -- signals and children ---------------------------------------------------------
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.interrupted = True
 
-    # -- children --------------------------------------------------------------------
     def _pump(self) -> None:
-        """Read what the children said: one poll() finds the pipes with news, so a
-        tick costs no syscall per quiet child (about a hundred at 1M connections)."""
-        children = {c.reader: c for c in [*self.clients, *self.sinks] if c.reader >= 0}
-        po = select.poll()
-        for fd in children:
-            po.register(fd, select.POLLIN)
-        for fd, _events in po.poll(0):
-            child = children[fd]
-            msgs, closed = read_messages(child)
-            for msg in msgs:
-                key = (child.role, child.index)
-                st = self.state.setdefault(key, {})
-                if msg.get("type") in ("start", "ready"):
-                    st["start_rss"] = msg.get("rss", 0)
-                if msg.get("type") == "active_done":
-                    st["active"] = msg
-                    continue
-                st[f"seen_{msg.get('type')}"] = True  # a later progress line overwrites type
-                st.update(msg)
-                if msg.get("type") == "crash" and self.stop is None:
-                    self.stop = Stop(
-                        "worker_died",
-                        detail=f"{child.role} worker {child.index} "
-                        f"(pid {child.pid}) crashed: {msg.get('error')}",
-                    )
-            if closed or reap(child):
-                self._check_dead(child)
+        self.kids.pump()
+        died = self.kids.died
+        if died is not None and (self.stop is None or self.stop.reason != "worker_died"):
+            self.stop = died
         if self.cfg.server_mode:
-            self.max_served = max(self.max_served, self._served_peak())
-            self._sample_timeline()
+            self.watched.sample(self.kids.client_states, time.monotonic() - self.t0, self.cfg)
 
-    def _served_peak(self) -> int:
-        """Most connections served at once. One worker knows its exact peak; across
-        workers only the sum of their latest reports is simultaneous."""
-        peaks = [int((s.get("watch") or {}).get("max_served", 0)) for s in self._client_states()]
-        return max(self._watch_sum("held"), max(peaks, default=0))
+    def established(self) -> int:
+        return sum(w.established for w in self.kids.client_states)
 
-    def _watch_sum(self, key: str) -> int:
-        return sum(int((s.get("watch") or {}).get(key, 0)) for s in self._client_states())
+    def sink_accepted(self) -> int:
+        return attribution.accepted(self.kids.sink_states)
 
-    def _sample_timeline(self) -> None:
-        """(seconds, established, served) about once a second, at most 3600 points."""
-        t = round(time.monotonic() - self.t0, 1)
-        if (not self.timeline or t - self.timeline[-1][0] >= 1.0) and len(self.timeline) < 3600:
-            served = self._watch_sum("served") if self.cfg.check != "none" else None
-            self.timeline.append((t, self.established(), served))
-
-    def _check_dead(self, child: Child) -> None:
-        reap(child)
-        st = self.state.get((child.role, child.index), {})
-        if st.get("type") == "released" or (
-            self.stop is not None and self.stop.reason == "worker_died"
-        ):
-            return
-        if child.exit_status is None:
-            return
-        how = (
-            f"killed by signal {os.WTERMSIG(child.exit_status)}"
-            if os.WIFSIGNALED(child.exit_status)
-            else f"exit {child.exit_status}"
-        )
-        self.stop = Stop(
-            "worker_died", detail=f"{child.role} worker {child.index} (pid {child.pid}) {how}"
-        )
-
-    def _wait_for(self, children: list[Child], kind: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not (self.interrupted and kind != "released"):
-            self._pump()
-            if all(
-                self.state.get((c.role, c.index), {}).get(f"seen_{kind}")
-                or self.state.get((c.role, c.index), {}).get("type") == "released"
-                or c.exit_status is not None
-                for c in children
-            ):
-                return
-            time.sleep(0.02)
-
+    # -- starting -----------------------------------------------------------------------
     def start_sinks(self, plan: Plan) -> None:
         eps = tuple((e.host, e.port) for e in plan.endpoints)
         backlog = plan.snapshot.net.somaxconn
@@ -162,12 +85,12 @@ class Run:
             k = plan.owned_ports
             mine = eps[i * k : (i + 1) * k] if k else eps
             sp = SinkPlan(i, mine, backlog, mode=mode, io_model=self.cfg.io_model)
-            self.sinks.append(spawn("sink", i, partial(run_sink, sp)))
-        self._wait_for(self.sinks, "ready", 10)
+            self.kids.spawn("sink", partial(run_sink, sp))
+        self.kids.wait_for(self.kids.sinks, lambda w: w.started, 10, lambda: self.interrupted)
 
     def _spawn_client(self, plan: Plan) -> None:
         remaining = (self.cfg.target or MAX_EXPECTED * 10) - self.assigned
-        index = len(self.clients)
+        index = len(self.kids.clients)
         last_allowed = self.cfg.workers is not None and index == self.cfg.workers - 1
         # --target max with the last allowed worker: it opens until a limit stops it.
         share = (
@@ -178,55 +101,38 @@ class Run:
         tuples = tuple(
             (s, e.host, e.port) for s in (plan.sources or (None,)) for e in plan.endpoints
         )
+        cfg = self.cfg
         cp = ClientPlan(
             index=index,
             share=share,
             tuples=tuples,
             first=self.assigned,  # the turn over the tuples goes on where the last left it
             burst=PORT_BURST,
-            nofile=self.cfg.worker_nofile,
-            rate=self.cfg.rate,
-            connect_timeout=self.cfg.connect_timeout,
-            slab_limit=plan.slab_limit,
-            watch=self.cfg.server_mode,
-            check=self.cfg.check,
-            check_timeout=self.cfg.check_timeout,
-            check_every=self.cfg.check_every,
-            max_pending=self.cfg.max_pending,
-            message_rate=self.cfg.message_rate,
-            message_bytes=self.cfg.message_bytes,
-            traffic_seconds=self.cfg.traffic_seconds,
-            wake_samples=self.cfg.wake_samples,
+            nofile=cfg.worker_nofile,
+            rate=cfg.rate,
+            connect_timeout=cfg.connect_timeout,
+            slab_limit=self.slab_limit,
+            watch=cfg.server_mode,
+            check=cfg.check,
+            check_timeout=cfg.check_timeout,
+            check_every=cfg.check_every,
+            max_pending=cfg.max_pending,
+            message_rate=cfg.message_rate,
+            message_bytes=cfg.message_bytes,
+            traffic_seconds=cfg.traffic_seconds,
+            wake_samples=cfg.wake_samples,
         )
-        self.clients.append(spawn("client", index, partial(run_client, cp)))
+        self.kids.spawn("client", partial(run_client, cp))
         self.assigned += share
 
     # -- the opening phase ---------------------------------------------------------------
-    def _client_states(self) -> list[dict[str, Any]]:
-        return [self.state.get(("client", c.index), {}) for c in self.clients]
-
-    def established(self) -> int:
-        return sum(int(s.get("established", 0)) for s in self._client_states())
-
-    def _opening(self) -> list[Child]:
+    def _opening(self) -> list[Any]:
         return [
             c
-            for c in self.clients
-            if not self.state.get(("client", c.index), {}).get("seen_done")
-            and self.state.get(("client", c.index), {}).get("type") != "released"
+            for c in self.kids.clients
+            if not (self.kids.state(c).finished or self.kids.state(c).released)
             and c.exit_status is None
         ]
-
-    def _sink_stop(self) -> Stop | None:
-        """A sink shard that could take no more (EMFILE; EAGAIN from pthread_create in
-        the threads model) names the server side's limit."""
-        for c in self.sinks:
-            num = self.state.get(("sink", c.index), {}).get("full_errno")
-            if num:
-                cid = self._task_limit() if num == errno.EAGAIN else errnos.constraint_for(num)
-                detail = f"sink shard {c.index} (pid {c.pid}) accepted {self.sink_accepted():,}"
-                return Stop(cid, errno=errnos.name(num), side="server", detail=detail)
-        return None
 
     def _task_limit(self) -> str:
         """threads or cgroup_pids: whichever the server-side prediction says binds."""
@@ -237,47 +143,36 @@ class Run:
         return min(("cgroup_pids", "threads"), key=lambda k: ceilings.get(k, UNBOUNDED))
 
     def _limit_stop(self) -> Stop | None:
-        """A worker that finished short of its share names the limit by its errno;
-        with a real server, a worker whose connections kept failing names the kind."""
-        sink = self._sink_stop()
-        if sink is not None:
-            return sink
-        for st in self._client_states():
-            if not st.get("seen_done"):
-                continue
-            if st.get("guard"):
-                return Stop(f"guard:{st['guard']}")
-            if st.get("limit_errno"):
-                num = int(st["limit_errno"])
-                return Stop(errnos.constraint_for(num), errno=errnos.name(num), side="client")
-            kind = (st.get("watch") or {}).get("limit_kind")
-            if kind:
-                return Stop("server", detail=kind, side="server")
-            which = "client_errno" if self.cfg.server_mode else "first_errno"
-            first = st.get(which) if st.get("short") else None
-            if first:
-                num = int(first)
-                return Stop(errnos.constraint_for(num), errno=errnos.name(num), side="client")
-        return None
+        return attribution.limit_stop(
+            self.kids.client_states,
+            self.kids.sink_states,
+            self.cfg.server_mode,
+            self._task_limit(),
+        )
 
     def _may_spawn(self) -> bool:
         cfg = self.cfg
         return (
             (cfg.target is None or self.assigned < cfg.target)
-            and (cfg.workers is None or len(self.clients) < cfg.workers)
+            and (cfg.workers is None or len(self.kids.clients) < cfg.workers)
             and len(self._opening()) < (1 if cfg.rate else cfg.parallel)
         )
+
+    def _guard(self, t0: float) -> Stop | None:
+        """Ctrl-C/SIGTERM, the duration guard, the memory guard (the run's own Slab
+        growth against its budget, measure.slab_limit)."""
+        if self.interrupted:
+            return Stop("interrupted")
+        if time.monotonic() - t0 > self.cfg.max_duration:
+            return Stop("guard:duration")
+        if self.slab_limit and measure.mem_field("Slab") > self.slab_limit:
+            return Stop("guard:memory")
+        return None
 
     def _tick(self, plan: Plan, t0: float) -> bool:
         """One pass of the opening loop; False when opening is over."""
         self._pump()
-        if self.interrupted:
-            self.stop = self.stop or Stop("interrupted")
-        elif time.monotonic() - t0 > self.cfg.max_duration:
-            self.stop = self.stop or Stop("guard:duration")
-        elif plan.slab_limit and measure.mem_field("Slab") > plan.slab_limit:
-            self.stop = self.stop or Stop("guard:memory")
-        self.stop = self.stop or self._limit_stop()
+        self.stop = self.stop or self._guard(t0) or self._limit_stop()
         if self.stop is not None:
             return False
         while self._may_spawn():
@@ -286,9 +181,9 @@ class Run:
             {
                 "type": "progress",
                 "established": self.established(),
-                "workers": len(self.clients),
+                "workers": len(self.kids.clients),
                 "elapsed": time.monotonic() - t0,
-                "errors": self._errno_counts(),
+                "errors": attribution.errno_counts(self.kids.client_states),
                 "mem_available": measure.mem_available(),
             }
         )
@@ -298,23 +193,14 @@ class Run:
         t0 = time.monotonic()
         while self._tick(plan, t0):
             time.sleep(0.05)
-        for c in self._opening():
-            signal_child(c, signal.SIGUSR1)
-        self._wait_for(self.clients, "done", self.cfg.connect_timeout + 10)
-        return time.monotonic() - t0
-
-    def _errno_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for st in self._client_states():
-            for num, n in (st.get("errors") or {}).items():
-                key = errnos.name(int(num))
-                counts[key] = counts.get(key, 0) + int(n)
-        return counts
-
-    def sink_accepted(self) -> int:
-        return sum(
-            int(self.state.get(("sink", c.index), {}).get("accepted", 0)) for c in self.sinks
+        self.kids.signal(self._opening(), signal.SIGUSR1)
+        self.kids.wait_for(
+            self.kids.clients,
+            lambda w: w.finished,
+            self.cfg.connect_timeout + 10,
+            lambda: self.interrupted,
         )
+        return time.monotonic() - t0
 
     def _settle_sinks(self, timeout: float = 3.0) -> None:
         """Wait until the sink reports it accepted what the clients established (or
@@ -322,52 +208,25 @@ class Run:
         deadline = time.monotonic() + max(timeout, self.established() / 5000)
         while time.monotonic() < deadline and self.sink_accepted() < self.established():
             self._pump()
-            if self._sink_stop() is not None:
+            if attribution.sink_stop(self.kids.sink_states, self._task_limit()) is not None:
                 break
             time.sleep(0.05)
 
-    def _sink_pids(self) -> list[int]:
-        return [c.pid for c in self.sinks if c.exit_status is None]
-
-    # -- the active phase (issue 5) ----------------------------------------------------------
-    def active_phase(self, before: measure.Sample) -> None:
+    # -- the active phase ------------------------------------------------------------------
+    def active_phase(self, before: measure.Sample, held: int) -> None:
         """Traffic on the held connections, then wake-up round trips; the sink's CPU
         over the window gives the CPU cost per message."""
-        cpu0 = measure.cpu_seconds(self._sink_pids())
-        for c in self.clients:
-            signal_child(c, signal.SIGUSR2)
+        cpu0 = measure.cpu_seconds(self.kids.live_pids(self.kids.sinks))
+        self.kids.signal(self.kids.clients, signal.SIGUSR2)
         deadline = time.monotonic() + self.cfg.traffic_seconds + 60
         while time.monotonic() < deadline and not self.interrupted:
             self._pump()
-            live = [s for c, s in zip(self.clients, self._client_states(), strict=True)
-                    if c.exit_status is None]  # fmt: skip
-            if all("active" in s for s in live):
+            live = [self.kids.state(c) for c in self.kids.clients if c.exit_status is None]
+            if all(w.active is not None for w in live):
                 break
             time.sleep(0.05)
-        cpu = measure.cpu_seconds(self._sink_pids()) - cpu0
-        self._active_result(cpu, before, measure.Sample.take())
-
-    def _active_result(self, cpu: float, before: measure.Sample, after: measure.Sample) -> None:
-        done = [s["active"] for s in self._client_states() if "active" in s]
-        hist = Histogram()
-        for d in done:
-            hist.merge({int(k): v for k, v in (d.get("wake_hist") or {}).items()})
-        if self.cfg.wake_samples:
-            self.wake = hist.summary()
-        if self.cfg.message_rate <= 0:
-            return
-        messages = sum(int(d.get("messages", 0)) for d in done)
-        n = self.held
-        self.traffic = Traffic(
-            message_rate=self.cfg.message_rate,
-            message_bytes=self.cfg.message_bytes,
-            seconds=round(max((float(d.get("seconds", 0)) for d in done), default=0.0), 3),
-            messages=messages,
-            server_cpu_seconds=round(cpu, 4),
-            cpu_us_per_message=round(cpu * 1e6 / messages, 3) if messages else None,
-            cpu_us_per_connect=round(self.sink_cpu_open * 1e6 / n, 3) if n else None,
-            kernel_bytes_active=round((after.meminfo.slab - before.meminfo.slab) / n, 1),
-        )
+        cpu = measure.cpu_seconds(self.kids.live_pids(self.kids.sinks)) - cpu0
+        self.active_window = outcome.ActiveWindow(cpu, before, measure.Sample.take(), held)
 
     # -- hold and release ------------------------------------------------------------------
     def hold(self) -> None:
@@ -378,28 +237,14 @@ class Run:
                 return
             time.sleep(0.1)
 
-    def release(self) -> None:
-        """Clients first (RST, no TIME_WAIT), then the sink; SIGKILL what lingers."""
-        for group in (self.clients, self.sinks):
-            for c in group:
-                signal_child(c, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not all(reap(c) for c in group):
-                self._pump()
-                time.sleep(0.02)
-            for c in group:
-                if not reap(c):
-                    signal_child(c, signal.SIGKILL)
-                    reap(c, block=True)
-                self._pump()
-                close_pipe(c)
-
     # -- the whole run ------------------------------------------------------------------------
     def execute(self) -> ProbeResult:
         self.cfg.check_environment()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             with ExitStack() as stack:
+                if self.cfg.record is not None:
+                    self.kids.record = stack.enter_context(open(self.cfg.record, "x"))
                 self.netns = self.cfg.netns
                 if self.cfg.isolated:
                     self.netns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
@@ -435,35 +280,71 @@ class Run:
             return self._run(plan)
 
     def _run(self, plan: Plan) -> ProbeResult:
+        kids, server_mode = self.kids, self.cfg.server_mode
         try:
-            if self.cfg.server_mode:
-                self.server_before = self._server_sample(plan)
+            server_before = None
+            if server_mode:
+                server_before = self._server_sample(plan)
             else:
                 self.start_sinks(plan)
                 self.server_prediction = self._predict_server(plan)
             before = measure.Sample.take()
             m = before.meminfo
-            plan.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
-            sink_cpu = measure.cpu_seconds(self._sink_pids())
+            self.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
+            sink_cpu = measure.cpu_seconds(kids.live_pids(kids.sinks))
             self.t0 = time.monotonic()
             seconds = self.open_phase(plan)
-            if self.cfg.server_mode:
-                self.server_after = self._server_sample(plan)
+            timing = outcome.Timing(seconds)
+            server_after = None
+            if server_mode:
+                server_after = self._server_sample(plan)
             else:
                 self._settle_sinks()
-                self.setup_seconds = time.monotonic() - self.t0
-                self.sink_cpu_open = measure.cpu_seconds(self._sink_pids()) - sink_cpu
+                timing = outcome.Timing(
+                    seconds,
+                    setup=time.monotonic() - self.t0,
+                    sink_cpu_open=measure.cpu_seconds(kids.live_pids(kids.sinks)) - sink_cpu,
+                )
             after = measure.Sample.take()
-            self.held = self.established()  # the result is about the opening phase
-            pids = [c.pid for c in [*self.clients, *self.sinks] if c.exit_status is None]
-            usage = measure.process_usage(pids)
-            if self.cfg.active and self.held and not self.interrupted:
-                self.active_phase(before)
+            held = self.established()  # the result is about the opening phase
+            usage = measure.process_usage(kids.live_pids([*kids.clients, *kids.sinks]))
+            if self.cfg.active and held and not self.interrupted:
+                self.active_phase(before, held)
             else:
                 self.hold()
-            return self._result(plan, seconds, before, after, usage)
+            stop = attribution.final_stop(
+                self.stop,
+                self.cfg.target,
+                held,
+                kids.client_states,
+                kids.sink_states,
+                server_mode,
+                self._task_limit(),
+                partial(self._server_stop, server_before, server_after),
+            )
+            return outcome.build(
+                outcome.Inputs(
+                    cfg=self.cfg,
+                    plan=plan,
+                    stop=stop,
+                    held=held,
+                    timing=timing,
+                    before=before,
+                    after=after,
+                    usage=usage,
+                    clients=kids.client_states,
+                    sinks=kids.sink_states,
+                    worker_pids=tuple(c.pid for c in kids.clients),
+                    netns=self.netns,
+                    notes=tuple(self.notes),
+                    server_prediction=self.server_prediction,
+                    server_before=server_before,
+                    watched=self.watched,
+                    active=self.active_window,
+                )
+            )
         finally:
-            self.release()
+            kids.release()
 
     def _server_sample(self, plan: Plan) -> evidence.ServerSample | None:
         """The server side as this host sees it; None when no destination is local."""
@@ -471,58 +352,24 @@ class Run:
             return None
         return evidence.sample(plan.endpoints, self.cfg.server_pid)
 
-    def _watch_counts(self, key: str) -> dict[str, int]:
-        """A per-worker Watch counter (totals, replies) summed over the workers."""
-        out: dict[str, int] = {}
-        for st in self._client_states():
-            for k, n in ((st.get("watch") or {}).get(key) or {}).items():
-                out[k] = out.get(k, 0) + int(n)
-        return out
-
-    def _server_stop(self, stop: Stop) -> Stop:
+    def _server_stop(
+        self,
+        before: evidence.ServerSample | None,
+        after: evidence.ServerSample | None,
+        stop: Stop,
+    ) -> Stop:
         """Attribute a server-side stop with the evidence read before and after."""
         empty = evidence.ServerSample()
-        return evidence.attribute(
-            stop.detail,
-            self._watch_counts("replies"),
-            self.server_before or empty,
-            self.server_after or empty,
-        )
-
-    def _outcomes(self) -> dict[str, int]:
-        totals = self._watch_counts("totals")
-        totals["open_at_end"] = self.established()
-        totals["silent_at_end"] = self._watch_sum("silent")
-        return totals
-
-    # -- the result -----------------------------------------------------------------------------
-    def _prediction(self, plan: Plan, meminfo: parse.Meminfo) -> Predicted:
-        """analyze's client scenario with the workers' real fd limits and the memory
-        that was available when opening began (the memory guard's budget too)."""
-        first = next((s for s in self._client_states() if "open_fds" in s), None)
-        snap = replace(plan.snapshot, system=replace(plan.snapshot.system, meminfo=meminfo))
-        if first is not None:
-            soft = int(first["nofile"])
-            proc = replace(
-                snap.process,
-                open_fds=int(first["open_fds"]),
-                limits=replace(snap.process.limits, nofile=RLimit(soft, soft)),
-            )
-            snap = replace(snap, process=proc)
-        processes = len(self.clients) if self.cfg.workers or self.cfg.target else 10_000
-        res = evaluate(snap, client_scenario(self.cfg, plan, max(1, processes)), plan.routes)
-        srv = self.server_prediction
-        if srv and srv.ceiling is not None and (res.ceiling is None or srv.ceiling < res.ceiling):
-            return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"))
-        return Predicted(res.ceiling, res.binding, res.runners_up)
+        replies = outcome.watch_counts(self.kids.client_states, "replies")
+        return evidence.attribute(stop.detail, replies, before or empty, after or empty)
 
     def _predict_server(self, plan: Plan) -> ScenarioResult | None:
         """The thread sink's own ceiling: analyze's server scenario with the sink
         process's limits and cgroup (read now, with the sink started)."""
-        if self.cfg.io_model != "threads" or not self.sinks:
+        if self.cfg.io_model != "threads" or not self.kids.sinks:
             return None
         roots = Roots()
-        proc = read.read_process(roots, str(self.sinks[0].pid))
+        proc = read.read_process(roots, str(self.kids.sinks[0].pid))
         tasks = parse.parse_loadavg_tasks((roots.procfs / "loadavg").read_text())
         snap = replace(
             plan.snapshot,
@@ -530,96 +377,7 @@ class Run:
             cgroup=read_cgroup(roots, proc),
             system=replace(plan.snapshot.system, tasks=tasks, pids=read.read_pids(roots)),
         )
-        return evaluate(snap, thread_sink_scenario(plan, len(self.sinks)), plan.routes)
-
-    def _final_stop(self, est: int) -> Stop:
-        """Why opening ended, with every errno the clients saw and the first one."""
-        stop = self.stop or (
-            Stop("target")
-            if self.cfg.target and est >= self.cfg.target
-            else self._limit_stop() or Stop("unknown")
-        )
-        first = next(
-            (st.get("first_errno") for st in self._client_states() if st.get("first_errno")), None
-        )
-        if stop.reason == "server":
-            stop = self._server_stop(stop)
-        return replace(
-            stop,
-            errno_counts=self._errno_counts(),
-            errno=stop.errno or (errnos.name(int(first)) if first else None),
-        )
-
-    def _result(
-        self,
-        plan: Plan,
-        seconds: float,
-        before: measure.Sample,
-        after: measure.Sample,
-        usage: measure.Usage,
-    ) -> ProbeResult:
-        est = self.held
-        stop = self._final_stop(est)
-        server = self.cfg.server_mode
-        outcomes, replies = (
-            (self._outcomes(), self._watch_counts("replies")) if server else ({}, {})
-        )
-        hist = Histogram()
-        for st in self._client_states():
-            hist.merge({int(k): v for k, v in (st.get("hist") or {}).items()})
-        start_rss = sum(int(s.get("start_rss", 0)) for s in self.state.values())
-        return ProbeResult(
-            established=est,
-            target=self.cfg.target,
-            stop=stop,
-            predicted=self._prediction(plan, before.meminfo),
-            per_connection=measure.per_connection(before, after, est, usage, start_rss),
-            rate_per_s=round(est / seconds, 1) if seconds else 0.0,
-            open_seconds=seconds,
-            workers=len(self.clients),
-            sink_workers=len(self.sinks),
-            connect_latency_us=hist.summary(),
-            cpu_seconds_per_1000=round(usage.cpu_seconds * 1000 / est, 4) if est else None,
-            sink_accepted=self.sink_accepted(),
-            isolated=self.cfg.isolated,
-            netns=self.netns,
-            sources=len(plan.sources),
-            sink_endpoints=tuple(str(e) for e in plan.endpoints),
-            worker_pids=tuple(c.pid for c in self.clients),
-            notes=tuple(self.notes) + tuple(plan.notes) + self._mode_notes(),
-            mode="server" if self.cfg.server_mode else "sink",
-            check=self.cfg.check,
-            served=self._served(),
-            side=stop.side,
-            outcomes=outcomes,
-            replies=replies,
-            timeline=tuple(self.timeline),
-            io_model=self.cfg.io_model,
-            setup_seconds=round(self.setup_seconds, 3) if self.setup_seconds else None,
-            cpu_seconds=round(usage.cpu_seconds, 3),
-            traffic=self.traffic,
-            wake_latency_us=self.wake,
-        )
-
-    def _served(self) -> int | None:
-        """Server side's count: the most served at once (a checked real server), or
-        what the sink accepted (the built-in sink)."""
-        if not self.cfg.server_mode:
-            return self.sink_accepted()
-        return self.max_served if self.cfg.check != "none" else None
-
-    def _mode_notes(self) -> tuple[str, ...]:
-        notes = []
-        if not self.netns:
-            notes.append("ran in the host's network namespace (not isolated)")
-        if self.cfg.server_mode and self.cfg.check == "none":
-            notes.append(
-                "no --check: 'established' is all that is known; the server may not have "
-                "accepted, let alone served, these connections"
-            )
-        if self.cfg.server_mode and self.server_before is None:
-            notes.append("the server is not on this host: no server-side evidence was read")
-        return tuple(notes)
+        return evaluate(snap, thread_sink_scenario(plan, len(self.kids.sinks)), plan.routes)
 
 
 def run(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult:

@@ -10,16 +10,13 @@ pure function from the workers' failure kind and two samples to a Stop.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import ParseError
-from tcpceiling.host import parse, sockets
-from tcpceiling.host.read import read_process
+from tcpceiling.host import sockets
+from tcpceiling.host.read import read_net_counters, read_process, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.result import Stop
 
@@ -53,37 +50,15 @@ class ServerSample:
     processes: tuple[ServerProcess, ...] = ()
 
 
-def _counters(procfs: Path) -> dict[str, int]:
-    """Netns counters of the calling thread (thread-self: the netns it entered)."""
-    net = procfs / "thread-self" / "net"
+def _counters(roots: Roots) -> dict[str, int]:
+    """Netns counters of the calling thread (the netns it entered)."""
+    netstat, conntrack = read_net_counters(roots)
     out: dict[str, int] = {}
-    try:
-        stats = parse.parse_netstat((net / "netstat").read_text())
-        out.update({k.split(".", 1)[1]: stats.get(k, 0) for k in NETSTAT_KEYS})
-    except FileNotFoundError:
-        pass
-    try:
-        ct = parse.parse_conntrack_stat((net / "stat" / "nf_conntrack").read_text())
-        out.update({f"conntrack_{k}": ct.get(k, 0) for k in CONNTRACK_KEYS})
-    except FileNotFoundError:
-        pass
+    if netstat:
+        out.update({k.split(".", 1)[1]: netstat.get(k, 0) for k in NETSTAT_KEYS})
+    if conntrack:
+        out.update({f"conntrack_{k}": conntrack.get(k, 0) for k in CONNTRACK_KEYS})
     return out
-
-
-def socket_owners(inodes: Iterable[int], procfs: Path) -> list[int]:
-    """Pids holding any of these socket inodes (a scan of /proc/*/fd, as ss -p does)."""
-    wanted = {f"socket:[{i}]" for i in inodes}
-    pids = []
-    for entry in os.scandir(procfs):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.scandir(Path(entry.path) / "fd")
-            if any(os.readlink(fd.path) in wanted for fd in fds):
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # gone, or not ours to read
-    return pids
 
 
 def _process(pid: int, roots: Roots) -> ServerProcess | None:
@@ -104,9 +79,9 @@ def sample(
     found = tuple(ln for e in {e.port for e in endpoints} for ln in sockets.listeners(e))
     hosts = {e.host for e in endpoints}
     mine = tuple(ln for ln in found if ln.host in hosts or ln.host in ("0.0.0.0", "::")) or found
-    pids = [server_pid] if server_pid else socket_owners((ln.inode for ln in mine), roots.procfs)
+    pids = [server_pid] if server_pid else socket_owners((ln.inode for ln in mine), roots)
     procs = tuple(p for p in (_process(pid, roots) for pid in pids) if p is not None)
-    return ServerSample(_counters(roots.procfs), mine, procs)
+    return ServerSample(_counters(roots), mine, procs)
 
 
 def deltas(before: ServerSample, after: ServerSample) -> dict[str, int]:

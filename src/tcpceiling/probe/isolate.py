@@ -6,17 +6,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 from tcpceiling.errors import InputError
 from tcpceiling.host import netns
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe.config import check_sysctl_key
 
 PREFIX = "tcpceiling-"
 
 
-def sweep_stale() -> list[str]:
+def sweep_stale(roots: Roots | None = None) -> list[str]:
     """Delete namespaces left by runs whose coordinator no longer exists."""
+    procfs = (roots or Roots()).procfs
     removed: list[str] = []
     if not netns.NETNS_RUN_DIR.is_dir():
         return removed
@@ -24,7 +25,7 @@ def sweep_stale() -> list[str]:
         if not entry.name.startswith(PREFIX):
             continue
         pid = entry.name[len(PREFIX) :].split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not (procfs / pid).exists():
             netns.remove(entry.name)
             removed.append(entry.name)
     return removed

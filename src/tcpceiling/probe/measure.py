@@ -6,24 +6,24 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
-from tcpceiling.errors import ParseError
 from tcpceiling.host import parse
-from tcpceiling.host.read import SOCKET_SLABS, read_slab_links
+from tcpceiling.host.read import (
+    SOCKET_SLABS,
+    read_meminfo,
+    read_meminfo_field,
+    read_slab_links,
+    read_slabinfo,
+)
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.result import PerConnection
 
 
-def mem_field(name: str, procfs: Path = Path("/proc")) -> int:
-    """One /proc/meminfo field in bytes (read often: a short scan of the file)."""
-    with open(procfs / "meminfo") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    raise ParseError(f"no {name} in meminfo")
+def mem_field(name: str, roots: Roots | None = None) -> int:
+    """One /proc/meminfo field in bytes (host.read.read_meminfo_field)."""
+    return read_meminfo_field(roots or Roots(), name)
 
 
 def wait_settled(timeout: float = 15.0, window: float = 0.5, tolerance: int = 4 << 20) -> bool:
@@ -74,12 +74,8 @@ class Sample:
     @classmethod
     def take(cls, roots: Roots | None = None) -> Sample:
         roots = roots or Roots()
-        meminfo = parse.parse_meminfo((roots.procfs / "meminfo").read_text())
-        try:
-            slabs = parse.parse_slabinfo((roots.procfs / "slabinfo").read_text())
-        except OSError:
-            slabs = {}
-        return cls(meminfo, slabs, parse.slab_aliases(read_slab_links(roots)))
+        meminfo = read_meminfo(roots)
+        return cls(meminfo, read_slabinfo(roots), parse.slab_aliases(read_slab_links(roots)))
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
     """Bytes per connection by slab cache (/proc/slabinfo names; SLUB merges some
-    caches, so a name may carry others' objects: shared brief §3.1)."""
+    caches, so a name may carry others' objects: docs/limits.md §4)."""
     out = {}
     for name in SOCKET_SLABS:
         a, b = before.slabs.get(name), after.slabs.get(name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tcpceiling.analysis.analyze import evaluate, read_snapshot, rescope, route_of
 from tcpceiling.analysis.model import Endpoint, Scenario, resolve
@@ -30,7 +30,7 @@ SINK_HEADROOM = 1.3
 #: (source, sink port) pair at most 1/SPREAD full of ephemeral ports, so connect()'s
 #: port search (__inet_hash_connect) finds a free port at once. Spreading over sink
 #: ports rather than sources spares a setsockopt() and a bind() per connection (1.8
-#: of 22 us per connect in a one-process micro-benchmark, issue 6) and keeps the
+#: of 22 us per connect in a one-process micro-benchmark) and keeps the
 #: kernel's bind2 buckets (one per source address and port in use) few.
 SPREAD = 8
 #: Owned ports: a shard's share is exact but for a burst per port, and a client that
@@ -42,11 +42,11 @@ MAX_EXPECTED = 10_000_000
 
 
 def default_floor(mem_total: int) -> int:
-    """Keep max(1 GiB, 10 % of MemTotal) available (issue 3)."""
+    """Keep max(1 GiB, 10 % of MemTotal) available."""
     return max(GIB, mem_total // 10)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     client_capacity: int
     sink_capacity: int
@@ -56,10 +56,9 @@ class Plan:
     sources: tuple[str, ...]
     floor: int
     snapshot: HostSnapshot
-    slab_limit: int = 0
     owned_ports: int = 0  # ports per sink shard when each owns its own; 0: all share
     routes: dict[Endpoint, tuple[str | None, bool]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
 
 def sink_ports(port_range: tuple[int, int], count: int) -> list[int]:
@@ -85,31 +84,39 @@ def pairs_needed(plan: Plan) -> int:
     return max(1, math.ceil(SPREAD * plan.expected / (high - low + 1)))
 
 
-def shared_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
+def shared_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> Plan:
     """--sink-ports or --source-ip given: every shard listens on every sink port
     (SO_REUSEPORT spreads by hash, hence the headroom); sources fill the spread."""
+    sources = plan.sources
     if not cfg.sources:
         n = math.ceil(pairs_needed(plan) / len(plan.endpoints))
-        plan.sources = default_sources(cfg.sink_host, n)
-    plan.sink_capacity = hard - FD_MARGIN - len(plan.endpoints)  # its listeners are fds
-    plan.sink_shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / plan.sink_capacity))
+        sources = default_sources(cfg.sink_host, n)
+    capacity = hard - FD_MARGIN - len(plan.endpoints)  # its listeners are fds
+    shards = max(1, math.ceil(plan.expected * SINK_HEADROOM / capacity))
+    return replace(plan, sources=sources, sink_capacity=capacity, sink_shards=shards)
 
 
-def owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> None:
+def owned_ports(cfg: ProbeConfig, plan: Plan, hard: int) -> Plan:
     """The default: no source binding; each sink shard owns `owned_ports` ports of
     its own, and the clients turn over all ports in bursts, so every shard gets an
     even share without SO_REUSEPORT's hashing (and its headroom) and every drain of
     a listener accepts a burst."""
     shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / (hard - FD_MARGIN)))
     per = max(1, math.ceil(pairs_needed(plan) / shards))  # then count its listeners
-    plan.sink_capacity = hard - FD_MARGIN - per
-    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / plan.sink_capacity))
+    capacity = hard - FD_MARGIN - per
+    shards = max(1, math.ceil(plan.expected * OWNED_HEADROOM / capacity))
     ports = sink_ports(plan.snapshot.net.port_range, shards * per)
     per = max(1, len(ports) // shards)
     route = plan.routes[plan.endpoints[0]]
-    plan.endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports[: shards * per])
-    plan.routes = {e: route for e in plan.endpoints}
-    plan.sink_shards, plan.owned_ports = shards, per
+    endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports[: shards * per])
+    return replace(
+        plan,
+        sink_capacity=capacity,
+        endpoints=endpoints,
+        routes={e: route for e in endpoints},
+        sink_shards=shards,
+        owned_ports=per,
+    )
 
 
 def epoll_watches(cfg: ProbeConfig, plan: Plan) -> int:
@@ -143,10 +150,15 @@ def thread_sink_scenario(plan: Plan, shards: int) -> Scenario:
     )
 
 
-def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
-    """Read the host (per-netns values inside the run's namespace); size shards, ports
-    and sources. Called from the host namespace: tcp_mem and co. exist only there."""
-    snap, _ = read_snapshot(Roots(), netns=netns)
+def size(
+    cfg: ProbeConfig,
+    snap: HostSnapshot,
+    endpoints: tuple[Endpoint, ...],
+    routes: dict[Endpoint, tuple[str | None, bool]],
+) -> Plan:
+    """The whole plan from what was read, by arithmetic alone: how many connections
+    to expect (analyze's client scenario, and the thread sink's own for threads),
+    then the shards, sink ports and sources that spread them."""
     hard = snap.process.limits.nofile.hard or snap.system.nr_open
     client_cap = (cfg.worker_nofile or hard) - FD_MARGIN
     floor = (
@@ -154,14 +166,6 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         if cfg.memory_floor is not None
         else default_floor(snap.system.meminfo.mem_total)
     )
-    if cfg.server_mode:
-        endpoints = tuple(dict.fromkeys(resolve(e) for e in cfg.connect))
-    else:
-        ports = sink_ports(snap.net.port_range, cfg.sink_ports or 1)
-        endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
-    with netns_mod.inside(netns):
-        routes = {e: route_of(e.host, e.port) for e in endpoints}
-    snap = rescope(snap, endpoints)
     plan = Plan(
         client_cap, hard - FD_MARGIN, 0, 1, endpoints, cfg.sources, floor, snap, routes=routes
     )
@@ -174,16 +178,30 @@ def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
         for c in pred.constraints
         if c.kind == "total" and c.ceiling is not None and not (ours and c.id == "ports")
     ]
-    plan.expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
+    expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
     if cfg.io_model == "threads":  # the sink's task limits bound the run (and its shards)
         server = evaluate(snap, thread_sink_scenario(plan, 1), routes).ceiling
-        plan.expected = min(plan.expected, server or MAX_EXPECTED)
+        expected = min(expected, server or MAX_EXPECTED)
+    plan = replace(plan, expected=expected)
     if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours
-        plan.sink_shards = 0
-        return plan
+        return replace(plan, sink_shards=0)
     if cfg.sink_ports is None and not cfg.sources:
-        owned_ports(cfg, plan, hard)
-        plan.snapshot = rescope(snap, plan.endpoints)
+        return owned_ports(cfg, plan, hard)
+    return shared_ports(cfg, plan, hard)
+
+
+def make_plan(cfg: ProbeConfig, netns: str | None) -> Plan:
+    """Read the host (per-netns values inside the run's namespace), then size() the
+    run. Called from the host namespace: tcp_mem and co. exist only there."""
+    snap, _ = read_snapshot(Roots(), netns=netns)
+    if cfg.server_mode:
+        endpoints = tuple(dict.fromkeys(resolve(e) for e in cfg.connect))
     else:
-        shared_ports(cfg, plan, hard)
+        ports = sink_ports(snap.net.port_range, cfg.sink_ports or 1)
+        endpoints = tuple(Endpoint(cfg.sink_host, p) for p in ports)
+    with netns_mod.inside(netns):
+        routes = {e: route_of(e.host, e.port) for e in endpoints}
+    plan = size(cfg, rescope(snap, endpoints), endpoints, routes)
+    if plan.endpoints != endpoints:  # the sink's ports: count what is toward them
+        plan = replace(plan, snapshot=rescope(plan.snapshot, plan.endpoints))
     return plan

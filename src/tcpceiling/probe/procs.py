@@ -2,20 +2,20 @@
 
 Each child gets PR_SET_PDEATHSIG(SIGKILL) so it dies with the coordinator, ignores
 SIGINT (the coordinator decides how a Ctrl-C ends the run), and reports to the
-coordinator as JSON lines on a pipe.
+coordinator with typed messages (tcpceiling.probe.messages), a JSON line each, on a pipe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from tcpceiling.probe.messages import Crash, Message, decode, encode
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -32,13 +32,13 @@ class Child:
 
 
 class Reporter:
-    """The child's side of the pipe: one JSON object per line."""
+    """The child's side of the pipe: one message per line."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, **msg: Any) -> None:
-        data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+    def send(self, msg: Message) -> None:
+        data = encode(msg)
         while data:
             data = data[os.write(self.fd, data) :]
 
@@ -61,7 +61,7 @@ def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
             target(Reporter(w))
         except BaseException as exc:  # report, never unwind into the parent's code
             try:
-                Reporter(w).send(type="crash", error=f"{type(exc).__name__}: {exc}")
+                Reporter(w).send(Crash(f"{type(exc).__name__}: {exc}"))
             finally:
                 code = 1
         finally:
@@ -72,7 +72,7 @@ def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
     return Child(pid=pid, role=role, index=index, reader=r)
 
 
-def read_messages(child: Child) -> tuple[list[dict[str, Any]], bool]:
+def read_messages(child: Child) -> tuple[list[Message], bool]:
     """Drain a child's pipe: (complete messages, pipe closed)."""
     closed = False
     if child.reader < 0:
@@ -87,7 +87,7 @@ def read_messages(child: Child) -> tuple[list[dict[str, Any]], bool]:
             break
         child.buffer += chunk
     *lines, child.buffer = child.buffer.split(b"\n")
-    return [json.loads(line) for line in lines if line], closed
+    return [decode(line) for line in lines if line], closed
 
 
 def signal_child(child: Child, sig: int) -> None:

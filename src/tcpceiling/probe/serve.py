@@ -15,6 +15,7 @@ from typing import Any
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
+from tcpceiling.probe.messages import Crash, Released, SinkProgress
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
 from tcpceiling.probe.sink import SinkPlan, listener, run_sink
 
@@ -58,9 +59,10 @@ def serve(
             for c in children:
                 msgs, closed = read_messages(c)
                 for m in msgs:
-                    accepted[c.index] = int(m.get("accepted", accepted.get(c.index, 0)))
-                    if m.get("type") == "crash":
-                        raise HostError(f"sink shard {c.index} failed: {m.get('error')}")
+                    if isinstance(m, SinkProgress | Released):
+                        accepted[c.index] = m.accepted
+                    if isinstance(m, Crash):
+                        raise HostError(f"sink shard {c.index} failed: {m.error}")
                 if closed and reap(c):
                     raise HostError(f"sink shard {c.index} (pid {c.pid}) exited")
             report(
@@ -77,7 +79,8 @@ def serve(
         for c in children:
             reap(c, block=True)
             for m in read_messages(c)[0]:
-                accepted[c.index] = int(m.get("accepted", accepted.get(c.index, 0)))
+                if isinstance(m, SinkProgress | Released):
+                    accepted[c.index] = m.accepted
             close_pipe(c)
         for s, h in old.items():
             signal.signal(s, h)

@@ -4,7 +4,7 @@ batches, holds the fds in an array, and optionally reads-and-discards or echoes
 with a fixed buffer, so its memory stays bounded whatever clients send.
 `tcpceiling serve` runs these alone. Signals: SIGTERM closes everything (RST) and exits.
 
-Two I/O models (issue 5): `epoll`, one event loop for every connection (Sink), and
+Two I/O models: `epoll`, one event loop for every connection (Sink), and
 `threads`, the classic blocking server with one thread per connection blocked in
 recv() (ThreadSink). When pthread_create fails (EAGAIN: threads-max, pid_max, the
 pids cgroup, RLIMIT_NPROC, max_map_count) the thread sink stops accepting and says so.
@@ -23,20 +23,21 @@ import time
 from array import array
 from dataclasses import dataclass
 
-from tcpceiling.probe.client import LINGER_RST, SelfStats, close_with_rst, raise_nofile
+from tcpceiling.probe.messages import Released, SinkProgress, SinkReady
 from tcpceiling.probe.procs import Reporter
+from tcpceiling.probe.worker import LINGER_RST, SelfStats, close_with_rst, raise_nofile
 
 ACCEPT_BATCH = 65536
 #: The listeners are drained every ACCEPT_EVERY seconds instead of being waited on:
 #: a listener waited on wakes its process for every handshake (a context switch per
 #: connection, measured as the largest cost of the probe after the kernel's own
-#: work, issue 6); the accept queue (somaxconn) holds what arrives in between. They
+#: work); the accept queue (somaxconn) holds what arrives in between. They
 #: sit in an epoll of their own that is only polled, to find the ones with a queue
 #: among hundreds of sink ports without an accept() on each.
 ACCEPT_EVERY = 0.02
 #: A shard with nothing queued waits longer, doubling up to IDLE_EVERY: with owned
 #: ports the clients visit one shard after another, and at 1M connections 53 shards
-#: waking 50 times a second cost more user CPU than their accept()s (issue 6).
+#: waking 50 times a second cost more user CPU than their accept()s.
 IDLE_EVERY = 0.16
 READ_SIZE = 65536
 
@@ -123,14 +124,16 @@ class Sink:
         self.full_errno = num
         self._report()  # now: the coordinator stops the clients on this
 
-    def _report(self, kind: str = "progress") -> None:
+    def _report(self, releasing: bool = False) -> None:
         self.rep.send(
-            type=kind,
-            index=self.plan.index,
-            accepted=self.held(),
-            full_errno=self.full_errno,
-            rss=self.stats.rss(),
-            cpu=sum(os.times()[:2]),
+            SinkProgress(
+                index=self.plan.index,
+                accepted=self.held(),
+                full_errno=self.full_errno or 0,
+                rss=self.stats.rss(),
+                cpu=sum(os.times()[:2]),
+                releasing=releasing,
+            )
         )
 
     def held(self) -> int:
@@ -150,7 +153,7 @@ class Sink:
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
-        self.rep.send(type="ready", index=self.plan.index, pid=os.getpid(), rss=self.stats.rss())
+        self.rep.send(SinkReady(self.plan.index, os.getpid(), self.stats.rss()))
         last, wait, reported = 0.0, ACCEPT_EVERY, -1
         while not self.closing:
             for fd, events in self.ep.poll(wait, 4096):
@@ -161,15 +164,15 @@ class Sink:
             if now - last > 0.25 and (self.held() != reported or now - last > 2):
                 last, reported = now, self.held()
                 self._report()
-        self._report("releasing")
+        self._report(releasing=True)
         self.release()
-        self.rep.send(type="released", index=self.plan.index, accepted=self.held())
+        self.rep.send(Released(self.plan.index, self.held()))
 
 
 class ThreadSink(Sink):
     """One thread per connection, blocked in recv() (echoing when asked): the model
     whose ceiling is the task limits, and whose cost per connection is a thread's
-    (16 KiB kernel stack, task_struct, page tables, RSS: shared brief §4)."""
+    (16 KiB kernel stack, task_struct, page tables, RSS: docs/limits.md §6)."""
 
     def __init__(self, plan: SinkPlan, rep: Reporter) -> None:
         super().__init__(plan, rep)

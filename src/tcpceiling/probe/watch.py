@@ -1,7 +1,7 @@
 """What happens to each connection after its handshake, when the peer is a real server.
 
 ESTABLISHED is not served: the kernel completes handshakes into a listener's accept
-queue whether or not the server ever accepts them (issue 4). So every new connection
+queue whether or not the server ever accepts them. So every new connection
 gets a service check (checks.py) and is then watched for the rest of the run
 (EPOLLIN | EPOLLRDHUP on the held fd): the server may answer, refuse with an error
 reply, close, reset, or stay silent. With `--check none` a connection that the
@@ -25,9 +25,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from tcpceiling.probe import checks
+from tcpceiling.probe.messages import WatchSummary
 
 STREAK_LIMIT = 16
 RECHECK_SAMPLE = 64  # connections re-checked per --check-every round (bounded cost)
@@ -84,19 +84,19 @@ class Watch:
         kinds["evicted"] += self.evicted_flat
         return kinds.most_common(1)[0][0]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> WatchSummary:
         states = Counter(self.state.values())
-        return {
-            "open": self.open_count,
-            "served": self.good if self.check != "none" else None,
-            "held": self.good,
-            "silent": states[SILENT],
-            "checking": len(self.checking),
-            "max_served": self.high,
-            "totals": dict(self.totals),
-            "replies": dict(self.replies),
-            "limit_kind": self.limit_kind,
-        }
+        return WatchSummary(
+            open=self.open_count,
+            served=self.good if self.check != "none" else None,
+            held=self.good,
+            silent=states[SILENT],
+            checking=len(self.checking),
+            max_served=self.high,
+            totals=dict(self.totals),
+            replies=dict(self.replies),
+            limit_kind=self.limit_kind,
+        )
 
     # -- state and outcomes ----------------------------------------------------------
     def _set(self, fd: int, new: str | None) -> str | None:

@@ -1,0 +1,209 @@
+"""What workers tell the coordinator: typed messages, one JSON line each.
+
+Every message is a frozen dataclass; `encode` and `decode` are the one pair that
+turns them into a line on the worker's pipe and back. The coordinator keeps one
+`WorkerState` per child, updated by `WorkerState.apply`, and reads typed fields,
+never string keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+Role = Literal["client", "sink"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The errnos a client worker saw, by what they mean (0: none yet).
+
+    first: the first errno of any kind (reported as the run's first errno).
+    client: the first that is not the server's doing (with a real server, refused,
+    reset and timeouts are the server's; a local EMFILE is not).
+    limit: one that names a limit of this host by itself (EMFILE, ENFILE, ENOMEM,
+    repeated timeouts...): the worker stops on it."""
+
+    first: int = 0
+    client: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    """A real-server worker's view of its connections (tcpceiling.probe.watch)."""
+
+    open: int = 0
+    served: int | None = None
+    held: int = 0
+    silent: int = 0
+    checking: int = 0
+    max_served: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+    replies: dict[str, int] = field(default_factory=dict)
+    limit_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientStart:
+    index: int
+    pid: int
+    nofile: int
+    open_fds: int
+    rss: int
+
+
+@dataclass(frozen=True)
+class ClientProgress:
+    """Where a client worker stands; `final` once it has stopped opening."""
+
+    index: int
+    established: int
+    pending: int = 0
+    final: bool = False
+    short: bool = False  # final, short of its share
+    errors: dict[int, int] = field(default_factory=dict)
+    failure: Failure = Failure()
+    watch: WatchSummary | None = None
+    hist: dict[int, int] = field(default_factory=dict)  # latency buckets, final only
+    rss: int = 0
+    guard: str | None = None
+
+
+@dataclass(frozen=True)
+class ActiveDone:
+    index: int
+    messages: int
+    seconds: float
+    wake_hist: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SinkReady:
+    index: int
+    pid: int
+    rss: int
+
+
+@dataclass(frozen=True)
+class SinkProgress:
+    index: int
+    accepted: int
+    full_errno: int = 0  # why it accepts no more (EMFILE, EAGAIN from pthread_create)
+    rss: int = 0
+    cpu: float = 0.0
+    releasing: bool = False
+
+
+@dataclass(frozen=True)
+class Released:
+    index: int
+    accepted: int = 0
+
+
+@dataclass(frozen=True)
+class Crash:
+    error: str
+
+
+Message: TypeAlias = (
+    ClientStart | ClientProgress | ActiveDone | SinkReady | SinkProgress | Released | Crash
+)
+KINDS: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (ClientStart, ClientProgress, ActiveDone, SinkReady, SinkProgress, Released, Crash)
+}
+_NESTED: dict[str, type[Any]] = {"failure": Failure, "watch": WatchSummary}
+_INT_KEYS = {"errors", "hist", "wake_hist"}
+
+
+def encode(msg: Message) -> bytes:
+    data = {"kind": type(msg).__name__, **dataclasses.asdict(msg)}
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes | str) -> Message:
+    """One line back into its message (JSON turned int keys into strings)."""
+    data = json.loads(line)
+    cls = KINDS[data.pop("kind")]
+    for name, value in list(data.items()):
+        if name in _NESTED and value is not None:
+            data[name] = _NESTED[name](**value)
+        elif name in _INT_KEYS:
+            data[name] = {int(k): v for k, v in value.items()}
+    return cls(**data)  # type: ignore[no-any-return]
+
+
+def recorded(role: str, index: int, msg: Message) -> str:
+    """One line of a recorded stream: which child said it, and the message."""
+    return json.dumps({"role": role, "index": index, "msg": encode(msg).decode().strip()}) + "\n"
+
+
+def replay(lines: list[str]) -> tuple[list[WorkerState], list[WorkerState]]:
+    """A recorded stream back into the (clients, sinks) states it built."""
+    states: dict[tuple[str, int], WorkerState] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        key = (rec["role"], int(rec["index"]))
+        state = states.setdefault(key, WorkerState(rec["role"], key[1]))
+        state.apply(decode(rec["msg"]))
+    ordered = [states[k] for k in sorted(states)]
+    return [s for s in ordered if s.role == "client"], [s for s in ordered if s.role == "sink"]
+
+
+@dataclass
+class WorkerState:
+    """All the coordinator knows of one child, from its messages."""
+
+    role: Role
+    index: int
+    pid: int = 0
+    start_rss: int = 0
+    started: bool = False
+    client: ClientProgress | None = None  # the latest
+    finished: bool = False  # a client's final progress came (it stopped opening)
+    short: bool = False  # ... short of its share
+    sink: SinkProgress | None = None  # the latest
+    nofile: int | None = None
+    open_fds: int | None = None
+    active: ActiveDone | None = None
+    released: bool = False
+    crash: str | None = None
+
+    def apply(self, msg: Message) -> None:
+        match msg:
+            case ClientStart():
+                self.started, self.pid, self.start_rss = True, msg.pid, msg.rss
+                self.nofile, self.open_fds = msg.nofile, msg.open_fds
+            case SinkReady():
+                self.started, self.pid, self.start_rss = True, msg.pid, msg.rss
+            case ClientProgress():
+                self.client = msg
+                if msg.final:  # later progress (while holding) does not undo this
+                    self.finished, self.short = True, msg.short
+            case SinkProgress():
+                self.sink = msg
+            case ActiveDone():
+                self.active = msg
+            case Released():
+                self.released = True
+                if self.sink is not None:
+                    self.sink = dataclasses.replace(self.sink, accepted=msg.accepted)
+            case Crash():
+                self.crash = msg.error
+
+    @property
+    def established(self) -> int:
+        return self.client.established if self.client else 0
+
+    @property
+    def accepted(self) -> int:
+        return self.sink.accepted if self.sink else 0
+
+    @property
+    def watch(self) -> WatchSummary:
+        return (self.client.watch if self.client else None) or WatchSummary()

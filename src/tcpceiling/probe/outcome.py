@@ -1,0 +1,207 @@
+"""The result of a run, assembled from what the coordinator gathered: the workers'
+states, the memory samples, the prediction, and the server-side counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from tcpceiling.analysis.analyze import evaluate
+from tcpceiling.analysis.model import ScenarioResult
+from tcpceiling.host import parse
+from tcpceiling.host.parse import RLimit
+from tcpceiling.probe import attribution, evidence, measure
+from tcpceiling.probe.config import ProbeConfig
+from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.messages import WorkerState
+from tcpceiling.probe.plan import Plan, client_scenario
+from tcpceiling.probe.result import Predicted, ProbeResult, Stop, Traffic
+
+TIMELINE_POINTS = 3600
+
+
+def watch_counts(clients: Sequence[WorkerState], key: str) -> dict[str, int]:
+    """A per-worker Watch counter ("totals" or "replies") summed over the workers."""
+    out: dict[str, int] = {}
+    for w in clients:
+        counter = w.watch.totals if key == "totals" else w.watch.replies
+        for k, n in counter.items():
+            out[k] = out.get(k, 0) + n
+    return out
+
+
+@dataclass
+class Watched:
+    """Served connections of a real server over the run: the most at once, and a
+    timeline of (seconds, established, served) about once a second."""
+
+    max_served: int = 0
+    timeline: list[tuple[float, int, int | None]] = field(default_factory=list)
+
+    def sample(self, clients: Sequence[WorkerState], t: float, cfg: ProbeConfig) -> None:
+        # One worker knows its exact peak; across workers only the sum of their
+        # latest reports is simultaneous.
+        peak = max((w.watch.max_served for w in clients), default=0)
+        self.max_served = max(self.max_served, sum(w.watch.held for w in clients), peak)
+        t = round(t, 1)
+        if (not self.timeline or t - self.timeline[-1][0] >= 1.0) and len(
+            self.timeline
+        ) < TIMELINE_POINTS:
+            served = sum(w.watch.served or 0 for w in clients) if cfg.check != "none" else None
+            self.timeline.append((t, sum(w.established for w in clients), served))
+
+
+@dataclass(frozen=True)
+class Timing:
+    open_seconds: float
+    setup: float | None = None  # until the sink had accepted what was established
+    sink_cpu_open: float = 0.0  # the sink's CPU seconds over the opening
+
+
+@dataclass(frozen=True)
+class ActiveWindow:
+    """The traffic window: the sink's CPU over it, memory before opening and after."""
+
+    cpu: float
+    before: measure.Sample
+    after: measure.Sample
+    held: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    cfg: ProbeConfig
+    plan: Plan
+    stop: Stop
+    held: int
+    timing: Timing
+    before: measure.Sample
+    after: measure.Sample
+    usage: measure.Usage
+    clients: Sequence[WorkerState]
+    sinks: Sequence[WorkerState]
+    worker_pids: tuple[int, ...]
+    netns: str | None
+    notes: tuple[str, ...]
+    server_prediction: ScenarioResult | None
+    server_before: evidence.ServerSample | None
+    watched: Watched
+    active: ActiveWindow | None
+
+
+def prediction(i: Inputs, meminfo: parse.Meminfo) -> Predicted:
+    """analyze's client scenario with the workers' real fd limits and the memory
+    that was available when opening began (the memory guard's budget too); the
+    thread sink's own prediction when it is lower."""
+    plan = i.plan
+    first = next((w for w in i.clients if w.nofile is not None), None)
+    snap = replace(plan.snapshot, system=replace(plan.snapshot.system, meminfo=meminfo))
+    if first is not None and first.nofile is not None and first.open_fds is not None:
+        soft = first.nofile
+        proc = replace(
+            snap.process,
+            open_fds=first.open_fds,
+            limits=replace(snap.process.limits, nofile=RLimit(soft, soft)),
+        )
+        snap = replace(snap, process=proc)
+    processes = len(i.clients) if i.cfg.workers or i.cfg.target else 10_000
+    res = evaluate(snap, client_scenario(i.cfg, plan, max(1, processes)), plan.routes)
+    srv = i.server_prediction
+    if srv and srv.ceiling is not None and (res.ceiling is None or srv.ceiling < res.ceiling):
+        return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"))
+    return Predicted(res.ceiling, res.binding, res.runners_up)
+
+
+def traffic(i: Inputs) -> tuple[Traffic | None, dict[str, float | None] | None]:
+    """The active phase's figures: traffic CPU per message, wake-up latencies."""
+    a = i.active
+    if a is None:
+        return None, None
+    done = [w.active for w in i.clients if w.active is not None]
+    hist = Histogram()
+    for d in done:
+        hist.merge(d.wake_hist)
+    wake = hist.summary() if i.cfg.wake_samples else None
+    if i.cfg.message_rate <= 0:
+        return None, wake
+    messages = sum(d.messages for d in done)
+    n = a.held
+    return (
+        Traffic(
+            message_rate=i.cfg.message_rate,
+            message_bytes=i.cfg.message_bytes,
+            seconds=round(max((d.seconds for d in done), default=0.0), 3),
+            messages=messages,
+            server_cpu_seconds=round(a.cpu, 4),
+            cpu_us_per_message=round(a.cpu * 1e6 / messages, 3) if messages else None,
+            cpu_us_per_connect=round(i.timing.sink_cpu_open * 1e6 / n, 3) if n else None,
+            kernel_bytes_active=round((a.after.meminfo.slab - a.before.meminfo.slab) / n, 1),
+        ),
+        wake,
+    )
+
+
+def mode_notes(i: Inputs) -> tuple[str, ...]:
+    notes = []
+    if not i.netns:
+        notes.append("ran in the host's network namespace (not isolated)")
+    if i.cfg.server_mode and i.cfg.check == "none":
+        notes.append(
+            "no --check: 'established' is all that is known; the server may not have "
+            "accepted, let alone served, these connections"
+        )
+    if i.cfg.server_mode and i.server_before is None:
+        notes.append("the server is not on this host: no server-side evidence was read")
+    return tuple(notes)
+
+
+def build(i: Inputs) -> ProbeResult:
+    est, cfg, server = i.held, i.cfg, i.cfg.server_mode
+    hist = Histogram()
+    for w in i.clients:
+        hist.merge(w.client.hist if w.client else {})
+    outcomes: dict[str, int] = {}
+    if server:
+        outcomes = watch_counts(i.clients, "totals")
+        outcomes["open_at_end"] = sum(w.established for w in i.clients)
+        outcomes["silent_at_end"] = sum(w.watch.silent for w in i.clients)
+    start_rss = sum(w.start_rss for w in [*i.clients, *i.sinks])
+    served = (
+        attribution.accepted(i.sinks)
+        if not server
+        else (i.watched.max_served if cfg.check != "none" else None)
+    )
+    traffic_, wake = traffic(i)
+    seconds, setup = i.timing.open_seconds, i.timing.setup
+    return ProbeResult(
+        established=est,
+        target=cfg.target,
+        stop=i.stop,
+        predicted=prediction(i, i.before.meminfo),
+        per_connection=measure.per_connection(i.before, i.after, est, i.usage, start_rss),
+        rate_per_s=round(est / seconds, 1) if seconds else 0.0,
+        open_seconds=seconds,
+        workers=len(i.clients),
+        sink_workers=len(i.sinks),
+        connect_latency_us=hist.summary(),
+        cpu_seconds_per_1000=round(i.usage.cpu_seconds * 1000 / est, 4) if est else None,
+        sink_accepted=attribution.accepted(i.sinks),
+        isolated=cfg.isolated,
+        netns=i.netns,
+        sources=len(i.plan.sources),
+        sink_endpoints=tuple(str(e) for e in i.plan.endpoints),
+        worker_pids=i.worker_pids,
+        notes=i.notes + tuple(i.plan.notes) + mode_notes(i),
+        mode="server" if server else "sink",
+        check=cfg.check,
+        served=served,
+        side=i.stop.side,
+        outcomes=outcomes,
+        replies=watch_counts(i.clients, "replies") if server else {},
+        timeline=tuple(i.watched.timeline),
+        io_model=cfg.io_model,
+        setup_seconds=round(setup, 3) if setup else None,
+        cpu_seconds=round(i.usage.cpu_seconds, 3),
+        traffic=traffic_,
+        wake_latency_us=wake,
+    )

@@ -1,0 +1,142 @@
+"""Stop attribution replayed from recorded worker messages: no root, no sockets.
+
+Each stream under fixtures/streams/ was recorded from a real run with
+`tcpceiling probe ... --record-messages NAME.jsonl --json > NAME.result.json`
+(the commands are in fixtures/streams/README.md); replaying it must give the
+stop that run reported."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from tcpceiling.probe import attribution
+from tcpceiling.probe.messages import (
+    ClientProgress,
+    ClientStart,
+    Failure,
+    SinkProgress,
+    SinkReady,
+    WatchSummary,
+    WorkerState,
+    decode,
+    encode,
+    replay,
+)
+from tcpceiling.probe.result import Stop
+
+STREAMS = Path(__file__).parent / "fixtures" / "streams"
+RECORDED = sorted(p.stem for p in STREAMS.glob("*.jsonl"))
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_replayed_stream_gives_the_runs_stop(name: str) -> None:
+    result = json.loads((STREAMS / f"{name}.result.json").read_text())
+    clients, sinks = replay((STREAMS / f"{name}.jsonl").read_text().splitlines())
+    established = sum(w.established for w in clients)
+    assert established == result["established"]
+    stop = attribution.final_stop(
+        None,
+        result["target"],
+        established,
+        clients,
+        sinks,
+        result["mode"] == "server",
+        server_evidence=lambda s: s,  # the evidence needs the live host; the verdict not
+    )
+    expected = result["stop"]
+    if result["mode"] == "server" and stop.reason == "server":
+        assert expected["side"] == "server" and expected["reason"].startswith("server")
+    else:
+        assert (stop.reason, stop.errno, stop.side) == (
+            expected["reason"],
+            expected["errno"],
+            expected["side"],
+        )
+    assert stop.errno_counts == expected["errno_counts"]
+
+
+def test_streams_were_recorded() -> None:
+    assert len(RECORDED) >= 3
+
+
+def _client(final: bool, short: bool, **failure: int) -> WorkerState:
+    w = WorkerState("client", 0)
+    w.apply(ClientStart(0, 100, 20000, 6, 0))
+    w.apply(ClientProgress(0, 50, final=final, short=short, failure=Failure(**failure)))
+    return w
+
+
+@pytest.mark.parametrize(
+    ("workers", "expected"),
+    [
+        # still opening: nothing is decided
+        ([_client(False, False, first=errno.EMFILE, limit=errno.EMFILE)], None),
+        # a limit errno stops at once, client side
+        ([_client(True, True, first=errno.EMFILE, limit=errno.EMFILE)], ("nofile", "EMFILE")),
+        # short of its share with only a port errno: ports
+        ([_client(True, True, first=errno.EADDRNOTAVAIL)], ("ports", "EADDRNOTAVAIL")),
+        # finished its share: an errno on the way names nothing
+        ([_client(True, False, first=errno.EADDRNOTAVAIL)], None),
+    ],
+)
+def test_client_limits(workers: list[WorkerState], expected: tuple[str, str] | None) -> None:
+    stop = attribution.limit_stop(workers, [], server_mode=False)
+    assert (None if stop is None else (stop.reason, stop.errno)) == expected
+
+
+def test_a_later_progress_does_not_undo_the_final_one() -> None:
+    """While holding, a worker keeps reporting; it had stopped short, and stays so."""
+    w = _client(True, True, first=errno.EADDRNOTAVAIL)
+    w.apply(ClientProgress(0, 50, failure=Failure(first=errno.EADDRNOTAVAIL)))
+    stop = attribution.limit_stop([w], [], server_mode=False)
+    assert stop is not None and stop.reason == "ports"
+
+
+def test_a_full_sink_shard_names_the_task_limit_on_eagain() -> None:
+    s = WorkerState("sink", 3)
+    s.apply(SinkReady(3, 4242, 0))
+    s.apply(SinkProgress(3, 296, full_errno=errno.EAGAIN))
+    stop = attribution.limit_stop([], [s], server_mode=False, task_limit="cgroup_pids")
+    assert stop == Stop(
+        "cgroup_pids", errno="EAGAIN", side="server", detail="sink shard 3 (pid 4242) accepted 296"
+    )
+
+
+def test_server_mode_names_the_kind_of_failure() -> None:
+    w = WorkerState("client", 0)
+    watch = WatchSummary(held=238, max_served=238, limit_kind="evicted")
+    w.apply(ClientProgress(0, 227, final=True, watch=watch))
+    stop = attribution.final_stop(
+        None,
+        600,
+        227,
+        [w],
+        [],
+        True,
+        server_evidence=lambda s: Stop("server_evicted", side="server"),
+    )
+    assert stop.reason == "server_evicted" and stop.side == "server"
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        ClientStart(1, 2, 3, 4, 5),
+        ClientProgress(
+            2,
+            10,
+            final=True,
+            errors={99: 3},
+            failure=Failure(99, 99, 0),
+            watch=WatchSummary(totals={"served": 4}),
+            hist={12: 1},
+        ),
+        SinkProgress(0, 7, full_errno=24, cpu=0.5),
+    ],
+)
+def test_messages_round_trip(msg: object) -> None:
+    assert decode(encode(msg)) == msg  # type: ignore[arg-type]
