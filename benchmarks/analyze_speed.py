@@ -23,7 +23,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     in_proc = []
     from tcpceiling.analysis.analyze import analyze
-    from tcpceiling.cli import build_scenarios
+    from tcpceiling.analysis.model import build_scenarios
 
     scenarios = build_scenarios("both", (), (), ())
     for _ in range(runs):

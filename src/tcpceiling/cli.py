@@ -17,7 +17,13 @@ from rich.console import Console
 
 from tcpceiling import __version__, results
 from tcpceiling.analysis.analyze import analyze, with_measured_cost
-from tcpceiling.analysis.model import Endpoint, Role, Scenario, expand_sources, parse_endpoint
+from tcpceiling.analysis.model import (
+    IoModel,
+    RoleChoice,
+    build_scenarios,
+    expand_sources,
+    parse_endpoint,
+)
 from tcpceiling.errors import HostError, InputError, ParseError
 from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
@@ -28,9 +34,6 @@ from tcpceiling.units import parse_bytes
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_LIMIT, EXIT_USAGE, EXIT_HOST = 0, 1, 2, 3
-#: A documentation address (RFC 5737) standing for "one remote ip:port" when the
-#: user gives no --connect; nothing is ever sent to it.
-DEFAULT_REMOTE = Endpoint("192.0.2.1", 443)
 
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
@@ -121,30 +124,6 @@ def main() -> None:
     """How many TCP connections can this machine hold, and what stops it?"""
 
 
-def build_scenarios(
-    role: str,
-    connect: tuple[str, ...],
-    source_ip: tuple[str, ...],
-    listen: tuple[str, ...],
-    **common: Any,
-) -> list[Scenario]:
-    """One Scenario per role asked for ('both' gives server then client)."""
-    dests = tuple(parse_endpoint(c) for c in connect)
-    listens = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
-    sources = expand_sources(source_ip)
-    roles: list[Role] = ["server", "client"] if role == "both" else [cast(Role, role)]
-    return [
-        Scenario(
-            role=r,
-            connect=(dests or (DEFAULT_REMOTE,)) if r == "client" else (),
-            sources=sources if r == "client" else (),
-            listen=listens if r == "server" else (),
-            **common,
-        )
-        for r in roles
-    ]
-
-
 @main.command("analyze")
 @click.option(
     "--role", type=click.Choice(["server", "client", "both"]), default="both", show_default=True
@@ -172,7 +151,6 @@ def build_scenarios(
     "--io-model", type=click.Choice(["epoll", "threads"]), default="epoll", show_default=True
 )
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--idle", "idle", is_flag=True, default=True, help="Connections hold no data.")
 @click.option(
     "--buffered-bytes",
     type=BYTES,
@@ -243,7 +221,6 @@ def analyze_cmd(
     clients: int | None,
     io_model: str,
     processes: int,
-    idle: bool,
     buffered_bytes: int,
     app_bytes_per_conn: int,
     backlog: int | None,
@@ -263,7 +240,7 @@ def analyze_cmd(
 ) -> None:
     """Predict the connection ceiling from every limit on this machine."""
     scenarios = build_scenarios(
-        role,
+        cast(RoleChoice, role),
         connect,
         source_ip,
         listen,
@@ -561,7 +538,7 @@ def probe_cmd(
         server_pid=server_pid,
         netns=netns,
         max_pending=max_pending,
-        io_model=io_model,
+        io_model=cast(IoModel, io_model),
         message_rate=message_rate or (1.0 if measure_cpu else 0.0),
         message_bytes=message_bytes,
         wake_samples=wake_samples,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any, Literal
 
-from tcpceiling import __version__
+from tcpceiling._version import __version__
 from tcpceiling.errors import InputError
 
 #: The JSON schema: bumped whenever a field that readers use changes meaning or place.

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tcpceiling.host.parse import SlabCache
+from tcpceiling.host.parse import PAGE_SIZE, SlabCache
 
-PAGE = 4096
+PAGE = PAGE_SIZE  # bytes per page (os.sysconf)
 
 #: Measured on Linux 6.18 (docs/limits.md §4, §6); used when a slab cannot be read.
 FALLBACK_SLAB_BYTES = {
@@ -137,27 +137,34 @@ def slab_bytes(slabs: dict[str, SlabCache], name: str) -> tuple[float, str]:
     return FALLBACK_SLAB_BYTES[name], f"{name}: measured on 6.18 (docs/limits.md §4)"
 
 
+def slab_sum(slabs: dict[str, SlabCache], parts: list[str]) -> tuple[float, str]:
+    """Bytes of one object of each cache, and the sum's source: the caches, and
+    which of them had no geometry to read and took the figure measured on 6.18."""
+    total = sum(slab_bytes(slabs, p)[0] for p in parts)
+    fallback = [p for p in parts if p not in slabs]
+    src = " + ".join(parts)
+    if fallback:
+        src += f" (fallback, measured on 6.18: {', '.join(fallback)})"
+    return total, src
+
+
 def idle_socket(slabs: dict[str, SlabCache], ipv6: bool) -> CostItem:
     """One idle TCP socket: tcp_sock, socket inode, file, dentry, LSM blobs."""
-    parts = ["TCPv6" if ipv6 else "TCP", *SOCKET_PARTS]
-    total = sum(slab_bytes(slabs, p)[0] for p in parts)
-    src = "sum of slab object sizes: " + " + ".join(parts)
-    return CostItem("idle socket", total, 1, src)
+    total, src = slab_sum(slabs, ["TCPv6" if ipv6 else "TCP", *SOCKET_PARTS])
+    return CostItem("idle socket", total, 1, "sum of slab object sizes: " + src)
 
 
 def epoll_item(slabs: dict[str, SlabCache]) -> CostItem:
     """epitem + eppoll_entry + ep_head for one registered fd (docs/limits.md §4)."""
-    total = slab_bytes(slabs, "eventpoll_epi")[0] + slab_bytes(slabs, "eventpoll_pwq")[0]
-    return CostItem(
-        "epoll watch", total + EPOLL_HEAD_BYTES, 1, "eventpoll_epi + eventpoll_pwq + 16"
-    )
+    total, src = slab_sum(slabs, ["eventpoll_epi", "eventpoll_pwq"])
+    return CostItem("epoll watch", total + EPOLL_HEAD_BYTES, 1, f"{src} + 16")
 
 
 def port_bucket(slabs: dict[str, SlabCache]) -> CostItem:
     """tcp_bind_bucket + tcp_bind2_bucket of a client's local port (at most one pair
     per connection: see PortPool)."""
-    total = slab_bytes(slabs, "tcp_bind_bucket")[0] + slab_bytes(slabs, "tcp_bind2_bucket")[0]
-    return CostItem(PORT_BUCKETS, total, 1, "tcp_bind_bucket + tcp_bind2_bucket")
+    total, src = slab_sum(slabs, ["tcp_bind_bucket", "tcp_bind2_bucket"])
+    return CostItem(PORT_BUCKETS, total, 1, src)
 
 
 def buffered(nbytes: int) -> CostItem:

@@ -12,6 +12,22 @@ from tcpceiling.errors import InputError
 Role = Literal["server", "client"]
 IoModel = Literal["epoll", "threads"]
 Kind = Literal["total", "burst", "rate"]
+#: Every constraint a limit family can report (probe stop reasons name these too).
+ConstraintId = Literal[
+    "ports",
+    "time_wait",
+    "nofile",
+    "file_max",
+    "epoll_watches",
+    "memory",
+    "cgroup_memory",
+    "tcp_mem",
+    "threads",
+    "cgroup_pids",
+    "backlog",
+    "conntrack",
+    "cpu",
+]
 
 
 @dataclass(frozen=True, order=True)
@@ -134,7 +150,7 @@ class Constraint:
     from the total (a backlog caps a burst, TIME_WAIT a churn rate).
     """
 
-    id: str
+    id: ConstraintId
     capacity: float | None
     in_use: float | None
     per_connection: float | None
@@ -153,8 +169,8 @@ class Constraint:
 class ScenarioResult:
     role: Role
     ceiling: int | None
-    binding: str | None
-    runners_up: tuple[str, ...]
+    binding: ConstraintId | None
+    runners_up: tuple[ConstraintId, ...]
     summary: str
     scenario: Scenario
     constraints: tuple[Constraint, ...]
@@ -170,3 +186,34 @@ class ScenarioResult:
 class Analysis:
     scenarios: tuple[ScenarioResult, ...]
     host: dict[str, Any]
+
+
+#: A documentation address (RFC 5737) standing for "one remote ip:port" when no
+#: destination is given; nothing is ever sent to it.
+DEFAULT_REMOTE = Endpoint("192.0.2.1", 443)
+RoleChoice = Literal["server", "client", "both"]
+
+
+def build_scenarios(
+    role: RoleChoice,
+    connect: tuple[str, ...] = (),
+    source_ip: tuple[str, ...] = (),
+    listen: tuple[str, ...] = (),
+    **common: Any,
+) -> list[Scenario]:
+    """Scenarios from text as a user gives it: one per role ('both' gives server
+    then client); `common` are Scenario's other fields."""
+    dests = tuple(parse_endpoint(c) for c in connect)
+    listens = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
+    sources = expand_sources(source_ip)
+    roles: list[Role] = ["server", "client"] if role == "both" else [role]
+    return [
+        Scenario(
+            role=r,
+            connect=(dests or (DEFAULT_REMOTE,)) if r == "client" else (),
+            sources=sources if r == "client" else (),
+            listen=listens if r == "server" else (),
+            **common,
+        )
+        for r in roles
+    ]

@@ -20,20 +20,3 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
     ("conntrack", conntrack.evaluate),
     ("cpu", cpu.evaluate),
 )
-
-#: Every constraint id a family can report (probe stop reasons map onto these).
-CONSTRAINT_IDS = (
-    "ports",
-    "time_wait",
-    "nofile",
-    "file_max",
-    "epoll_watches",
-    "memory",
-    "cgroup_memory",
-    "tcp_mem",
-    "threads",
-    "cgroup_pids",
-    "backlog",
-    "conntrack",
-    "cpu",
-)

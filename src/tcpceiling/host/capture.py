@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from tcpceiling import __version__
+from tcpceiling._version import __version__
 from tcpceiling.errors import InputError
 from tcpceiling.host import read
 from tcpceiling.host.parse import parse_proc_cgroup

@@ -8,11 +8,15 @@ cgroup v1/v2 documentation of Linux 6.x.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from tcpceiling.errors import ParseError
+
+#: Bytes per page on this machine (slab sizes and tcp_mem are counted in pages).
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 T = TypeVar("T")
 
@@ -97,7 +101,7 @@ class SlabCache:
     @property
     def effective_size(self) -> float:
         """Bytes per object with the slab page overhead spread over its objects."""
-        return self.pages_per_slab * 4096 / self.objs_per_slab
+        return self.pages_per_slab * PAGE_SIZE / self.objs_per_slab
 
 
 def _guard(what: str, fn: Callable[[], T]) -> T:

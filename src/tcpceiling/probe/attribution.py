@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Literal
 
 from tcpceiling.probe import errnos
 from tcpceiling.probe.messages import WorkerState
@@ -17,7 +18,10 @@ def accepted(sinks: Sequence[WorkerState]) -> int:
     return sum(s.accepted for s in sinks)
 
 
-def sink_stop(sinks: Sequence[WorkerState], task_limit: str) -> Stop | None:
+TaskLimit = Literal["threads", "cgroup_pids"]
+
+
+def sink_stop(sinks: Sequence[WorkerState], task_limit: TaskLimit) -> Stop | None:
     """A sink shard that could take no more (EMFILE; EAGAIN from pthread_create in
     the threads model, named `task_limit`) names the server side's limit."""
     for s in sinks:
@@ -34,8 +38,8 @@ def _client_stop(w: WorkerState, server_mode: bool) -> Stop | None:
     p = w.client
     if p is None or not w.finished:
         return None
-    if p.guard:
-        return Stop(f"guard:{p.guard}")
+    if p.guard == "memory":
+        return Stop("guard:memory")
     if p.failure.limit:
         num = p.failure.limit
         return Stop(errnos.constraint_for(num), errno=errnos.name(num), side="client")
@@ -51,7 +55,7 @@ def limit_stop(
     clients: Sequence[WorkerState],
     sinks: Sequence[WorkerState],
     server_mode: bool,
-    task_limit: str = "threads",
+    task_limit: TaskLimit = "threads",
 ) -> Stop | None:
     """A full sink shard first; else the first worker that finished short of its
     share names the limit by its errno, or with a real server the kind of failure
@@ -78,7 +82,7 @@ def final_stop(
     clients: Sequence[WorkerState],
     sinks: Sequence[WorkerState],
     server_mode: bool,
-    task_limit: str = "threads",
+    task_limit: TaskLimit = "threads",
     server_evidence: Callable[[Stop], Stop] = lambda s: s,
 ) -> Stop:
     """Why opening ended (the stop already decided, the target, or the limit the

@@ -22,6 +22,7 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
@@ -108,7 +109,7 @@ class ClientWorker:
         self.exhausted: set[int] = set()
         self.live = self._live()
         self.stopping = self.releasing = self.go = False
-        self.guard: str | None = None
+        self.guard: Literal["memory"] | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
         self.pending_host: dict[int, tuple[str, int]] = {}  # server mode: (host, attempt)

@@ -12,16 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tcpceiling.analysis.model import IoModel
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run
 from tcpceiling.probe.result import ProbeResult
 
-MODELS = ("epoll", "threads")
+MODELS: tuple[IoModel, ...] = ("epoll", "threads")
 
 
 @dataclass(frozen=True)
 class ModelRun:
-    io_model: str
+    io_model: IoModel
     connections: int
     memory_per_connection: float | None  # bytes, everything (see module docstring)
     kernel_bytes: float | None  # of which Slab

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcpceiling.analysis.model import Endpoint
+from tcpceiling.analysis.model import Endpoint, IoModel
 from tcpceiling.errors import InputError
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.checks import CHECKS
@@ -44,7 +44,7 @@ class ProbeConfig:
     server_pid: int | None = None
     netns: str | None = None
     max_pending: int = 1024
-    io_model: str = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
+    io_model: IoModel = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
     message_rate: float = 0.0  # messages per held connection per second
     message_bytes: int = 64
     wake_samples: int = 0  # echo round trips on random held connections, after opening

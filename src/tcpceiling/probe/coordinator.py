@@ -34,7 +34,7 @@ from tcpceiling.probe.plan import (
     thread_sink_scenario,
 )
 from tcpceiling.probe.result import ProbeResult, Stop
-from tcpceiling.probe.sink import SinkPlan, run_sink
+from tcpceiling.probe.sink import SinkMode, SinkPlan, run_sink
 
 UNBOUNDED = 1 << 40
 Progress = Callable[[dict[str, Any]], None]
@@ -80,7 +80,7 @@ class Run:
     def start_sinks(self, plan: Plan) -> None:
         eps = tuple((e.host, e.port) for e in plan.endpoints)
         backlog = plan.snapshot.net.somaxconn
-        mode = "echo" if self.cfg.active else "hold"
+        mode: SinkMode = "echo" if self.cfg.active else "hold"
         for i in range(plan.sink_shards):
             k = plan.owned_ports
             mine = eps[i * k : (i + 1) * k] if k else eps
@@ -134,13 +134,16 @@ class Run:
             and c.exit_status is None
         ]
 
-    def _task_limit(self) -> str:
+    def _task_limit(self) -> attribution.TaskLimit:
         """threads or cgroup_pids: whichever the server-side prediction says binds."""
         pred = self.server_prediction
         if pred is None:
             return "threads"
-        ceilings = {c.id: c.ceiling for c in pred.constraints if c.ceiling is not None}
-        return min(("cgroup_pids", "threads"), key=lambda k: ceilings.get(k, UNBOUNDED))
+        ceilings: dict[str, int] = {
+            c.id: c.ceiling for c in pred.constraints if c.ceiling is not None
+        }
+        limits: tuple[attribution.TaskLimit, ...] = ("cgroup_pids", "threads")
+        return min(limits, key=lambda k: ceilings.get(k, UNBOUNDED))
 
     def _limit_stop(self) -> Stop | None:
         return attribution.limit_stop(

@@ -18,7 +18,7 @@ from tcpceiling.errors import ParseError
 from tcpceiling.host import sockets
 from tcpceiling.host.read import read_net_counters, read_process, socket_owners
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.result import Stop, StopReason
 
 NETSTAT_KEYS = (
     "TcpExt.ListenOverflows",
@@ -114,7 +114,9 @@ def _queue_detail(after: ServerSample, d: dict[str, int]) -> str:
     )
 
 
-def _reason(kind: str, reply: str, after: ServerSample, d: dict[str, int]) -> tuple[str, str]:
+def _reason(
+    kind: str, reply: str, after: ServerSample, d: dict[str, int]
+) -> tuple[StopReason, str]:
     """(reason, detail) for the failure kind that ended opening, given the evidence."""
     at_limit = [p for p in after.processes if p.at_fd_limit]
     overflowed = d.get("ListenOverflows", 0) > 0 or any(ln.full for ln in after.listeners)
@@ -134,7 +136,7 @@ def _reason(kind: str, reply: str, after: ServerSample, d: dict[str, int]) -> tu
             "the server accepted and closed at once: it is at a connection limit of its "
             "own (e.g. nginx worker_connections, a maxconn or maxclients setting)"
         )
-    return {
+    by_kind: dict[str, tuple[StopReason, str]] = {
         "evicted": (
             "server_evicted",
             "the server closed connections it had served to make room for new ones: "
@@ -145,7 +147,8 @@ def _reason(kind: str, reply: str, after: ServerSample, d: dict[str, int]) -> tu
         "reset": ("server_reset", "the server reset connections"),
         "silent": ("server_silent", "established but never answered: the server is stuck"),
         "timeout": ("server_timeout", "SYNs unanswered: a full queue elsewhere or a firewall"),
-    }.get(kind, (f"server_{kind}", ""))
+    }
+    return by_kind.get(kind, ("server", f"connections kept failing: {kind}"))
 
 
 def attribute(

@@ -69,7 +69,7 @@ class ClientProgress:
     watch: WatchSummary | None = None
     hist: dict[int, int] = field(default_factory=dict)  # latency buckets, final only
     rss: int = 0
-    guard: str | None = None
+    guard: Literal["memory"] | None = None
 
 
 @dataclass(frozen=True)

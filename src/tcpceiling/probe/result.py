@@ -3,7 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from tcpceiling.analysis.model import ConstraintId, IoModel
+
+#: Why opening stopped: the target, a limit of this host (a constraint id, named
+#: from the errno), a guard, the user, a dead worker, or the server's doing.
+ServerReason = Literal[
+    "server",  # a real server's connections kept failing; attributed to one of:
+    "server_reply",
+    "server_evicted",
+    "server_closed",
+    "server_nofile",
+    "server_refused",
+    "server_reset",
+    "server_silent",
+    "server_timeout",
+    "refused",
+    "reset",
+]
+StopReason = (
+    ConstraintId
+    | ServerReason
+    | Literal["target", "guard:memory", "guard:duration", "interrupted", "worker_died", "unknown"]
+)
 
 
 @dataclass(frozen=True)
@@ -13,7 +36,7 @@ class Stop:
     reasons; which side hit its limit; the first errno seen and the count per errno;
     the evidence read on this host (server side)."""
 
-    reason: str
+    reason: StopReason
     errno: str | None = None
     errno_counts: dict[str, int] = field(default_factory=dict)
     detail: str = ""
@@ -80,19 +103,18 @@ class ProbeResult:
     sink_endpoints: tuple[str, ...]
     worker_pids: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
-    mode: str = "sink"  # "sink": the built-in loopback sink; "server": --connect
+    mode: Literal["sink", "server"] = "sink"  # the built-in sink, or --connect
     check: str = "none"
     served: int | None = None  # most connections served at once (None: no check)
     side: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)
     timeline: tuple[tuple[float, int, int | None], ...] = ()  # (s, established, served)
-    io_model: str = "epoll"
+    io_model: IoModel = "epoll"
     setup_seconds: float | None = None  # until the server side held every connection
     cpu_seconds: float | None = None  # every process of the run, coordinator included
     traffic: Traffic | None = None
     wake_latency_us: dict[str, float | None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def target_reached(self) -> bool:

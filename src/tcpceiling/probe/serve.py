@@ -17,7 +17,7 @@ from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
 from tcpceiling.probe.messages import Crash, Released, SinkProgress
 from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
-from tcpceiling.probe.sink import SinkPlan, listener, run_sink
+from tcpceiling.probe.sink import SinkMode, SinkPlan, listener, run_sink
 
 
 def check_listen(endpoints: tuple[Endpoint, ...], backlog: int) -> None:
@@ -35,7 +35,7 @@ def serve(
     endpoints: tuple[Endpoint, ...],
     shards: int,
     backlog: int,
-    mode: str,
+    mode: SinkMode,
     duration: float | None,
     report: Callable[[dict[str, Any]], None],
 ) -> int:

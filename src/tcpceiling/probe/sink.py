@@ -22,7 +22,9 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
+from typing import Literal
 
+from tcpceiling.analysis.model import IoModel
 from tcpceiling.probe.messages import Released, SinkProgress, SinkReady
 from tcpceiling.probe.procs import Reporter
 from tcpceiling.probe.worker import LINGER_RST, SelfStats, close_with_rst, raise_nofile
@@ -42,14 +44,18 @@ IDLE_EVERY = 0.16
 READ_SIZE = 65536
 
 
+#: hold: accept and keep; discard: read and drop; echo: send back what fits.
+SinkMode = Literal["hold", "discard", "echo"]
+
+
 @dataclass(frozen=True)
 class SinkPlan:
     index: int
     endpoints: tuple[tuple[str, int], ...]
     backlog: int
-    mode: str = "hold"  # hold | discard | echo
+    mode: SinkMode = "hold"
     nofile: int | None = None
-    io_model: str = "epoll"  # epoll | threads
+    io_model: IoModel = "epoll"
 
 
 def listener(host: str, port: int, backlog: int) -> socket.socket:

@@ -67,7 +67,6 @@ def nofile(ctx: Context) -> Constraint:
             "open_fds": proc.open_fds,
             "processes": n,
             "hard_raisable": ctx.can_raise_hard,
-            "cap_sys_resource": ctx.can_raise_hard,
             "nr_open": ctx.snap.system.nr_open,
         },
     )
