@@ -11,10 +11,8 @@ message rate, then wake-up round trips), SIGTERM release (RST via SO_LINGER 0), 
 from __future__ import annotations
 
 import _socket
-import contextlib
 import errno
 import os
-import random
 import select
 import signal
 import socket
@@ -24,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from tcpceiling.probe import active
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
@@ -417,55 +416,20 @@ class ClientWorker:
 
     # -- the active phase ------------------------------------------------------------
     def active_phase(self) -> None:
-        t0 = time.perf_counter()
-        sent = self.traffic() if self.plan.message_rate > 0 else 0
+        plan, t0 = self.plan, time.perf_counter()
+        sent = 0
+        if plan.message_rate > 0:
+            sent = active.traffic(
+                self.fds,
+                plan.message_rate,
+                plan.message_bytes,
+                plan.traffic_seconds,
+                lambda: self.releasing,
+            )
         seconds = time.perf_counter() - t0
         time.sleep(0.2)  # let the last echoes land before timing wake-ups
-        wake = self.wake_ups()
-        self.rep.send(ActiveDone(self.plan.index, sent, seconds, wake.counts))
-
-    def traffic(self) -> int:
-        """Send message_bytes on every held connection message_rate times a second,
-        round robin, reading back the previous echo first; returns messages sent."""
-        fds, plan = self.fds, self.plan
-        payload = b"x" * plan.message_bytes
-        rate, n = plan.message_rate * len(fds), len(fds)
-        sent = i = 0
-        t0 = time.perf_counter()
-        while n and not self.releasing:
-            elapsed = time.perf_counter() - t0
-            if elapsed >= plan.traffic_seconds:
-                break
-            due = min(int(elapsed * rate) - sent, 4096)
-            if due <= 0:
-                time.sleep(0.001)
-            for _ in range(due):
-                fd, i = fds[i], (i + 1) % n
-                with contextlib.suppress(OSError):
-                    os.read(fd, 65536)  # the echo of this connection's last message
-                with contextlib.suppress(OSError):
-                    sent += os.write(fd, payload) > 0
-        return sent
-
-    def wake_ups(self) -> Histogram:
-        """Round trips of one byte on random held connections, one at a time: how long
-        the server takes to wake the one connection that has work."""
-        hist = Histogram()
-        po = select.poll()
-        picks = random.sample(range(len(self.fds)), min(self.plan.wake_samples, len(self.fds)))
-        for idx in picks:
-            fd = self.fds[idx]
-            with contextlib.suppress(OSError):
-                os.read(fd, 65536)
-            po.register(fd, select.POLLIN)
-            start = time.perf_counter()
-            os.write(fd, b"w")
-            if po.poll(1000):
-                hist.add((time.perf_counter() - start) * 1e6)
-                with contextlib.suppress(OSError):
-                    os.read(fd, 65536)
-            po.unregister(fd)
-        return hist
+        wake = active.wake_ups(self.fds, plan.wake_samples)
+        self.rep.send(ActiveDone(plan.index, sent, seconds, wake.counts))
 
     def _histogram(self) -> Histogram:
         for seconds in self.latencies:
