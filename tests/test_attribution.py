@@ -140,3 +140,25 @@ def test_server_mode_names_the_kind_of_failure() -> None:
 )
 def test_messages_round_trip(msg: object) -> None:
     assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+
+
+def test_a_checked_server_reaches_the_target_only_with_what_it_served() -> None:
+    """1,000 ESTABLISHED on the client side, 293 served: SYN cookies completed
+    handshakes the server never accepted. The target was not reached; the server's
+    silence is the stop."""
+    w = WorkerState("client", 0)
+    watch = WatchSummary(held=293, max_served=293, totals={"served": 293, "silent": 707})
+    w.apply(ClientProgress(0, 1000, final=True, watch=watch))
+    seen: list[Stop] = []
+
+    def evidence(stop: Stop) -> Stop:
+        seen.append(stop)
+        return Stop("server_nofile", side="server")
+
+    stop = attribution.final_stop(
+        None, 1000, 1000, [w], [], True, served=293, server_evidence=evidence
+    )
+    assert seen == [Stop("server", detail="silent", side="server")]
+    assert stop.reason == "server_nofile"
+    reached = attribution.final_stop(None, 1000, 1000, [w], [], True, served=1000)
+    assert reached.reason == "target"

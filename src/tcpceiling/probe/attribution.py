@@ -75,6 +75,20 @@ def errno_counts(clients: Sequence[WorkerState]) -> dict[str, int]:
     return counts
 
 
+#: How a real server's connections can fail (tcpceiling.probe.watch), most telling first.
+FAILURE_KINDS = ("error_reply", "evicted", "closed", "reset", "refused", "silent", "timeout")
+
+
+def dominant_failure(clients: Sequence[WorkerState]) -> str | None:
+    """The failure the workers' connections met most often, if any."""
+    totals: dict[str, int] = {}
+    for w in clients:
+        for kind in FAILURE_KINDS:
+            totals[kind] = totals.get(kind, 0) + w.watch.totals.get(kind, 0)
+    best = max(FAILURE_KINDS, key=lambda k: totals[k])
+    return best if totals[best] else None
+
+
 def final_stop(
     stop: Stop | None,
     target: int | None,
@@ -84,13 +98,23 @@ def final_stop(
     server_mode: bool,
     task_limit: TaskLimit = "threads",
     server_evidence: Callable[[Stop], Stop] = lambda s: s,
+    served: int | None = None,
 ) -> Stop:
     """Why opening ended (the stop already decided, the target, or the limit the
     workers name), with every errno the clients saw and the first one; a stop on
-    the server's side goes through `server_evidence` (evidence.attribute)."""
+    the server's side goes through `server_evidence` (evidence.attribute).
+
+    With a checked real server the target counts what was served: the kernel can
+    complete handshakes the server never accepts (SYN cookies let more through than
+    the accept queue holds), so ESTABLISHED alone would report a target the server
+    did not reach."""
     if stop is None:
         reached = target is not None and established >= target
-        stop = Stop("target") if reached else None
+        if reached and served is not None and target is not None and served < target:
+            kind = dominant_failure(clients)
+            stop = Stop("server", detail=kind, side="server") if kind else None
+            reached = False
+        stop = stop or (Stop("target") if reached else None)
     stop = stop or limit_stop(clients, sinks, server_mode, task_limit) or Stop("unknown")
     first = next(
         (w.client.failure.first for w in clients if w.client and w.client.failure.first), 0

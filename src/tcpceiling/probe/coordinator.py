@@ -324,6 +324,7 @@ class Run:
                 server_mode,
                 self._task_limit(),
                 partial(self._server_stop, server_before, server_after),
+                self.watched.max_served if server_mode and self.cfg.check != "none" else None,
             )
             return outcome.build(
                 outcome.Inputs(
