@@ -40,10 +40,11 @@ def _tcp_inuse(netns: str) -> int:
     return int(line[line.index("inuse") + 1])
 
 
-def test_sigterm_gives_interrupted_with_the_full_result() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_gives_interrupted_with_the_full_result(sig: int) -> None:
     proc = _start_slow_probe()
     kids = _children_when_opening(proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     r = json.loads(out)
