@@ -46,6 +46,7 @@ def test_replayed_stream_gives_the_runs_stop(name: str) -> None:
         sinks,
         result["mode"] == "server",
         server_evidence=lambda s: s,  # the evidence needs the live host; the verdict not
+        served=result["served"] if result["mode"] == "server" else None,
     )
     expected = result["stop"]
     if result["mode"] == "server" and stop.reason == "server":
@@ -162,3 +163,13 @@ def test_a_checked_server_reaches_the_target_only_with_what_it_served() -> None:
     assert stop.reason == "server_nofile"
     reached = attribution.final_stop(None, 1000, 1000, [w], [], True, served=1000)
     assert reached.reason == "target"
+
+
+def test_a_checked_server_short_of_the_target_with_no_streak_is_still_the_server() -> None:
+    """840 established, 293 served, the silent failures interleaved with successes
+    (no streak of 16 to name): the connections' dominant failure names the stop."""
+    w = WorkerState("client", 0)
+    watch = WatchSummary(held=293, max_served=293, totals={"served": 293, "silent": 547})
+    w.apply(ClientProgress(0, 840, final=True, short=True, watch=watch))
+    stop = attribution.final_stop(None, 1000, 840, [w], [], True, served=293)
+    assert (stop.reason, stop.detail, stop.side) == ("server", "silent", "server")

@@ -89,6 +89,13 @@ def dominant_failure(clients: Sequence[WorkerState]) -> str | None:
     return best if totals[best] else None
 
 
+def _short_of_served(clients: Sequence[WorkerState], served: int | None) -> Stop | None:
+    """A checked server that served fewer than were asked for, with no streak of
+    failures to name: what its connections met most is the server's doing."""
+    kind = dominant_failure(clients) if served is not None else None
+    return Stop("server", detail=kind, side="server") if kind else None
+
+
 def final_stop(
     stop: Stop | None,
     target: int | None,
@@ -110,12 +117,15 @@ def final_stop(
     did not reach."""
     if stop is None:
         reached = target is not None and established >= target
-        if reached and served is not None and target is not None and served < target:
-            kind = dominant_failure(clients)
-            stop = Stop("server", detail=kind, side="server") if kind else None
-            reached = False
-        stop = stop or (Stop("target") if reached else None)
-    stop = stop or limit_stop(clients, sinks, server_mode, task_limit) or Stop("unknown")
+        if served is not None:  # a checked real server: the target counts the served
+            reached = target is not None and served >= target
+        stop = Stop("target") if reached else None
+    stop = (
+        stop
+        or limit_stop(clients, sinks, server_mode, task_limit)
+        or _short_of_served(clients, served)
+        or Stop("unknown")
+    )
     first = next(
         (w.client.failure.first for w in clients if w.client and w.client.failure.first), 0
     )
