@@ -579,6 +579,84 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     sys.exit(EXIT_OK if result.memory_ratio is not None else EXIT_LIMIT)
 
 
+@main.command("rate")
+@click.option(
+    "--rate",
+    "rate_",
+    default="max",
+    show_default=True,
+    metavar="R|max",
+    help="New connections per second to hold for --duration, or 'max': as fast as "
+    "the workers go (the plateau).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, max=3600, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds of connect -> close cycles.",
+)
+@click.option(
+    "--close",
+    type=click.Choice(["client", "server", "rst"]),
+    default="client",
+    show_default=True,
+    help="Who closes first, and so keeps TIME_WAIT (rst: SO_LINGER 0, none).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Client processes (and as many sink processes).",
+)
+@click.option(
+    "--sysctl",
+    "sysctls",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A net.* sysctl set inside the run's namespace only.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@errors_to_exit
+def rate_cmd(
+    rate_: str, duration: float, close: str, workers: int, sysctls: tuple[str, ...], as_json: bool
+) -> None:
+    """How many new connections per second, and what stops the rate: connect ->
+    close cycles against a sink of its own, in a private network namespace (root).
+
+    Exit codes: 0 the asked rate was held, 1 a limit stopped it (or --rate max), 2 bad
+    input, 3 the host could not be read."""
+    from tcpceiling.probe.churn import ChurnConfig, CloseMode, run_churn
+    from tcpceiling.probe.config import parse_sysctl
+    from tcpceiling.report.churn import render_churn
+
+    rate = None if rate_ == "max" else _positive_float(rate_, "--rate")
+    cfg = ChurnConfig(
+        rate=rate,
+        duration=duration,
+        close=cast(CloseMode, close),
+        workers=workers,
+        sysctls=tuple(parse_sysctl(s) for s in sysctls),
+    )
+    result = run_churn(cfg)
+    if as_json:
+        host = results.host_block(read_identity(Roots()), result.netns)
+        click.echo(results.dumps(results.document("rate", result, host)))
+    render_churn(result, stderr)
+    sys.exit(EXIT_OK if result.stop.reason == "target" else EXIT_LIMIT)
+
+
+def _positive_float(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise InputError(f"{option} must be a positive number or 'max', not {text!r}") from exc
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{option} must be a positive number or 'max', not {text!r}")
+    return value
+
+
 @main.command("serve")
 @click.option(
     "--listen",

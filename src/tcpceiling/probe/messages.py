@@ -108,12 +108,43 @@ class Crash:
     error: str
 
 
+@dataclass(frozen=True)
+class ChurnProgress:
+    """A churn worker's cycles so far: completed per second of its run (index =
+    second), errnos, connect latency buckets; the sink's accepted and closed."""
+
+    index: int
+    role: Literal["client", "sink"]
+    completed: int = 0
+    per_second: tuple[int, ...] = ()
+    errors: dict[int, int] = field(default_factory=dict)
+    hist: dict[int, int] = field(default_factory=dict)
+    final: bool = False
+    cpu: float = 0.0  # the worker's own user + system CPU seconds
+
+
 Message: TypeAlias = (
-    ClientStart | ClientProgress | ActiveDone | SinkReady | SinkProgress | Released | Crash
+    ClientStart
+    | ClientProgress
+    | ActiveDone
+    | SinkReady
+    | SinkProgress
+    | Released
+    | Crash
+    | ChurnProgress
 )
 KINDS: dict[str, type[Any]] = {
     cls.__name__: cls
-    for cls in (ClientStart, ClientProgress, ActiveDone, SinkReady, SinkProgress, Released, Crash)
+    for cls in (
+        ClientStart,
+        ClientProgress,
+        ActiveDone,
+        SinkReady,
+        SinkProgress,
+        Released,
+        Crash,
+        ChurnProgress,
+    )
 }
 _NESTED: dict[str, type[Any]] = {"failure": Failure, "watch": WatchSummary}
 _INT_KEYS = {"errors", "hist", "wake_hist"}
@@ -131,6 +162,8 @@ def decode(line: bytes | str) -> Message:
     for name, value in list(data.items()):
         if name in _NESTED and value is not None:
             data[name] = _NESTED[name](**value)
+        elif name == "per_second":
+            data[name] = tuple(value)
         elif name in _INT_KEYS:
             data[name] = {int(k): v for k, v in value.items()}
     return cls(**data)  # type: ignore[no-any-return]
@@ -173,6 +206,7 @@ class WorkerState:
     active: ActiveDone | None = None
     released: bool = False
     crash: str | None = None
+    churn: ChurnProgress | None = None  # the latest, for a churn worker
 
     def apply(self, msg: Message) -> None:
         match msg:
@@ -195,6 +229,10 @@ class WorkerState:
                     self.sink = dataclasses.replace(self.sink, accepted=msg.accepted)
             case Crash():
                 self.crash = msg.error
+            case ChurnProgress():
+                self.churn = msg
+                if msg.final:
+                    self.finished = True
 
     @property
     def established(self) -> int:

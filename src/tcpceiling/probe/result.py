@@ -26,6 +26,7 @@ StopReason = (
     ConstraintId
     | ServerReason
     | Literal["target", "guard:memory", "guard:duration", "interrupted", "worker_died", "unknown"]
+    | Literal["tw_buckets"]  # a churn run: TIME_WAIT entries skipped past tcp_max_tw_buckets
 )
 
 

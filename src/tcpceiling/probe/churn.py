@@ -1,0 +1,346 @@
+"""The other half of the question: how many new connections per second, and what
+stops the rate. `tcpceiling rate` runs cycles of connect -> close over and over
+against a sink of its own (in a private network namespace when root), at a fixed
+rate or as fast as the workers go, and names the limit from the evidence.
+
+Who closes first keeps TIME_WAIT (docs/limits.md §2): `client` (the client's port
+toward the sink stays busy 60 s), `server` (the client asks with one byte, the sink
+closes, the client closes on EOF), `rst` (SO_LINGER 0: no TIME_WAIT at all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+from tcpceiling.errors import InputError
+from tcpceiling.host import diag
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.read import read_net_counters
+from tcpceiling.host.roots import Roots
+from tcpceiling.probe import errnos, isolate, measure
+from tcpceiling.probe.children import Children
+from tcpceiling.probe.config import check_sysctl_key
+from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.messages import ChurnProgress
+from tcpceiling.probe.procs import Reporter
+from tcpceiling.probe.result import Stop
+from tcpceiling.probe.sink import listener
+from tcpceiling.probe.worker import LINGER_RST, raise_nofile
+
+CloseMode = Literal["client", "server", "rst"]
+SINK_PORT = 32000
+REPORT_EVERY = 0.5
+#: Counters that say why the rate stopped growing (/proc/net/netstat TcpExt).
+COUNTERS = (
+    "TCPTimeWaitOverflow",
+    "TWRecycled",
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "SyncookiesSent",
+)
+#: The client's port search fails this way when every port is in TIME_WAIT.
+PORTS_GONE = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
+CLOSE_REQUEST = b"c"
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    """rate None: as fast as the workers go (the plateau)."""
+
+    rate: float | None = None
+    duration: float = 5.0
+    close: CloseMode = "client"
+    workers: int = 1
+    sysctls: tuple[tuple[str, str], ...] = ()
+    isolate: bool | None = None
+    connect_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.rate <= 0:
+            raise InputError("--rate must be positive (or 'max')")
+        if not 0 < self.duration <= 3600:
+            raise InputError("--duration must be in (0, 3600] seconds")
+        if self.workers < 1:
+            raise InputError("--workers must be at least 1")
+
+    @property
+    def isolated(self) -> bool:
+        return os.geteuid() == 0 if self.isolate is None else self.isolate
+
+
+@dataclass(frozen=True)
+class ChurnResult:
+    close: CloseMode
+    rate_asked: float | None
+    duration: float
+    completed: int
+    sustained_per_s: float
+    #: completed cycles per second of the run, summed over the workers
+    per_second: tuple[int, ...]
+    connect_latency_us: dict[str, float | None]
+    errno_counts: dict[str, int]
+    time_wait: dict[str, int]  # TIME_WAIT entries at the end, by side
+    counters: dict[str, int]  # deltas over the run
+    cpu_us_per_cycle: dict[str, float | None]  # by side
+    stop: Stop
+    isolated: bool
+    netns: str | None
+    notes: tuple[str, ...] = ()
+
+
+# -- the workers ---------------------------------------------------------------------------
+
+
+def churn_sink(port: int, index: int, rep: Reporter) -> None:
+    """Accept, and close when the client asks (one byte) or closes (EOF)."""
+    raise_nofile(None)
+    ls = listener("127.0.0.1", port, 4096)
+    ep = select.epoll()
+    ep.register(ls.fileno(), select.EPOLLIN)
+    closing = False
+
+    def stop(*_: object) -> None:
+        nonlocal closing
+        closing = True
+
+    signal.signal(signal.SIGTERM, stop)
+    accepted = 0
+    while not closing:
+        for fd, _ev in ep.poll(0.2, 4096):
+            if fd == ls.fileno():
+                accepted += _accept_all(ls, ep)
+                continue
+            with contextlib.suppress(OSError):
+                os.read(fd, 64)  # a close request, or EOF: either way, close
+            ep.unregister(fd)
+            os.close(fd)
+    rep.send(ChurnProgress(index, "sink", completed=accepted, final=True))
+
+
+def _accept_all(ls: socket.socket, ep: select.epoll) -> int:
+    n = 0
+    while True:
+        try:
+            fd, _addr = ls._accept()  # type: ignore[attr-defined]
+        except (BlockingIOError, OSError):
+            return n
+        ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        n += 1
+
+
+@dataclass
+class _Tally:
+    per_second: Counter[int] = field(default_factory=Counter)
+    errors: Counter[int] = field(default_factory=Counter)
+    hist: Histogram = field(default_factory=Histogram)
+    completed: int = 0
+
+
+def _cycle(dst: tuple[str, int], close: CloseMode, timeout: float) -> float:
+    """One connect -> close; returns the connect() seconds (raises OSError)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        if close == "rst":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        t0 = time.perf_counter()
+        s.connect(dst)
+        took = time.perf_counter() - t0
+        if close == "server":  # the sink closes first; we close on its EOF
+            s.sendall(CLOSE_REQUEST)
+            s.recv(1)
+        return took
+    finally:
+        s.close()
+
+
+def churn_client(
+    port: int, index: int, per_worker: float | None, cfg: ChurnConfig, rep: Reporter
+) -> None:
+    """Cycles until the duration is over, paced at per_worker/s when given."""
+    raise_nofile(None)
+    tally, t0 = _Tally(), time.perf_counter()
+    attempts, last = 0, t0
+    while (now := time.perf_counter()) - t0 < cfg.duration:
+        if per_worker is not None and attempts > (now - t0) * per_worker:
+            time.sleep(min(0.01, attempts / per_worker - (now - t0)))
+            continue
+        attempts += 1
+        try:
+            took = _cycle(("127.0.0.1", port), cfg.close, cfg.connect_timeout)
+        except OSError as exc:
+            tally.errors[exc.errno or errno.ETIMEDOUT] += 1
+            if exc.errno in PORTS_GONE:
+                time.sleep(0.01)  # each attempt scans the whole range: do not spin
+            continue
+        tally.completed += 1
+        tally.per_second[int(time.perf_counter() - t0)] += 1
+        tally.hist.add(took * 1e6)
+        if time.perf_counter() - last > REPORT_EVERY:
+            last = time.perf_counter()
+            rep.send(_progress(index, tally, cfg.duration, final=False))
+    rep.send(_progress(index, tally, cfg.duration, final=True))
+
+
+def _progress(index: int, t: _Tally, duration: float, final: bool) -> ChurnProgress:
+    seconds = int(duration + 0.999)
+    return ChurnProgress(
+        index,
+        "client",
+        completed=t.completed,
+        per_second=tuple(t.per_second.get(i, 0) for i in range(seconds)),
+        errors=dict(t.errors),
+        hist=t.hist.counts,
+        final=final,
+        cpu=sum(os.times()[:2]),
+    )
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _tcpext(roots: Roots) -> dict[str, int]:
+    netstat, _ct = read_net_counters(roots)
+    return {k: netstat.get(f"TcpExt.{k}", 0) for k in COUNTERS}
+
+
+def time_wait_by_side(port: int) -> dict[str, int]:
+    """TIME_WAIT entries of the calling thread's netns toward the sink port (the
+    client's, who closed first) and from it (the sink's)."""
+    rows = diag.dump(1 << 6)  # TCP_TIME_WAIT
+    client = sum(1 for r in rows if diag.port(r[diag.DPORT]) == port)
+    server = sum(1 for r in rows if diag.port(r[diag.SPORT]) == port)
+    return {"client": client, "server": server}
+
+
+def attribute(
+    cfg: ChurnConfig, sustained: float, errors: dict[int, int], d: dict[str, int]
+) -> Stop:
+    """What stopped the rate from growing, from the errnos and the counters."""
+    gone = sum(errors.get(e, 0) for e in PORTS_GONE)
+    if gone and cfg.close == "client":
+        detail = (
+            "every port toward the sink sits in TIME_WAIT for 60 s after the client's "
+            "close: the rate is ports per (src, dst, dport) / 60 s"
+        )
+        if d.get("TWRecycled", 0) > 0:
+            detail = (
+                f"tcp_tw_reuse took {d['TWRecycled']:,} ports back from TIME_WAIT, each "
+                "once tcp_tw_reuse_delay (1 s) had passed: the rate is ports per "
+                "(src, dst, dport) / that delay"
+            )
+        return Stop(
+            "time_wait", errno=errnos.name(errno.EADDRNOTAVAIL), side="client", detail=detail
+        )
+    if gone:
+        return Stop("ports", errno=errnos.name(errno.EADDRNOTAVAIL), side="client")
+    if d.get("TCPTimeWaitOverflow", 0) > 0:
+        return Stop(
+            "tw_buckets",
+            side="client" if cfg.close == "client" else "server",
+            detail=f"tcp_max_tw_buckets overflowed {d['TCPTimeWaitOverflow']:,} times: "
+            "closing sockets skipped TIME_WAIT, so a late segment of an old "
+            "connection can be taken for a new one on the same 4-tuple",
+        )
+    if d.get("ListenOverflows", 0) > 0:
+        return Stop("backlog", side="server", detail="the sink's accept queue overflowed")
+    if cfg.rate is not None and sustained >= 0.95 * cfg.rate:
+        return Stop("target")
+    return Stop("cpu", detail="no limit's evidence: the workers' CPU sets the rate")
+
+
+class ChurnRun:
+    def __init__(self, cfg: ChurnConfig) -> None:
+        self.cfg = cfg
+        self.kids = Children()
+
+    def execute(self) -> ChurnResult:
+        for key, _v in self.cfg.sysctls:
+            check_sysctl_key(key)
+        if self.cfg.sysctls and not self.cfg.isolated:
+            raise InputError("--sysctl needs the run's own namespace (root, --isolate)")
+        with ExitStack() as stack:
+            ns = None
+            if self.cfg.isolated:
+                ns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
+            with netns_mod.inside(ns):
+                try:
+                    return self._run(ns)
+                finally:
+                    self.kids.release()
+        raise AssertionError("unreachable")
+
+    def _run(self, ns: str | None) -> ChurnResult:
+        cfg, roots, kids = self.cfg, Roots(), self.kids
+        port = SINK_PORT
+        before = _tcpext(roots)
+        for i in range(cfg.workers):
+            kids.spawn("sink", partial(churn_sink, port, i))
+        time.sleep(0.2)
+        per = cfg.rate / cfg.workers if cfg.rate else None
+        for i in range(cfg.workers):
+            kids.spawn("client", partial(churn_client, port, i, per, cfg))
+        kids.wait_for(kids.clients, lambda w: w.finished, cfg.duration + 30)
+        clients = [w.churn.cpu for w in kids.client_states if w.churn is not None]
+        cpu = {"client": sum(clients), "server": measure.cpu_seconds(kids.live_pids(kids.sinks))}
+        tw = time_wait_by_side(port)
+        after = _tcpext(roots)
+        return self._result(ns, before, after, tw, cpu)
+
+    def _result(
+        self,
+        ns: str | None,
+        before: dict[str, int],
+        after: dict[str, int],
+        tw: dict[str, int],
+        cpu: dict[str, float],
+    ) -> ChurnResult:
+        cfg = self.cfg
+        progress = [w.churn for w in self.kids.client_states if w.churn is not None]
+        completed = sum(p.completed for p in progress)
+        seconds = max((len(p.per_second) for p in progress), default=0)
+        per_second = tuple(
+            sum(p.per_second[i] for p in progress if i < len(p.per_second)) for i in range(seconds)
+        )
+        errors: Counter[int] = Counter()
+        hist = Histogram()
+        for p in progress:
+            errors.update(p.errors)
+            hist.merge(p.hist)
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in COUNTERS}
+        sustained = round(completed / cfg.duration, 1)
+        return ChurnResult(
+            close=cfg.close,
+            rate_asked=cfg.rate,
+            duration=cfg.duration,
+            completed=completed,
+            sustained_per_s=sustained,
+            per_second=per_second,
+            connect_latency_us=hist.summary(),
+            errno_counts={errnos.name(k): v for k, v in errors.items()},
+            time_wait=tw,
+            counters=d,
+            cpu_us_per_cycle={
+                side: round(sec * 1e6 / completed, 2) if completed else None
+                for side, sec in cpu.items()
+            },
+            stop=attribute(cfg, sustained, dict(errors), d),
+            isolated=cfg.isolated,
+            netns=ns,
+        )
+
+
+def run_churn(cfg: ChurnConfig) -> ChurnResult:
+    return ChurnRun(cfg).execute()

@@ -1,0 +1,50 @@
+"""Rendering a churn run (`tcpceiling rate`) for people."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tcpceiling.probe.churn import ChurnResult
+
+
+def _timeline(per_second: tuple[int, ...]) -> str:
+    shown = ", ".join(f"{n:,}" for n in per_second[:12])
+    return shown + (" …" if len(per_second) > 12 else "")
+
+
+def render_churn(r: ChurnResult, console: Console) -> None:
+    asked = "as fast as possible" if r.rate_asked is None else f"{r.rate_asked:,.0f}/s asked"
+    verdict = "held the asked rate" if r.stop.reason == "target" else f"limit: {r.stop.reason}"
+    side = f" ({r.stop.side} side)" if r.stop.side else ""
+    t = Table(
+        title=f"{r.sustained_per_s:,.1f} new connections/s sustained ({asked}, close "
+        f"{r.close}) — {verdict}{side}",
+        title_justify="left",
+        show_header=False,
+    )
+    t.add_column(style="bold")
+    t.add_column()
+    lat = r.connect_latency_us
+    cpu = ", ".join(
+        f"{side} {v:,.1f} µs" if v is not None else f"{side} —"
+        for side, v in r.cpu_us_per_cycle.items()
+    )
+    rows = [
+        ("cycles", f"{r.completed:,} in {r.duration:g} s"),
+        ("per second", _timeline(r.per_second)),
+        ("connect latency µs", f"p50 {lat.get('p50')}, p99 {lat.get('p99')}"),
+        ("CPU per cycle", cpu),
+        ("errors", ", ".join(f"{k}: {v:,}" for k, v in r.errno_counts.items()) or "none"),
+        ("TIME_WAIT at end", f"client {r.time_wait['client']:,}, server {r.time_wait['server']:,}"),
+        (
+            "counters (delta)",
+            ", ".join(f"{k} +{v:,}" for k, v in r.counters.items() if v) or "none moved",
+        ),
+    ]
+    if r.stop.detail:
+        rows.append(("why", r.stop.detail))
+    rows.append(("namespace", r.netns or "the host's (not isolated)"))
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)

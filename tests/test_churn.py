@@ -1,0 +1,77 @@
+"""`tcpceiling rate`: new connections per second and what stops the rate, in the
+run's own namespace with per-namespace sysctls (root)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import IS_ROOT, cli_json, constraint, netns_sysctl
+
+RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: the run's own namespace")
+
+
+def rate(*args: str) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tcpceiling", "rate", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_client_closing_first_is_stopped_by_time_wait(netns: str) -> None:
+    """100 ports, no tcp_tw_reuse: the first 100 cycles go at once, then every port
+    waits 60 s in TIME_WAIT; analyze, reading the same settings, predicts the rate
+    as 100 ports / 60 s."""
+    code, r = rate("--duration", "4", "--sysctl", RANGE_100, "--sysctl", "net.ipv4.tcp_tw_reuse=0")
+    assert code == 1 and r["kind"] == "rate"
+    assert r["completed"] == 100 and r["per_second"][0] == 100 and sum(r["per_second"][1:]) == 0
+    assert r["stop"]["reason"] == "time_wait" and r["stop"]["side"] == "client"
+    assert r["errno_counts"]["EADDRNOTAVAIL"] > 0
+    assert r["time_wait"] == {"client": 100, "server": 0}  # sock_diag's own count
+    netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60099")
+    netns_sysctl(netns, "net.ipv4.tcp_tw_reuse", "0")
+    a = cli_json("analyze", "--netns", netns, "--role", "client", "--connect", "127.0.0.1:32000")
+    tw = constraint(a["scenarios"][0], "time_wait")
+    assert tw["kind"] == "rate" and tw["ceiling"] == 100 // 60
+    assert tw["note"].startswith("100 ports / 60 s")
+
+
+def test_rst_leaves_no_time_wait_and_the_cpu_sets_the_rate() -> None:
+    code, r = rate("--duration", "2", "--close", "rst", "--sysctl", RANGE_100)
+    assert code == 1
+    assert r["completed"] > 20 * 100  # far past the range: no port is held
+    assert r["time_wait"] == {"client": 0, "server": 0}
+    assert r["stop"]["reason"] == "cpu" and not r["errno_counts"]
+    assert r["cpu_us_per_cycle"]["client"] > 0
+
+
+def test_tw_reuse_takes_ports_back_after_a_second() -> None:
+    code, r = rate(
+        "--duration", "4", "--rate", "200", "--sysctl", RANGE_100,
+        "--sysctl", "net.ipv4.tcp_tw_reuse=1",
+    )  # fmt: skip
+    assert code == 1 and r["completed"] > 200  # 100 ports, reused after 1 s each
+    assert r["counters"]["TWRecycled"] > 0
+    assert r["stop"]["reason"] == "time_wait" and "tcp_tw_reuse took" in r["stop"]["detail"]
+
+
+def test_tw_buckets_overflow_is_named() -> None:
+    code, r = rate("--duration", "2", "--rate", "500", "--sysctl", "net.ipv4.tcp_max_tw_buckets=10")
+    assert code == 1 and r["counters"]["TCPTimeWaitOverflow"] > 0
+    assert r["time_wait"]["client"] <= 10
+    assert r["stop"]["reason"] == "tw_buckets" and "skipped TIME_WAIT" in r["stop"]["detail"]
+
+
+def test_server_closing_first_keeps_time_wait_on_the_server() -> None:
+    code, r = rate("--duration", "2", "--rate", "200", "--close", "server")
+    assert code == 0 and r["stop"]["reason"] == "target"
+    assert r["time_wait"]["client"] == 0 and r["time_wait"]["server"] >= 300
