@@ -12,7 +12,13 @@
  *   from /proc/PID/statm), holds for -H seconds (or until SIGTERM/SIGINT), then the
  *   workers close with SO_LINGER 0 (RST: no TIME_WAIT left behind).
  *
+ * churn: open and close connections as fast as plain C can, for -d seconds: each
+ *   of -P workers connect()s to a listener of its own (SO_LINGER 0, so the close is
+ *   an RST and no TIME_WAIT stays), accept4()s the other end, closes both. Prints
+ *     cycles N workers W seconds S rate R
+ *
  * usage: cref hold -n TOTAL [-P PARALLEL] [-H HOLD_SECONDS] [-b BASE_PORT]
+ *        cref churn -d SECONDS [-P WORKERS] [-b BASE_PORT]
  * build: cc -O2 -o cref cref.c
  */
 #define _GNU_SOURCE
@@ -161,20 +167,73 @@ static int hold(long total, int parallel, int hold_s, int base) {
     return 0;
 }
 
+/* A churn worker: connect, accept, close both with RST, until the deadline. */
+static void churner(int port, double deadline, int report) {
+    int ls = listener(port);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct linger lg = {1, 0};
+    long cycles = 0;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    while (now() < deadline) {
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (c < 0) { perror("cref: socket"); exit(3); }
+        setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (connect(c, (struct sockaddr *)&a, sizeof a)) { perror("cref: connect"); exit(3); }
+        int s;
+        while ((s = accept4(ls, NULL, NULL, 0)) < 0) {
+            if (errno != EAGAIN) { perror("cref: accept4"); exit(3); }
+            struct pollfd p = {.fd = ls, .events = POLLIN};
+            poll(&p, 1, 1000);
+        }
+        close(c);
+        close(s);
+        cycles++;
+    }
+    if (write(report, &cycles, sizeof cycles) != sizeof cycles) exit(4);
+    exit(0);
+}
+
+static int churn(double seconds, int workers, int base) {
+    int pipefd[2];
+    long total = 0, got;
+    if (pipe(pipefd)) { perror("cref: pipe"); return 2; }
+    double t0 = now(), deadline = t0 + seconds;
+    for (int i = 0; i < workers; i++)
+        if (fork() == 0) { close(pipefd[0]); churner(base + i, deadline, pipefd[1]); }
+    for (int i = 0; i < workers; i++) {
+        if (read(pipefd[0], &got, sizeof got) != sizeof got) { perror("cref: worker"); return 3; }
+        total += got;
+    }
+    while (wait(NULL) > 0) {}
+    double took = now() - t0;
+    printf("cycles %ld workers %d seconds %.3f rate %.1f\n", total, workers, took, total / took);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     long total = 0;
     int parallel = 2, hold_s = 0, base = 20000, opt;
-    if (argc < 2 || strcmp(argv[1], "hold")) {
-        fprintf(stderr, "usage: cref hold -n TOTAL [-P PARALLEL] [-H SECONDS] [-b PORT]\n");
+    double seconds = 0;
+    if (argc < 2 || (strcmp(argv[1], "hold") && strcmp(argv[1], "churn"))) {
+        fprintf(stderr, "usage: cref hold -n TOTAL [-P PARALLEL] [-H SECONDS] [-b PORT]\n"
+                        "       cref churn -d SECONDS [-P WORKERS] [-b PORT]\n");
         return 2;
     }
     optind = 2;
-    while ((opt = getopt(argc, argv, "n:P:H:b:")) != -1) {
+    while ((opt = getopt(argc, argv, "n:P:H:b:d:")) != -1) {
         if (opt == 'n') total = atol(optarg);
         else if (opt == 'P') parallel = atoi(optarg);
         else if (opt == 'H') hold_s = atoi(optarg);
         else if (opt == 'b') base = atoi(optarg);
+        else if (opt == 'd') seconds = atof(optarg);
         else return 2;
+    }
+    if (!strcmp(argv[1], "churn")) {
+        if (seconds <= 0 || parallel < 1) {
+            fprintf(stderr, "cref: -d and -P must be positive\n");
+            return 2;
+        }
+        return churn(seconds, parallel, base);
     }
     if (total < 1 || parallel < 1) {
         fprintf(stderr, "cref: -n and -P must be positive\n");

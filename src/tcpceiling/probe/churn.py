@@ -4,17 +4,17 @@ against a sink of its own (in a private network namespace when root), at a fixed
 rate or as fast as the workers go, and names the limit from the evidence.
 
 Who closes first keeps TIME_WAIT (docs/limits.md §2): `client` (the client's port
-toward the sink stays busy 60 s), `server` (the client asks with one byte, the sink
-closes, the client closes on EOF), `rst` (SO_LINGER 0: no TIME_WAIT at all).
+toward the sink stays busy 60 s), `server` (the sink's end closes first and keeps
+it), `rst` (SO_LINGER 0: no TIME_WAIT at all). Each worker accepts on a listener of
+its own in the same process, as the C reference (benchmarks/cref.c churn) does: the
+CPU per cycle is both ends' together.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import errno
 import os
-import select
-import signal
 import socket
 import time
 from collections import Counter
@@ -28,7 +28,7 @@ from tcpceiling.host import diag
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import read_net_counters
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import errnos, isolate, measure
+from tcpceiling.probe import errnos, isolate
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.config import check_sysctl_key
 from tcpceiling.probe.histogram import Histogram
@@ -41,6 +41,7 @@ from tcpceiling.probe.worker import LINGER_RST, raise_nofile
 CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
 REPORT_EVERY = 0.5
+BURST = 64  # cycles between clock reads when not paced
 #: Counters that say why the rate stopped growing (/proc/net/netstat TcpExt).
 COUNTERS = (
     "TCPTimeWaitOverflow",
@@ -52,7 +53,6 @@ COUNTERS = (
 )
 #: The client's port search fails this way when every port is in TIME_WAIT.
 PORTS_GONE = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
-CLOSE_REQUEST = b"c"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class ChurnResult:
     errno_counts: dict[str, int]
     time_wait: dict[str, int]  # TIME_WAIT entries at the end, by side
     counters: dict[str, int]  # deltas over the run
-    cpu_us_per_cycle: dict[str, float | None]  # by side
+    cpu_us_per_cycle: dict[str, float | None]  # both ends (one process) per cycle
     stop: Stop
     isolated: bool
     netns: str | None
@@ -101,43 +101,6 @@ class ChurnResult:
 
 
 # -- the workers ---------------------------------------------------------------------------
-
-
-def churn_sink(port: int, index: int, rep: Reporter) -> None:
-    """Accept, and close when the client asks (one byte) or closes (EOF)."""
-    raise_nofile(None)
-    ls = listener("127.0.0.1", port, 4096)
-    ep = select.epoll()
-    ep.register(ls.fileno(), select.EPOLLIN)
-    closing = False
-
-    def stop(*_: object) -> None:
-        nonlocal closing
-        closing = True
-
-    signal.signal(signal.SIGTERM, stop)
-    accepted = 0
-    while not closing:
-        for fd, _ev in ep.poll(0.2, 4096):
-            if fd == ls.fileno():
-                accepted += _accept_all(ls, ep)
-                continue
-            with contextlib.suppress(OSError):
-                os.read(fd, 64)  # a close request, or EOF: either way, close
-            ep.unregister(fd)
-            os.close(fd)
-    rep.send(ChurnProgress(index, "sink", completed=accepted, final=True))
-
-
-def _accept_all(ls: socket.socket, ep: select.epoll) -> int:
-    n = 0
-    while True:
-        try:
-            fd, _addr = ls._accept()  # type: ignore[attr-defined]
-        except (BlockingIOError, OSError):
-            return n
-        ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
-        n += 1
 
 
 @dataclass
@@ -148,48 +111,74 @@ class _Tally:
     completed: int = 0
 
 
-def _cycle(dst: tuple[str, int], close: CloseMode, timeout: float) -> float:
-    """One connect -> close; returns the connect() seconds (raises OSError)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(timeout)
-        if close == "rst":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+class Pair:
+    """A worker's own listener, accepting in the same process as it connects (as the
+    C reference does): no wake-up of another process per connection."""
+
+    def __init__(self, port: int, close: CloseMode) -> None:
+        self.ls = listener("127.0.0.1", port, 4096)
+        self.ls.setblocking(True)
+        self.dst, self.close = ("127.0.0.1", port), close
+
+    def burst(self, n: int) -> tuple[int, float, int]:
+        """Up to n connect -> accept -> close cycles, in the order --close asks:
+        (cycles done, the first connect()'s seconds, the errno that ended the burst
+        or 0). The hot loop of a churn run: names bound once, one clock read."""
+        sock, fam, stream = _socket.socket, socket.AF_INET, socket.SOCK_STREAM
+        accept, close_fd, dst = self.ls._accept, os.close, self.dst  # type: ignore[attr-defined]
+        rst, server_first = self.close == "rst", self.close == "server"
+        sol, linger, rst_opt = socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST
         t0 = time.perf_counter()
-        s.connect(dst)
-        took = time.perf_counter() - t0
-        if close == "server":  # the sink closes first; we close on its EOF
-            s.sendall(CLOSE_REQUEST)
-            s.recv(1)
-        return took
-    finally:
-        s.close()
+        took = 0.0
+        for i in range(n):
+            c = sock(fam, stream)
+            if rst:
+                c.setsockopt(sol, linger, rst_opt)
+            try:
+                c.connect(dst)  # loopback: the handshake completes inside connect()
+            except OSError as exc:
+                c.close()
+                return i, took, exc.errno or errno.ETIMEDOUT
+            if i == 0:
+                took = time.perf_counter() - t0
+            fd = accept()[0]
+            if server_first:  # the server's FIN first: TIME_WAIT stays its side
+                close_fd(fd)
+                c.close()
+            else:
+                c.close()
+                close_fd(fd)
+        return n, took, 0
 
 
-def churn_client(
+def churn_worker(
     port: int, index: int, per_worker: float | None, cfg: ChurnConfig, rep: Reporter
 ) -> None:
-    """Cycles until the duration is over, paced at per_worker/s when given."""
+    """Cycles until the duration is over, paced at per_worker/s when given (one at a
+    time), else in bursts of BURST between clock reads; the connect latency is taken
+    on the first cycle of each burst."""
     raise_nofile(None)
-    tally, t0 = _Tally(), time.perf_counter()
-    attempts, last = 0, t0
+    pair, tally, t0 = Pair(port, cfg.close), _Tally(), time.perf_counter()
+    last = t0
+    burst = 1 if per_worker is not None else BURST
     while (now := time.perf_counter()) - t0 < cfg.duration:
-        if per_worker is not None and attempts > (now - t0) * per_worker:
-            time.sleep(min(0.01, attempts / per_worker - (now - t0)))
+        if (
+            per_worker is not None
+            and tally.completed + sum(tally.errors.values()) > (now - t0) * per_worker
+        ):
+            time.sleep(0.001)
             continue
-        attempts += 1
-        try:
-            took = _cycle(("127.0.0.1", port), cfg.close, cfg.connect_timeout)
-        except OSError as exc:
-            tally.errors[exc.errno or errno.ETIMEDOUT] += 1
-            if exc.errno in PORTS_GONE:
+        done, took, err = pair.burst(burst)
+        if done:
+            tally.completed += done
+            tally.per_second[int(now - t0)] += done
+            tally.hist.add(took * 1e6)
+        if err:
+            tally.errors[err] += 1
+            if err in PORTS_GONE:
                 time.sleep(0.01)  # each attempt scans the whole range: do not spin
-            continue
-        tally.completed += 1
-        tally.per_second[int(time.perf_counter() - t0)] += 1
-        tally.hist.add(took * 1e6)
-        if time.perf_counter() - last > REPORT_EVERY:
-            last = time.perf_counter()
+        if now - last > REPORT_EVERY:
+            last = now
             rep.send(_progress(index, tally, cfg.duration, final=False))
     rep.send(_progress(index, tally, cfg.duration, final=True))
 
@@ -216,12 +205,12 @@ def _tcpext(roots: Roots) -> dict[str, int]:
     return {k: netstat.get(f"TcpExt.{k}", 0) for k in COUNTERS}
 
 
-def time_wait_by_side(port: int) -> dict[str, int]:
-    """TIME_WAIT entries of the calling thread's netns toward the sink port (the
-    client's, who closed first) and from it (the sink's)."""
+def time_wait_by_side(ports: set[int]) -> dict[str, int]:
+    """TIME_WAIT entries of the calling thread's netns toward the sink ports (the
+    client's, who closed first) and from them (the sink's)."""
     rows = diag.dump(1 << 6)  # TCP_TIME_WAIT
-    client = sum(1 for r in rows if diag.port(r[diag.DPORT]) == port)
-    server = sum(1 for r in rows if diag.port(r[diag.SPORT]) == port)
+    client = sum(1 for r in rows if diag.port(r[diag.DPORT]) in ports)
+    server = sum(1 for r in rows if diag.port(r[diag.SPORT]) in ports)
     return {"client": client, "server": server}
 
 
@@ -284,18 +273,14 @@ class ChurnRun:
 
     def _run(self, ns: str | None) -> ChurnResult:
         cfg, roots, kids = self.cfg, Roots(), self.kids
-        port = SINK_PORT
+        ports = [SINK_PORT + i for i in range(cfg.workers)]
         before = _tcpext(roots)
-        for i in range(cfg.workers):
-            kids.spawn("sink", partial(churn_sink, port, i))
-        time.sleep(0.2)
         per = cfg.rate / cfg.workers if cfg.rate else None
-        for i in range(cfg.workers):
-            kids.spawn("client", partial(churn_client, port, i, per, cfg))
+        for i, port in enumerate(ports):
+            kids.spawn("client", partial(churn_worker, port, i, per, cfg))
         kids.wait_for(kids.clients, lambda w: w.finished, cfg.duration + 30)
-        clients = [w.churn.cpu for w in kids.client_states if w.churn is not None]
-        cpu = {"client": sum(clients), "server": measure.cpu_seconds(kids.live_pids(kids.sinks))}
-        tw = time_wait_by_side(port)
+        cpu = {"both": sum(w.churn.cpu for w in kids.client_states if w.churn is not None)}
+        tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
         return self._result(ns, before, after, tw, cpu)
 
