@@ -4,8 +4,10 @@ run's own namespace with per-namespace sysctls (root)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,3 +77,18 @@ def test_server_closing_first_keeps_time_wait_on_the_server() -> None:
     code, r = rate("--duration", "2", "--rate", "200", "--close", "server")
     assert code == 0 and r["stop"]["reason"] == "target"
     assert r["time_wait"]["client"] == 0 and r["time_wait"]["server"] >= 300
+
+
+def test_cpu_per_cycle_feeds_analyze_within_20_percent(tmp_path: Path) -> None:
+    """The plateau with one worker per CPU, at 100 % of them: analyze's cpu_churn
+    ceiling from the measured CPU per cycle is within 20 % of the measured rate."""
+    cores = os.cpu_count() or 1
+    _code, r = rate("--close", "rst", "--duration", "3", "--workers", str(cores))
+    doc = tmp_path / "rate.json"
+    doc.write_text(json.dumps(r))
+    a = cli_json("analyze", "--role", "server", "--cost-from", str(doc), "--cpu-target", "1")
+    s = a["scenarios"][0]
+    predicted = constraint(s, "cpu_churn")["ceiling"]
+    assert s["rate_binding"] == "cpu_churn" and s["rate_ceiling"] == predicted
+    assert abs(predicted - r["sustained_per_s"]) <= 0.2 * r["sustained_per_s"]
+    assert f"{predicted:,} new connections/s as a server" in s["rate_summary"]

@@ -84,6 +84,6 @@ def check_document(data: Any, kind: Kind, where: str) -> dict[str, Any]:
             f"{where}: schema version {version} (this tcpceiling reads {SCHEMA_VERSION}): "
             f"re-run the {kind} with this version"
         )
-    if data.get("kind") != kind:
+    if data.get("kind") != kind:  # checked after the version: an old probe has no kind
         raise InputError(f"{where}: a {data.get('kind')} result, not a {kind} result")
     return data

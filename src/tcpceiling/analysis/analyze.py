@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tcpceiling.analysis.context import Context, PathTuple, connection_cost, port_pool
-from tcpceiling.analysis.model import Analysis, Endpoint, Scenario, ScenarioResult, resolve
+from tcpceiling.analysis.model import (
+    Analysis,
+    Constraint,
+    Endpoint,
+    Scenario,
+    ScenarioResult,
+    resolve,
+)
 from tcpceiling.analysis.registry import FAMILIES
 from tcpceiling.errors import InputError
 from tcpceiling.host import netns as netns_mod
@@ -105,6 +112,11 @@ def evaluate(
     binding = ranked[0] if ranked else None
     ceiling = binding.ceiling if binding else None
     bid = binding.id if binding else None
+    rates = sorted(
+        (c for c in constraints if c.kind == "rate" and c.ceiling is not None),
+        key=lambda c: c.ceiling or 0,
+    )
+    rate = rates[0] if rates else None
     return ScenarioResult(
         role=scenario.role,
         ceiling=ceiling,
@@ -113,6 +125,22 @@ def evaluate(
         summary=_summary(scenario.role, ceiling, bid, scenario),
         scenario=scenario,
         constraints=constraints,
+        rate_ceiling=rate.ceiling if rate else None,
+        rate_binding=rate.id if rate else None,
+        rate_summary=_rate_summary(scenario.role, rate, constraints),
+    )
+
+
+def _rate_summary(role: str, rate: Constraint | None, constraints: tuple[Constraint, ...]) -> str:
+    """The other half of the answer: new connections per second."""
+    if rate is not None:
+        return (
+            f"this host can sustain about {rate.ceiling:,} new connections/s as a {role}; "
+            f"the first limit reached is {rate.id}"
+        )
+    cpu = next((c for c in constraints if c.id == "cpu_churn"), None)
+    return f"new connections/s as a {role}: no rate limit found" + (
+        f" ({cpu.note})" if cpu is not None and cpu.note else ""
     )
 
 
@@ -167,9 +195,17 @@ def analyze(
 
 def load_measured_cost(path: Path) -> dict[str, Any]:
     """What a previous `probe --json` measured: kernel bytes per connection, and
-    when it ran a traffic profile, CPU per message and bytes per active connection."""
+    when it ran a traffic profile, CPU per message and bytes per active connection.
+    A `rate --json` result gives the CPU per connection cycle instead."""
     try:
-        data = check_document(json.loads(path.read_text()), "probe", f"--cost-from {path}")
+        raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and raw.get("kind") == "rate":
+            data = check_document(raw, "rate", f"--cost-from {path}")
+            per = data["cpu_us_per_cycle"].get("both")
+            if not per:
+                raise InputError(f"--cost-from {path}: the rate run completed no cycle")
+            return {"cpu_us_per_cycle": float(per)}
+        data = check_document(raw, "probe", f"--cost-from {path}")
         out: dict[str, Any] = {"kernel_bytes": float(data["per_connection"]["kernel_bytes"])}
     except InputError:
         raise
@@ -187,6 +223,8 @@ def with_measured_cost(scenarios: list[Scenario], path: Path | None) -> list[Sce
     if path is None:
         return scenarios
     cost = load_measured_cost(path)
+    if "cpu_us_per_cycle" in cost:
+        return [replace(s, cpu_us_per_cycle=cost["cpu_us_per_cycle"]) for s in scenarios]
     out = []
     for s in scenarios:
         s = replace(s, measured_kernel_bytes=cost["kernel_bytes"])

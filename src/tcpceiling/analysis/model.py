@@ -27,6 +27,7 @@ ConstraintId = Literal[
     "backlog",
     "conntrack",
     "cpu",
+    "cpu_churn",
 ]
 
 
@@ -129,6 +130,7 @@ class Scenario:
     message_bytes: int = 64
     cpu_us_per_message: float | None = None  # measured by `probe --measure-cpu`
     cpu_target: float = 0.7  # the share of all CPUs the workload may use
+    cpu_us_per_cycle: float | None = None  # measured by `tcpceiling rate` (both ends)
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -174,6 +176,10 @@ class ScenarioResult:
     summary: str
     scenario: Scenario
     constraints: tuple[Constraint, ...]
+    #: the other half: new connections per second, and the rate limit reached first
+    rate_ceiling: int | None = None
+    rate_binding: ConstraintId | None = None
+    rate_summary: str = ""
 
     def constraint(self, cid: str) -> Constraint:
         for c in self.constraints:

@@ -30,7 +30,8 @@ def _row_style(c: Constraint, result: ScenarioResult) -> str:
 
 
 def scenario_table(result: ScenarioResult) -> Table:
-    table = Table(title=result.summary, title_justify="left", show_lines=False)
+    title = result.summary + (f"\n{result.rate_summary}" if result.rate_summary else "")
+    table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("limit", no_wrap=True)
     for col in ("ceiling", "capacity", "in use", "per conn"):
         table.add_column(col, justify="right", no_wrap=True)

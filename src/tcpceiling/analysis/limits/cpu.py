@@ -61,5 +61,44 @@ def cpu(ctx: Context) -> Constraint:
     )
 
 
+def cpu_churn(ctx: Context) -> Constraint:
+    """New connections per second the CPUs carry: cores x target / CPU per cycle,
+    the cycle (connect, accept, close) measured by `tcpceiling rate --json` with
+    both ends on this host, so for one side it is an upper bound of its cost."""
+    sc, cores = ctx.scenario, ctx.snap.system.cpus
+    base = Constraint(
+        id="cpu_churn",
+        capacity_unit="CPU-microseconds per second",
+        capacity=None,
+        in_use=None,
+        per_connection=None,
+        ceiling=None,
+        symptom="connect latency grows, then SYN retransmits and ListenOverflows",
+        raise_="more or faster cores; keep connections alive (reuse them) instead of "
+        "one per request",
+        source=f"{ctx.sys('devices/system/cpu/online')}; CPU per cycle from "
+        "`tcpceiling rate --json`",
+        kind="rate",
+        unit="new connections per second",
+    )
+    if cores is None:
+        return replace(base, note="the number of online CPUs is unknown on this tree")
+    capacity = cores * sc.cpu_target * 1e6
+    base = replace(base, capacity=round(capacity))
+    if sc.cpu_us_per_cycle is None:
+        return replace(
+            base,
+            note="unknown: measure the CPU per connection cycle with `tcpceiling rate "
+            "--close rst --json > r.json`, then --cost-from r.json",
+        )
+    return replace(
+        base,
+        per_connection=sc.cpu_us_per_cycle,
+        ceiling=math.floor(capacity / sc.cpu_us_per_cycle),
+        note=f"{cores} CPUs x {sc.cpu_target} / {sc.cpu_us_per_cycle:.2f} us per "
+        "connect-accept-close cycle (both ends measured together)",
+    )
+
+
 def evaluate(ctx: Context) -> list[Constraint]:
-    return [cpu(ctx)]
+    return [cpu(ctx), cpu_churn(ctx)]
