@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import IS_ROOT, cli_json, constraint, netns_sysctl
+from tests.test_servers import NGINX_CONF, free_port, running
 
 RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: the run's own namespace")
@@ -92,3 +95,51 @@ def test_cpu_per_cycle_feeds_analyze_within_20_percent(tmp_path: Path) -> None:
     assert s["rate_binding"] == "cpu_churn" and s["rate_ceiling"] == predicted
     assert abs(predicted - r["sustained_per_s"]) <= 0.2 * r["sustained_per_s"]
     assert f"{predicted:,} new connections/s as a server" in s["rate_summary"]
+
+
+def test_a_server_that_never_accepts_is_the_backlog(netns: str) -> None:
+    """A listener with backlog 8 that never accepts: 9 handshakes fit its queue, then
+    SYNs are dropped (ListenOverflows) and connects time out."""
+    from tcpceiling.host.netns import inside
+
+    with inside(netns):
+        ls = socket.create_server(("127.0.0.1", 7100), backlog=8)
+    try:
+        code, r = rate(
+            "--netns", netns, "--connect", "127.0.0.1:7100", "--rate", "50",
+            "--duration", "2", "--workers", "1",
+        )  # fmt: skip
+    finally:
+        ls.close()
+    assert code == 1 and r["completed"] == 9
+    assert r["stop"]["reason"] == "backlog" and r["stop"]["side"] == "server"
+    assert r["counters"]["ListenOverflows"] > 0 and r["errno_counts"]["ETIMEDOUT"] > 0
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx (`.ci/run` installs it)")
+def test_nginx_connection_close_plateau_feeds_analyze(tmp_path: Path) -> None:
+    """nginx answering Connection: close keeps the TIME_WAIT on its side; the ramp
+    finds a plateau, and the CPU per cycle of both sides (both on this host) predicts
+    it within 20 % at 100 % of the CPUs."""
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    text = NGINX_CONF.format(dir=tmp_path, port=port, connections=1024)
+    cores = os.cpu_count() or 1
+    conf.write_text(text.replace("worker_processes 1;", f"worker_processes {cores};"))
+    cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]
+    with running(cmd, port):
+        code, r = rate(
+            "--connect", f"127.0.0.1:{port}", "--check", "http", "--close", "server",
+            "--duration", "2", "--workers", "8",
+        )  # fmt: skip
+    assert code == 1 and len(r["steps"]) >= 2 and r["stop"]["reason"] == "cpu"
+    assert r["completed"] > 1000 and not r["errno_counts"]
+    assert r["time_wait"]["client"] == 0 and r["time_wait"]["server"] > 0
+    assert set(r["cpu_us_per_cycle"]) == {"client", "server"}
+    doc = tmp_path / "rate.json"
+    doc.write_text(json.dumps(r))
+    a = cli_json("analyze", "--role", "server", "--cost-from", str(doc), "--cpu-target", "1")
+    predicted = constraint(a["scenarios"][0], "cpu_churn")["ceiling"]
+    measured = r["sustained_per_s"]
+    print(f"\n  nginx: {measured:,.0f}/s measured, {predicted:,}/s predicted, {r['steps']}")
+    assert abs(predicted - r["sustained_per_s"]) <= 0.2 * r["sustained_per_s"], predicted

@@ -6,6 +6,7 @@ Exit codes: 0 success (probe: target reached), 1 a limit or guard stopped a prob
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -23,6 +24,7 @@ from tcpceiling.analysis.model import (
     build_scenarios,
     expand_sources,
     parse_endpoint,
+    resolve,
 )
 from tcpceiling.errors import HostError, InputError, ParseError
 from tcpceiling.host.read import read_identity
@@ -606,9 +608,9 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
 @click.option(
     "--workers",
     type=click.IntRange(min=1, max=64),
-    default=1,
-    show_default=True,
-    help="Client processes (and as many sink processes).",
+    default=None,
+    help="Worker processes: with --rate R, that many (default 1); with --rate max, "
+    "the most the ramp tries, doubling from 1 (default: twice the CPUs).",
 )
 @click.option(
     "--sysctl",
@@ -617,10 +619,33 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     metavar="KEY=VALUE",
     help="A net.* sysctl set inside the run's namespace only.",
 )
+@click.option(
+    "--connect",
+    default=None,
+    metavar="HOST:PORT",
+    help="A real server instead of the built-in sink.",
+)
+@click.option(
+    "--check",
+    type=click.Choice(list(CHECKS)),
+    default="none",
+    show_default=True,
+    help="With --connect: a request whose valid reply makes the cycle count "
+    "(http with --close server asks for Connection: close).",
+)
+@click.option("--netns", default=None, help="Run inside this existing network namespace.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @errors_to_exit
 def rate_cmd(
-    rate_: str, duration: float, close: str, workers: int, sysctls: tuple[str, ...], as_json: bool
+    rate_: str,
+    duration: float,
+    close: str,
+    workers: int | None,
+    sysctls: tuple[str, ...],
+    connect: str | None,
+    check: str,
+    netns: str | None,
+    as_json: bool,
 ) -> None:
     """How many new connections per second, and what stops the rate: connect ->
     close cycles against a sink of its own, in a private network namespace (root).
@@ -636,8 +661,12 @@ def rate_cmd(
         rate=rate,
         duration=duration,
         close=cast(CloseMode, close),
-        workers=workers,
+        workers=workers or (1 if rate else 2 * (os.cpu_count() or 1)),
+        ramp=rate is None,
         sysctls=tuple(parse_sysctl(s) for s in sysctls),
+        connect=resolve(parse_endpoint(connect)) if connect else None,
+        check=check,
+        netns=netns,
     )
     result = run_churn(cfg)
     if as_json:

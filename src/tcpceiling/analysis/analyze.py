@@ -201,7 +201,9 @@ def load_measured_cost(path: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text())
         if isinstance(raw, dict) and raw.get("kind") == "rate":
             data = check_document(raw, "rate", f"--cost-from {path}")
-            per = data["cpu_us_per_cycle"].get("both")
+            cycle = data["cpu_us_per_cycle"]
+            # both ends of a cycle on this host: together, or as the two sides measured
+            per = cycle.get("both") or sum(v for v in cycle.values() if v)
             if not per:
                 raise InputError(f"--cost-from {path}: the rate run completed no cycle")
             return {"cpu_us_per_cycle": float(per)}

@@ -19,16 +19,17 @@ import socket
 import time
 from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
+from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import InputError
-from tcpceiling.host import diag
+from tcpceiling.host import diag, sockets
 from tcpceiling.host import netns as netns_mod
-from tcpceiling.host.read import read_net_counters
+from tcpceiling.host.read import read_net_counters, socket_owners
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import errnos, isolate
+from tcpceiling.probe import checks, errnos, isolate, measure
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.config import check_sysctl_key
 from tcpceiling.probe.histogram import Histogram
@@ -66,8 +67,17 @@ class ChurnConfig:
     sysctls: tuple[tuple[str, str], ...] = ()
     isolate: bool | None = None
     connect_timeout: float = 1.0
+    ramp: bool = False  # rate None only: double the workers up to `workers` until the
+    # rate stops growing (< 5 % more) or errors begin; the best step is the plateau
+    connect: Endpoint | None = None  # a real server instead of the built-in pairs
+    check: str = "none"  # a request whose valid reply makes the cycle count
+    netns: str | None = None  # an existing namespace to run in
 
     def __post_init__(self) -> None:
+        if self.check not in checks.CHECKS:
+            raise InputError(f"--check must be one of {', '.join(checks.CHECKS)}")
+        if self.check != "none" and self.connect is None:
+            raise InputError("--check needs --connect (the built-in sink is not a service)")
         if self.rate is not None and self.rate <= 0:
             raise InputError("--rate must be positive (or 'max')")
         if not 0 < self.duration <= 3600:
@@ -77,7 +87,10 @@ class ChurnConfig:
 
     @property
     def isolated(self) -> bool:
-        return os.geteuid() == 0 if self.isolate is None else self.isolate
+        """A private namespace: by default when root and the sink is ours."""
+        if self.isolate is None:
+            return os.geteuid() == 0 and self.connect is None and self.netns is None
+        return self.isolate
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class ChurnResult:
     isolated: bool
     netns: str | None
     notes: tuple[str, ...] = ()
+    steps: tuple[tuple[int, float], ...] = ()  # the ramp: (workers, sustained per s)
 
 
 # -- the workers ---------------------------------------------------------------------------
@@ -151,6 +165,60 @@ class Pair:
         return n, took, 0
 
 
+#: A reply that is not the check's: counted with this errno (protocol error).
+BAD_REPLY = errno.EPROTO
+
+
+class Remote:
+    """Cycles against a real server: connect, the check's request and its reply,
+    then close as --close asks ("server": wait for the server's close)."""
+
+    def __init__(self, cfg: ChurnConfig) -> None:
+        assert cfg.connect is not None
+        host, self.cfg = cfg.connect.host, cfg
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.dst = (host, cfg.connect.port)
+        req = checks.request(cfg.check, host)
+        if cfg.check == "http" and cfg.close == "server":
+            req = req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+        self.request = req
+
+    def burst(self, n: int) -> tuple[int, float, int]:
+        """One cycle (n is 1 or more; a real server is paced by its replies)."""
+        c = socket.socket(self.family, socket.SOCK_STREAM)
+        c.settimeout(self.cfg.connect_timeout)
+        try:
+            if self.cfg.close == "rst":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            t0 = time.perf_counter()
+            c.connect(self.dst)
+            took = time.perf_counter() - t0
+            if not self._served(c):
+                return 0, took, BAD_REPLY
+            if self.cfg.close == "server":
+                while c.recv(65536):
+                    pass
+            return 1, took, 0
+        except OSError as exc:  # socket.timeout carries no errno: a timeout
+            return 0, 0.0, exc.errno or errno.ETIMEDOUT
+        finally:
+            c.close()
+
+    def _served(self, c: socket.socket) -> bool:
+        if not self.request:
+            return True
+        c.sendall(self.request)
+        buf = b""
+        while True:
+            data = c.recv(65536)
+            buf = (buf + data)[: checks.MAX_REPLY]
+            v = checks.verdict(self.cfg.check, buf, self.request)
+            if v.outcome != "more":
+                return v.outcome == "ok"
+            if not data:
+                return False
+
+
 def churn_worker(
     port: int, index: int, per_worker: float | None, cfg: ChurnConfig, rep: Reporter
 ) -> None:
@@ -158,9 +226,10 @@ def churn_worker(
     time), else in bursts of BURST between clock reads; the connect latency is taken
     on the first cycle of each burst."""
     raise_nofile(None)
-    pair, tally, t0 = Pair(port, cfg.close), _Tally(), time.perf_counter()
+    pair: Pair | Remote = Remote(cfg) if cfg.connect else Pair(port, cfg.close)
+    tally, t0 = _Tally(), time.perf_counter()
     last = t0
-    burst = 1 if per_worker is not None else BURST
+    burst = 1 if per_worker is not None or cfg.connect else BURST
     while (now := time.perf_counter()) - t0 < cfg.duration:
         if (
             per_worker is not None
@@ -214,6 +283,14 @@ def time_wait_by_side(ports: set[int]) -> dict[str, int]:
     return {"client": client, "server": server}
 
 
+def _server_pids(cfg: ChurnConfig) -> list[int]:
+    """The local server's processes (the owners of its listener), for its CPU."""
+    if cfg.connect is None:
+        return []
+    inodes = [ln.inode for ln in sockets.listeners(cfg.connect.port)]
+    return socket_owners(inodes, Roots()) if inodes else []
+
+
 def attribute(
     cfg: ChurnConfig, sustained: float, errors: dict[int, int], d: dict[str, int]
 ) -> Stop:
@@ -235,6 +312,18 @@ def attribute(
         )
     if gone:
         return Stop("ports", errno=errnos.name(errno.EADDRNOTAVAIL), side="client")
+    if d.get("ListenOverflows", 0) > 0:
+        return Stop(
+            "backlog",
+            side="server",
+            detail=f"ListenOverflows +{d['ListenOverflows']:,}: the server's accept queue "
+            "was full, so SYNs were dropped (connect timeouts); it accepts too slowly",
+        )
+    refused = errors.get(errno.ECONNREFUSED, 0)
+    if refused:
+        return Stop("server_refused", errno="ECONNREFUSED", side="server")
+    if errors.get(BAD_REPLY, 0):
+        return Stop("server_reply", side="server", detail="the check's reply was not valid")
     if d.get("TCPTimeWaitOverflow", 0) > 0:
         return Stop(
             "tw_buckets",
@@ -243,11 +332,23 @@ def attribute(
             "closing sockets skipped TIME_WAIT, so a late segment of an old "
             "connection can be taken for a new one on the same 4-tuple",
         )
-    if d.get("ListenOverflows", 0) > 0:
-        return Stop("backlog", side="server", detail="the sink's accept queue overflowed")
     if cfg.rate is not None and sustained >= 0.95 * cfg.rate:
         return Stop("target")
     return Stop("cpu", detail="no limit's evidence: the workers' CPU sets the rate")
+
+
+GROWTH = 1.05  # a ramp step must beat the best by this much to go on
+
+
+def ramp_counts(cfg: ChurnConfig) -> list[int]:
+    """Worker counts to try: 1, 2, 4 ... up to cfg.workers when ramping."""
+    if not cfg.ramp or cfg.rate is not None:
+        return [cfg.workers]
+    counts, n = [], 1
+    while n < cfg.workers:
+        counts.append(n)
+        n *= 2
+    return [*counts, cfg.workers]
 
 
 class ChurnRun:
@@ -261,38 +362,63 @@ class ChurnRun:
         if self.cfg.sysctls and not self.cfg.isolated:
             raise InputError("--sysctl needs the run's own namespace (root, --isolate)")
         with ExitStack() as stack:
-            ns = None
+            ns = self.cfg.netns
             if self.cfg.isolated:
                 ns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
             with netns_mod.inside(ns):
-                try:
-                    return self._run(ns)
-                finally:
-                    self.kids.release()
+                return self._ramp(ns)
         raise AssertionError("unreachable")
 
-    def _run(self, ns: str | None) -> ChurnResult:
-        cfg, roots, kids = self.cfg, Roots(), self.kids
+    def _ramp(self, ns: str | None) -> ChurnResult:
+        """One step, or the ramp: the best step, with every step's rate."""
+        best: ChurnResult | None = None
+        steps: list[tuple[int, float]] = []
+        for workers in ramp_counts(self.cfg):
+            self.kids = Children()
+            try:
+                r = self._run(ns, replace(self.cfg, workers=workers))
+            finally:
+                self.kids.release()
+            steps.append((workers, r.sustained_per_s))
+            grew = best is None or r.sustained_per_s >= GROWTH * best.sustained_per_s
+            if best is None or r.sustained_per_s > best.sustained_per_s:
+                best = r
+            if not grew or r.errno_counts:
+                break
+        assert best is not None
+        return replace(best, steps=tuple(steps))
+
+    def _run(self, ns: str | None, cfg: ChurnConfig) -> ChurnResult:
+        roots, kids = Roots(), self.kids
         ports = [SINK_PORT + i for i in range(cfg.workers)]
+        if cfg.connect is not None:
+            ports = [cfg.connect.port] * cfg.workers
         before = _tcpext(roots)
         per = cfg.rate / cfg.workers if cfg.rate else None
         for i, port in enumerate(ports):
             kids.spawn("client", partial(churn_worker, port, i, per, cfg))
+        server = _server_pids(cfg)
+        server_cpu = measure.cpu_seconds(server)
         kids.wait_for(kids.clients, lambda w: w.finished, cfg.duration + 30)
-        cpu = {"both": sum(w.churn.cpu for w in kids.client_states if w.churn is not None)}
+        mine = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
+        cpu = {"both": mine}
+        if cfg.connect is not None:
+            cpu = {"client": mine}
+            if server:
+                cpu["server"] = measure.cpu_seconds(server) - server_cpu
         tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
-        return self._result(ns, before, after, tw, cpu)
+        return self._result(cfg, ns, before, after, tw, cpu)
 
     def _result(
         self,
+        cfg: ChurnConfig,
         ns: str | None,
         before: dict[str, int],
         after: dict[str, int],
         tw: dict[str, int],
         cpu: dict[str, float],
     ) -> ChurnResult:
-        cfg = self.cfg
         progress = [w.churn for w in self.kids.client_states if w.churn is not None]
         completed = sum(p.completed for p in progress)
         seconds = max((len(p.per_second) for p in progress), default=0)

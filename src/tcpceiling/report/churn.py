@@ -32,6 +32,7 @@ def render_churn(r: ChurnResult, console: Console) -> None:
     )
     rows = [
         ("cycles", f"{r.completed:,} in {r.duration:g} s"),
+        ("ramp (workers: /s)", ", ".join(f"{w}: {v:,.0f}" for w, v in r.steps) or "—"),
         ("per second", _timeline(r.per_second)),
         ("connect latency µs", f"p50 {lat.get('p50')}, p99 {lat.get('p99')}"),
         ("CPU per cycle", cpu),
