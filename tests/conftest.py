@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import settings
 
 from tcpceiling.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Property tests check what the parsers return, never how fast: no deadline (a
+# timing assertion in a test fails on a loaded machine, not on a wrong answer).
+settings.register_profile("tcpceiling", deadline=None)
+settings.load_profile("tcpceiling")
 IS_ROOT = os.geteuid() == 0
 
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: creates network namespaces")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
+import psutil
+
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import InputError
 from tcpceiling.host import diag, sockets
@@ -283,6 +285,23 @@ def time_wait_by_side(ports: set[int]) -> dict[str, int]:
     return {"client": client, "server": server}
 
 
+def _cpu_evidence(
+    stop: Stop, per_cpu: list[float], cpu: dict[str, float], server: list[int]
+) -> Stop:
+    """The CPU stop with its evidence: each CPU's utilisation over the run (psutil)
+    and which side's processes held the most CPU time."""
+    side, seconds = max(cpu.items(), key=lambda kv: kv[1])
+    who = {"both": "the workers (both ends)", "client": "the client workers"}.get(
+        side, f"the server (pids {', '.join(map(str, server))})"
+    )
+    detail = (
+        f"CPUs {', '.join(f'{p:.0f} %' for p in per_cpu)} busy over the run; "
+        f"{who} used {seconds:.2f} CPU-seconds, the most"
+    )
+    evidence = {"per_cpu_percent": per_cpu, "cpu_seconds": cpu, "busiest": side}
+    return replace(stop, detail=detail, evidence=evidence)
+
+
 def _server_pids(cfg: ChurnConfig) -> list[int]:
     """The local server's processes (the owners of its listener), for its CPU."""
     if cfg.connect is None:
@@ -399,6 +418,7 @@ class ChurnRun:
             kids.spawn("client", partial(churn_worker, port, i, per, cfg))
         server = _server_pids(cfg)
         server_cpu = measure.cpu_seconds(server)
+        psutil.cpu_percent(percpu=True)  # starts the per-CPU window
         kids.wait_for(kids.clients, lambda w: w.finished, cfg.duration + 30)
         mine = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
         cpu = {"both": mine}
@@ -406,9 +426,13 @@ class ChurnRun:
             cpu = {"client": mine}
             if server:
                 cpu["server"] = measure.cpu_seconds(server) - server_cpu
+        per_cpu = [round(p, 1) for p in psutil.cpu_percent(percpu=True)]
         tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
-        return self._result(cfg, ns, before, after, tw, cpu)
+        result = self._result(cfg, ns, before, after, tw, cpu)
+        if result.stop.reason != "cpu":
+            return result
+        return replace(result, stop=_cpu_evidence(result.stop, per_cpu, cpu, server))
 
     def _result(
         self,
