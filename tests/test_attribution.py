@@ -15,6 +15,7 @@ import pytest
 
 from tcpceiling.probe import attribution
 from tcpceiling.probe.messages import (
+    ChurnProgress,
     ClientProgress,
     ClientStart,
     Failure,
@@ -137,6 +138,17 @@ def test_server_mode_names_the_kind_of_failure() -> None:
             hist={12: 1},
         ),
         SinkProgress(0, 7, full_errno=24, cpu=0.5),
+        ChurnProgress(
+            1,
+            "client",
+            5,
+            (3, 2),
+            {99: 1},
+            {7: 5},
+            True,
+            0.25,
+            ({7: 3}, {}),
+        ),
     ],
 )
 def test_messages_round_trip(msg: object) -> None:

@@ -57,6 +57,9 @@ def test_rst_leaves_no_time_wait_and_the_cpu_sets_the_rate() -> None:
     assert r["time_wait"] == {"client": 0, "server": 0}
     assert r["stop"]["reason"] == "cpu" and not r["errno_counts"]
     assert r["cpu_us_per_cycle"]["both"] > 0
+    assert len(r["stop"]["evidence"]["per_cpu_percent"]) == (os.cpu_count() or 1)
+    lat = r["latency_per_second_us"]
+    assert len(lat) == len(r["per_second"]) and all(s["p99"] is not None for s in lat)
 
 
 def test_tw_reuse_takes_ports_back_after_a_second() -> None:

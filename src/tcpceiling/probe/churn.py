@@ -105,6 +105,8 @@ class ChurnResult:
     #: completed cycles per second of the run, summed over the workers
     per_second: tuple[int, ...]
     connect_latency_us: dict[str, float | None]
+    #: connect latency percentiles of every second (p50, p95, p99)
+    latency_per_second_us: tuple[dict[str, float | None], ...]
     errno_counts: dict[str, int]
     time_wait: dict[str, int]  # TIME_WAIT entries at the end, by side
     counters: dict[str, int]  # deltas over the run
@@ -124,7 +126,14 @@ class _Tally:
     per_second: Counter[int] = field(default_factory=Counter)
     errors: Counter[int] = field(default_factory=Counter)
     hist: Histogram = field(default_factory=Histogram)
+    second_hists: dict[int, Histogram] = field(default_factory=dict)
     completed: int = 0
+
+    def add(self, second: int, done: int, took: float) -> None:
+        self.completed += done
+        self.per_second[second] += done
+        self.hist.add(took * 1e6)
+        self.second_hists.setdefault(second, Histogram()).add(took * 1e6)
 
 
 class Pair:
@@ -241,9 +250,7 @@ def churn_worker(
             continue
         done, took, err = pair.burst(burst)
         if done:
-            tally.completed += done
-            tally.per_second[int(now - t0)] += done
-            tally.hist.add(took * 1e6)
+            tally.add(int(now - t0), done, took)
         if err:
             tally.errors[err] += 1
             if err in PORTS_GONE:
@@ -265,6 +272,9 @@ def _progress(index: int, t: _Tally, duration: float, final: bool) -> ChurnProgr
         hist=t.hist.counts,
         final=final,
         cpu=sum(os.times()[:2]),
+        per_second_hist=tuple(
+            t.second_hists[i].counts if i in t.second_hists else {} for i in range(seconds)
+        ),
     )
 
 
@@ -272,8 +282,11 @@ def _progress(index: int, t: _Tally, duration: float, final: bool) -> ChurnProgr
 
 
 def _tcpext(roots: Roots) -> dict[str, int]:
-    netstat, _ct = read_net_counters(roots)
-    return {k: netstat.get(f"TcpExt.{k}", 0) for k in COUNTERS}
+    """The TcpExt counters of COUNTERS, and conntrack's drops (when it is loaded)."""
+    netstat, conntrack = read_net_counters(roots)
+    out = {k: netstat.get(f"TcpExt.{k}", 0) for k in COUNTERS}
+    out["conntrack_drop"] = conntrack.get("drop", 0)
+    return out
 
 
 def time_wait_by_side(ports: set[int]) -> dict[str, int]:
@@ -451,10 +464,13 @@ class ChurnRun:
         )
         errors: Counter[int] = Counter()
         hist = Histogram()
+        seconds_hist = [Histogram() for _ in range(seconds)]
         for p in progress:
             errors.update(p.errors)
             hist.merge(p.hist)
-        d = {k: after.get(k, 0) - before.get(k, 0) for k in COUNTERS}
+            for i, h in enumerate(p.per_second_hist[:seconds]):
+                seconds_hist[i].merge(h)
+        d = {k: after.get(k, 0) - before.get(k, 0) for k in (*COUNTERS, "conntrack_drop")}
         sustained = round(completed / cfg.duration, 1)
         return ChurnResult(
             close=cfg.close,
@@ -464,6 +480,7 @@ class ChurnRun:
             sustained_per_s=sustained,
             per_second=per_second,
             connect_latency_us=hist.summary(),
+            latency_per_second_us=tuple(h.summary() for h in seconds_hist),
             errno_counts={errnos.name(k): v for k, v in errors.items()},
             time_wait=tw,
             counters=d,

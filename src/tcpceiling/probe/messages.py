@@ -121,6 +121,7 @@ class ChurnProgress:
     hist: dict[int, int] = field(default_factory=dict)
     final: bool = False
     cpu: float = 0.0  # the worker's own user + system CPU seconds
+    per_second_hist: tuple[dict[int, int], ...] = ()  # connect latency buckets by second
 
 
 Message: TypeAlias = (
@@ -164,6 +165,8 @@ def decode(line: bytes | str) -> Message:
             data[name] = _NESTED[name](**value)
         elif name == "per_second":
             data[name] = tuple(value)
+        elif name == "per_second_hist":
+            data[name] = tuple({int(k): v for k, v in h.items()} for h in value)
         elif name in _INT_KEYS:
             data[name] = {int(k): v for k, v in value.items()}
     return cls(**data)  # type: ignore[no-any-return]

@@ -35,6 +35,10 @@ def render_churn(r: ChurnResult, console: Console) -> None:
         ("ramp (workers: /s)", ", ".join(f"{w}: {v:,.0f}" for w, v in r.steps) or "—"),
         ("per second", _timeline(r.per_second)),
         ("connect latency µs", f"p50 {lat.get('p50')}, p99 {lat.get('p99')}"),
+        (
+            "p99 per second µs",
+            ", ".join(f"{s.get('p99') or '—'}" for s in r.latency_per_second_us[:12]),
+        ),
         ("CPU per cycle", cpu),
         ("errors", ", ".join(f"{k}: {v:,}" for k, v in r.errno_counts.items()) or "none"),
         ("TIME_WAIT at end", f"client {r.time_wait['client']:,}, server {r.time_wait['server']:,}"),
