@@ -107,6 +107,9 @@ class ChurnResult:
     connect_latency_us: dict[str, float | None]
     #: connect latency percentiles of every second (p50, p95, p99)
     latency_per_second_us: tuple[dict[str, float | None], ...]
+    #: once the ports ran out: the cycles after / the time after, when the run went on
+    #: for a TIME_WAIT period (60 s) past it; the rate TIME_WAIT lets through
+    steady_per_s: float | None
     errno_counts: dict[str, int]
     time_wait: dict[str, int]  # TIME_WAIT entries at the end, by side
     counters: dict[str, int]  # deltas over the run
@@ -128,9 +131,13 @@ class _Tally:
     hist: Histogram = field(default_factory=Histogram)
     second_hists: dict[int, Histogram] = field(default_factory=dict)
     completed: int = 0
+    exhausted_at: float | None = None
+    after_exhausted: int = 0
 
     def add(self, second: int, done: int, took: float) -> None:
         self.completed += done
+        if self.exhausted_at is not None:
+            self.after_exhausted += done
         self.per_second[second] += done
         self.hist.add(took * 1e6)
         self.second_hists.setdefault(second, Histogram()).add(took * 1e6)
@@ -254,6 +261,8 @@ def churn_worker(
         if err:
             tally.errors[err] += 1
             if err in PORTS_GONE:
+                if tally.exhausted_at is None:
+                    tally.exhausted_at = time.perf_counter() - t0
                 time.sleep(0.01)  # each attempt scans the whole range: do not spin
         if now - last > REPORT_EVERY:
             last = now
@@ -275,6 +284,8 @@ def _progress(index: int, t: _Tally, duration: float, final: bool) -> ChurnProgr
         per_second_hist=tuple(
             t.second_hists[i].counts if i in t.second_hists else {} for i in range(seconds)
         ),
+        exhausted_at=t.exhausted_at,
+        after_exhausted=t.after_exhausted,
     )
 
 
@@ -296,6 +307,18 @@ def time_wait_by_side(ports: set[int]) -> dict[str, int]:
     client = sum(1 for r in rows if diag.port(r[diag.DPORT]) in ports)
     server = sum(1 for r in rows if diag.port(r[diag.SPORT]) in ports)
     return {"client": client, "server": server}
+
+
+TIME_WAIT_SECONDS = 60  # TCP_TIMEWAIT_LEN (include/net/tcp.h)
+
+
+def _steady(progress: list[ChurnProgress], duration: float) -> float | None:
+    """The rate after the first port shortage, over a window of at least one
+    TIME_WAIT period: by then the ports come back as fast as they were taken."""
+    at = [p.exhausted_at for p in progress if p.exhausted_at is not None]
+    if not at or duration - min(at) < TIME_WAIT_SECONDS:
+        return None
+    return round(sum(p.after_exhausted for p in progress) / (duration - min(at)), 3)
 
 
 def _cpu_evidence(
@@ -481,6 +504,7 @@ class ChurnRun:
             per_second=per_second,
             connect_latency_us=hist.summary(),
             latency_per_second_us=tuple(h.summary() for h in seconds_hist),
+            steady_per_s=_steady(progress, cfg.duration),
             errno_counts={errnos.name(k): v for k, v in errors.items()},
             time_wait=tw,
             counters=d,

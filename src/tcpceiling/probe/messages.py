@@ -122,6 +122,8 @@ class ChurnProgress:
     final: bool = False
     cpu: float = 0.0  # the worker's own user + system CPU seconds
     per_second_hist: tuple[dict[int, int], ...] = ()  # connect latency buckets by second
+    exhausted_at: float | None = None  # seconds into the run of the first port shortage
+    after_exhausted: int = 0  # cycles completed after it
 
 
 Message: TypeAlias = (

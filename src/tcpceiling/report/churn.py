@@ -32,6 +32,10 @@ def render_churn(r: ChurnResult, console: Console) -> None:
     )
     rows = [
         ("cycles", f"{r.completed:,} in {r.duration:g} s"),
+        (
+            "after the ports ran out",
+            f"{r.steady_per_s:,.2f}/s" if r.steady_per_s is not None else "— (needs 60 s past)",
+        ),
         ("ramp (workers: /s)", ", ".join(f"{w}: {v:,.0f}" for w, v in r.steps) or "—"),
         ("per second", _timeline(r.per_second)),
         ("connect latency µs", f"p50 {lat.get('p50')}, p99 {lat.get('p99')}"),

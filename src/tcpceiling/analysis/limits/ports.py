@@ -147,7 +147,10 @@ def _time_wait(ctx: Context) -> Constraint:
     churn = ctx.scenario.churn_per_s
     warn = f"; --churn {churn:g}/s exceeds it" if churn > rate else ""
     return replace(
-        base, ceiling=rate, note=f"{usable} ports / {TIME_WAIT_SECONDS} s TIME_WAIT{warn}"
+        base,
+        ceiling=rate,
+        note=f"{usable} ports / {TIME_WAIT_SECONDS} s TIME_WAIT{warn}",
+        details={"per_second": round(usable / TIME_WAIT_SECONDS, 3)},  # unrounded
     )
 
 
