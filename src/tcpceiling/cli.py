@@ -308,6 +308,19 @@ def snapshot_cmd(
     stderr.print(f"wrote {out}; analyze it with --procfs {out}/proc --sysfs {out}/sys")
 
 
+#: Options that mean the same for probe and rate.
+SYSCTL_OPTION = click.option(
+    "--sysctl",
+    "sysctls",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A net.* sysctl set inside the run's namespace only.",
+)
+RUN_NETNS_OPTION = click.option(
+    "--netns", default=None, help="Run inside this existing network namespace."
+)
+
+
 def server_options(fn: F) -> F:
     """probe's options for real servers."""
     options = [
@@ -341,7 +354,7 @@ def server_options(fn: F) -> F:
             default=None,
             help="The server's pid, for fd-limit evidence (default: the listener's owner).",
         ),
-        click.option("--netns", default=None, help="Run inside this existing network namespace."),
+        RUN_NETNS_OPTION,
         click.option(
             "--max-pending",
             type=click.IntRange(min=1),
@@ -433,13 +446,7 @@ def activity_options(fn: F) -> F:
     default=None,
     help="Run inside a private network namespace (default: on when root).",
 )
-@click.option(
-    "--sysctl",
-    "sysctls",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A net.* sysctl set inside the run's namespace only.",
-)
+@SYSCTL_OPTION
 @click.option(
     "--memory-floor",
     type=BYTES,
@@ -612,13 +619,7 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     help="Worker processes: with --rate R, that many (default 1); with --rate max, "
     "the most the ramp tries, doubling from 1 (default: twice the CPUs).",
 )
-@click.option(
-    "--sysctl",
-    "sysctls",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A net.* sysctl set inside the run's namespace only.",
-)
+@SYSCTL_OPTION
 @click.option(
     "--connect",
     default=None,
@@ -633,7 +634,7 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     help="With --connect: a request whose valid reply makes the cycle count "
     "(http with --close server asks for Connection: close).",
 )
-@click.option("--netns", default=None, help="Run inside this existing network namespace.")
+@RUN_NETNS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @errors_to_exit
 def rate_cmd(
