@@ -9,9 +9,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import IS_ROOT, cli_json, constraint, netns_sysctl
@@ -166,3 +168,23 @@ def test_past_the_first_range_the_rate_is_ports_per_minute(netns: str) -> None:
     predicted = constraint(a["scenarios"][0], "time_wait")["details"]["per_second"]
     assert predicted == round(100 / 60, 3)
     assert abs(r["steady_per_s"] - predicted) <= 0.10 * predicted, r["steady_per_s"]
+
+
+def test_a_killed_churn_worker_is_named() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcpceiling", "rate", "--rate", "100", "--duration", "4",
+         "--workers", "1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    kids: list[psutil.Process] = []
+    while not kids and time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children()
+        time.sleep(0.1)
+    assert kids, "rate started no worker"
+    time.sleep(0.5)
+    kids[0].kill()
+    out, err = proc.communicate(timeout=60)
+    r = json.loads(out)
+    assert proc.returncode == 1 and r["stop"]["reason"] == "worker_died", err
+    assert f"pid {kids[0].pid}" in r["stop"]["detail"]

@@ -466,6 +466,11 @@ class ChurnRun:
         tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
         result = self._result(cfg, ns, before, after, tw, cpu)
+        lost = [w for w in kids.client_states if not w.finished]
+        if lost:  # a worker that died counted nothing of its share: say so
+            names = ", ".join(f"{w.index} (pid {w.pid})" for w in lost)
+            stop = Stop("worker_died", detail=f"churn worker(s) {names} ended without a result")
+            return replace(result, stop=stop)
         if result.stop.reason != "cpu":
             return result
         return replace(result, stop=_cpu_evidence(result.stop, per_cpu, cpu, server))
