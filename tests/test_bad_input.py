@@ -111,6 +111,12 @@ CASES: list[tuple[str, list[str], int, bool]] = [
     ("memory-floor-negative", ["probe", "--memory-floor", "-1G"], 2, False),
     ("check-without-connect", ["probe", "--check", "http"], 2, False),
     ("check-every-0", ["probe", "--connect", "127.0.0.1:{port}", "--check-every", "0"], 2, False),
+    (
+        "check-every-mqtt",
+        ["probe", "--connect", "127.0.0.1:{port}", "--check", "mqtt", "--check-every", "1"],
+        2,
+        False,
+    ),
     ("probe-connect-port-0", ["probe", "--connect", "127.0.0.1:0"], 2, False),
     ("probe-connect-unknown", ["probe", "--connect", "nohost.invalid:80"], 2, False),
     ("sysctl-bad-value", ["probe", "--sysctl", "net.ipv4.ip_local_port_range=abc"], 2, True),

@@ -13,6 +13,26 @@ from tcpceiling.probe.evidence import ServerProcess, ServerSample, attribute
 ECHO = checks.request("echo", "h")
 
 
+#: A server's 101 for the fixed key (RFC 6455 §1.3: SHA-1 of key + GUID, base64).
+WS_OK = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: " + checks.websocket_accept(checks.WS_KEY).encode() + b"\r\n\r\n"
+)
+_PG_FIELDS = b"SFATAL\0VFATAL\0C53300\0Msorry, too many clients already\0\0"
+PG_TOO_MANY = b"E" + (4 + len(_PG_FIELDS)).to_bytes(4, "big") + _PG_FIELDS
+
+
+def test_websocket_accept_is_rfc_6455s_example() -> None:
+    assert checks.websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_mqtt_connect_and_pg_startup_bytes() -> None:
+    assert checks.mqtt_connect().hex() == "100c00044d515454040200000000"
+    startup = checks.pg_startup()
+    assert int.from_bytes(startup[:4], "big") == len(startup)
+    assert startup[4:8] == (196608).to_bytes(4, "big") and startup.endswith(b"postgres\0\0")
+
+
 @pytest.mark.parametrize(
     ("check", "reply", "outcome", "text"),
     [
@@ -33,6 +53,20 @@ ECHO = checks.request("echo", "h")
         ("tls", bytes([21, 3, 3, 0, 2, 2, 40]), "error", "TLS alert 40"),
         ("tls", bytes([22, 3]), "more", ""),
         ("none", b"-ERR max number of clients reached\r\n", "more", ""),
+        ("websocket", WS_OK, "ok", ""),
+        ("websocket", WS_OK[:30], "more", ""),
+        ("websocket", WS_OK.replace(b"Accept: ", b"Accept: x"), "error",
+         "101 without the Sec-WebSocket-Accept of our key"),
+        ("websocket", b"HTTP/1.1 503 Service Unavailable\r\n\r\n", "error",
+         "HTTP/1.1 503 Service Unavailable"),
+        ("mqtt", bytes([0x20, 2, 0, 0]), "ok", ""),
+        ("mqtt", bytes([0x20, 2, 0, 3]), "error", "connection refused: server unavailable"),
+        ("mqtt", bytes([0x20, 2]), "more", ""),
+        ("mqtt", bytes([0x30, 2, 0, 0]), "error", "not a CONNACK (packet type 3)"),
+        ("postgres", b"R\x00\x00\x00\x08\x00\x00\x00\x00", "ok", ""),  # AuthenticationOk
+        ("postgres", b"R\x00\x00\x00\x0c\x00\x00\x00\x05salt", "ok", ""),  # asks MD5
+        ("postgres", PG_TOO_MANY, "error", "FATAL: sorry, too many clients already"),
+        ("postgres", PG_TOO_MANY[:12], "more", ""),
     ],
 )  # fmt: skip
 def test_verdicts(check: str, reply: bytes, outcome: str, text: str) -> None:

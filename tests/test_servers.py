@@ -213,3 +213,68 @@ def test_ipv6_listener_and_hostnames() -> None:
     assert code == 1 and r["established"] == 4 + 1 and r["stop"]["reason"] == "backlog"
     assert r["sink_endpoints"] == [f"[::1]:{port}"]
     assert resolve(Endpoint("localhost", 80)).host in ("127.0.0.1", "::1")
+
+
+def test_websocket_server_with_a_connection_limit() -> None:
+    """A WebSocket server of ours that completes the RFC 6455 handshake for 40
+    clients at once and answers 503 past them: 40 served, the 503 is the stop."""
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "servers" / "ws_server.py"), str(port), "40"]
+    with running(cmd, port, ready_line=True):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "websocket", "--target", "100")
+    assert code == 1 and r["side"] == "server"
+    assert r["served"] == 40
+    assert r["stop"]["reason"] == "server_reply"
+    assert "503 Service Unavailable" in r["stop"]["evidence"]["reply"]
+
+
+@needs("initdb")
+def test_postgres_max_connections() -> None:
+    """A throw-away cluster with max_connections 10 and trust authentication. The
+    probe connects as the superuser, who may use the superuser-reserved slots too,
+    so all 10 are served; the 11th hears 'FATAL: sorry, too many clients already'.
+    (initdb refuses root: the cluster is the postgres user's, in a directory under
+    /tmp that user can reach.)"""
+    with tempfile.TemporaryDirectory(prefix="tcx-pg-") as tmp:
+        Path(tmp).chmod(0o777)
+        _postgres_served(Path(tmp))
+
+
+def _postgres_served(tmp_path: Path) -> None:
+    data, port = tmp_path / "pg", free_port()
+    as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+    subprocess.run(
+        [*as_pg, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    cmd = [
+        *as_pg, "postgres", "-D", str(data), "-p", str(port), "-k", str(tmp_path),
+        "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=10",
+    ]  # fmt: skip
+    with running(cmd, port):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "postgres", "--target", "40")
+    assert code == 1 and r["side"] == "server"
+    assert r["served"] == 10
+    assert r["stop"]["reason"] == "server_reply"
+    assert "too many clients already" in r["stop"]["evidence"]["reply"]
+
+
+@needs("mosquitto")
+def test_mosquitto_max_connections(tmp_path: Path) -> None:
+    """mosquitto with max_connections 50: 50 CONNACKs; past them the broker closes
+    each new socket at once, before any CONNACK (its accept loop checks the count
+    of connected sockets against max_connections). A close() with our CONNECT
+    still unread in the socket sends an RST instead of a FIN (tcp_close,
+    net/ipv4/tcp.c), so the client sees the server close or reset: either is the
+    server's limit."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections 50\n"
+        "persistence false\nlog_dest none\n"
+    )
+    with running(["mosquitto", "-c", str(conf)], port):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "mqtt", "--target", "100")
+    assert code == 1 and r["side"] == "server"
+    assert r["served"] == 50
+    assert r["stop"]["reason"] in ("server_closed", "server_reset")

@@ -9,7 +9,7 @@ from pathlib import Path
 from tcpceiling.analysis.model import Endpoint, IoModel
 from tcpceiling.errors import InputError
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.checks import CHECKS
+from tcpceiling.probe.checks import CHECKS, ONCE_ONLY
 
 GIB = 1 << 30
 
@@ -72,6 +72,11 @@ class ProbeConfig:
             raise InputError("--check needs --connect (the built-in sink is not a service)")
         if self.check_every is not None and self.check_every <= 0:
             raise InputError("--check-every must be positive")
+        if self.check_every is not None and self.check in ONCE_ONLY:
+            raise InputError(
+                f"--check-every re-sends the check; a {self.check} handshake is sent once "
+                "per connection (ping frames and PINGREQ are not sent yet)"
+            )
         if self.connect and (self.sink_ports is not None or self.sink_host != "127.0.0.1"):
             raise InputError("--sink-ports/--sink-host are for the built-in sink, not --connect")
         if self.connect and (self.active or self.io_model != "epoll"):
