@@ -15,8 +15,8 @@ from typing import Any
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
-from tcpceiling.probe.messages import Crash, Released, SinkProgress
-from tcpceiling.probe.procs import Child, close_pipe, read_messages, reap, signal_child, spawn
+from tcpceiling.probe.attribution import accepted
+from tcpceiling.probe.children import Children
 from tcpceiling.probe.sink import SinkMode, SinkPlan, listener, run_sink
 
 
@@ -48,40 +48,26 @@ def serve(
         stop["flag"] = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    children: list[Child] = [
-        spawn("sink", i, partial(run_sink, SinkPlan(i, eps, backlog, mode))) for i in range(shards)
-    ]
-    accepted: dict[int, int] = {}
+    kids = Children()
+    for i in range(shards):
+        kids.spawn("sink", partial(run_sink, SinkPlan(i, eps, backlog, mode)))
     t0 = time.monotonic()
     report({"type": "ready", "accepted": 0, "elapsed": 0.0})
     try:
         while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
-            for c in children:
-                msgs, closed = read_messages(c)
-                for m in msgs:
-                    if isinstance(m, SinkProgress | Released):
-                        accepted[c.index] = m.accepted
-                    if isinstance(m, Crash):
-                        raise HostError(f"sink shard {c.index} failed: {m.error}")
-                if closed and reap(c):
-                    raise HostError(f"sink shard {c.index} (pid {c.pid}) exited")
+            kids.pump()
+            if kids.died is not None:  # a shard crashed or exited
+                raise HostError(kids.died.detail)
             report(
                 {
                     "type": "progress",
-                    "accepted": sum(accepted.values()),
+                    "accepted": accepted(kids.sink_states),
                     "elapsed": time.monotonic() - t0,
                 }
             )
             time.sleep(0.25)
     finally:
-        for c in children:
-            signal_child(c, signal.SIGTERM)
-        for c in children:
-            reap(c, block=True)
-            for m in read_messages(c)[0]:
-                if isinstance(m, SinkProgress | Released):
-                    accepted[c.index] = m.accepted
-            close_pipe(c)
+        kids.release()
         for s, h in old.items():
             signal.signal(s, h)
-    return sum(accepted.values())
+    return accepted(kids.sink_states)
