@@ -4,31 +4,34 @@ from __future__ import annotations
 
 import pytest
 
-from tcpceiling.errors import ParseError
+from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host.parse import parse_conntrack_stat
 from tcpceiling.host.sockets import Listener
 from tcpceiling.probe import checks
+from tcpceiling.probe import protocols as wire
 from tcpceiling.probe.evidence import ServerProcess, ServerSample, attribute
 
-ECHO = checks.request("echo", "h")
+ECHO = checks.parse("echo").request("h")
 
 
 #: A server's 101 for the fixed key (RFC 6455 §1.3: SHA-1 of key + GUID, base64).
 WS_OK = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: " + checks.websocket_accept(checks.WS_KEY).encode() + b"\r\n\r\n"
+    b"Sec-WebSocket-Accept: " + wire.websocket_accept(wire.WS_KEY).encode() + b"\r\n\r\n"
 )
 _PG_FIELDS = b"SFATAL\0VFATAL\0C53300\0Msorry, too many clients already\0\0"
+#: The generic check on an SMTP banner (RFC 5321 §4.2: 220 ready, 421 busy).
+SMTP = "expect:^220 ,refuse:^[45][0-9][0-9] "
 PG_TOO_MANY = b"E" + (4 + len(_PG_FIELDS)).to_bytes(4, "big") + _PG_FIELDS
 
 
 def test_websocket_accept_is_rfc_6455s_example() -> None:
-    assert checks.websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert wire.websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 def test_mqtt_connect_and_pg_startup_bytes() -> None:
-    assert checks.mqtt_connect().hex() == "100c00044d515454040200000000"
-    startup = checks.pg_startup()
+    assert wire.mqtt_connect().hex() == "100c00044d515454040200000000"
+    startup = wire.pg_startup()
     assert int.from_bytes(startup[:4], "big") == len(startup)
     assert startup[4:8] == (196608).to_bytes(4, "big") and startup.endswith(b"postgres\0\0")
 
@@ -59,6 +62,8 @@ def test_mqtt_connect_and_pg_startup_bytes() -> None:
          "101 without the Sec-WebSocket-Accept of our key"),
         ("websocket", b"HTTP/1.1 503 Service Unavailable\r\n\r\n", "error",
          "HTTP/1.1 503 Service Unavailable"),
+        ("websocket", WS_OK + b"\x88\x02\x03\xf5", "error", "websocket close 1013"),
+        ("websocket", WS_OK + b"\x89\x00", "ok", ""),  # a ping with the 101: served
         ("mqtt", bytes([0x20, 2, 0, 0]), "ok", ""),
         ("mqtt", bytes([0x20, 2, 0, 3]), "error", "connection refused: server unavailable"),
         ("mqtt", bytes([0x20, 2]), "more", ""),
@@ -67,19 +72,125 @@ def test_mqtt_connect_and_pg_startup_bytes() -> None:
         ("postgres", b"R\x00\x00\x00\x0c\x00\x00\x00\x05salt", "ok", ""),  # asks MD5
         ("postgres", PG_TOO_MANY, "error", "FATAL: sorry, too many clients already"),
         ("postgres", PG_TOO_MANY[:12], "more", ""),
+        (SMTP, b"220 mx.example.org ESMTP Postfix\r\n", "ok", ""),
+        (SMTP, b"220-mx.example.org ESMTP\r\n", "more", ""),  # a multi-line banner goes on
+        (SMTP, b"220-mx ESMTP\r\n220 ready\r\n", "ok", ""),
+        (SMTP, b"220-mx\r\n421 4.7.0 Too many connections\r\n", "error",
+         "421 4.7.0 Too many connections"),
+        (SMTP, b"x" * 4096, "error", "no match in the reply: " + "x" * 120),
+        ("send:PING\\r\\n,expect:^\\+PONG", b"+PONG\r\n", "ok", ""),
     ],
 )  # fmt: skip
 def test_verdicts(check: str, reply: bytes, outcome: str, text: str) -> None:
-    v = checks.verdict(check, reply, checks.request(check, "h"))
+    c = checks.parse(check)
+    v = c.verdict(reply, c.request("h"))
     assert (v.outcome, v.text) == (outcome, text)
 
 
 def test_requests() -> None:
-    assert checks.request("none", "h") == b""
-    assert checks.request("http", "example.org").startswith(b"GET / HTTP/1.1\r\nHost: example.org")
-    assert checks.request("redis", "h") == b"*1\r\n$4\r\nPING\r\n"
-    hello = checks.request("tls", "h")
+    assert checks.parse("none").request("h") == b""
+    http = checks.parse("http").request("example.org")
+    assert http.startswith(b"GET / HTTP/1.1\r\nHost: example.org")
+    assert checks.parse("redis").request("h") == b"*1\r\n$4\r\nPING\r\n"
+    assert checks.parse("websocket:/chat?x=1").request("h").startswith(b"GET /chat?x=1 HTTP/1.1")
+    assert checks.parse("mqtt:60").request("h")[10:12] == b"\x00\x3c"  # keep-alive 60 s
+    assert checks.parse("send:HELO x\\r\\n,expect:^250").request("h") == b"HELO x\r\n"
+    assert checks.parse("send:0x0d0a00ff,expect:x").request("h") == b"\r\n\x00\xff"
+    assert checks.parse("expect:^220 ").request("h") == b""  # a banner: the server speaks first
+    hello = checks.parse("tls").request("h")
     assert hello[0] == 22 and hello[5] == 1  # handshake record carrying ClientHello
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gopher", "unknown"),
+        ("http:x", "takes no argument"),
+        ("websocket:chat", "not a request path"),
+        ("websocket:/a b", "not a request path"),
+        ("mqtt:70000", "not 0..65535"),
+        ("mqtt:-1", "not 0..65535"),
+        ("send:x", "needs expect:REGEX"),
+        ("send:x,expect:", "needs expect:REGEX"),
+        ("send:x,expect:(", "not a regular expression"),
+        ("send:x,expect:a,refuse:[", "not a regular expression"),
+        ("send:0xZZ,expect:a", "cannot decode"),
+        ("send:a\\,expect:a", "cannot decode"),
+        ("expect:a,expect:b", "given twice"),
+    ],
+)
+def test_bad_check_specs_say_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        checks.parse(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["none", "http", "websocket", "websocket:/chat", "mqtt", "mqtt:30", "expect:^220 ",
+     "send:QUIT\\r\\n,expect:^221", "send:\\x00\\xff,expect:ok,refuse:^no"],
+)  # fmt: skip
+def test_check_specs_round_trip(spec: str) -> None:
+    assert checks.parse(spec).spec == spec
+    assert checks.parse(checks.parse(spec).spec) == checks.parse(spec)
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked server frame (RFC 6455 §5.1), with the 16-bit length past 125."""
+    n = len(payload)
+    size = bytes([n]) if n < 126 else b"\x7e" + n.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + size + payload
+
+
+CLOSE_1013 = _server_frame(0x8, b"\x03\xf5Try Again Later")
+
+
+def test_websocket_frames_both_ways() -> None:
+    ping = wire.ws_frame(wire.WS_PING, b"abc")
+    assert ping[:2] == b"\x89\x83" and ping[2:6] == wire.WS_MASK  # final, masked, 3 bytes
+    assert wire.ws_frames(ping) == ([(wire.WS_PING, b"abc")], b"")
+    text = _server_frame(0x1, b"y" * 300)
+    assert wire.ws_frames(text + CLOSE_1013[:3]) == ([(0x1, b"y" * 300)], CLOSE_1013[:3])
+    assert wire.ws_close_text(b"\x03\xe8") == "websocket close 1000"
+
+
+@pytest.mark.parametrize(
+    ("spec", "reply", "outcome", "text"),
+    [
+        ("websocket", _server_frame(0xA, b"tcpceiling"), "ok", ""),
+        ("websocket", _server_frame(0x1, b"news") + _server_frame(0xA, b""), "ok", ""),
+        ("websocket", CLOSE_1013, "error", "websocket close 1013 Try Again Later"),
+        ("websocket", _server_frame(0xA, b"x")[:2], "more", ""),
+        ("mqtt", b"\xd0\x00", "ok", ""),
+        ("mqtt", b"\xd0", "more", ""),
+        ("mqtt", b"\x30\x00", "error", "not a PINGRESP (packet type 3)"),
+        ("redis", b"+PONG\r\n", "ok", ""),
+    ],
+)
+def test_recheck_verdicts(spec: str, reply: bytes, outcome: str, text: str) -> None:
+    c = checks.parse(spec)
+    sent = c.recheck("h")
+    assert sent is not None
+    v = c.verdict(reply, sent, again=True)
+    assert (v.outcome, v.text) == (outcome, text)
+
+
+def test_what_can_be_rechecked_and_pinged() -> None:
+    assert checks.parse("websocket").recheck("h") == wire.ws_frame(wire.WS_PING, b"tcpceiling")
+    assert checks.parse("mqtt").recheck("h") == wire.MQTT_PINGREQ
+    once = ["tls", "postgres", "none", "expect:^220"]
+    assert [checks.parse(s).repeatable for s in once] == [False] * 4
+    assert checks.parse("send:x,expect:y").repeatable
+    assert checks.parse("mqtt:60").ping_every == 30 and checks.parse("mqtt").ping_every is None
+
+
+def test_held_websocket_answers_pings_and_hears_close() -> None:
+    ws = checks.parse("websocket")
+    ping = _server_frame(0x9, b"hi")
+    assert ws.held(ping) == checks.Held(reply=wire.ws_frame(wire.WS_PONG, b"hi"))
+    assert ws.held(ping + CLOSE_1013).closing == "websocket close 1013 Try Again Later"
+    assert checks.parse("mqtt").held(b"\xd0\x00") == checks.Held()
+    assert ws.after_reply(WS_OK + ping, again=False) == ping
+    assert ws.after_reply(ping, again=True) == b""
 
 
 # /proc/net/stat/nf_conntrack, the first 12 of its 17 columns.

@@ -235,6 +235,100 @@ def test_websocket_server_with_a_connection_limit() -> None:
     assert "503 Service Unavailable" in r["stop"]["evidence"]["reply"]
 
 
+WS_SERVER = HERE / "servers" / "ws_server.py"
+
+
+def test_websocket_close_frame_past_the_limit() -> None:
+    """Past 40 clients this server upgrades, then closes at once with 1013 Try Again
+    Later (RFC 6455 §7.4.1): the close frame is the server's words, not a 41st
+    served connection."""
+    port = free_port()
+    cmd = [sys.executable, str(WS_SERVER), str(port), "40", "--past", "close"]
+    with running(cmd, port, ready_line=True):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "websocket", "--target", "100")
+    assert code == 1
+    assert_server_limit(r, 40, ("server_reply",))
+    assert r["stop"]["evidence"]["reply"] == "websocket close 1013 Try Again Later"
+
+
+def test_websocket_pings_both_ways() -> None:
+    """The server pings every 0.5 s and closes (1002) a client that did not pong since
+    its last ping: held 3 s, every connection stays only if the probe answers the
+    server's pings; --check-every pings the server and counts its pongs."""
+    port = free_port()
+    cmd = [sys.executable, str(WS_SERVER), str(port), "1000", "--ping", "0.5"]
+    with running(cmd, port, ready_line=True):
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "websocket:/feed", "--target", "50",
+            "--hold", "3", "--check-every", "0.5",
+        )  # fmt: skip
+    assert code == 0 and r["served"] == 50 and r["check"] == "websocket:/feed"
+    assert r["outcomes"]["rechecked_ok"] >= 50 and r["outcomes"].get("evicted", 0) == 0
+
+
+@needs("mosquitto")
+@pytest.mark.parametrize("every", [None, "0.5"])
+def test_mqtt_keep_alive_keeps_held_connections(tmp_path: Path, every: str | None) -> None:
+    """With keep-alive 2 s mosquitto drops a client silent for 1.5 x 2 = 3 s (MQTT
+    3.1.1 §3.1.2.10). Held 5 s, the 50 stay served only because the probe sends a
+    PINGREQ on each every second; --check-every also counts the PINGRESPs."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+    )
+    extra = ["--check-every", every] if every else []
+    with running(["mosquitto", "-c", str(conf)], port):
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "mqtt:2", "--target", "50",
+            "--hold", "5", *extra,
+        )  # fmt: skip
+    assert code == 0 and r["served"] == 50, r["outcomes"]
+    assert r["outcomes"]["pings"] >= 50 * 3 and r["outcomes"].get("evicted", 0) == 0
+    assert (r["outcomes"].get("rechecked_ok", 0) > 0) == bool(every)
+
+
+def redis_info(port: int, key: str) -> int:
+    """A field of redis's INFO, read over a plain socket (the server's own count)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"INFO\r\n")
+        data = s.recv(65536)  # a bulk reply: $LENGTH, then LENGTH bytes
+        head, _, data = data.partition(b"\r\n")
+        while len(data) < int(head[1:]):
+            data += s.recv(65536)
+    line = next(x for x in data.decode().splitlines() if x.startswith(key + ":"))
+    return int(line.split(":")[1])
+
+
+@needs("redis-server")
+def test_generic_check_on_redis_matches_its_own_counters() -> None:
+    """send/expect/refuse on redis with maxclients 60: the refusals the probe counted
+    are redis's own rejected_connections."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "60"]
+    spec = r"send:PING\r\n,expect:^\+PONG,refuse:^-"
+    with running([*cmd, "--save", "", "--appendonly", "no"], port):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", spec, "--target", "200")
+        rejected = redis_info(port, "rejected_connections")
+    assert code == 1
+    assert_server_limit(r, 60, ("server_reply",))
+    assert r["stop"]["evidence"]["reply"] == "-ERR max number of clients reached"
+    assert r["outcomes"]["error_reply"] == rejected
+
+
+def test_generic_check_on_a_banner() -> None:
+    """A server that speaks first (an SMTP-like banner): nothing is sent, `expect`
+    matches the 220, `refuse` the 421 past its 25 clients."""
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "servers" / "banner_server.py"), str(port), "25"]
+    spec = "expect:^220 ,refuse:^4[0-9][0-9] "
+    with running(cmd, port, ready_line=True):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", spec, "--target", "60")
+    assert code == 1
+    assert_server_limit(r, 25, ("server_reply",))
+    assert r["stop"]["evidence"]["reply"].startswith("421 4.7.0")
+
+
 @needs("initdb")
 def test_postgres_max_connections() -> None:
     """A throw-away cluster with max_connections 10 and trust authentication. The

@@ -29,7 +29,7 @@ from tcpceiling.analysis.model import (
 from tcpceiling.errors import HostError, InputError, ParseError
 from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.checks import CHECKS
+from tcpceiling.probe import checks
 from tcpceiling.report.analysis import render_analysis
 from tcpceiling.units import parse_bytes
 
@@ -100,6 +100,30 @@ class ByteSize(_IntParam):
 
 
 BYTES = ByteSize()
+
+if TYPE_CHECKING:
+    _StrParam = click.ParamType[str]
+else:
+    _StrParam = click.ParamType
+
+
+class CheckSpec(_StrParam):
+    """A service check SPEC (tcpceiling.probe.checks), validated here, passed on as text."""
+
+    name = "SPEC"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return checks.parse(str(value)).spec
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+CHECK_HELP = (
+    "Request sent on each new connection; a valid reply means served. SPEC: "
+    + checks.FORMS
+    + ". Examples: 'websocket:/chat', 'mqtt:60', 'expect:^220 ,refuse:^4' (an SMTP banner)."
+)
 
 
 class OneLineErrors(click.Group):
@@ -333,10 +357,10 @@ def server_options(fn: F) -> F:
         ),
         click.option(
             "--check",
-            type=click.Choice(list(CHECKS)),
+            type=CheckSpec(),
             default="none",
             show_default=True,
-            help="Request sent on each new connection; a valid reply means served.",
+            help=CHECK_HELP,
         ),
         click.option(
             "--check-timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True
@@ -628,11 +652,11 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
 )
 @click.option(
     "--check",
-    type=click.Choice(list(CHECKS)),
+    type=CheckSpec(),
     default="none",
     show_default=True,
     help="With --connect: a request whose valid reply makes the cycle count "
-    "(http with --close server asks for Connection: close).",
+    "(http with --close server asks for Connection: close). " + CHECK_HELP,
 )
 @RUN_NETNS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")

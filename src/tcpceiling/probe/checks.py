@@ -1,215 +1,222 @@
-"""Service checks: one protocol request per connection and the verdict on the reply.
+"""Service checks: what `--check SPEC` sends on each new connection, how the reply
+is judged, what `--check-every` sends on a held one, and what the server may say
+on a held connection (a WebSocket close frame, a ping to answer).
 
-Pure functions on bytes, so each protocol is table-tested with literal replies.
-A reply is "ok" (the server served the request), "error" (the server answered but
-refused: redis "-ERR max number of clients reached", memcached "SERVER_ERROR",
-an HTTP 5xx, a TLS alert) or "more" (incomplete: keep reading).
+SPEC is a kind with an optional argument:
+  none | echo | http | redis | memcached | tls | postgres
+  websocket[:PATH]           RFC 6455 upgrade of PATH (default /)
+  mqtt[:KEEPALIVE]           MQTT 3.1.1 CONNECT with a keep-alive in seconds (0: off)
+  send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
+                             \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
+                             when the reply matches `expect`, refused when `refuse` does.
+The wire formats are in tcpceiling.probe.protocols.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import ssl
-import struct
+import functools
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-CHECKS = (
-    "none",
-    "echo",
-    "http",
-    "redis",
-    "memcached",
-    "tls",
-    "websocket",
-    "mqtt",
-    "postgres",
+from tcpceiling.errors import InputError
+from tcpceiling.probe import protocols as p
+from tcpceiling.probe.protocols import MAX_REPLY, Verdict, first_line
+
+__all__ = ["MAX_REPLY", "Check", "Held", "Kind", "Verdict", "first_line", "parse"]
+
+Kind = Literal[
+    "none", "echo", "http", "redis", "memcached", "tls", "websocket", "mqtt", "postgres", "send"
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+#: The spec forms, for help and error messages.
+FORMS = (
+    "none, echo, http, redis, memcached, tls, postgres, websocket[:PATH], "
+    "mqtt[:KEEPALIVE], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
-Outcome = Literal["ok", "error", "more"]
-MAX_REPLY = 4096  # bytes looked at; a status line never needs more
+_FIELD = re.compile(r",(?=(?:send|expect|refuse):)")
 
 
 @dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    text: str = ""  # the server's own words on an error (first line, trimmed)
+class Held:
+    """What a held connection's incoming bytes ask for: a reply to send (a pong), or
+    the server's closing words."""
+
+    reply: bytes = b""
+    closing: str | None = None
 
 
-def first_line(data: bytes) -> str:
-    return data.split(b"\n", 1)[0].strip().decode("ascii", "replace")[:120]
+@dataclass(frozen=True)
+class Check:
+    kind: Kind = "none"
+    path: str = "/"  # websocket
+    keep_alive: int = 0  # mqtt, seconds; 0 = the broker's timer off
+    send: bytes = b""  # send/expect
+    expect: str = ""
+    refuse: str = ""
+
+    # -- a new connection -------------------------------------------------------------
+    def request(self, host: str) -> bytes:
+        """What to send on a new connection ("none" and a banner check: nothing)."""
+        fixed = {
+            "echo": b"tcpceiling echo check\n",
+            "redis": b"*1\r\n$4\r\nPING\r\n",
+            "memcached": b"version\r\n",
+            "send": self.send,
+        }
+        if self.kind in fixed:
+            return fixed[self.kind]
+        if self.kind == "http":
+            return f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n\r\n".encode()
+        if self.kind == "websocket":
+            return p.websocket_upgrade(host, self.path)
+        if self.kind == "mqtt":
+            return p.mqtt_connect(self.keep_alive)
+        if self.kind == "postgres":
+            return p.pg_startup()
+        return p.tls_client_hello() if self.kind == "tls" else b""
+
+    def verdict(self, data: bytes, sent: bytes, again: bool = False) -> Verdict:
+        """Judge what the server sent so far in answer to `sent` (`again`: the
+        --check-every request on a held connection)."""
+        if again and self.kind == "websocket":
+            return p.websocket_pong(data)
+        if again and self.kind == "mqtt":
+            return p.mqtt_pingresp(data)
+        return self._first_verdict(data, sent)
+
+    def _first_verdict(self, data: bytes, sent: bytes) -> Verdict:
+        k = self.kind
+        if k in ("redis", "memcached"):
+            ok, bad = (
+                ((b"+PONG",), (b"-",))
+                if k == "redis"
+                else ((b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR"))
+            )
+            return p.line_reply(data, ok, bad)
+        judges = {
+            "websocket": p.websocket_handshake,
+            "mqtt": p.mqtt_connack,
+            "postgres": p.postgres_reply,
+            "http": p.http_status,
+            "tls": p.tls_server_hello,
+        }
+        if k in judges:
+            return judges[k](data)
+        if k == "echo":
+            return p.echo_reply(data, sent)
+        if k == "send":
+            return p.expect_reply(data, _regex(self.expect), _regex(self.refuse))
+        return Verdict("more")  # "none": keep what the server volunteers (a refusal)
+
+    # -- a held connection --------------------------------------------------------------
+    def recheck(self, host: str) -> bytes | None:
+        """What --check-every sends on a held connection; None when the check is a
+        one-time handshake (TLS, PostgreSQL startup, a banner)."""
+        if self.kind == "websocket":
+            return p.ws_frame(p.WS_PING, b"tcpceiling")
+        if self.kind == "mqtt":
+            return p.MQTT_PINGREQ
+        if self.kind in ("tls", "postgres", "none") or (self.kind == "send" and not self.send):
+            return None
+        return self.request(host)
+
+    @property
+    def repeatable(self) -> bool:
+        return self.recheck("") is not None
+
+    @property
+    def ping_every(self) -> float | None:
+        """Seconds between keep-alive pings on every held connection: MQTT 3.1.1
+        §3.1.2.10 lets the broker drop a client silent for 1.5 x keep-alive; half of
+        it leaves room for a busy worker."""
+        return self.keep_alive / 2 if self.kind == "mqtt" and self.keep_alive else None
+
+    def after_reply(self, data: bytes, again: bool) -> bytes:
+        """What followed the served reply in the same bytes, to be read as held data."""
+        first = self.kind == "websocket" and not again
+        return p.websocket_after_handshake(data) if first else b""
+
+    def held(self, data: bytes) -> Held:
+        """Bytes the server sent on a held connection: a WebSocket ping is answered,
+        a close frame is the server's closing words; the rest is ignored."""
+        if self.kind != "websocket":
+            return Held()
+        reply = b""
+        for opcode, payload in p.ws_frames(data)[0]:
+            if opcode == p.WS_CLOSE:
+                return Held(reply, p.ws_close_text(payload))
+            if opcode == p.WS_PING:
+                reply += p.ws_frame(p.WS_PONG, payload)
+        return Held(reply)
+
+    @property
+    def spec(self) -> str:
+        """The SPEC this check was parsed from, in its canonical form."""
+        if self.kind == "websocket" and self.path != "/":
+            return f"websocket:{self.path}"
+        if self.kind == "mqtt" and self.keep_alive:
+            return f"mqtt:{self.keep_alive}"
+        if self.kind != "send":
+            return self.kind
+        parts = [f"send:{_show(self.send)}"] if self.send else []
+        parts.append(f"expect:{self.expect}")
+        return ",".join(parts + ([f"refuse:{self.refuse}"] if self.refuse else []))
 
 
-def tls_client_hello() -> bytes:
-    """A real ClientHello from the ssl module (memory BIOs: no socket, no certificate
-    checks); one per worker, sent on every connection."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    out = ssl.MemoryBIO()
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return out.read()
+@functools.lru_cache(maxsize=64)
+def _regex(pattern: str) -> re.Pattern[bytes] | None:
+    return re.compile(pattern.encode(), re.MULTILINE) if pattern else None
 
 
-#: RFC 6455 §1.3: the server proves it read the key by hashing it with this GUID.
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: A fixed key is allowed (only the server's answer to it is checked).
-WS_KEY = base64.b64encode(b"tcpceiling-probe").decode()
-#: MQTT 3.1.1 CONNACK return codes (§3.2.2.3): the broker's own words.
-MQTT_REFUSALS = {
-    1: "connection refused: unacceptable protocol version",
-    2: "connection refused: identifier rejected",
-    3: "connection refused: server unavailable",
-    4: "connection refused: bad user name or password",
-    5: "connection refused: not authorized",
-}
-#: Checks that are a connection's opening handshake: sending them again on a held
-#: connection (--check-every) would break the protocol.
-ONCE_ONLY = ("websocket", "mqtt", "postgres")
-#: PostgreSQL authentication requests (protocol 3.0, message 'R'): a backend took
-#: the connection and asks for a password; served, as far as connections go.
-PG_AUTH = {0: "ok", 3: "cleartext password", 5: "MD5 password", 10: "SASL"}
+def _show(data: bytes) -> str:
+    return data.decode("latin-1").encode("unicode_escape").decode("ascii")
 
 
-def websocket_accept(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+def _data(text: str) -> bytes:
+    """send: DATA as 0xHEX, or text with backslash escapes (\\r, \\n, \\xNN)."""
+    try:
+        if text.lower().startswith("0x"):
+            return bytes.fromhex(text[2:])
+        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+    except (ValueError, UnicodeError) as exc:
+        raise InputError(f"--check send: cannot decode {text!r}: {exc}") from exc
 
 
-def mqtt_connect(keep_alive: int = 0) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, an empty client id (the broker assigns
-    one, so connections never displace each other), keep-alive 0: off (§3.1.2.10),
-    so the broker never drops a held connection for silence."""
-    body = b"\x00\x04MQTT\x04\x02" + struct.pack(">H", keep_alive) + b"\x00\x00"
-    return bytes([0x10, len(body)]) + body
+def _generic(spec: str) -> Check:
+    fields: dict[str, str] = {}
+    for part in _FIELD.split(spec):
+        key, _, value = part.partition(":")
+        if key in fields:
+            raise InputError(f"--check: {key}: given twice in {spec!r}")
+        fields[key] = value
+    if not fields.get("expect"):
+        raise InputError(f"--check {spec!r}: needs expect:REGEX (what a served reply matches)")
+    for key in ("expect", "refuse"):
+        try:
+            _regex(fields.get(key, ""))
+        except re.error as exc:
+            raise InputError(f"--check {key}: not a regular expression: {exc}") from exc
+    send = _data(fields.get("send", ""))
+    return Check("send", send=send, expect=fields["expect"], refuse=fields.get("refuse", ""))
 
 
-def pg_startup(user: str = "postgres", database: str = "postgres") -> bytes:
-    """StartupMessage, protocol 3.0: length, 196608, then user and database."""
-    params = f"user\0{user}\0database\0{database}\0\0".encode()
-    return struct.pack(">II", 8 + len(params), 196608) + params
-
-
-def request(check: str, host: str) -> bytes:
-    """What to send on a new connection ("none": nothing)."""
-    if check == "websocket":
-        return (
-            f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    if check == "mqtt":
-        return mqtt_connect()
-    if check == "postgres":
-        return pg_startup()
-    if check == "echo":
-        return b"tcpceiling echo check\n"
-    if check == "http":
-        return f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n\r\n".encode()
-    if check == "redis":
-        return b"*1\r\n$4\r\nPING\r\n"
-    if check == "memcached":
-        return b"version\r\n"
-    if check == "tls":
-        return tls_client_hello()
-    return b""
-
-
-def _line_verdict(data: bytes, ok: tuple[bytes, ...], error: tuple[bytes, ...]) -> Verdict:
-    if b"\n" not in data:
-        return Verdict("more")
-    if data.startswith(ok):
-        return Verdict("ok")
-    if data.startswith(error):
-        return Verdict("error", first_line(data))
-    return Verdict("error", "unexpected reply: " + first_line(data))
-
-
-def _http(data: bytes) -> Verdict:
-    """HTTP/1.x status line; 5xx means the server answered but would not serve."""
-    if b"\n" not in data:
-        return Verdict("more")
-    parts = data.split(b" ", 2)
-    if not data.startswith(b"HTTP/1.") or len(parts) < 2 or not parts[1].isdigit():
-        return Verdict("error", "unexpected reply: " + first_line(data))
-    return Verdict("error", first_line(data)) if parts[1].startswith(b"5") else Verdict("ok")
-
-
-def _tls(data: bytes) -> Verdict:
-    """A handshake record (22) carrying ServerHello (2); an alert record (21) is a refusal."""
-    if len(data) < 6:
-        return Verdict("more")
-    if data[0] == 22 and data[5] == 2:
-        return Verdict("ok")
-    if data[0] == 21:
-        return Verdict("error", f"TLS alert {data[6] if len(data) > 6 else '?'}")
-    return Verdict("error", f"not TLS (first byte {data[0]})")
-
-
-def _websocket(data: bytes) -> Verdict:
-    """101 Switching Protocols with the Sec-WebSocket-Accept the key asks for."""
-    if b"\r\n\r\n" not in data:
-        return Verdict("more")
-    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    lines = head.split("\r\n")
-    if not lines[0].startswith("HTTP/1.1 101"):
-        return Verdict("error", first_line(data))
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-    if headers.get("sec-websocket-accept") != websocket_accept(WS_KEY):
-        return Verdict("error", "101 without the Sec-WebSocket-Accept of our key")
-    return Verdict("ok")
-
-
-def _mqtt(data: bytes) -> Verdict:
-    """CONNACK: 0x20, remaining length 2, flags, return code (0 accepted)."""
-    if len(data) < 4:
-        return Verdict("more")
-    if data[0] != 0x20:
-        return Verdict("error", f"not a CONNACK (packet type {data[0] >> 4})")
-    code = data[3]
-    if code == 0:
-        return Verdict("ok")
-    return Verdict("error", MQTT_REFUSALS.get(code, f"connection refused: code {code}"))
-
-
-def _postgres(data: bytes) -> Verdict:
-    """'R' (an authentication request, or AuthenticationOk) means a backend took the
-    connection; 'E' is an ErrorResponse: its severity and message are the words."""
-    if len(data) < 5:
-        return Verdict("more")
-    kind, length = data[0:1], struct.unpack(">I", data[1:5])[0]
-    if kind == b"R":
-        return Verdict("ok") if len(data) >= 9 else Verdict("more")
-    if kind != b"E":
-        return Verdict("error", f"unexpected message {kind!r}")
-    if len(data) < 1 + length:
-        return Verdict("more")
-    fields = {
-        f[:1]: f[1:].decode("utf-8", "replace") for f in data[5 : 1 + length].split(b"\0") if f
-    }
-    return Verdict("error", f"{fields.get(b'S', 'ERROR')}: {fields.get(b'M', '')}".strip())
-
-
-def verdict(check: str, data: bytes, sent: bytes) -> Verdict:
-    """Judge what the server sent so far in answer to `sent`."""
-    if check == "websocket":
-        return _websocket(data)
-    if check == "mqtt":
-        return _mqtt(data)
-    if check == "postgres":
-        return _postgres(data)
-    if check == "echo":
-        if data.startswith(sent):
-            return Verdict("ok")
-        return Verdict("more") if sent.startswith(data) else Verdict("error", first_line(data))
-    if check == "http":
-        return _http(data)
-    if check == "redis":
-        return _line_verdict(data, (b"+PONG",), (b"-",))
-    if check == "memcached":
-        return _line_verdict(data, (b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR"))
-    if check == "tls":
-        return _tls(data)
-    return Verdict("more")  # "none": keep what the server volunteers (a refusal, a banner)
+@functools.lru_cache(maxsize=64)
+def parse(spec: str) -> Check:
+    """A Check from its SPEC (module docstring); InputError names what is wrong."""
+    if spec.startswith(("send:", "expect:")):
+        return _generic(spec)
+    kind, colon, arg = spec.partition(":")
+    if kind not in KINDS or kind == "send":
+        raise InputError(f"--check {spec!r}: unknown; one of {FORMS}")
+    if kind == "websocket" and colon:
+        if not arg.startswith("/") or any(c.isspace() for c in arg):
+            raise InputError(f"--check websocket:PATH: {arg!r} is not a request path")
+        return Check("websocket", path=arg)
+    if kind == "mqtt" and colon:
+        if not arg.isdigit() or int(arg) > 65535:
+            raise InputError(f"--check mqtt:KEEPALIVE: {arg!r} is not 0..65535 seconds")
+        return Check("mqtt", keep_alive=int(arg))
+    if colon:
+        raise InputError(f"--check {kind} takes no argument (got {arg!r})")
+    return Check(kind)

@@ -76,9 +76,7 @@ class ChurnConfig:
     netns: str | None = None  # an existing namespace to run in
 
     def __post_init__(self) -> None:
-        if self.check not in checks.CHECKS:
-            raise InputError(f"--check must be one of {', '.join(checks.CHECKS)}")
-        if self.check != "none" and self.connect is None:
+        if checks.parse(self.check).kind != "none" and self.connect is None:
             raise InputError("--check needs --connect (the built-in sink is not a service)")
         if self.rate is not None and self.rate <= 0:
             raise InputError("--rate must be positive (or 'max')")
@@ -196,8 +194,9 @@ class Remote:
         host, self.cfg = cfg.connect.host, cfg
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.dst = (host, cfg.connect.port)
-        req = checks.request(cfg.check, host)
-        if cfg.check == "http" and cfg.close == "server":
+        self.check = checks.parse(cfg.check)
+        req = self.check.request(host)
+        if self.check.kind == "http" and cfg.close == "server":
             req = req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
         self.request = req
 
@@ -223,14 +222,14 @@ class Remote:
             c.close()
 
     def _served(self, c: socket.socket) -> bool:
-        if not self.request:
+        if self.check.kind == "none":
             return True
         c.sendall(self.request)
         buf = b""
         while True:
             data = c.recv(65536)
             buf = (buf + data)[: checks.MAX_REPLY]
-            v = checks.verdict(self.cfg.check, buf, self.request)
+            v = self.check.verdict(buf, self.request)
             if v.outcome != "more":
                 return v.outcome == "ok"
             if not data:

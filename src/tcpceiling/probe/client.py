@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from tcpceiling.probe import active
+from tcpceiling.probe import active, checks
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
@@ -452,8 +452,8 @@ class ClientWorker:
         base = self.stats.open_fds()
         self.ep = select.epoll()  # analyze counts this fd as the epoll overhead
         if self.plan.watch:
-            p = self.plan
-            self.watch = Watch(self.ep, p.check, p.check_timeout, p.check_every, os.close)
+            p, check = self.plan, checks.parse(self.plan.check)
+            self.watch = Watch(self.ep, check, p.check_timeout, p.check_every, os.close)
         self.rep.send(ClientStart(self.plan.index, os.getpid(), soft, base, self.stats.rss()))
         self.open_all()
         self.progress(final=True)

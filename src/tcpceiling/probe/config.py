@@ -9,7 +9,7 @@ from pathlib import Path
 from tcpceiling.analysis.model import Endpoint, IoModel
 from tcpceiling.errors import InputError
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.checks import CHECKS, ONCE_ONLY
+from tcpceiling.probe import checks
 
 GIB = 1 << 30
 
@@ -66,16 +66,15 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         self._check_counts()
-        if self.check not in CHECKS:
-            raise InputError(f"--check must be one of {', '.join(CHECKS)}")
-        if self.check != "none" and not self.connect:
+        check = checks.parse(self.check)
+        if check.kind != "none" and not self.connect:
             raise InputError("--check needs --connect (the built-in sink is not a service)")
         if self.check_every is not None and self.check_every <= 0:
             raise InputError("--check-every must be positive")
-        if self.check_every is not None and self.check in ONCE_ONLY:
+        if self.check_every is not None and not check.repeatable:
             raise InputError(
-                f"--check-every re-sends the check; a {self.check} handshake is sent once "
-                "per connection (ping frames and PINGREQ are not sent yet)"
+                f"--check-every sends a request on held connections; the {self.check} check "
+                "is a one-time handshake with nothing to repeat"
             )
         if self.connect and (self.sink_ports is not None or self.sink_host != "127.0.0.1"):
             raise InputError("--sink-ports/--sink-host are for the built-in sink, not --connect")

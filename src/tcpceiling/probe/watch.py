@@ -50,14 +50,14 @@ class Watch:
     def __init__(
         self,
         ep: select.epoll,
-        check: str,
+        check: checks.Check,
         timeout: float,
         every: float | None,
         closer: Callable[[int], None],
     ) -> None:
         self.ep, self.check, self.timeout, self.every = ep, check, timeout, every
         self.close = closer
-        self.requests: dict[str, bytes] = {}
+        self.requests: dict[tuple[str, bool], bytes] = {}
         self.state: dict[int, str] = {}  # every open fd
         self.host_of: dict[int, str] = {}
         self.seq_of: dict[int, int] = {}
@@ -69,6 +69,7 @@ class Watch:
         self.latest = 0
         self.good = self.high = self.evicted_flat = 0
         self.next_round = time.monotonic() + (every or 0)
+        self.next_ping = time.monotonic() + (check.ping_every or 0)
         self.cursor = 0
 
     # -- counts ----------------------------------------------------------------
@@ -88,7 +89,7 @@ class Watch:
         states = Counter(self.state.values())
         return WatchSummary(
             open=self.open_count,
-            served=self.good if self.check != "none" else None,
+            served=self.good if self.check.kind != "none" else None,
             held=self.good,
             silent=states[SILENT],
             checking=len(self.checking),
@@ -116,7 +117,7 @@ class Watch:
             self.failures.append((seq, kind))
 
     def _succeed(self, fd: int) -> None:
-        self._set(fd, SERVED if self.check != "none" else HELD)
+        self._set(fd, SERVED if self.check.kind != "none" else HELD)
         self.settle()
         seq = self.seq_of.get(fd, -1)
         if seq > self.last_success:
@@ -155,12 +156,12 @@ class Watch:
 
     def _send_check(self, fd: int, again: bool) -> None:
         host = self.host_of[fd]
-        sent = self.requests.setdefault(host, checks.request(self.check, host))
-        try:
-            if sent:
-                os.write(fd, sent)
-        except OSError:
-            self._drop(fd, "reset")
+        key = (host, again)
+        if key not in self.requests:
+            made = self.check.recheck(host) if again else self.check.request(host)
+            self.requests[key] = made or b""
+        sent = self.requests[key]
+        if sent and not self._write(fd, sent):
             return
         self.checking[fd] = Checking(time.monotonic() + self.timeout, sent, again)
 
@@ -180,47 +181,88 @@ class Watch:
         if pending is not None:
             pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
             self._judge(fd, pending)
+        elif fd in self.state:
+            self._held(fd, data)
         if events & select.EPOLLRDHUP and fd in self.state:
             # the reply and the server's close were both waiting: it was served, and
             # is gone already (a read returns the data first, the EOF only after)
             self._drop(fd, "closed", self._pending_text(fd))
+
+    def _held(self, fd: int, data: bytes) -> None:
+        """The server spoke on a held connection: answer a ping, or hear it close."""
+        said = self.check.held(data)
+        if said.closing is not None:
+            self._drop(fd, "closed", said.closing)
+        elif said.reply:
+            self._write(fd, said.reply)
+
+    def _write(self, fd: int, data: bytes) -> bool:
+        try:
+            os.write(fd, data)
+        except OSError:
+            self._drop(fd, "reset")
+            return False
+        return True
 
     def _pending_text(self, fd: int) -> str:
         pending = self.checking.get(fd)
         return checks.first_line(pending.buf) if pending and pending.buf else ""
 
     def _judge(self, fd: int, pending: Checking) -> None:
-        v = checks.verdict(self.check, pending.buf, pending.sent)
+        v = self.check.verdict(pending.buf, pending.sent, pending.again)
         if v.outcome == "more":
             return
         del self.checking[fd]
         if v.outcome == "ok":
             self.totals["rechecked_ok" if pending.again else "served"] += 1
             self._succeed(fd)
+            rest = self.check.after_reply(pending.buf, pending.again)
+            if rest:
+                self._held(fd, rest)
         else:
             self._drop(fd, "error_reply", v.text)
 
     # -- time ------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Expire checks past their timeout; start a --check-every round when due."""
+        """Expire checks past their timeout; ping held connections and start a
+        --check-every round when due."""
         now = time.monotonic()
         for fd in [fd for fd, p in self.checking.items() if p.deadline < now]:
-            pending = self.checking.pop(fd)
-            if self.check == "none":
-                self._succeed(fd)
-                continue
-            self._set(fd, SILENT)
-            self.fail("silent", self.latest if pending.again else self.seq_of.get(fd, -1))
-            if pending.again:
-                self.totals["went_silent"] += 1
+            self._expire(fd, self.checking.pop(fd))
+        if self.check.ping_every and now >= self.next_ping:
+            self.next_ping = now + self.check.ping_every
+            self._ping_all()
         if self.every and now >= self.next_round:
             self.next_round = now + self.every
             self._recheck_round()
 
+    def _expire(self, fd: int, pending: Checking) -> None:
+        """No verdict within the timeout: held (no check), an unexpected reply (the
+        server said something, just not what the check expects), or silent."""
+        if self.check.kind == "none":
+            self._succeed(fd)
+            return
+        if pending.buf:
+            text = "unexpected reply: " + checks.first_line(pending.buf)
+            self._drop(fd, "error_reply", text)
+            return
+        self._set(fd, SILENT)
+        self.fail("silent", self.latest if pending.again else self.seq_of.get(fd, -1))
+        if pending.again:
+            self.totals["went_silent"] += 1
+
+    def _ping_all(self) -> None:
+        """The protocol's keep-alive on every good connection with no check under way
+        (MQTT PINGREQ; the PINGRESP is read as held data)."""
+        ping = self.check.recheck("")
+        for fd in [fd for fd, s in self.state.items() if s in GOOD and fd not in self.checking]:
+            if ping and self._write(fd, ping):
+                self.totals["pings"] += 1
+
     def _recheck_round(self) -> None:
         """Re-send the check on a rotating sample of held connections."""
         fds = [fd for fd in self.state if fd not in self.checking]
-        if not fds or self.check == "none":
+        if not fds or not self.check.repeatable:
             return
         start = self.cursor % len(fds)
         for fd in (fds[start:] + fds[:start])[:RECHECK_SAMPLE]:
