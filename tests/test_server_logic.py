@@ -210,6 +210,8 @@ def test_parse_conntrack_stat_sums_cpus_but_not_entries() -> None:
 
 
 QUEUE_FULL = (Listener("127.0.0.1", 80, 17, 16, 1),)
+QUEUE_EMPTY = (Listener("127.0.0.1", 80, 0, 1000, 1),)
+QUEUE_70 = (Listener("127.0.0.1", 80, 70, 1000, 1),)
 AT_LIMIT = (ServerProcess(42, "echo", 299, 300, 300),)
 ROOMY = (ServerProcess(42, "echo", 20, 300, 300),)
 
@@ -244,3 +246,22 @@ def test_attribution(kind: str, replies: dict[str, int], after: ServerSample, re
     stop = attribute(kind, replies, before, after)
     assert (stop.reason, stop.side) == (reason, "server")
     assert stop.detail and stop.evidence["failure"] == kind
+
+
+@pytest.mark.parametrize(
+    ("listeners", "silent", "reason", "words"),
+    [
+        (QUEUE_EMPTY, 70, "server_queued", "accepted 70 or more"),  # a proxy's own queue
+        (QUEUE_70, 70, "server_silent", "not calling accept()"),  # all still in the queue
+        ((), 70, "server_silent", "stuck"),  # a remote server: no listener to look at
+    ],
+)
+def test_silent_connections_accepted_or_not(
+    listeners: tuple[Listener, ...], silent: int, reason: str, words: str
+) -> None:
+    """Established and unanswered: accepted by the server (HAProxy queueing past a
+    backend's maxconn) or still in the listener's accept queue (not accepting)."""
+    after = sample(listeners, ROOMY, ListenOverflows=0)
+    stop = attribute("silent", {}, sample(ListenOverflows=0), after, silent)
+    assert stop.reason == reason and words in stop.detail
+    assert stop.evidence["silent"] == silent

@@ -329,6 +329,77 @@ def test_generic_check_on_a_banner() -> None:
     assert r["stop"]["evidence"]["reply"].startswith("421 4.7.0")
 
 
+HAPROXY_CONF = """
+global
+  maxconn 2000
+  stats socket {dir}/stats.sock mode 600 level user
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout queue 1h
+frontend fe
+  bind 127.0.0.1:{port}
+  maxconn {frontend}
+  default_backend be
+backend be
+  server redis 127.0.0.1:{redis} maxconn {server}
+"""
+
+
+def haproxy_stats(sock: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """`show stat` on HAProxy's stats socket: its own counters, by (proxy, server)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(sock))
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, *rows = data.decode().lstrip("# ").splitlines()
+    names = head.split(",")
+    table = [dict(zip(names, row.split(","), strict=False)) for row in rows if row]
+    return {(r["pxname"], r["svname"]): r for r in table}
+
+
+@needs("haproxy")
+@needs("redis-server")
+@pytest.mark.parametrize(
+    ("frontend", "server", "served", "reason"),
+    [(40, 1000, 40, "backlog"), (1000, 30, 30, "server_queued")],
+)
+def test_haproxy_maxconn(
+    tmp_path: Path, frontend: int, server: int, served: int, reason: str
+) -> None:
+    """HAProxy in front of redis, in TCP mode. A frontend's maxconn: past it HAProxy
+    stops accepting, and its listener's backlog (the frontend's maxconn by default)
+    fills: 40 served, then `backlog`. A server's maxconn: HAProxy accepts every
+    connection but forwards 30; the rest wait in the backend's queue, accepted and
+    silent: `server_queued`. HAProxy's own counters (its stats socket) agree: the most
+    sessions at once at the server (smax) is what was served, the most in the
+    backend's queue (qmax) is the silent."""
+    port, redis_port = free_port(), free_port()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(
+        HAPROXY_CONF.format(
+            dir=tmp_path, port=port, redis=redis_port, frontend=frontend, server=server
+        )
+    )
+    redis = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+    with (
+        running([*redis, "--save", "", "--appendonly", "no"], redis_port),
+        running(["haproxy", "-db", "-f", str(conf)], port),
+    ):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "150")
+        stats = haproxy_stats(tmp_path / "stats.sock")
+    assert code == 1
+    assert_server_limit(r, served, (reason,))
+    assert int(stats[("fe", "FRONTEND")]["smax"]) == min(frontend, 150)
+    assert int(stats[("be", "redis")]["smax"]) == served
+    if reason == "server_queued":
+        assert int(stats[("be", "BACKEND")]["qmax"]) == r["stop"]["evidence"]["silent"] == 120
+
+
 @needs("initdb")
 def test_postgres_max_connections() -> None:
     """A throw-away cluster with max_connections 10 and trust authentication. The

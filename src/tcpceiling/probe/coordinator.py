@@ -364,8 +364,10 @@ class Run:
     ) -> Stop:
         """Attribute a server-side stop with the evidence read before and after."""
         empty = evidence.ServerSample()
-        replies = outcome.watch_counts(self.kids.client_states, "replies")
-        return evidence.attribute(stop.detail, replies, before or empty, after or empty)
+        states = self.kids.client_states
+        replies = outcome.watch_counts(states, "replies")
+        silent = sum(w.watch.silent for w in states)
+        return evidence.attribute(stop.detail, replies, before or empty, after or empty, silent)
 
     def _predict_server(self, plan: Plan) -> ScenarioResult | None:
         """The thread sink's own ceiling: analyze's server scenario with the sink

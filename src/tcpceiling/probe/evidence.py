@@ -114,8 +114,28 @@ def _queue_detail(after: ServerSample, d: dict[str, int]) -> str:
     )
 
 
+def _silent(silent: int, after: ServerSample) -> tuple[StopReason, str] | None:
+    """Silent connections the listener's accept queue cannot hold were accepted: the
+    server keeps them, unanswered, in a queue of its own. None when the listener is
+    not visible (a remote server), so nothing tells the two apart."""
+    if not after.listeners or not silent:
+        return None
+    queued = sum(ln.queue for ln in after.listeners)
+    if queued >= silent:
+        return "server_silent", (
+            f"{silent} connections established and unanswered, {queued} waiting in the "
+            "listener's accept queue: the server is not calling accept()"
+        )
+    return "server_queued", (
+        f"{silent} connections established and unanswered, only {queued} in the listener's "
+        f"accept queue: the server accepted {silent - queued} or more and holds them without "
+        "answering, a queue of its own (a proxy past a backend's maxconn: HAProxy queues "
+        "them until `timeout queue`; a worker pool with every worker busy)"
+    )
+
+
 def _reason(
-    kind: str, reply: str, after: ServerSample, d: dict[str, int]
+    kind: str, reply: str, after: ServerSample, d: dict[str, int], silent: int = 0
 ) -> tuple[StopReason, str]:
     """(reason, detail) for the failure kind that ended opening, given the evidence."""
     at_limit = [p for p in after.processes if p.at_fd_limit]
@@ -129,6 +149,8 @@ def _reason(
         return "conntrack", f"conntrack dropped {conntrack} packets (table full)"
     if kind in ("silent", "timeout", "reset") and overflowed:
         return "backlog", _queue_detail(after, d)
+    if kind == "silent" and (queue := _silent(silent, after)):
+        return queue
     if kind == "closed":
         if at_limit:
             return "server_nofile", _fd_limit_detail(at_limit)
@@ -152,11 +174,20 @@ def _reason(
 
 
 def attribute(
-    kind: str, replies: dict[str, int], before: ServerSample, after: ServerSample
+    kind: str,
+    replies: dict[str, int],
+    before: ServerSample,
+    after: ServerSample,
+    silent: int = 0,
 ) -> Stop:
-    """The server-side Stop for the workers' dominant failure kind (watch.py)."""
+    """The server-side Stop for the workers' dominant failure kind (watch.py); `silent`
+    is how many established connections were waiting for an answer at the end."""
     reply = max(replies, key=lambda r: replies[r]) if replies else ""
     d = deltas(before, after)
-    reason, detail = _reason(kind, reply, after, d)
-    evidence = evidence_data(before, after) | {"failure": kind, "reply": reply or None}
+    reason, detail = _reason(kind, reply, after, d, silent)
+    evidence = evidence_data(before, after) | {
+        "failure": kind,
+        "reply": reply or None,
+        "silent": silent,
+    }
     return Stop(reason, side="server", detail=detail, evidence=evidence)

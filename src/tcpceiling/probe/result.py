@@ -18,6 +18,7 @@ ServerReason = Literal[
     "server_refused",
     "server_reset",
     "server_silent",
+    "server_queued",
     "server_timeout",
     "refused",
     "reset",
