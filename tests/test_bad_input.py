@@ -112,8 +112,21 @@ CASES: list[tuple[str, list[str], int, bool]] = [
     ("check-without-connect", ["probe", "--check", "http"], 2, False),
     ("check-every-0", ["probe", "--connect", "127.0.0.1:{port}", "--check-every", "0"], 2, False),
     (
-        "check-every-mqtt",
-        ["probe", "--connect", "127.0.0.1:{port}", "--check", "mqtt", "--check-every", "1"],
+        "check-every-postgres",  # a one-time handshake: nothing to repeat
+        ["probe", "--connect", "127.0.0.1:{port}", "--check", "postgres", "--check-every", "1"],
+        2,
+        False,
+    ),
+    ("check-unknown", ["probe", "--connect", "127.0.0.1:{port}", "--check", "gopher"], 2, False),
+    (
+        "check-bad-regex",
+        ["probe", "--connect", "127.0.0.1:{port}", "--check", "send:x,expect:("],
+        2,
+        False,
+    ),
+    (
+        "rate-check-bad-path",
+        ["rate", "--connect", "127.0.0.1:{port}", "--check", "websocket:x"],
         2,
         False,
     ),
