@@ -438,6 +438,7 @@ def _postgres_served(tmp_path: Path) -> None:
     assert code == 1
     assert_server_limit(r, 10, ("server_reply",))
     assert "too many clients already" in r["stop"]["evidence"]["reply"]
+    assert any("authentication request counts as served" in n for n in r["notes"])
 
 
 @needs("mosquitto")

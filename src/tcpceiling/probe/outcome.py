@@ -150,6 +150,11 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
             "no --check: 'established' is all that is known; the server may not have "
             "accepted, let alone served, these connections"
         )
+    if i.cfg.server_mode and i.cfg.check == "postgres":
+        notes.append(
+            "postgres: an authentication request counts as served: the postmaster forks "
+            "a backend for the connection before it asks for a password (none is sent)"
+        )
     if i.cfg.server_mode and i.server_before is None:
         notes.append("the server is not on this host: no server-side evidence was read")
     return tuple(notes)
