@@ -27,3 +27,12 @@ def parse_bytes(text: str) -> int:
     if frac:
         value += int(frac) * scale // 10 ** len(frac)
     return value
+
+
+def format_bytes(n: float) -> str:
+    """Bytes in binary units with one decimal (800 B, 4.3 MiB, 4.1 GiB): the same
+    units parse_bytes reads."""
+    for unit in ("P", "T", "G", "M", "K"):
+        if abs(n) >= UNITS[unit]:
+            return f"{n / UNITS[unit]:.1f} {unit}iB"
+    return f"{n:.0f} B"

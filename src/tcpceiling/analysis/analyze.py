@@ -7,10 +7,12 @@ import ipaddress
 import itertools
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tcpceiling.analysis import whatif
 from tcpceiling.analysis.context import Context, PathTuple, connection_cost, port_pool
 from tcpceiling.analysis.model import (
     Analysis,
@@ -91,10 +93,10 @@ def _summary(role: str, ceiling: int | None, binding: str | None, scenario: Scen
     )
 
 
-def evaluate(
+def context(
     snap: read.HostSnapshot, scenario: Scenario, routes: dict[Endpoint, Route] | None = None
-) -> ScenarioResult:
-    """Pure given a snapshot: one Constraint per limit and the verdict."""
+) -> Context:
+    """What every limit family reads: the tuples, whether the peer is local, the cost."""
     routes = routes or {}
     local = (
         scenario.role == "client"
@@ -103,7 +105,14 @@ def evaluate(
     )
     tuples = _tuples(scenario, routes)
     cost = connection_cost(snap, scenario, local, port_pool(snap, tuples))
-    ctx = Context(snap, scenario, tuples, local, cost)
+    return Context(snap, scenario, tuples, local, cost)
+
+
+def evaluate(
+    snap: read.HostSnapshot, scenario: Scenario, routes: dict[Endpoint, Route] | None = None
+) -> ScenarioResult:
+    """Pure given a snapshot: one Constraint per limit and the verdict."""
+    ctx = context(snap, scenario, routes)
     constraints = tuple(c for _, family in FAMILIES for c in family(ctx))
     ranked = sorted(
         (c for c in constraints if c.kind == "total" and c.ceiling is not None),
@@ -176,21 +185,35 @@ def check_sources(sources: tuple[str, ...], netns: str | None) -> None:
         )
 
 
-def analyze(
+def prepare(
     scenarios: list[Scenario],
-    roots: Roots | None = None,
+    roots: Roots,
     pid: str = "self",
     netns: str | None = None,
-) -> Analysis:
-    """Read the host (or the fixture tree behind `roots`) and evaluate each scenario."""
-    roots = roots or Roots()
+) -> tuple[list[Scenario], read.HostSnapshot, dict[Endpoint, Route]]:
+    """The scenarios with their destinations resolved, the snapshot and the routes."""
     scenarios = [replace(s, connect=tuple(resolve(d) for d in s.connect)) for s in scenarios]
     if roots.live:
         check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
     snap, routes = read_snapshot(roots, pid, netns, dests)
+    return scenarios, snap, routes
+
+
+def analyze(
+    scenarios: list[Scenario],
+    roots: Roots | None = None,
+    pid: str = "self",
+    netns: str | None = None,
+    settings: Sequence[whatif.Setting] = (),
+) -> Analysis:
+    """Read the host (or the fixture tree behind `roots`) and evaluate each scenario;
+    with `settings`, as the host would be after them (whatif)."""
+    scenarios, snap, routes = prepare(scenarios, roots or Roots(), pid, netns)
+    snap = whatif.apply(snap, settings)
     results = tuple(evaluate(snap, s, routes) for s in scenarios)
-    return Analysis(scenarios=results, host=_host_info(snap))
+    host = _host_info(snap) | ({"what_if": [f"{k}={v}" for k, v in settings]} if settings else {})
+    return Analysis(scenarios=results, host=host)
 
 
 def load_measured_cost(path: Path) -> dict[str, Any]:
