@@ -10,6 +10,9 @@ The library behind the command line::
     proof = run_probe(ProbeConfig(target=10_000))
     print(proof.established, proof.stop.reason, proof.predicted.ceiling)
 
+    tuned, _snapshot = plan_tune(build_scenarios("server")[0], target=1_000_000)
+    print([(c.key, c.value) for c in tuned.plan.changes])
+
 Everything named in __all__ is the public API; the rest may change. The probe's
 names load on first use, so `analyze` alone stays quick to import. (The probe is
 `run_probe`: `tcpceiling.probe` is the subpackage that holds it.)
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
     from tcpceiling.probe.config import ProbeConfig
     from tcpceiling.probe.coordinator import run as run_probe
     from tcpceiling.probe.result import PerConnection, Predicted, ProbeResult, Stop, StopReason
+    from tcpceiling.tune.model import TunePlan
+    from tcpceiling.tune.run import TuneResult
+    from tcpceiling.tune.run import build as plan_tune
 
 _LAZY = {
     "ProbeConfig": ("tcpceiling.probe.config", "ProbeConfig"),
@@ -49,6 +55,9 @@ _LAZY = {
     "StopReason": ("tcpceiling.probe.result", "StopReason"),
     "Predicted": ("tcpceiling.probe.result", "Predicted"),
     "PerConnection": ("tcpceiling.probe.result", "PerConnection"),
+    "plan_tune": ("tcpceiling.tune.run", "build"),
+    "TuneResult": ("tcpceiling.tune.run", "TuneResult"),
+    "TunePlan": ("tcpceiling.tune.model", "TunePlan"),
 }
 
 
@@ -82,9 +91,12 @@ __all__ = [
     "Stop",
     "StopReason",
     "TcpceilingError",
+    "TunePlan",
+    "TuneResult",
     "__version__",
     "analyze",
     "build_scenarios",
     "document",
+    "plan_tune",
     "run_probe",
 ]

@@ -17,10 +17,12 @@ import click
 from rich.console import Console
 
 from tcpceiling import __version__, results
+from tcpceiling.analysis import whatif
 from tcpceiling.analysis.analyze import analyze, with_measured_cost
 from tcpceiling.analysis.model import (
     IoModel,
     RoleChoice,
+    Scenario,
     build_scenarios,
     expand_sources,
     parse_endpoint,
@@ -150,147 +152,290 @@ def main() -> None:
     """How many TCP connections can this machine hold, and what stops it?"""
 
 
+if TYPE_CHECKING:
+    _SettingParam = click.ParamType[whatif.Setting]
+else:
+    _SettingParam = click.ParamType
+
+
+class SettingParam(_SettingParam):
+    """KEY=VALUE for the what-if model (tcpceiling.analysis.whatif)."""
+
+    name = "KEY=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> whatif.Setting:
+        if isinstance(value, tuple):
+            return cast(whatif.Setting, value)
+        try:
+            return whatif.parse_setting(str(value))
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SET_OPTION = click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    type=SettingParam(),
+    help="What if: analyse as if this sysctl, rlimit (nofile=SOFT[:HARD], nproc) or cgroup "
+    "limit (memory.max, pids.max) had this value (repeatable; nothing is changed).",
+)
+
+
+def scenario_options(fn: F) -> F:
+    """The workload a prediction is for: analyze's and tune's options."""
+    options = [
+        click.option(
+            "--role",
+            type=click.Choice(["server", "client", "both"]),
+            default="both",
+            show_default=True,
+            help="Which side's ceiling: the server's, the client's, or both.",
+        ),
+        click.option(
+            "--connect",
+            multiple=True,
+            metavar="HOST:PORT",
+            help="Client destination (repeatable). Default: one remote ip:port.",
+        ),
+        click.option(
+            "--source-ip",
+            multiple=True,
+            metavar="IP|CIDR",
+            help="Client source address or CIDR (repeatable). Default: the kernel's pick.",
+        ),
+        click.option("--listen", multiple=True, metavar="IP:PORT", help="Server listen endpoint."),
+        click.option(
+            "--clients",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Server: distinct client IPs expected (bounds the port term).",
+        ),
+        click.option(
+            "--io-model",
+            type=click.Choice(["epoll", "threads"]),
+            default="epoll",
+            show_default=True,
+            help="An event loop (epoll) or a thread per connection.",
+        ),
+        click.option(
+            "--processes",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Processes sharing the connections (each has its own fd limit).",
+        ),
+        click.option(
+            "--buffered-bytes",
+            type=BYTES,
+            default=0,
+            help="Bytes queued per connection, or with a unit (16K) (makes tcp_mem count).",
+        ),
+        click.option(
+            "--app-bytes-per-conn",
+            type=BYTES,
+            default=0,
+            help="The application's own bytes per connection (buffers, session state).",
+        ),
+        click.option(
+            "--backlog",
+            type=click.IntRange(min=0),
+            default=None,
+            help="The server's listen() backlog (default: as somaxconn allows).",
+        ),
+        click.option(
+            "--churn",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            help="Connections closed per second (TIME_WAIT).",
+        ),
+        click.option(
+            "--memory-floor",
+            type=BYTES,
+            default=0,
+            help="MemAvailable to keep free, in bytes or with a unit (1G, 512MiB), as probe's "
+            "guard.",
+        ),
+        click.option(
+            "--message-rate",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            metavar="R",
+            help="Messages per connection per second (0.033 = a heartbeat every 30 s).",
+        ),
+        click.option(
+            "--message-bytes",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Bytes per message, with --message-rate.",
+        ),
+        click.option(
+            "--cpu-target",
+            type=click.FloatRange(min=0, max=1, min_open=True),
+            default=0.7,
+            show_default=True,
+            help="Share of all CPUs the connections may use.",
+        ),
+        click.option(
+            "--cpu-us-per-message",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Server CPU microseconds per message (default: from --cost-from).",
+        ),
+        click.option("--pid", default=None, help="Analyse this process's limits and fds."),
+        click.option("--netns", default=None, help="Read per-netns values inside this namespace."),
+        click.option(
+            "--cost-from",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Use the kernel cost per connection measured by `probe --json`.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def scenarios_from(o: dict[str, Any]) -> list[Scenario]:
+    """The scenarios scenario_options describe (popping their values from `o`)."""
+    scenarios = build_scenarios(
+        cast(RoleChoice, o.pop("role")),
+        o.pop("connect"),
+        o.pop("source_ip"),
+        o.pop("listen"),
+        clients=o.pop("clients"),
+        io_model=o.pop("io_model"),
+        processes=o.pop("processes"),
+        buffered_bytes=o.pop("buffered_bytes"),
+        app_bytes_per_conn=o.pop("app_bytes_per_conn"),
+        backlog=o.pop("backlog"),
+        churn_per_s=o.pop("churn"),
+        memory_floor=o.pop("memory_floor"),
+        message_rate=o.pop("message_rate"),
+        message_bytes=o.pop("message_bytes"),
+        cpu_target=o.pop("cpu_target"),
+        cpu_us_per_message=o.pop("cpu_us_per_message"),
+    )
+    return with_measured_cost(scenarios, o.pop("cost_from"))
+
+
 @main.command("analyze")
-@click.option(
-    "--role", type=click.Choice(["server", "client", "both"]), default="both", show_default=True
-)
-@click.option(
-    "--connect",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="Client destination (repeatable). Default: one remote ip:port.",
-)
-@click.option(
-    "--source-ip",
-    multiple=True,
-    metavar="IP|CIDR",
-    help="Client source address or CIDR (repeatable). Default: the kernel's pick.",
-)
-@click.option("--listen", multiple=True, metavar="IP:PORT", help="Server listen endpoint.")
-@click.option(
-    "--clients",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Server: distinct client IPs expected (bounds the port term).",
-)
-@click.option(
-    "--io-model", type=click.Choice(["epoll", "threads"]), default="epoll", show_default=True
-)
-@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--buffered-bytes",
-    type=BYTES,
-    default=0,
-    help="Bytes queued per connection, or with a unit (16K) (makes tcp_mem count).",
-)
-@click.option(
-    "--app-bytes-per-conn",
-    type=BYTES,
-    default=0,
-    help="The application's own bytes per connection (buffers, session state).",
-)
-@click.option(
-    "--backlog",
-    type=click.IntRange(min=0),
-    default=None,
-    help="The server's listen() backlog (default: as somaxconn allows).",
-)
-@click.option(
-    "--churn",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    help="Connections closed per second (TIME_WAIT).",
-)
-@click.option(
-    "--memory-floor",
-    type=BYTES,
-    default=0,
-    help="MemAvailable to keep free, in bytes or with a unit (1G, 512MiB), as probe's guard.",
-)
-@click.option(
-    "--message-rate",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    metavar="R",
-    help="Messages per connection per second (0.033 = a heartbeat every 30 s).",
-)
-@click.option("--message-bytes", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option(
-    "--cpu-target",
-    type=click.FloatRange(min=0, max=1, min_open=True),
-    default=0.7,
-    show_default=True,
-    help="Share of all CPUs the connections may use.",
-)
-@click.option(
-    "--cpu-us-per-message",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Server CPU microseconds per message (default: from --cost-from).",
-)
-@click.option("--pid", default=None, help="Analyse this process's limits and fds.")
-@click.option("--netns", default=None, help="Read per-netns values inside this namespace.")
-@click.option(
-    "--cost-from",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Use the kernel cost per connection measured by `probe --json`.",
-)
+@scenario_options
+@SET_OPTION
 @roots_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @errors_to_exit
-def analyze_cmd(
-    role: str,
-    connect: tuple[str, ...],
-    source_ip: tuple[str, ...],
-    listen: tuple[str, ...],
-    clients: int | None,
-    io_model: str,
-    processes: int,
-    buffered_bytes: int,
-    app_bytes_per_conn: int,
-    backlog: int | None,
-    churn: float,
-    memory_floor: int,
-    message_rate: float,
-    message_bytes: int,
-    cpu_target: float,
-    cpu_us_per_message: float | None,
-    pid: str | None,
-    netns: str | None,
-    cost_from: Path | None,
-    procfs: Path,
-    sysfs: Path,
-    cgroupfs: Path | None,
-    as_json: bool,
-) -> None:
+def analyze_cmd(**o: Any) -> None:
     """Predict the connection ceiling from every limit on this machine."""
-    scenarios = build_scenarios(
-        cast(RoleChoice, role),
-        connect,
-        source_ip,
-        listen,
-        clients=clients,
-        io_model=io_model,
-        processes=processes,
-        buffered_bytes=buffered_bytes,
-        app_bytes_per_conn=app_bytes_per_conn,
-        backlog=backlog,
-        churn_per_s=churn,
-        memory_floor=memory_floor,
-        message_rate=message_rate,
-        message_bytes=message_bytes,
-        cpu_target=cpu_target,
-        cpu_us_per_message=cpu_us_per_message,
-    )
-    scenarios = with_measured_cost(scenarios, cost_from)
-    roots = Roots(procfs, sysfs, cgroupfs)
-    result = analyze(scenarios, roots, pid or "self", netns)
-    if as_json:
+    scenarios = scenarios_from(o)
+    roots = Roots(o["procfs"], o["sysfs"], o["cgroupfs"])
+    netns = o["netns"]
+    result = analyze(scenarios, roots, o["pid"] or "self", netns, o["settings"])
+    if o["as_json"]:
         host = results.host_block(read_identity(roots), netns)
         click.echo(results.dumps(results.document("analyze", result, host)))
     else:
         render_analysis(result, stderr)
+
+
+@main.command("tune")
+@click.option(
+    "--target",
+    "target_text",
+    metavar="N",
+    default=None,
+    help="Connections to hold (1000000, 1_000_000 or 1,000,000); needed except with --restore.",
+)
+@click.option(
+    "--headroom",
+    type=click.FloatRange(min=0, max=10),
+    default=0.1,
+    show_default=True,
+    help="Raise every limit to target x (1 + headroom).",
+)
+@click.option(
+    "--service",
+    metavar="UNIT",
+    default=None,
+    help="The systemd service whose limits to raise (a drop-in).",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Prove the net.* part first: hold the target in a private namespace with the "
+    "plan's values.",
+)
+@click.option(
+    "--apply",
+    "do_apply",
+    is_flag=True,
+    help="Write the files (backups and a manifest kept) and load the sysctls (live root only).",
+)
+@click.option(
+    "--restore", "do_restore", is_flag=True, help="Put back exactly what the last --apply replaced."
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    show_default=True,
+    help="Write under this root instead (an image, a container's tree, a test).",
+)
+@scenario_options
+@roots_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@errors_to_exit
+def tune_cmd(**o: Any) -> None:
+    """Plan the settings that take every limit to a target, show them as files with
+    their diffs, prove them in a namespace, write them, or put back what was there.
+
+    Exit 0: the plan reaches the target (and --verify held it); 1: it cannot (the
+    memory it needs, a limit no setting moves) or --verify fell short; 2: bad input.
+    """
+    from tcpceiling.probe.config import parse_target
+    from tcpceiling.report.tune import render_restored, render_tune
+    from tcpceiling.tune import run as tune
+
+    root, procfs = o.pop("root"), o["procfs"]
+    if o.pop("do_restore"):
+        restored = tune.restore(root, procfs)
+        if o["as_json"]:
+            click.echo(results.dumps(results.document("tune", restored, {})))
+        else:
+            render_restored(restored, stderr)
+        return
+    text = o.pop("target_text")
+    target = parse_target(text) if text not in (None, "max") else None
+    if target is None:
+        raise InputError("tune needs --target N, a number of connections (or --restore)")
+    scenarios = scenarios_from(o)
+    if len(scenarios) != 1:
+        raise InputError("tune plans one side: --role server or --role client")
+    roots = Roots(o["procfs"], o["sysfs"], o["cgroupfs"])
+    result, snap = tune.build(
+        scenarios[0],
+        target,
+        o["headroom"],
+        o["service"],
+        roots,
+        o["pid"] or "self",
+        o["netns"],
+        root,
+    )
+    if o["verify"] and result.reachable:
+        result = tune.verify(result, snap)
+    if o["do_apply"] and result.reachable:  # else: the plan says what it needs, no files
+        result = tune.apply(result, root, procfs)
+    if o["as_json"]:
+        host = results.host_block(read_identity(roots), o["netns"])
+        click.echo(results.dumps(results.document("tune", result, host)))
+    else:
+        render_tune(result, stderr)
+    held = result.verified is None or result.verified.reached
+    sys.exit(EXIT_OK if result.reachable and held else EXIT_LIMIT)
 
 
 @main.command("snapshot")
