@@ -5,7 +5,6 @@ namespace."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +179,16 @@ def test_restore_refuses_a_file_changed_since(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_client_in_a_namespace_widens_the_range_or_asks_for_sources(netns: str) -> None:
+def test_client_in_a_namespace_widens_the_range_or_asks_for_sources(
+    netns: str, tmp_path: Path
+) -> None:
     """100 ports toward one destination: 1,000 connections need the range widened
     (1,100 usable with headroom) or 10 source IPs, or 10 destination ports; --verify
     holds 1,000 in a private namespace with the widened range."""
     netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60099")
     code, doc = tune(
         "--role", "client", "--connect", "127.0.0.1:7000", "--netns", netns,
-        "--target", "1000", "--verify", "--root", "/nonexistent-tcpceiling-root",
+        "--target", "1000", "--verify", "--root", str(tmp_path),
     )  # fmt: skip
     plan = doc["plan"]
     assert code == 0 and plan["rows"][0]["limit"] == "ports" and plan["rows"][0]["before"] == 100
@@ -200,7 +201,7 @@ def test_client_in_a_namespace_widens_the_range_or_asks_for_sources(netns: str) 
     verified = doc["verified"]
     assert verified["reached"] and verified["established"] == 1000 and verified["stop"] == "target"
     assert ["net.ipv4.ip_local_port_range", f"{low} {high}"] in verified["sysctls"]
-    assert not os.path.exists("/nonexistent-tcpceiling-root")
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
 @pytest.mark.parametrize(
@@ -212,6 +213,8 @@ def test_client_in_a_namespace_widens_the_range_or_asks_for_sources(netns: str) 
         ("--role", "server", "--target", "-3"),
         ("--role", "server", "--target", "10", "--headroom", "-1"),
         ("--restore", "--root", "/nonexistent-tcpceiling-root"),
+        ("--role", "server", "--target", "10", "--service", "../../etc/passwd"),
+        ("--role", "server", "--target", "10", "--root", "/nonexistent-tcpceiling-root"),
     ],
 )
 def test_bad_tune_input_is_one_line(args: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ private namespace (--verify), write them (--apply) or put back what was there
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,8 @@ from tcpceiling.tune import files as render
 from tcpceiling.tune.model import TunePlan
 from tcpceiling.tune.planner import plan as make_plan
 
+#: systemd unit names: letters, digits and ":-_.\\@" (systemd.unit(5)); no path.
+UNIT = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 #: The per-netns values the model reads; --verify copies them into its namespace so
 #: the probe starts from the analysed namespace, then sets the plan's.
 NETNS_KEYS = (
@@ -111,6 +114,10 @@ def build(
     """The plan and everything it is shown as; nothing is written."""
     if scenario.role not in ("server", "client"):
         raise InputError("tune plans one side: --role server or --role client")
+    if service is not None and not UNIT.fullmatch(service):
+        raise InputError(f"--service {service!r}: not a systemd unit name")
+    if not root.is_dir():
+        raise InputError(f"--root {root}: not a directory")
     scenarios, snap, routes = prepare([scenario], roots or Roots(), pid, netns)
     p = make_plan(snap, scenarios[0], routes, target, headroom, service)
     reachable = p.reachable
