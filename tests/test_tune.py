@@ -112,6 +112,16 @@ def test_server_million_here_names_nofile_epoll_and_memory(tmp_path: Path) -> No
     assert unit and "LimitNOFILE=" in unit[0]["content"]
 
 
+def test_a_threaded_service_gets_tasks_max(tmp_path: Path) -> None:
+    code, doc = tune(
+        "--role", "server", "--io-model", "threads", "--target", "50000", "--service", "app",
+        "--root", str(tmp_path),
+    )  # fmt: skip
+    unit = next(f for f in doc["files"] if "app.service.d" in f["path"])["content"]
+    tasks = int(unit.split("TasksMax=")[1].split()[0])
+    assert code == 0 and tasks >= doc["plan"]["goal"]
+
+
 def test_a_target_past_memory_is_answered_with_the_memory_it_needs(tmp_path: Path) -> None:
     before = sorted(tmp_path.rglob("*"))
     code, doc = tune(

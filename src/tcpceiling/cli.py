@@ -82,44 +82,33 @@ def roots_options(fn: F) -> F:
 
 
 if TYPE_CHECKING:  # generic in click >= 8.2 only; plain at run time
-    _IntParam = click.ParamType[int]
+    _Param = click.ParamType[Any]
 else:
-    _IntParam = click.ParamType
+    _Param = click.ParamType
 
 
-class ByteSize(_IntParam):
-    """A byte count with an optional binary unit (tcpceiling.units.parse_bytes)."""
+class Parsed(_Param):
+    """An option value read by one of the library's parsers; its InputError becomes
+    click's one-line usage error. Values that are not text (defaults) pass as they are."""
 
-    name = "BYTES"
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name, self.parse = name, parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
             return value
         try:
-            return parse_bytes(str(value))
+            return self.parse(value)
         except InputError as exc:
             self.fail(str(exc), param, ctx)
 
 
-BYTES = ByteSize()
-
-if TYPE_CHECKING:
-    _StrParam = click.ParamType[str]
-else:
-    _StrParam = click.ParamType
-
-
-class CheckSpec(_StrParam):
-    """A service check SPEC (tcpceiling.probe.checks), validated here, passed on as text."""
-
-    name = "SPEC"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return checks.parse(str(value)).spec
-        except InputError as exc:
-            self.fail(str(exc), param, ctx)
-
+#: A byte count with an optional binary unit (tcpceiling.units.parse_bytes).
+BYTES = Parsed("BYTES", parse_bytes)
+#: A service check SPEC (tcpceiling.probe.checks), validated, passed on as text.
+CHECK_SPEC = Parsed("SPEC", lambda text: checks.parse(text).spec)
+#: KEY=VALUE for the what-if model (tcpceiling.analysis.whatif).
+SETTING = Parsed("KEY=VALUE", whatif.parse_setting)
 
 CHECK_HELP = (
     "Request sent on each new connection; a valid reply means served. SPEC: "
@@ -152,33 +141,11 @@ def main() -> None:
     """How many TCP connections can this machine hold, and what stops it?"""
 
 
-if TYPE_CHECKING:
-    _SettingParam = click.ParamType[whatif.Setting]
-else:
-    _SettingParam = click.ParamType
-
-
-class SettingParam(_SettingParam):
-    """KEY=VALUE for the what-if model (tcpceiling.analysis.whatif)."""
-
-    name = "KEY=VALUE"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> whatif.Setting:
-        if isinstance(value, tuple):
-            return cast(whatif.Setting, value)
-        try:
-            return whatif.parse_setting(str(value))
-        except InputError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 SET_OPTION = click.option(
     "--set",
     "settings",
     multiple=True,
-    type=SettingParam(),
+    type=SETTING,
     help="What if: analyse as if this sysctl, rlimit (nofile=SOFT[:HARD], nproc) or cgroup "
     "limit (memory.max, pids.max) had this value (repeatable; nothing is changed).",
 )
@@ -502,7 +469,7 @@ def server_options(fn: F) -> F:
         ),
         click.option(
             "--check",
-            type=CheckSpec(),
+            type=CHECK_SPEC,
             default="none",
             show_default=True,
             help=CHECK_HELP,
@@ -797,7 +764,7 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
 )
 @click.option(
     "--check",
-    type=CheckSpec(),
+    type=CHECK_SPEC,
     default="none",
     show_default=True,
     help="With --connect: a request whose valid reply makes the cycle count "

@@ -86,6 +86,22 @@ class Planner:
             )
 
 
+def service_tasks(p: Planner, goal: int, service: str | None) -> None:
+    """A service with a thread per connection needs TasksMax= for them: systemd's
+    DefaultTasksMax is 15 % of the kernel's task limits (systemd-system.conf(5)),
+    whatever the cgroup of the process analysed here allows."""
+    if service and p.scenario.io_model == "threads" and "pids.max" not in p.changes:
+        why = f"{goal:,} threads in the service's cgroup (DefaultTasksMax is 15 % of the limit)"
+        now = p.snap.cgroup.pids_max
+        p.changes["pids.max"] = Change(
+            "cgroup_pids",
+            "pids.max",
+            str(now) if now else None,
+            str(raisers.nice(goal * 1.01)),
+            why,
+        )
+
+
 def plan(
     snap: HostSnapshot,
     scenario: Scenario,
@@ -103,6 +119,7 @@ def plan(
         if not p.round(goal, target):
             break
     p.burst()
+    service_tasks(p, goal, service)
     before = evaluate(snap, scenario, routes)
     after = evaluate(p.applied(), scenario, routes)
     changes = tuple(p.changes.values())
