@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -128,11 +129,20 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             message = " ".join(exc.format_message().split())
             click.echo(f"tcpceiling: error: {message}", err=True)
-            sys.exit(exc.exit_code)
+            sys.exit(UNKNOWN if _is_doctor(exc) else exc.exit_code)
         except click.exceptions.Abort:
             click.echo("tcpceiling: interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+#: doctor is a monitoring plugin: its bad input is UNKNOWN (3), never CRITICAL (2).
+UNKNOWN = 3
+
+
+def _is_doctor(exc: click.ClickException) -> bool:
+    ctx = getattr(exc, "ctx", None)
+    return ctx is not None and ctx.command.name == "doctor"
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -867,3 +877,210 @@ def serve_cmd(
 def run() -> None:
     """The console entry point (see OneLineErrors)."""
     main()
+
+
+def observe_options(fn: F) -> F:
+    """What watch, doctor and the exporter look at."""
+    options = [
+        click.option(
+            "--pid",
+            "pids",
+            multiple=True,
+            type=click.IntRange(min=1),
+            help="Only this process (repeatable). Default: every process holding TCP sockets.",
+        ),
+        click.option(
+            "--port",
+            "ports",
+            multiple=True,
+            type=click.IntRange(min=1, max=65535),
+            help="Only the processes listening on this port (repeatable).",
+        ),
+        click.option(
+            "--service", metavar="UNIT", default=None, help="Only this systemd service's processes."
+        ),
+        click.option(
+            "--netns", default=None, help="Read sockets and counters inside this network namespace."
+        ),
+        click.option(
+            "--top-destinations",
+            type=click.IntRange(min=1, max=1000),
+            default=10,
+            show_default=True,
+            help="(source, destination) tuples shown: the most ports in use first.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return roots_options(fn)
+
+
+def scope_from(o: dict[str, Any]) -> Any:
+    from tcpceiling.observe.sample import Scope
+
+    return Scope(
+        pids=o["pids"],
+        ports=o["ports"],
+        service=o["service"],
+        top_destinations=o["top_destinations"],
+        netns=o["netns"],
+        roots=Roots(o["procfs"], o["sysfs"], o["cgroupfs"]),
+    )
+
+
+def thresholds(fn: F) -> F:
+    fn = click.option(
+        "--crit",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=0.95,
+        show_default=True,
+        help="Critical at this share of any limit.",
+    )(fn)
+    return click.option(
+        "--warn",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=0.8,
+        show_default=True,
+        help="Warning at this share of any limit.",
+    )(fn)
+
+
+@main.command("watch")
+@observe_options
+@thresholds
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between frames (and the window of the rates).",
+)
+@click.option(
+    "--count", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
+)
+@click.option("--once", is_flag=True, help="Print one frame (rates over --interval) and exit.")
+@errors_to_exit
+def watch_cmd(**o: Any) -> None:
+    """A live view of every limit on this host, the smallest headroom first: each
+    process's fds and threads, each listener's accept queue, the ephemeral ports
+    toward each destination, and the host-wide limits; rows turn yellow at --warn and
+    red at --crit. q or Ctrl-C leaves."""
+    from tcpceiling.observe import live
+
+    scope = scope_from(o)
+    if o["once"]:
+        live.once(scope, o["interval"], o["warn"], o["crit"], stderr)
+        return
+    live.loop(scope, o["interval"], o["count"], o["warn"], o["crit"], stderr)
+
+
+@main.command("doctor")
+@observe_options
+@thresholds
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between the two samples the rates come from.",
+)
+@click.option(
+    "--kmsg",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("/dev/kmsg"),
+    show_default=True,
+    help="The kernel log to read (a file of /dev/kmsg records for tests).",
+)
+@click.option(
+    "--since",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Kernel messages of the last this many seconds count.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON on stdout.")
+@errors_to_exit
+def doctor_cmd(**o: Any) -> None:
+    """Why are connections failing right now? Samples the counters twice, reads the
+    kernel log, every process's fds and every destination's ports, and names the most
+    likely cause with its evidence and fix.
+
+    A Nagios/Icinga plugin: the first line is the status and perfdata; exit 0 ok,
+    1 warning, 2 critical, 3 unknown (bad input or an unreadable host)."""
+    from tcpceiling.observe import kmsg
+    from tcpceiling.observe.doctor import diagnose
+    from tcpceiling.observe.sample import take
+    from tcpceiling.report.watch import render_diagnosis
+
+    if o["warn"] >= o["crit"]:
+        fail("--warn must be below --crit", UNKNOWN)
+    try:
+        scope = scope_from(o)
+        before = take(scope)
+    except InputError as exc:
+        fail(str(exc), UNKNOWN)
+    time.sleep(o["interval"])
+    after = take(scope)
+    since = kmsg.uptime(scope.roots.procfs) - o["since"]
+    hits = kmsg.hits(kmsg.read(o["kmsg"]), since)
+    d = diagnose(before, after, hits, o["warn"], o["crit"])
+    if o["as_json"]:
+        click.echo(results.dumps(results.document("doctor", d, {})))
+    else:
+        render_diagnosis(d, Console(width=200))
+    sys.exit(d.exit_code)
+
+
+@main.command("exporter")
+@observe_options
+@click.option(
+    "--listen",
+    metavar="[HOST]:PORT",
+    default=":9877",
+    show_default=True,
+    help="Serve /metrics here (an empty host: every address).",
+)
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the metrics once to this file (node_exporter's textfile collector) and exit.",
+)
+@errors_to_exit
+def exporter_cmd(**o: Any) -> None:
+    """Prometheus metrics of every limit: analyze's ceilings, host-wide limits and use,
+    each process's fds, each destination's ephemeral ports (the top K), listeners'
+    accept queues, and the kernel's counters. Runs until SIGINT or SIGTERM."""
+    from tcpceiling.observe import exporter
+    from tcpceiling.observe.sample import take
+
+    scope = scope_from(o)
+    reg = exporter.registry(lambda: take(scope))
+    if o["textfile"]:
+        if not o["textfile"].parent.is_dir():
+            raise InputError(f"--textfile: no directory {o['textfile'].parent}")
+        exporter.textfile(reg, o["textfile"])
+        return
+    host, port = listen_address(o["listen"])
+    try:
+        stop = exporter.serve(reg, host, port)
+    except OSError as exc:
+        raise InputError(f"--listen {o['listen']}: {exc.strerror or exc}") from exc
+    stderr.print(f"serving http://{host or '0.0.0.0'}:{port}/metrics (Ctrl-C stops)")
+    wait_for_signal()
+    stop()
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--listen {text!r}: expected [HOST]:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def wait_for_signal() -> None:
+    """Until SIGINT or SIGTERM (both end the exporter cleanly, exit 0)."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.sigwait({signal.SIGINT, signal.SIGTERM})

@@ -36,6 +36,8 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 INET_DIAG_REQ_BYTECODE = 1
 INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_GE = 2
+INET_DIAG_BC_S_LE = 3
 INET_DIAG_BC_D_COND = 8
 
 #: The fixed part of one message: nlmsg_len, nlmsg_type, family, state, sport and
@@ -103,6 +105,16 @@ def bytecode(dests: tuple[Destination, ...]) -> bytes:
     return first + struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
 
 
+def sport_range(low: int, high: int) -> bytes:
+    """Sockets whose local port lies in [low, high]: S_GE then S_LE, each an op and
+    a second op carrying the port in its `no` field; a failed test jumps past the
+    program's end, which the kernel reads as no match (inet_diag_bc_run; ss compiles
+    `sport >= :LOW and sport <= :HIGH` the same way)."""
+    ge = struct.pack("=BBHBBH", INET_DIAG_BC_S_GE, 8, 16 + 4, 0, 0, low)
+    le = struct.pack("=BBHBBH", INET_DIAG_BC_S_LE, 8, 8 + 4, 0, 0, high)
+    return ge + le
+
+
 def request(states: int, program: bytes = b"", seq: int = 1) -> bytes:
     """nlmsghdr (TCPDIAG_GETSOCK) + struct inet_diag_req (+ INET_DIAG_REQ_BYTECODE).
 
@@ -156,15 +168,18 @@ def _same_length(rows: list[Row], length: int) -> int:
     return len(rows)
 
 
-def dump(states: int, dests: tuple[Destination, ...] | None = None) -> list[Row]:
+def dump(
+    states: int, dests: tuple[Destination, ...] | None = None, program: bytes = b""
+) -> list[Row]:
     """Every TCP socket (IPv4 and IPv6) in one of `states` (a bit mask of TCP state
-    numbers) in the calling thread's netns: all, or only those toward `dests`."""
+    numbers) in the calling thread's netns: all, only those toward `dests`, or only
+    those a bytecode `program` matches."""
     if dests is not None and not dests:
         return []
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as s:
             s.bind((0, 0))
-            s.send(request(states, bytecode(dests or ())))
+            s.send(request(states, program or bytecode(dests or ())))
             out: list[Row] = []
             buf = bytearray(RECV_BYTES)
             while True:

@@ -126,11 +126,15 @@ def _read_opt(path: Path, parser: Callable[[str], T]) -> T | None:
         return None
 
 
-def count_fds(fd_dir: Path) -> int:
-    """Open fds of a process: the entries of /proc/PID/fd. Another user's process
+def count_fds(fd_dir: Path, live: bool = False) -> int:
+    """Open fds of a process: the entries of /proc/PID/fd. On a live procfs, stat()
+    of the directory gives the count as its size (Linux 6.2+, fs/proc/fd.c
+    proc_fd_getattr): O(1) where listing a million fds takes a quarter second; a
+    size of 0 (older kernels) falls back to the listing. Another user's process
     is readable only by root or its owner (ptrace access mode, proc(5))."""
     try:
-        return len(os.listdir(fd_dir))
+        size = os.stat(fd_dir).st_size if live else 0
+        return size or len(os.listdir(fd_dir))
     except PermissionError as exc:
         raise HostError(
             f"cannot list {fd_dir}: permission denied (another user's process: "
@@ -146,7 +150,7 @@ def read_process(roots: Roots, pid: str = "self") -> ProcessView:
         pid=pid,
         limits=_read(base / "limits", parse.parse_limits),
         status=_read(base / "status", parse.parse_status),
-        open_fds=count_fds(base / "fd"),
+        open_fds=count_fds(base / "fd", roots.live),
         map_count=maps,
         cgroups=_read_opt(base / "cgroup", parse.parse_proc_cgroup) or {},
     )
@@ -297,16 +301,22 @@ def read_net_counters(roots: Roots) -> tuple[dict[str, int], dict[str, int]]:
 
 def socket_owners(inodes: Iterable[int], roots: Roots) -> list[int]:
     """Pids holding any of these socket inodes: a scan of /proc/*/fd, as ss -p does
-    (the only way from a socket to its process)."""
-    wanted = {f"socket:[{i}]" for i in inodes}
+    (the only way from a socket to its process), stopping at each process's first
+    match; links are compared as numbers, so a million inodes need no strings."""
+    wanted = inodes if isinstance(inodes, set | frozenset) else set(inodes)
     pids = []
     for entry in os.scandir(roots.procfs):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fds = os.scandir(Path(entry.path) / "fd")
-            if any(os.readlink(fd.path) in wanted for fd in fds):
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # gone, or not ours to read
+        if entry.name.isdigit() and _holds(Path(entry.path) / "fd", wanted):
+            pids.append(int(entry.name))
     return pids
+
+
+def _holds(fd_dir: Path, wanted: set[int] | frozenset[int]) -> bool:
+    try:
+        for fd in os.scandir(fd_dir):
+            link = os.readlink(fd.path)
+            if link.startswith("socket:[") and int(link[8:-1]) in wanted:
+                return True
+    except OSError:
+        pass  # gone, or not ours to read
+    return False

@@ -162,20 +162,42 @@ def _conditions(
     return tuple(diag.Destination(h, -1) for h in sorted({h for h, _p in scope}))
 
 
-def listeners(port: int) -> list[Listener]:
-    """The LISTEN sockets on `port` in the calling thread's netns (IPv4 and IPv6);
-    for a listener rqueue is the accept queue and wqueue its backlog."""
+@dataclass(frozen=True)
+class ClientSockets:
+    """Sockets whose local port is in the ephemeral range: per (src, dst, dport) all
+    and TIME_WAIT, and the inodes of the ones that have a process (TIME_WAIT has 0)."""
+
+    toward: Counter[Tuple3]
+    time_wait: Counter[Tuple3]
+    inodes: frozenset[int]
+
+
+def client_sockets(low: int, high: int) -> ClientSockets:
+    """A client's connections, selected by the kernel (local port in [low, high]),
+    so a server's million accepted sockets cost nothing here."""
+    rows = diag.dump(CONNECTED, program=diag.sport_range(low, high))
+    every, tw = _tuple_counts(rows)
+    return ClientSockets(every, tw, frozenset(map(itemgetter(diag.INODE), rows)) - {0})
+
+
+def all_listeners() -> list[Listener]:
+    """Every LISTEN socket of the calling thread's netns, with its accept queue."""
     return [
         Listener(
             diag.address(r[diag.FAMILY], r[diag.SRC]),
-            port,
+            diag.port(r[diag.SPORT]),
             r[diag.RQUEUE],
             r[diag.WQUEUE],
             r[diag.INODE],
         )
         for r in _listen_rows()
-        if diag.port(r[diag.SPORT]) == port
     ]
+
+
+def listeners(port: int) -> list[Listener]:
+    """The LISTEN sockets on `port` in the calling thread's netns (IPv4 and IPv6);
+    for a listener rqueue is the accept queue and wqueue its backlog."""
+    return [ln for ln in all_listeners() if ln.port == port]
 
 
 def live_entries() -> list[SocketEntry]:

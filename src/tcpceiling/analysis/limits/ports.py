@@ -15,18 +15,19 @@ from dataclasses import replace
 from tcpceiling.analysis.context import Context, in_port_range
 from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
+from tcpceiling.host.read import HostSnapshot
 
 TIME_WAIT_SECONDS = 60  # TCP_TIMEWAIT_LEN, fixed (include/net/tcp.h)
 WIDE_RANGE = "net.ipv4.ip_local_port_range='1024 65535'"
 SYMPTOM = "connect(): EADDRNOTAVAIL (99); connect() slows ~100x past half the range"
 
 
-def _usable(ctx: Context) -> tuple[int, int, int, int]:
+def usable_ports(snap: HostSnapshot) -> tuple[int, int, int, int]:
     """(range size, reserved in range, bind-held in range, usable) for one tuple."""
-    net = ctx.snap.net
+    net = snap.net
     low, high = net.port_range
-    reserved = in_port_range(ctx.snap, net.reserved_ports)
-    held = in_port_range(ctx.snap, ctx.snap.sockets.listen_ports - net.reserved_ports)
+    reserved = in_port_range(snap, net.reserved_ports)
+    held = in_port_range(snap, snap.sockets.listen_ports - net.reserved_ports)
     size = high - low + 1
     return size, reserved, held, size - reserved - held
 
@@ -38,7 +39,7 @@ def tw_reusable(ctx: Context, dst: str) -> bool:
 
 
 def _client(ctx: Context) -> Constraint:
-    size, reserved, held, usable = _usable(ctx)
+    size, reserved, held, usable = usable_ports(ctx.snap)
     per_tuple: list[dict[str, object]] = []
     left = used_total = 0
     for src, dst in ctx.tuples:
@@ -142,7 +143,7 @@ def _time_wait(ctx: Context) -> Constraint:
             note=f"tcp_tw_reuse={ctx.snap.net.tw_reuse} lets connect() reuse "
             "TIME_WAIT after tcp_tw_reuse_delay (1 s): churn is not port-bound",
         )
-    usable = _usable(ctx)[3] * len(ctx.tuples)
+    usable = usable_ports(ctx.snap)[3] * len(ctx.tuples)
     rate = fit(usable, 0, TIME_WAIT_SECONDS)
     churn = ctx.scenario.churn_per_s
     warn = f"; --churn {churn:g}/s exceeds it" if churn > rate else ""

@@ -1,0 +1,168 @@
+"""The Sample as Prometheus metrics (prometheus_client), named as node_exporter
+names its own: a `tcpceiling_` prefix, base units (bytes, not pages), `_total` for
+counters, `_limit` for what a `_used`/`_in_use` value is measured against.
+
+A custom collector reads a fresh Sample on every scrape, so the numbers are never
+older than the scrape; the cardinality of the per-destination series is capped at
+the top K destinations by ports in use."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tcpceiling.observe.sample import Sample
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+#: Host limits in base units: (metric limit label, multiplier to the base unit).
+BASE_UNITS = {"tcp_mem": PAGE}
+#: Counters: metric name -> the Sample counters summed.
+COUNTERS = {
+    "tcp_active_opens": ("Tcp.ActiveOpens",),
+    "tcp_passive_opens": ("Tcp.PassiveOpens",),
+    "tcp_listen_overflows": ("TcpExt.ListenOverflows",),
+    "tcp_listen_drops": ("TcpExt.ListenDrops",),
+    "tcp_timewait_overflows": ("TcpExt.TCPTimeWaitOverflow",),
+    "tcp_syn_retransmits": ("TcpExt.TCPSynRetrans",),
+    "tcp_aborts_on_memory": ("TcpExt.TCPAbortOnMemory",),
+    "conntrack_drops": ("conntrack.drop", "conntrack.early_drop"),
+}
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"tcpceiling_{name}", doc, labels=labels)
+
+
+def ceiling_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    g = _gauge(
+        "ceiling_connections",
+        "Connections this host can hold as a role before this limit (tcpceiling analyze).",
+        ["role", "limit"],
+    )
+    for c in s.ceilings:
+        if c.ceiling is not None:
+            g.add_metric([c.role, c.limit], c.ceiling)
+    yield g
+
+
+def host_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    cap = _gauge("limit_capacity", "What a host-wide limit allows, in base units.", ["limit"])
+    use = _gauge("limit_in_use", "What a host-wide limit has in use, in base units.", ["limit"])
+    for h in s.host:
+        k = BASE_UNITS.get(h.limit, 1)
+        if h.capacity is not None:
+            cap.add_metric([h.limit], h.capacity * k)
+        if h.used is not None:
+            use.add_metric([h.limit], h.used * k)
+    yield cap
+    yield use
+
+
+def process_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    labels = ["pid", "comm"]
+    fds = _gauge(
+        "process_open_fds", "Open file descriptors of a process holding TCP sockets.", labels
+    )
+    limit = _gauge("process_max_fds", "Its RLIMIT_NOFILE (soft).", labels)
+    threads = _gauge("process_threads", "Its threads.", labels)
+    tasks = _gauge("process_threads_limit", "Its cgroup pids.max, else kernel.threads-max.", labels)
+    for p in s.processes:
+        key = [str(p.pid), p.comm]
+        fds.add_metric(key, p.open_fds)
+        threads.add_metric(key, p.threads)
+        if p.max_fds is not None:
+            limit.add_metric(key, p.max_fds)
+        if p.task_limit is not None:
+            tasks.add_metric(key, p.task_limit)
+    yield from (fds, limit, threads, tasks)
+
+
+def port_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    labels = ["src", "dst", "dport"]
+    use = _gauge(
+        "ephemeral_ports_in_use",
+        "Local ports held toward a destination (TIME_WAIT included); the top destinations only.",
+        labels,
+    )
+    tw = _gauge("ephemeral_ports_time_wait", "Of which in TIME_WAIT.", labels)
+    limit = _gauge(
+        "ephemeral_ports_limit", "Usable ephemeral ports per (source, destination).", labels
+    )
+    for t in s.ports:
+        key = [t.src, t.dst, str(t.dport)]
+        use.add_metric(key, t.in_use)
+        tw.add_metric(key, t.time_wait)
+        limit.add_metric(key, t.usable)
+    seen = _gauge("destinations", "(source, destination, port) tuples holding ephemeral ports.", [])
+    seen.add_metric([], s.destinations)
+    yield from (use, tw, limit, seen)
+
+
+def listener_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    labels = ["address", "port"]
+    queue = _gauge("listen_queue", "Connections waiting in a listener's accept queue.", labels)
+    limit = _gauge("listen_queue_limit", "What the accept queue holds: backlog + 1.", labels)
+    for ln in s.listeners:
+        key = [ln.host, str(ln.port)]
+        queue.add_metric(key, ln.queue)
+        limit.add_metric(key, ln.backlog + 1)
+    yield from (queue, limit)
+
+
+def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
+    for name, keys in COUNTERS.items():
+        if all(k in s.counters for k in keys):
+            c = CounterMetricFamily(f"tcpceiling_{name}", f"The kernel's {' + '.join(keys)}.")
+            c.add_metric([], sum(s.counters[k] for k in keys))
+            yield c
+
+
+class SampleCollector(Collector):
+    """Reads a Sample on each scrape and yields every family."""
+
+    def __init__(self, sampler: Callable[[], Sample]) -> None:
+        self.sampler = sampler
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        t0 = time.perf_counter()
+        s = self.sampler()
+        for family in (
+            ceiling_metrics,
+            host_metrics,
+            process_metrics,
+            port_metrics,
+            listener_metrics,
+            counter_metrics,
+        ):
+            yield from family(s)
+        took = _gauge("scrape_duration_seconds", "How long reading the host took.", [])
+        took.add_metric([], time.perf_counter() - t0)
+        yield took
+
+
+def registry(sampler: Callable[[], Sample]) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SampleCollector(sampler))
+    return reg
+
+
+def serve(reg: CollectorRegistry, host: str, port: int) -> Callable[[], None]:
+    """Serve /metrics in a thread; the function that stops it."""
+    server, thread = start_http_server(port, addr=host, registry=reg)
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(5)
+
+    return stop
+
+
+def textfile(reg: CollectorRegistry, path: Path) -> None:
+    """For node_exporter's textfile collector: written beside, then renamed."""
+    write_to_textfile(str(path), reg)

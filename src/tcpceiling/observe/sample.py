@@ -1,0 +1,244 @@
+"""One look at a running host, through the same readers and model as `analyze`:
+processes holding TCP sockets (fds of RLIMIT_NOFILE, threads of their task limit),
+every listener's accept queue, ephemeral ports per (source, destination) with the
+usable count analysis.limits.ports computes, host-wide limits, the kernel's
+counters, and analyze's ceiling per role. Per-netns parts are read inside `netns`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from tcpceiling.analysis.analyze import evaluate, prepare
+from tcpceiling.analysis.limits.ports import usable_ports
+from tcpceiling.analysis.model import build_scenarios
+from tcpceiling.errors import InputError, ParseError
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host import parse, read, sockets
+from tcpceiling.host.cgroups import read_cgroup
+from tcpceiling.host.read import HostSnapshot
+from tcpceiling.host.roots import Roots
+
+#: Counters whose rates tell that connections fail now (TcpExt: /proc/net/netstat,
+#: Tcp: /proc/net/snmp, conntrack: /proc/net/stat/nf_conntrack).
+COUNTERS = (
+    "Tcp.ActiveOpens",
+    "Tcp.PassiveOpens",
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+    "TcpExt.TCPTimeWaitOverflow",
+    "TcpExt.TCPSynRetrans",
+    "TcpExt.TCPAbortOnMemory",
+    "conntrack.drop",
+    "conntrack.early_drop",
+    "conntrack.insert_failed",
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What to look at: every process holding TCP sockets, or these pids, the
+    owners of listeners on these ports, or a systemd service's processes."""
+
+    pids: tuple[int, ...] = ()
+    ports: tuple[int, ...] = ()
+    service: str | None = None
+    top_destinations: int = 10
+    netns: str | None = None
+    roots: Roots = field(default_factory=Roots)
+
+
+@dataclass(frozen=True)
+class ProcessUse:
+    pid: int
+    comm: str
+    open_fds: int
+    max_fds: int | None  # the soft RLIMIT_NOFILE (None: unlimited)
+    threads: int
+    task_limit: int | None  # its cgroup's pids.max, else kernel.threads-max
+    task_limit_name: str
+
+
+@dataclass(frozen=True)
+class PortUse:
+    src: str
+    dst: str
+    dport: int
+    in_use: int  # TIME_WAIT included: it holds the port toward this tuple
+    time_wait: int
+    usable: int  # per tuple (analysis.limits.ports.usable_ports)
+
+
+@dataclass(frozen=True)
+class HostLimit:
+    limit: str
+    used: float | None
+    capacity: float | None
+    unit: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """analyze's ceiling for one limit of one role, on this host now."""
+
+    role: str
+    limit: str
+    ceiling: int | None
+    capacity: float | None
+    in_use: float | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    time: float
+    processes: tuple[ProcessUse, ...]
+    listeners: tuple[sockets.Listener, ...]
+    ports: tuple[PortUse, ...]
+    host: tuple[HostLimit, ...]
+    counters: dict[str, int]
+    ceilings: tuple[Ceiling, ...]
+    netns: str | None = None
+    tcp_sockets: int = 0  # sockstat inuse of the netns
+    destinations: int = 0  # (src, dst, dport) tuples seen, before the top K
+
+
+def counters(roots: Roots) -> dict[str, int]:
+    """The COUNTERS of the calling thread's netns (absent ones left out)."""
+    net = roots.procfs / "thread-self" / "net"
+    values: dict[str, int] = {}
+    for name in ("snmp", "netstat"):
+        try:
+            values.update(parse.parse_netstat((net / name).read_text()))
+        except (OSError, ParseError):
+            continue
+    _netstat, conntrack = read.read_net_counters(roots)
+    values.update({f"conntrack.{k}": v for k, v in conntrack.items()})
+    return {k: values[k] for k in COUNTERS if k in values}
+
+
+def service_pids(roots: Roots, service: str) -> tuple[int, ...]:
+    """The processes of a systemd service: cgroup.procs of its unit's cgroup (v2,
+    system.slice/UNIT; v1 under the systemd or pids hierarchy)."""
+    unit = service if "." in service else f"{service}.service"
+    for base in (roots.cgroup, roots.cgroup / "systemd", roots.cgroup / "pids"):
+        procs = base / "system.slice" / unit / "cgroup.procs"
+        if procs.is_file():
+            return tuple(int(x) for x in procs.read_text().split())
+    raise InputError(f"--service {service}: no cgroup for {unit} under {roots.cgroup}")
+
+
+def _process(roots: Roots, pid: int, threads_max: int) -> ProcessUse | None:
+    try:
+        view = read.read_process(roots, str(pid))
+        comm = (roots.procfs / str(pid) / "comm").read_text().strip()
+        cg = read_cgroup(roots, view)
+    except (OSError, ParseError, InputError):
+        return None  # gone since it was listed
+    limit, name = (cg.pids_max, "pids.max") if cg.pids_max else (threads_max, "threads-max")
+    return ProcessUse(
+        pid, comm, view.open_fds, view.limits.nofile.soft, view.status.threads, limit, name
+    )
+
+
+def _pids(scope: Scope, listeners: list[sockets.Listener], inodes: frozenset[int]) -> list[int]:
+    if scope.pids:
+        return list(scope.pids)
+    if scope.service:
+        return list(service_pids(scope.roots, scope.service))
+    mine = [ln for ln in listeners if not scope.ports or ln.port in scope.ports]
+    wanted = {ln.inode for ln in mine} | (inodes if not scope.ports else set())
+    return read.socket_owners(wanted, scope.roots)
+
+
+def _ports(snap: HostSnapshot, client: sockets.ClientSockets, top: int) -> tuple[PortUse, ...]:
+    usable = usable_ports(snap)[3]
+    ranked = client.toward.most_common(top)
+    return tuple(
+        PortUse(src, dst, dport, n, client.time_wait.get((src, dst, dport), 0), usable)
+        for (src, dst, dport), n in ranked
+    )
+
+
+def _host(snap: HostSnapshot) -> tuple[HostLimit, ...]:
+    sysv, net, p = snap.system, snap.net, "/proc/"
+    mem = sysv.meminfo
+    rows = [
+        HostLimit(
+            "file_max", sysv.file_nr.allocated, sysv.file_nr.maximum, "files", p + "sys/fs/file-nr"
+        ),
+        HostLimit(
+            "tcp_mem",
+            net.sockstat.mem_pages,
+            sysv.tcp_mem[2],
+            "pages",
+            p + "net/sockstat mem, tcp_mem[2]",
+        ),
+        HostLimit(
+            "time_wait",
+            net.sockstat.tw,
+            net.max_tw_buckets,
+            "entries",
+            p + "net/sockstat tw, tcp_max_tw_buckets",
+        ),
+        HostLimit(
+            "threads", sysv.tasks, sysv.threads_max, "tasks", p + "loadavg, kernel/threads-max"
+        ),
+        HostLimit(
+            "memory", mem.mem_total - mem.mem_available, mem.mem_total, "bytes", p + "meminfo"
+        ),
+        HostLimit(
+            "epoll_watches",
+            None,
+            sysv.epoll_max_user_watches,
+            "watches",
+            p + "sys/fs/epoll/max_user_watches (per user)",
+        ),
+    ]
+    if net.conntrack_max:
+        rows.append(
+            HostLimit(
+                "conntrack",
+                net.conntrack_count,
+                net.conntrack_max,
+                "entries",
+                p + "sys/net/netfilter/nf_conntrack_count",
+            )
+        )
+    return tuple(rows)
+
+
+def _ceilings(roots: Roots, netns: str | None) -> tuple[tuple[Ceiling, ...], HostSnapshot]:
+    """analyze's server and client scenarios, evaluated on this host now."""
+    scenarios, snap, routes = prepare(build_scenarios("both"), roots, "self", netns)
+    out = [
+        Ceiling(r.role, c.id, c.ceiling, c.capacity, c.in_use)
+        for r in (evaluate(snap, s, routes) for s in scenarios)
+        for c in r.constraints
+        if c.kind == "total"
+    ]
+    return tuple(out), snap
+
+
+def take(scope: Scope) -> Sample:
+    """One Sample of the host (per-netns parts inside scope.netns)."""
+    ceilings, snap = _ceilings(scope.roots, scope.netns)
+    low, high = snap.net.port_range
+    with netns_mod.inside(scope.netns):
+        listeners = sockets.all_listeners()
+        client = sockets.client_sockets(low, high)
+        counted = counters(scope.roots)
+    pids = _pids(scope, listeners, client.inodes)
+    procs = (_process(scope.roots, pid, snap.system.threads_max) for pid in pids)
+    return Sample(
+        time=time.monotonic(),
+        processes=tuple(p for p in procs if p is not None),
+        listeners=tuple(listeners),
+        ports=_ports(snap, client, scope.top_destinations),
+        host=_host(snap),
+        counters=counted,
+        ceilings=ceilings,
+        netns=scope.netns,
+        tcp_sockets=snap.net.sockstat.inuse,
+        destinations=len(client.toward),
+    )

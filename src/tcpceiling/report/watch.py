@@ -1,0 +1,70 @@
+"""One frame of `tcpceiling watch`, and doctor's report: rich renderables, so a test
+renders a frame to text (with its colours) and reads it."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from tcpceiling.observe.doctor import Diagnosis
+from tcpceiling.observe.sample import Sample
+from tcpceiling.observe.usage import Usage, usages
+from tcpceiling.report.analysis import human
+from tcpceiling.units import format_bytes
+
+STYLE = {"critical": "bold red", "warning": "yellow", "ok": ""}
+
+
+def _amount(u: Usage, value: float) -> str:
+    return format_bytes(value) if u.unit == "bytes" else f"{human(value)} {u.unit}"
+
+
+def usage_table(s: Sample, warn: float, crit: float, most: int) -> Table:
+    where = f" (netns {s.netns})" if s.netns else ""
+    title = (
+        f"limits by headroom{where}: {len(s.processes)} processes, {s.tcp_sockets:,} TCP sockets"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("limit", "where", "used", "of", "headroom"):
+        table.add_column(col, justify="right" if col in ("used", "of", "headroom") else "left")
+    for u in usages(s)[:most]:
+        table.add_row(
+            u.limit,
+            u.subject,
+            _amount(u, u.used),
+            _amount(u, u.capacity),
+            f"{u.headroom:.1%}",
+            style=STYLE[u.severity(warn, crit)],
+        )
+    return table
+
+
+def rates_table(rates: dict[str, float]) -> Table:
+    table = Table(title="per second", title_justify="left")
+    for name in rates:
+        table.add_column(name.replace("_", " "), justify="right")
+    table.add_row(*(f"{v:,.1f}" for v in rates.values()))
+    return table
+
+
+def frame(s: Sample, rates: dict[str, float], warn: float, crit: float, most: int = 40) -> Group:
+    parts: list[Table] = [usage_table(s, warn, crit, most)]
+    if rates:
+        parts.append(rates_table(rates))
+    return Group(*parts)
+
+
+def render_diagnosis(d: Diagnosis, console: Console) -> None:
+    """The plugin line first (monitoring reads it), then every finding with its fix."""
+    console.print(d.line, soft_wrap=True, highlight=False, markup=False)
+    for f in d.findings:
+        console.print(
+            f"[{STYLE[f.severity] or 'green'}]{f.severity}[/] {f.limit}: {f.subject}",
+            highlight=False,
+        )
+        for ev in f.evidence:
+            console.print(f"    {ev}", highlight=False, markup=False, soft_wrap=True)
+        if f.fix:
+            console.print(f"    fix: {f.fix}", highlight=False, markup=False, soft_wrap=True)
+    shown = ", ".join(f"{k} {v:,.1f}/s" for k, v in d.rates.items())
+    console.print(f"rates over {d.interval:.1f} s: {shown}", highlight=False, soft_wrap=True)
