@@ -3,13 +3,14 @@
 # Installs the package with its dev extras, then runs ruff, mypy and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Real servers for the --connect tests, from Debian: nginx, redis-server, mosquitto,
-# haproxy and postgresql (whose initdb lives in /usr/lib/postgresql/VERSION/bin; the
-# tests find it there, and pg_ctlcluster from postgresql-common says it is installed).
+# Real servers for the tests, from Debian: nginx, redis-server, mosquitto, haproxy,
+# prometheus (it scrapes the exporter) and postgresql (its initdb lives in
+# /usr/lib/postgresql/VERSION/bin, where the tests find it; pg_ctlcluster, from
+# postgresql-common, says it is installed).
 # Packages install without starting their services (no systemd here; policy-rc.d
 # forbids it elsewhere): the tests start their own instances on free ports.
 need=()
-for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy pg_ctlcluster:postgresql; do
+for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy pg_ctlcluster:postgresql prometheus:prometheus; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
