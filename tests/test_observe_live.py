@@ -167,8 +167,8 @@ def test_doctor_names_ports_toward_a_destination(netns: str) -> None:
     inside = ["ip", "netns", "exec", netns, sys.executable, "-c"]
     procs = []
     try:
-        for code in (server, client):
-            p = subprocess.Popen([*inside, code], stdout=subprocess.PIPE, text=True)
+        for program in (server, client):
+            p = subprocess.Popen([*inside, program], stdout=subprocess.PIPE, text=True)
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         code, out, err = run_cli(
@@ -240,3 +240,19 @@ def test_textfile_for_node_exporter(tmp_path: Path) -> None:
     text = out.read_text()
     assert "# TYPE tcpceiling_ceiling_connections gauge" in text
     assert [p.name for p in tmp_path.iterdir()] == ["tcpceiling.prom"]  # no temp file left
+
+
+@pytest.mark.parametrize("tree", ["this-machine", "container-v2", "stock-distro"])
+def test_observe_reads_fixture_trees(tree: str, tmp_path: Path) -> None:
+    """Everything reads through Roots: a fixture tree's sockets.json gives its ports
+    per destination, and its processes (none that hold sockets) are not the host's."""
+    base = Path(__file__).parent / "fixtures" / tree
+    where = ["--procfs", str(base / "proc"), "--sysfs", str(base / "sys")]
+    out = tmp_path / "m.prom"
+    code, _o, err = run_cli("exporter", *where, "--textfile", str(out))
+    assert code == 0, err
+    text = out.read_text()
+    entries = json.loads((base / "sockets.json").read_text())
+    listening = {e["sport"] for e in entries if e["state"] == "LISTEN"}
+    assert all(f'port="{p}"' in text for p in listening)
+    assert "tcpceiling_process_open_fds{" not in text

@@ -180,6 +180,18 @@ def client_sockets(low: int, high: int) -> ClientSockets:
     return ClientSockets(every, tw, frozenset(map(itemgetter(diag.INODE), rows)) - {0})
 
 
+def listeners_from(entries: Iterable[SocketEntry]) -> list[Listener]:
+    """A fixture's listeners (its sockets.json holds no queues: 0 of 0)."""
+    return [Listener(e.src, e.sport, 0, 0, 0) for e in entries if e.state == "LISTEN"]
+
+
+def clients_from(entries: Iterable[SocketEntry], low: int, high: int) -> ClientSockets:
+    """A fixture's client sockets: local port in [low, high], as client_sockets."""
+    mine = [e for e in entries if e.state != "LISTEN" and low <= e.sport <= high]
+    table = SocketTable.from_entries(mine, "fixture")
+    return ClientSockets(table.toward, table.time_wait, frozenset())
+
+
 def all_listeners() -> list[Listener]:
     """Every LISTEN socket of the calling thread's netns, with its accept queue."""
     return [

@@ -87,6 +87,7 @@ class Ceiling:
     ceiling: int | None
     capacity: float | None
     in_use: float | None
+    per_connection: float | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def _ceilings(roots: Roots, netns: str | None) -> tuple[tuple[Ceiling, ...], Hos
     """analyze's server and client scenarios, evaluated on this host now."""
     scenarios, snap, routes = prepare(build_scenarios("both"), roots, "self", netns)
     out = [
-        Ceiling(r.role, c.id, c.ceiling, c.capacity, c.in_use)
+        Ceiling(r.role, c.id, c.ceiling, c.capacity, c.in_use, c.per_connection)
         for r in (evaluate(snap, s, routes) for s in scenarios)
         for c in r.constraints
         if c.kind == "total"
@@ -220,13 +221,24 @@ def _ceilings(roots: Roots, netns: str | None) -> tuple[tuple[Ceiling, ...], Hos
     return tuple(out), snap
 
 
+def _sockets(
+    scope: Scope, low: int, high: int
+) -> tuple[list[sockets.Listener], sockets.ClientSockets]:
+    """Listeners and client sockets: sock_diag on a live host, sockets.json of a
+    fixture tree otherwise."""
+    if scope.roots.live:
+        with netns_mod.inside(scope.netns):
+            return sockets.all_listeners(), sockets.client_sockets(low, high)
+    path = scope.roots.procfs.parent / "sockets.json"
+    entries = sockets.parse_sockets_json(path.read_text()) if path.is_file() else []
+    return sockets.listeners_from(entries), sockets.clients_from(entries, low, high)
+
+
 def take(scope: Scope) -> Sample:
     """One Sample of the host (per-netns parts inside scope.netns)."""
     ceilings, snap = _ceilings(scope.roots, scope.netns)
-    low, high = snap.net.port_range
+    listeners, client = _sockets(scope, *snap.net.port_range)
     with netns_mod.inside(scope.netns):
-        listeners = sockets.all_listeners()
-        client = sockets.client_sockets(low, high)
         counted = counters(scope.roots)
     pids = _pids(scope, listeners, client.inodes)
     procs = (_process(scope.roots, pid, snap.system.threads_max) for pid in pids)

@@ -21,8 +21,11 @@ def _amount(u: Usage, value: float) -> str:
 
 def usage_table(s: Sample, warn: float, crit: float, most: int) -> Table:
     where = f" (netns {s.netns})" if s.netns else ""
+    per = next((c.per_connection for c in s.ceilings if c.limit == "memory"), None)
+    cost = f", {format_bytes(per)} per connection (analyze's model)" if per else ""
     title = (
-        f"limits by headroom{where}: {len(s.processes)} processes, {s.tcp_sockets:,} TCP sockets"
+        f"limits by headroom{where}: {len(s.processes)} processes, "
+        f"{s.tcp_sockets:,} TCP sockets{cost}"
     )
     table = Table(title=title, title_justify="left")
     for col in ("limit", "where", "used", "of", "headroom"):
