@@ -48,7 +48,10 @@ def fds(pid: int) -> int:
 def wait_for(check: Any, seconds: float, what: str) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        got = check()
+        try:
+            got = check()
+        except OSError:  # not up yet: refused, or Prometheus' 503 while it starts
+            got = None
         if got:
             return got
         time.sleep(0.2)
