@@ -6,6 +6,7 @@ Exit codes: 0 success (probe: target reached), 1 a limit or guard stopped a prob
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -149,6 +150,36 @@ def _is_doctor(exc: click.ClickException) -> bool:
 @click.version_option(__version__)
 def main() -> None:
     """How many TCP connections can this machine hold, and what stops it?"""
+
+
+REPORT_OPTION = click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE.html",
+    help="Also write a self-contained HTML report: figures as inline SVG, no JavaScript, "
+    "no network.",
+)
+
+
+def report_target(path: Path | None) -> None:
+    """Checked before any work: the report's directory must exist."""
+    if path is not None and not path.parent.is_dir():
+        raise InputError(f"--report {path}: no directory {path.parent}")
+
+
+def emit(
+    kind: results.Kind, result: Any, host: dict[str, Any], as_json: bool, report: Path | None
+) -> None:
+    """The result as JSON on stdout and/or an HTML report (the same document)."""
+    doc = results.document(kind, result, host)
+    if as_json:
+        click.echo(results.dumps(doc))
+    if report is not None:
+        from tcpceiling.report.html import write_page
+
+        write_page(report, [("", doc)])
 
 
 SET_OPTION = click.option(
@@ -303,19 +334,60 @@ def scenarios_from(o: dict[str, Any]) -> list[Scenario]:
 @scenario_options
 @SET_OPTION
 @roots_options
+@REPORT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @errors_to_exit
 def analyze_cmd(**o: Any) -> None:
     """Predict the connection ceiling from every limit on this machine."""
+    report_target(o["report_path"])
     scenarios = scenarios_from(o)
     roots = Roots(o["procfs"], o["sysfs"], o["cgroupfs"])
     netns = o["netns"]
     result = analyze(scenarios, roots, o["pid"] or "self", netns, o["settings"])
-    if o["as_json"]:
-        host = results.host_block(read_identity(roots), netns)
-        click.echo(results.dumps(results.document("analyze", result, host)))
-    else:
+    host = results.host_block(read_identity(roots), netns)
+    emit("analyze", result, host, o["as_json"], o["report_path"])
+    if not o["as_json"]:
         render_analysis(result, stderr)
+
+
+@main.command("report")
+@click.argument(
+    "results_in",
+    nargs=-1,
+    required=True,
+    metavar="RESULT.json...",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    metavar="FILE.html",
+    help="The HTML file to write.",
+)
+@errors_to_exit
+def report_cmd(results_in: tuple[Path, ...], output: Path) -> None:
+    """One HTML report from saved results (`--json` of analyze, probe, compare-io,
+    rate): results of one kind are drawn in the same figures, so two machines, or a
+    host before and after `tune`, overlay.
+
+    Example: tcpceiling report before.json after.json -o tune.html"""
+    from tcpceiling.report.html import SECTIONS, write_page
+
+    report_target(output)
+    named = []
+    for path in results_in:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not a JSON result ({exc})") from exc
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind not in SECTIONS:
+            raise InputError(f"{path}: not an analyze, probe, compare-io or rate result")
+        named.append((path.stem, results.check_document(data, kind, str(path))))
+    write_page(output, named)
+    stderr.print(f"wrote {output}")
 
 
 @main.command("tune")
@@ -623,6 +695,7 @@ def activity_options(fn: F) -> F:
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @server_options
 @activity_options
+@REPORT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
 @click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
 @click.option(
@@ -661,12 +734,14 @@ def probe_cmd(
     message_bytes: int,
     wake_samples: int,
     measure_cpu: bool,
+    report_path: Path | None,
     as_json: bool,
     json_lines: bool,
     record_messages: Path | None,
 ) -> None:
     """Prove the ceiling: open real connections to a built-in loopback sink, or with
     --connect to real servers, and name the limit (and the side) that stopped them."""
+    report_target(report_path)
     from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
     from tcpceiling.probe.coordinator import run
     from tcpceiling.report.probe import LiveProgress, render_probe
@@ -701,9 +776,8 @@ def probe_cmd(
     )
     with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
         result = run(cfg, progress)
-    if as_json:
-        host = results.host_block(read_identity(Roots()), result.netns)
-        click.echo(results.dumps(results.document("probe", result, host)))
+    host = results.host_block(read_identity(Roots()), result.netns)
+    emit("probe", result, host, as_json, report_path)
     render_probe(result, stderr)
     sys.exit(EXIT_OK if result.target_reached else EXIT_LIMIT)
 
@@ -717,19 +791,23 @@ def probe_cmd(
     show_default=True,
     help="Round trips on random held connections, per client worker.",
 )
+@REPORT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @errors_to_exit
-def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
+def compare_io_cmd(
+    connections: int, wake_samples: int, as_json: bool, report_path: Path | None
+) -> None:
     """Threads vs epoll at the same N: memory, setup time, CPU and wake-up latency."""
+    report_target(report_path)
     from tcpceiling.probe.compare import compare_io
     from tcpceiling.report.compare import render_comparison
     from tcpceiling.report.probe import LiveProgress
 
     with LiveProgress(stderr, False, live=sys.stderr.isatty()) as progress:
         result = compare_io(connections, wake_samples, progress)
-    if as_json:
-        host = results.host_block(read_identity(Roots()), None)
-        click.echo(results.dumps(results.document("compare-io", result, host)))
+    emit(
+        "compare-io", result, results.host_block(read_identity(Roots()), None), as_json, report_path
+    )
     render_comparison(result, stderr)
     sys.exit(EXIT_OK if result.memory_ratio is not None else EXIT_LIMIT)
 
@@ -781,6 +859,7 @@ def compare_io_cmd(connections: int, wake_samples: int, as_json: bool) -> None:
     "(http with --close server asks for Connection: close). " + CHECK_HELP,
 )
 @RUN_NETNS_OPTION
+@REPORT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @errors_to_exit
 def rate_cmd(
@@ -792,6 +871,7 @@ def rate_cmd(
     connect: str | None,
     check: str,
     netns: str | None,
+    report_path: Path | None,
     as_json: bool,
 ) -> None:
     """How many new connections per second, and what stops the rate: connect ->
@@ -802,6 +882,8 @@ def rate_cmd(
     from tcpceiling.probe.churn import ChurnConfig, CloseMode, run_churn
     from tcpceiling.probe.config import parse_sysctl
     from tcpceiling.report.churn import render_churn
+
+    report_target(report_path)
 
     rate = None if rate_ == "max" else _positive_float(rate_, "--rate")
     cfg = ChurnConfig(
@@ -816,9 +898,8 @@ def rate_cmd(
         netns=netns,
     )
     result = run_churn(cfg)
-    if as_json:
-        host = results.host_block(read_identity(Roots()), result.netns)
-        click.echo(results.dumps(results.document("rate", result, host)))
+    host = results.host_block(read_identity(Roots()), result.netns)
+    emit("rate", result, host, as_json, report_path)
     render_churn(result, stderr)
     sys.exit(EXIT_OK if result.stop.reason == "target" else EXIT_LIMIT)
 

@@ -67,8 +67,12 @@ class Run:
         died = self.kids.died
         if died is not None and (self.stop is None or self.stop.reason != "worker_died"):
             self.stop = died
-        if self.cfg.server_mode:
-            self.watched.sample(self.kids.client_states, time.monotonic() - self.t0, self.cfg)
+        t = time.monotonic() - self.t0
+        self.watched.sample(self.kids.client_states, t, self.cfg)
+        if self.watched.memory_due(t):
+            pids = self.kids.live_pids(self.kids.clients) + self.kids.live_pids(self.kids.sinks)
+            rss = measure.process_usage(pids).rss_bytes
+            self.watched.sample_memory(t, self.established(), measure.mem_field("Slab"), rss)
 
     def established(self) -> int:
         return sum(w.established for w in self.kids.client_states)

@@ -30,21 +30,37 @@ def watch_counts(clients: Sequence[WorkerState], key: str) -> dict[str, int]:
     return out
 
 
+#: One point of the memory curve: (seconds, established, Slab bytes, workers' RSS bytes).
+MemoryPoint = tuple[float, int, int, int]
+MEMORY_STEP_S = 0.5
+TIMELINE_STEP_S = 0.25
+
+
 @dataclass
 class Watched:
-    """Served connections of a real server over the run: the most at once, and a
-    timeline of (seconds, established, served) about once a second."""
+    """The run over time: established (and with a real server, served) every quarter
+    second; with a real server the most served at once. The memory curve (Slab and
+    the workers' RSS against established) every half second, for the report's
+    bytes-per-connection fit."""
 
     max_served: int = 0
     timeline: list[tuple[float, int, int | None]] = field(default_factory=list)
+    memory: list[MemoryPoint] = field(default_factory=list)
+
+    def sample_memory(self, t: float, established: int, slab: int, rss: int) -> None:
+        if len(self.memory) < TIMELINE_POINTS:
+            self.memory.append((round(t, 2), established, slab, rss))
+
+    def memory_due(self, t: float) -> bool:
+        return not self.memory or t - self.memory[-1][0] >= MEMORY_STEP_S
 
     def sample(self, clients: Sequence[WorkerState], t: float, cfg: ProbeConfig) -> None:
         # One worker knows its exact peak; across workers only the sum of their
         # latest reports is simultaneous.
         peak = max((w.watch.max_served for w in clients), default=0)
         self.max_served = max(self.max_served, sum(w.watch.held for w in clients), peak)
-        t = round(t, 1)
-        if (not self.timeline or t - self.timeline[-1][0] >= 1.0) and len(
+        t = round(t, 2)
+        if (not self.timeline or t - self.timeline[-1][0] >= TIMELINE_STEP_S) and len(
             self.timeline
         ) < TIMELINE_POINTS:
             served = sum(w.watch.served or 0 for w in clients) if cfg.check != "none" else None
@@ -204,6 +220,7 @@ def build(i: Inputs) -> ProbeResult:
         outcomes=outcomes,
         replies=watch_counts(i.clients, "replies") if server else {},
         timeline=tuple(i.watched.timeline),
+        memory_curve=tuple(i.watched.memory),
         io_model=cfg.io_model,
         setup_seconds=round(setup, 3) if setup else None,
         cpu_seconds=round(i.usage.cpu_seconds, 3),

@@ -112,6 +112,9 @@ class ProbeResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)
     timeline: tuple[tuple[float, int, int | None], ...] = ()  # (s, established, served)
+    #: (s, established, Slab bytes, workers' RSS bytes) every half second: the report
+    #: fits bytes per connection on it
+    memory_curve: tuple[tuple[float, int, int, int], ...] = ()
     io_model: IoModel = "epoll"
     setup_seconds: float | None = None  # until the server side held every connection
     cpu_seconds: float | None = None  # every process of the run, coordinator included

@@ -1,0 +1,149 @@
+"""The HTML reports, rendered by a real headless Chromium: the README's examples
+are generated, loaded, screenshotted, and their DOM read back (the plots are there,
+the binding limit is named)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FIXTURES, IS_ROOT, run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs chromium (`.ci/run` installs it)"
+)
+
+
+class Dom(HTMLParser):
+    """What the test reads from the DOM Chromium built: figures (and whether each holds
+    an svg), the binding limits named, the section titles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: list[dict[str, Any]] = []
+        self.binding: list[str] = []
+        self.sections: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "figure":
+            self.figures.append({"plot": a.get("data-plot"), "svg": False})
+        elif tag == "svg" and self.figures:
+            self.figures[-1]["svg"] = True
+        elif tag == "strong" and a.get("class") == "binding":
+            self._in = "binding"
+        elif tag == "h2":
+            self._in = "h2"
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "binding":
+            self.binding.append(data)
+        elif self._in == "h2":
+            self.sections.append(data)
+        self._in = None
+
+
+def chromium(page: Path, shot: Path) -> Dom:
+    """Load the page offline, screenshot it, and parse the DOM Chromium dumps."""
+    assert CHROMIUM is not None
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--no-first-run", "--window-size=1200,2600"]  # fmt: skip
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    parsed = Dom()
+    parsed.feed(dom.stdout)
+    return parsed
+
+
+def test_report_of_saved_results_checks_its_input(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text('{"kind": "doctor", "schema_version": 1}')
+    code, _o, err = run_cli("report", str(bad), "-o", str(tmp_path / "r.html"))
+    assert code == 2 and "not an analyze, probe" in err and not (tmp_path / "r.html").exists()
+    code, _o, err = run_cli("analyze", "--report", str(tmp_path / "no" / "r.html"))
+    assert code == 2 and "no directory" in err
+
+
+@needs_chromium
+def test_analyze_reports_overlay_two_machines(tmp_path: Path) -> None:
+    """This machine and a stock distribution's fixture tree in one report: the same
+    figures, both machines' bars, each one's binding limit named."""
+    code, out, _ = run_cli("analyze", "--json", "--report", str(tmp_path / "here.html"))
+    assert code == 0
+    base = FIXTURES / "stock-distro"
+    _, other, _ = run_cli(
+        "analyze", "--procfs", str(base / "proc"), "--sysfs", str(base / "sys"), "--json"
+    )
+    (tmp_path / "this-machine.json").write_text(out)
+    (tmp_path / "stock-distro.json").write_text(other)
+    code, _o, err = run_cli(
+        "report",
+        str(tmp_path / "this-machine.json"),
+        str(tmp_path / "stock-distro.json"),
+        "-o",
+        str(tmp_path / "both.html"),
+    )
+    assert code == 0, err
+    dom = chromium(tmp_path / "both.html", tmp_path / "both.png")
+    expected = [s["binding"] for d in (json.loads(out), json.loads(other)) for s in d["scenarios"]]
+    assert sorted(dom.binding) == sorted(expected)  # every scenario of both, by role
+    assert [f["plot"] for f in dom.figures] == ["limits-server", "limits-client"]
+    assert all(f["svg"] for f in dom.figures)
+    single = chromium(tmp_path / "here.html", tmp_path / "here.png")
+    assert single.binding == [s["binding"] for s in json.loads(out)["scenarios"]]
+
+
+@needs_chromium
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: the probe runs in a namespace")
+def test_probe_compare_and_rate_reports(tmp_path: Path) -> None:
+    """The README's probe, compare-io and rate examples (smaller), each its own report,
+    then all of them in one."""
+    runs = {
+        "probe": ["probe", "--target", "60000"],
+        "compare-io": ["compare-io", "--connections", "1000", "--wake-samples", "50"],
+        "rate": ["rate", "--duration", "2"],
+    }
+    plots = {
+        "probe": ["timeline", "memory", "slab-breakdown", "open-rate", "latency"],
+        "compare-io": ["compare"],
+        "rate": ["rate", "rate-latency"],
+    }
+    saved = []
+    for kind, args in runs.items():
+        page = tmp_path / f"{kind}.html"
+        code, out, err = run_cli(*args, "--report", str(page), "--json")
+        assert code in (0, 1), err
+        saved.append(tmp_path / f"{kind}.json")
+        saved[-1].write_text(out)
+        dom = chromium(page, tmp_path / f"{kind}.png")
+        assert [f["plot"] for f in dom.figures] == plots[kind] and all(
+            f["svg"] for f in dom.figures
+        )
+    code, _o, err = run_cli("report", *map(str, saved), "-o", str(tmp_path / "all.html"))
+    assert code == 0, err
+    dom = chromium(tmp_path / "all.html", tmp_path / "all.png")
+    assert dom.sections == [
+        "The proof (probe)",
+        "Threads vs epoll (compare-io)",
+        "New connections per second (rate)",
+    ]
