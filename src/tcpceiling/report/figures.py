@@ -72,6 +72,8 @@ def lines(
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)  # a rate's small wobble must not look like a fall
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
@@ -112,7 +114,12 @@ def stacked(labels: Sequence[str], parts: dict[str, Sequence[float]], ylabel: st
     return svg(fig)
 
 
-def grouped(groups: Sequence[str], runs: Sequence[tuple[str, Sequence[float]]], ylabel: str) -> str:
+def grouped(
+    groups: Sequence[str],
+    runs: Sequence[tuple[str, Sequence[float]]],
+    ylabel: str,
+    logy: bool = False,
+) -> str:
     """Bars side by side: one group per x label, one bar per run."""
     fig = figure(7.5, 3.2)
     ax = fig.add_subplot()
@@ -124,6 +131,8 @@ def grouped(groups: Sequence[str], runs: Sequence[tuple[str, Sequence[float]]], 
             ax.text(x, v, number(v), ha="center", va="bottom", fontsize=7)
     ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(groups))], groups)
     ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
     if len(runs) > 1:
         ax.legend(fontsize=8)
     return svg(fig)

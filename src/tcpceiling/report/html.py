@@ -165,11 +165,8 @@ def _latency_figure(runs: list[Run], key: str, caption: str, kind: str) -> str:
     if not any(v for _, v in data):
         return ""
     pcts = ["p50", "p95", "p99"]
-    return fig(
-        figures.grouped(pcts, [(n, [v.get(p) or 0 for p in pcts]) for n, v in data], "µs"),
-        caption,
-        kind,
-    )
+    bars = [(n, [v.get(p) or 0 for p in pcts]) for n, v in data]
+    return fig(figures.grouped(pcts, bars, "µs (log scale)", logy=True), caption, kind)
 
 
 def _errno_figure(runs: list[Run]) -> str:
