@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from tcpceiling.units import format_bytes
 
@@ -56,8 +57,12 @@ def limits_bars(
     ax.set_yticks([k + height * (len(runs) - 1) / 2 for k in range(len(limits))], limits)
     ax.invert_yaxis()
     ax.set_xlabel("connections this limit allows (log scale); red: the first one reached")
-    if len(runs) > 1:
-        ax.legend(loc="lower right", fontsize=8)
+    if len(runs) > 1:  # the runs' own colours (a run's first bar may be its red binding one)
+        handles = [Patch(color=COLORS[i % len(COLORS)], label=r[0]) for i, r in enumerate(runs)]
+        handles.append(Patch(color=BINDING, label="the binding limit"))
+        ax.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8
+        )
     return svg(fig)
 
 
