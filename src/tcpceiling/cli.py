@@ -182,6 +182,12 @@ def emit(
         write_page(report, [("", doc)])
 
 
+QUIET_OPTION = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="No progress bar (there is none either when stderr is not a terminal).",
+)
 SET_OPTION = click.option(
     "--set",
     "settings",
@@ -696,6 +702,7 @@ def activity_options(fn: F) -> F:
 @server_options
 @activity_options
 @REPORT_OPTION
+@QUIET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
 @click.option("--json-lines", is_flag=True, help="Print progress as JSON lines on stdout.")
 @click.option(
@@ -735,6 +742,7 @@ def probe_cmd(
     wake_samples: int,
     measure_cpu: bool,
     report_path: Path | None,
+    quiet: bool,
     as_json: bool,
     json_lines: bool,
     record_messages: Path | None,
@@ -744,7 +752,8 @@ def probe_cmd(
     report_target(report_path)
     from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
     from tcpceiling.probe.coordinator import run
-    from tcpceiling.report.probe import LiveProgress, render_probe
+    from tcpceiling.report.probe import render_probe
+    from tcpceiling.report.progress import LiveProgress
 
     cfg = ProbeConfig(
         target=parse_target(target),
@@ -774,7 +783,7 @@ def probe_cmd(
         wake_samples=wake_samples,
         record=record_messages,
     )
-    with LiveProgress(stderr, json_lines, live=sys.stderr.isatty()) as progress:
+    with LiveProgress(stderr, json_lines, live=sys.stderr.isatty() and not quiet) as progress:
         result = run(cfg, progress)
     host = results.host_block(read_identity(Roots()), result.netns)
     emit("probe", result, host, as_json, report_path)
@@ -792,18 +801,19 @@ def probe_cmd(
     help="Round trips on random held connections, per client worker.",
 )
 @REPORT_OPTION
+@QUIET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
 @errors_to_exit
 def compare_io_cmd(
-    connections: int, wake_samples: int, as_json: bool, report_path: Path | None
+    connections: int, wake_samples: int, as_json: bool, report_path: Path | None, quiet: bool
 ) -> None:
     """Threads vs epoll at the same N: memory, setup time, CPU and wake-up latency."""
     report_target(report_path)
     from tcpceiling.probe.compare import compare_io
     from tcpceiling.report.compare import render_comparison
-    from tcpceiling.report.probe import LiveProgress
+    from tcpceiling.report.progress import LiveProgress
 
-    with LiveProgress(stderr, False, live=sys.stderr.isatty()) as progress:
+    with LiveProgress(stderr, False, live=sys.stderr.isatty() and not quiet) as progress:
         result = compare_io(connections, wake_samples, progress)
     emit(
         "compare-io", result, results.host_block(read_identity(Roots()), None), as_json, report_path
@@ -860,6 +870,7 @@ def compare_io_cmd(
 )
 @RUN_NETNS_OPTION
 @REPORT_OPTION
+@QUIET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @errors_to_exit
 def rate_cmd(
@@ -872,6 +883,7 @@ def rate_cmd(
     check: str,
     netns: str | None,
     report_path: Path | None,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """How many new connections per second, and what stops the rate: connect ->
@@ -897,7 +909,10 @@ def rate_cmd(
         check=check,
         netns=netns,
     )
-    result = run_churn(cfg)
+    from tcpceiling.report.progress import LiveProgress
+
+    with LiveProgress(stderr, False, live=sys.stderr.isatty() and not quiet) as progress:
+        result = run_churn(cfg, progress)
     host = results.host_block(read_identity(Roots()), result.netns)
     emit("rate", result, host, as_json, report_path)
     render_churn(result, stderr)

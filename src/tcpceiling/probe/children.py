@@ -95,11 +95,14 @@ class Children:
         ready: Ready,
         timeout: float,
         give_up: Callable[[], bool] = lambda: False,
+        tick: Callable[[], None] = lambda: None,
     ) -> None:
-        """Until every child is `ready`, released or gone (or the timeout, or give_up)."""
+        """Until every child is `ready`, released or gone (or the timeout, or give_up);
+        `tick` runs after each read of their news (a progress report)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not give_up():
             self.pump()
+            tick()
             if all(
                 ready(self.state(c)) or self.state(c).released or c.exit_status is not None
                 for c in children

@@ -37,6 +37,7 @@ from tcpceiling.probe.config import check_sysctl_key
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ChurnProgress
 from tcpceiling.probe.procs import Reporter
+from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import Stop
 from tcpceiling.probe.sink import listener
 from tcpceiling.probe.worker import LINGER_RST, raise_nofile
@@ -406,9 +407,17 @@ def ramp_counts(cfg: ChurnConfig) -> list[int]:
 
 
 class ChurnRun:
-    def __init__(self, cfg: ChurnConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: ChurnConfig, progress: Progress = ignore) -> None:
+        self.cfg, self.progress = cfg, progress
         self.kids = Children()
+
+    def _tick(self, cfg: ChurnConfig, t0: float) -> None:
+        """Cycles so far, against the run's duration (one step of a ramp at a time)."""
+        done = sum(w.churn.completed for w in self.kids.client_states if w.churn is not None)
+        elapsed = time.monotonic() - t0
+        label = f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''}"
+        event = RunProgress("churning", min(elapsed, cfg.duration), cfg.duration, elapsed, done)
+        self.progress(replace(event, workers=cfg.workers, label=label))
 
     def execute(self) -> ChurnResult:
         for key, _v in self.cfg.sysctls:
@@ -454,7 +463,10 @@ class ChurnRun:
         server = _server_pids(cfg)
         server_cpu = measure.cpu_seconds(server)
         psutil.cpu_percent(percpu=True)  # starts the per-CPU window
-        kids.wait_for(kids.clients, lambda w: w.finished, cfg.duration + 30)
+        t0 = time.monotonic()
+        kids.wait_for(
+            kids.clients, lambda w: w.finished, cfg.duration + 30, tick=partial(self._tick, cfg, t0)
+        )
         mine = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
         cpu = {"both": mine}
         if cfg.connect is not None:
@@ -522,5 +534,5 @@ class ChurnRun:
         )
 
 
-def run_churn(cfg: ChurnConfig) -> ChurnResult:
-    return ChurnRun(cfg).execute()
+def run_churn(cfg: ChurnConfig, progress: Progress = ignore) -> ChurnResult:
+    return ChurnRun(cfg, progress).execute()

@@ -8,13 +8,13 @@ Slab + KernelStack + PageTables growth plus every process's RSS growth.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
 
 from tcpceiling.analysis.model import IoModel
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run
+from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import ProbeResult
 
 MODELS: tuple[IoModel, ...] = ("epoll", "threads")
@@ -79,10 +79,14 @@ def verdict(models: tuple[ModelRun, ...]) -> str:
     )
 
 
+def _labelled(progress: Progress, model: str, event: RunProgress) -> None:
+    progress(replace(event, label=model))
+
+
 def compare_io(
     connections: int,
     wake_samples: int = 200,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress = ignore,
     base: ProbeConfig | None = None,
 ) -> Comparison:
     """Run the probe once per model at the same N, and compare."""
@@ -90,7 +94,7 @@ def compare_io(
     runs = []
     for model in MODELS:
         one = replace(cfg, target=connections, io_model=model, wake_samples=wake_samples)
-        runs.append(_model_run(run(one, progress)))
+        runs.append(_model_run(run(one, partial(_labelled, progress, model))))
     models = tuple(runs)
     if any(m.stop != "target" for m in models):
         stops = ", ".join(f"{m.io_model}: {m.stop}" for m in models)

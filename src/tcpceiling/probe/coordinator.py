@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
@@ -33,11 +32,11 @@ from tcpceiling.probe.plan import (
     make_plan,
     thread_sink_scenario,
 )
+from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import ProbeResult, Stop
 from tcpceiling.probe.sink import SinkMode, SinkPlan, run_sink
 
 UNBOUNDED = 1 << 40
-Progress = Callable[[dict[str, Any]], None]
 
 
 class Run:
@@ -45,7 +44,7 @@ class Run:
 
     def __init__(self, cfg: ProbeConfig, progress: Progress | None = None) -> None:
         self.cfg = cfg
-        self.report = progress or (lambda _msg: None)
+        self.report = progress or ignore
         self.kids = Children()
         self.assigned = 0
         self.stop: Stop | None = None
@@ -184,15 +183,18 @@ class Run:
             return False
         while self._may_spawn():
             self._spawn_client(plan)
+        est = self.established()
         self.report(
-            {
-                "type": "progress",
-                "established": self.established(),
-                "workers": len(self.kids.clients),
-                "elapsed": time.monotonic() - t0,
-                "errors": attribution.errno_counts(self.kids.client_states),
-                "mem_available": measure.mem_available(),
-            }
+            RunProgress(
+                "opening",
+                est,
+                self.cfg.target,
+                time.monotonic() - t0,
+                est,
+                len(self.kids.clients),
+                attribution.errno_counts(self.kids.client_states),
+                measure.mem_available(),
+            )
         )
         return bool(self._opening()) or self._may_spawn()
 
@@ -237,11 +239,15 @@ class Run:
 
     # -- hold and release ------------------------------------------------------------------
     def hold(self) -> None:
-        deadline = time.monotonic() + self.cfg.hold
+        start = time.monotonic()
+        deadline = start + self.cfg.hold
         while time.monotonic() < deadline and not self.interrupted:
             self._pump()
             if self.stop is not None and self.stop.reason == "worker_died":
                 return
+            now = time.monotonic()
+            est = self.established()
+            self.report(RunProgress("holding", now - start, self.cfg.hold, now - self.t0, est))
             time.sleep(0.1)
 
     # -- the whole run ------------------------------------------------------------------------
@@ -352,6 +358,7 @@ class Run:
                 )
             )
         finally:
+            self.report(RunProgress("releasing", 0, None, time.monotonic() - self.t0))
             kids.release()
 
     def _server_sample(self, plan: Plan) -> evidence.ServerSample | None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
@@ -19,38 +15,6 @@ def _endpoints_text(endpoints: tuple[str, ...]) -> str:
         return ", ".join(endpoints)
     first, last = endpoints[0], endpoints[-1]
     return f"{first}..{last.rsplit(':', 1)[1]} ({len(endpoints):,} ports)"
-
-
-class LiveProgress:
-    """Progress to the terminal (rich status) and/or JSON lines to stdout."""
-
-    def __init__(self, console: Console, json_lines: bool, live: bool) -> None:
-        self.console, self.json_lines = console, json_lines
-        self.status = console.status("starting…") if live else None
-        self.last_json = 0.0
-
-    def __enter__(self) -> LiveProgress:
-        if self.status:
-            self.status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status:
-            self.status.__exit__(None, None, None)
-
-    def __call__(self, msg: dict[str, Any]) -> None:
-        est, t = msg.get("established", 0), msg.get("elapsed", 0.0)
-        rate = est / t if t else 0.0
-        errs = ", ".join(f"{k} x{v}" for k, v in (msg.get("errors") or {}).items()) or "none"
-        if self.status:
-            self.status.update(
-                f"{est:,} established · {rate:,.0f}/s · {msg.get('workers')} workers · "
-                f"errors {errs} · MemAvailable {human(msg.get('mem_available'), 'B')}"
-            )
-        if self.json_lines and t - self.last_json >= 1.0:
-            self.last_json = t
-            sys.stdout.write(json.dumps(msg) + "\n")
-            sys.stdout.flush()
 
 
 def _title(r: ProbeResult) -> str:
