@@ -76,10 +76,18 @@ def roots_options(fn: F) -> F:
         help="cgroup mount (default SYSFS/fs/cgroup).",
     )(fn)
     fn = click.option(
-        "--sysfs", type=click.Path(path_type=Path), default=Path("/sys"), show_default=True
+        "--sysfs",
+        type=click.Path(path_type=Path),
+        default=Path("/sys"),
+        show_default=True,
+        help="The sysfs to read (a fixture tree's sys/, or a snapshot's).",
     )(fn)
     return click.option(
-        "--procfs", type=click.Path(path_type=Path), default=Path("/proc"), show_default=True
+        "--procfs",
+        type=click.Path(path_type=Path),
+        default=Path("/proc"),
+        show_default=True,
+        help="The procfs to read (a fixture tree's proc/, or a snapshot's).",
     )(fn)
 
 
@@ -563,7 +571,11 @@ def server_options(fn: F) -> F:
             help=CHECK_HELP,
         ),
         click.option(
-            "--check-timeout", type=click.FloatRange(min=0.05), default=2.0, show_default=True
+            "--check-timeout",
+            type=click.FloatRange(min=0.05),
+            default=2.0,
+            show_default=True,
+            help="Seconds to wait for the check's reply before a connection counts as silent.",
         ),
         click.option(
             "--check-every",
@@ -610,7 +622,13 @@ def activity_options(fn: F) -> F:
             help="Messages per held connection per second, echoed by the sink, "
             "for --hold seconds (5 if not given).",
         ),
-        click.option("--message-bytes", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option(
+            "--message-bytes",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Bytes per message, with --message-rate.",
+        ),
         click.option(
             "--wake-samples",
             type=click.IntRange(min=0),
@@ -664,7 +682,12 @@ def activity_options(fn: F) -> F:
     help="Sink listening ports (default: as many as keep each port pair 1/8 full, "
     "or 1 when --source-ip is given).",
 )
-@click.option("--sink-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--sink-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the built-in sink listens on (a loopback address).",
+)
 @click.option(
     "--isolate/--no-isolate",
     default=None,
@@ -678,7 +701,13 @@ def activity_options(fn: F) -> F:
     help="Stop before MemAvailable falls below this many bytes (1G, 512MiB; "
     "default max(1 GiB, 10% of MemTotal)).",
 )
-@click.option("--max-duration", type=click.FloatRange(min=0), default=600.0, show_default=True)
+@click.option(
+    "--max-duration",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds of opening before the duration guard stops the run.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -698,7 +727,13 @@ def activity_options(fn: F) -> F:
     show_default=True,
     help="Client workers opening at the same time.",
 )
-@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds a connect() may take before it counts as a timeout (ETIMEDOUT).",
+)
 @server_options
 @activity_options
 @REPORT_OPTION
@@ -792,7 +827,13 @@ def probe_cmd(
 
 
 @main.command("compare-io")
-@click.option("--connections", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option(
+    "--connections",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="Connections each model holds (the same number for both).",
+)
 @click.option(
     "--wake-samples",
     type=click.IntRange(min=1),
@@ -945,7 +986,13 @@ def _positive_float(text: str, option: str) -> float:
     help="Sink processes sharing the endpoints (each holds up to its fd limit).",
 )
 @click.option("--echo", is_flag=True, help="Echo what clients send (default: read and discard).")
-@click.option("--backlog", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="listen() backlog of each shard (the kernel clamps it to net.core.somaxconn).",
+)
 @click.option(
     "--duration",
     type=click.FloatRange(min=0),
@@ -971,8 +1018,9 @@ def serve_cmd(
 
 
 def run() -> None:
-    """The console entry point (see OneLineErrors)."""
-    main()
+    """The console entry point (see OneLineErrors); named tcpceiling also under
+    `python -m tcpceiling`, so shell completion's variable is _TCPCEILING_COMPLETE."""
+    main(prog_name="tcpceiling")
 
 
 def observe_options(fn: F) -> F:
@@ -1180,3 +1228,95 @@ def wait_for_signal() -> None:
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+#: Each command's --help ends with examples and its exit codes.
+USAGE: dict[str, tuple[tuple[str, ...], str]] = {
+    "analyze": (
+        (
+            "tcpceiling analyze",
+            "tcpceiling analyze --role client --connect 10.0.0.5:5432 --source-ip 10.0.1.0/28",
+            "tcpceiling analyze --role server --io-model threads --pid 1234",
+            "tcpceiling analyze --role server --set nofile=1048576 --report ceiling.html",
+        ),
+        "0 predicted, 2 bad input, 3 the host could not be read",
+    ),
+    "report": (
+        ("tcpceiling report before.json after.json -o tune.html",),
+        "0 written, 2 bad input (a file that is not a result)",
+    ),
+    "tune": (
+        (
+            "tcpceiling tune --role server --target 1000000 --service myapp",
+            "tcpceiling tune --role client --connect 10.0.0.5:443 --target 100000 --verify",
+            "tcpceiling tune --role server --target 1000000 --apply --root /srv/image",
+            "tcpceiling tune --restore",
+        ),
+        "0 the plan reaches the target, 1 it cannot (or --verify fell short), 2 bad input, "
+        "3 the host could not be read",
+    ),
+    "snapshot": (
+        ("tcpceiling snapshot ./host-a", "tcpceiling snapshot --tar host-a.tar.gz"),
+        "0 written, 2 bad input (a directory that is not a snapshot), 3 unreadable host",
+    ),
+    "probe": (
+        (
+            "tcpceiling probe --target 200000",
+            "tcpceiling probe --target max --hold 30 --report proof.html",
+            "tcpceiling probe --connect 127.0.0.1:6379 --check redis --target 20000",
+            "tcpceiling probe --connect 127.0.0.1:443 --check 'expect:^220 ' --target 500",
+        ),
+        "0 the target was reached, 1 a limit or a guard stopped it, 2 bad input, "
+        "3 the host could not be read",
+    ),
+    "compare-io": (
+        ("tcpceiling compare-io --connections 10000 --report io.html",),
+        "0 compared, 1 a run stopped short, 2 bad input, 3 the host could not be read",
+    ),
+    "rate": (
+        (
+            "tcpceiling rate",
+            "tcpceiling rate --rate 20000 --duration 10 --close server",
+            "tcpceiling rate --connect 127.0.0.1:80 --check http --close server",
+        ),
+        "0 the asked rate was held, 1 a limit stopped it (or --rate max), 2 bad input, "
+        "3 the host could not be read",
+    ),
+    "serve": (
+        ("tcpceiling serve --listen 0.0.0.0:9000 --shards 4",),
+        "0 stopped (Ctrl-C or --duration), 2 bad input",
+    ),
+    "watch": (
+        ("tcpceiling watch", "tcpceiling watch --port 443 --warn 0.7", "tcpceiling watch --once"),
+        "0 left with q or Ctrl-C, 2 bad input, 3 the host could not be read",
+    ),
+    "doctor": (
+        (
+            "tcpceiling doctor",
+            "tcpceiling doctor --service nginx --warn 0.7 --crit 0.9",
+            "tcpceiling doctor --netns blue --json",
+        ),
+        "0 ok, 1 warning, 2 critical, 3 unknown (bad input, an unreadable host)",
+    ),
+    "exporter": (
+        (
+            "tcpceiling exporter --listen :9877",
+            "tcpceiling exporter --textfile /var/lib/node_exporter/textfile/tcpceiling.prom",
+        ),
+        "0 stopped by SIGINT or SIGTERM, 2 bad input (or the port in use), 3 unreadable host",
+    ),
+}
+
+
+def _epilog(examples: tuple[str, ...], exits: str) -> str:
+    lines = "\n".join(f"  {e}" for e in examples)
+    return f"\b\nExamples:\n{lines}\n\n\b\nExit codes: {exits}"
+
+
+for _name, (_examples, _exits) in USAGE.items():
+    main.commands[_name].epilog = _epilog(_examples, _exits)
+main.epilog = (
+    "\b\nEach command has examples and its exit codes in its --help.\n"
+    "Shell completion (bash; zsh and fish alike):\n"
+    '  eval "$(_TCPCEILING_COMPLETE=bash_source tcpceiling)"'
+)
