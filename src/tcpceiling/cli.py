@@ -349,6 +349,7 @@ def scenarios_from(o: dict[str, Any]) -> list[Scenario]:
 @SET_OPTION
 @roots_options
 @REPORT_OPTION
+@click.option("--all", "every", is_flag=True, help="Also list the limits that do not bind here.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @errors_to_exit
 def analyze_cmd(**o: Any) -> None:
@@ -361,7 +362,7 @@ def analyze_cmd(**o: Any) -> None:
     host = results.host_block(read_identity(roots), netns)
     emit("analyze", result, host, o["as_json"], o["report_path"])
     if not o["as_json"]:
-        render_analysis(result, stderr)
+        render_analysis(result, stderr, o["every"])
 
 
 @main.command("report")

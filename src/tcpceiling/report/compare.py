@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tcpceiling.probe.compare import Comparison
-from tcpceiling.report.analysis import human
+from tcpceiling.units import format_bytes
 
 
 def render_comparison(c: Comparison, console: Console) -> None:
@@ -19,10 +19,10 @@ def render_comparison(c: Comparison, console: Console) -> None:
         t.add_row(
             m.io_model,
             f"{m.connections:,}",
-            human(m.memory_per_connection, " B"),
-            human(m.kernel_bytes, " B"),
-            human(m.task_bytes, " B"),
-            human(m.user_bytes, " B"),
+            format_bytes(m.memory_per_connection or 0),
+            format_bytes(m.kernel_bytes or 0),
+            format_bytes(m.task_bytes or 0),
+            format_bytes(m.user_bytes or 0),
             f"{m.setup_seconds:.2f}" if m.setup_seconds is not None else "?",
             f"{m.cpu_seconds:.2f}" if m.cpu_seconds is not None else "?",
             f"{wake.get('p50')} / {wake.get('p99')}",

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from tcpceiling.probe.result import ProbeResult
 from tcpceiling.report.analysis import human
+from tcpceiling.units import format_bytes
 
 
 def _endpoints_text(endpoints: tuple[str, ...]) -> str:
@@ -66,12 +67,16 @@ def _activity_rows(r: ProbeResult) -> list[tuple[str, str]]:
     if r.io_model == "threads":
         rows.append((
             "thread cost / conn",
-            f"{human(pc.task_bytes, ' B')} kernel stack + page tables, {human(pc.user_bytes, ' B')}"
-            " RSS, plus task_struct in Slab (≈44 KB per Python thread: docs/limits.md §6)",
+            f"{format_bytes(pc.task_bytes or 0)} kernel stack + page tables, "
+            f"{format_bytes(pc.user_bytes or 0)} RSS, plus task_struct in Slab "
+            "(≈44 KB per Python thread: docs/limits.md §6)",
         ))  # fmt: skip
     if pc.total_bytes is not None:
         rows.append(
-            ("total memory / conn", f"{human(pc.total_bytes, ' B')} (Slab + stack + PT + RSS)")
+            (
+                "total memory / conn",
+                f"{format_bytes(pc.total_bytes or 0)} (Slab + stack + PT + RSS)",
+            )
         )
     if r.traffic:
         t = r.traffic
@@ -79,8 +84,8 @@ def _activity_rows(r: ProbeResult) -> list[tuple[str, str]]:
             "traffic",
             f"{t.messages:,} messages of {t.message_bytes} B at {t.message_rate:g}/s per conn "
             f"in {t.seconds:.1f} s: server CPU {t.cpu_us_per_message} µs per message, "
-            f"{t.cpu_us_per_connect} µs per connect; {human(t.kernel_bytes_active, ' B')} Slab "
-            "per active conn",
+            f"{t.cpu_us_per_connect} µs per connect; "
+            f"{format_bytes(t.kernel_bytes_active or 0)} Slab per active conn",
         ))  # fmt: skip
     if r.wake_latency_us:
         rows.append(
@@ -107,8 +112,8 @@ def render_probe(r: ProbeResult, console: Console) -> None:
             f"{', '.join(r.predicted.runners_up)}) — client side",
         ),
         ("open rate", f"{r.rate_per_s:,.0f}/s over {r.open_seconds:.2f} s"),
-        ("kernel memory / conn", f"{human(pc.kernel_bytes, ' B')} Slab ({ends})"),
-        ("user memory / conn", f"{human(pc.user_bytes, ' B')} RSS, all workers"),
+        ("kernel memory / conn", f"{format_bytes(pc.kernel_bytes or 0)} Slab ({ends})"),
+        ("user memory / conn", f"{format_bytes(pc.user_bytes or 0)} RSS, all workers"),
         ("connect latency µs", ", ".join(f"{k} {v}" for k, v in r.connect_latency_us.items())),
         (
             "workers",
