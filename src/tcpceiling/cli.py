@@ -310,6 +310,14 @@ def scenario_options(fn: F) -> F:
         click.option("--pid", default=None, help="Analyse this process's limits and fds."),
         click.option("--netns", default=None, help="Read per-netns values inside this namespace."),
         click.option(
+            "--client-hosts",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Client: the connections come from this many hosts like this one "
+            "(probe --scheduler); their ceilings add up.",
+        ),
+        click.option(
             "--cost-from",
             type=click.Path(path_type=Path, dir_okay=False),
             default=None,
@@ -340,6 +348,7 @@ def scenarios_from(o: dict[str, Any]) -> list[Scenario]:
         message_bytes=o.pop("message_bytes"),
         cpu_target=o.pop("cpu_target"),
         cpu_us_per_message=o.pop("cpu_us_per_message"),
+        client_hosts=o.pop("client_hosts"),
     )
     return with_measured_cost(scenarios, o.pop("cost_from"))
 
@@ -737,6 +746,19 @@ def activity_options(fn: F) -> F:
 )
 @server_options
 @activity_options
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    default=None,
+    help="With --connect: open from the client hosts of this Dask scheduler, one worker "
+    "per host, each running this probe with its share of the target.",
+)
+@click.option(
+    "--hosts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --scheduler: how many client hosts (default: every host with a worker).",
+)
 @REPORT_OPTION
 @QUIET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as JSON on stdout.")
@@ -777,6 +799,8 @@ def probe_cmd(
     message_bytes: int,
     wake_samples: int,
     measure_cpu: bool,
+    scheduler: str | None,
+    hosts: int | None,
     report_path: Path | None,
     quiet: bool,
     as_json: bool,
@@ -784,8 +808,16 @@ def probe_cmd(
     record_messages: Path | None,
 ) -> None:
     """Prove the ceiling: open real connections to a built-in loopback sink, or with
-    --connect to real servers, and name the limit (and the side) that stopped them."""
+    --connect to real servers, and name the limit (and the side) that stopped them;
+    with --scheduler, from many client hosts at once."""
     report_target(report_path)
+    if scheduler is not None:
+        probe_hosts(
+            connect, source_ip, target, check, connect_timeout, scheduler, hosts, hold, as_json
+        )
+        return
+    if hosts is not None:
+        raise InputError("--hosts needs --scheduler")
     from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
     from tcpceiling.probe.coordinator import run
     from tcpceiling.report.probe import render_probe
@@ -825,6 +857,34 @@ def probe_cmd(
     emit("probe", result, host, as_json, report_path)
     render_probe(result, stderr)
     sys.exit(EXIT_OK if result.target_reached else EXIT_LIMIT)
+
+
+def probe_hosts(
+    connect: tuple[str, ...],
+    source_ip: tuple[str, ...],
+    target: str,
+    check: str,
+    connect_timeout: float,
+    scheduler: str,
+    hosts: int | None,
+    hold: float,
+    as_json: bool,
+) -> None:
+    """probe --scheduler: the client engine on each Dask worker host, one result."""
+    from tcpceiling.probe.config import parse_target
+    from tcpceiling.probe.hosts import HostSpec, run_hosts
+    from tcpceiling.report.hosts import render_hosts
+
+    if not connect:
+        raise InputError("--scheduler needs --connect HOST:PORT (a server the hosts reach)")
+    for c in connect:
+        parse_endpoint(c)
+    spec = HostSpec(connect, None, check, source_ip, connect_timeout)
+    result = run_hosts(spec, parse_target(target), scheduler, hosts, hold)
+    if as_json:
+        click.echo(results.dumps(results.document("probe-hosts", result, {})))
+    render_hosts(result, stderr)
+    sys.exit(EXIT_OK if result.stop == "target" else EXIT_LIMIT)
 
 
 @main.command("compare-io")

@@ -81,9 +81,24 @@ def _tuples(scenario: Scenario, routes: dict[Endpoint, Route]) -> tuple[PathTupl
     return tuple((routes.get(d, (None, False))[0], d) for d in scenario.connect)
 
 
+def per_hosts(c: Constraint, hosts: int) -> Constraint:
+    """A client's limit over `hosts` hosts like this one: each has its own ports, fds,
+    memory, so the total ceiling adds up (`probe --scheduler` opens it)."""
+    if c.kind != "total" or c.ceiling is None:
+        return c
+    note = f"{c.note}; x {hosts} client hosts like this one"
+    return replace(c, ceiling=c.ceiling * hosts, note=note)
+
+
 def _summary(role: str, ceiling: int | None, binding: str | None, scenario: Scenario) -> str:
     if ceiling is None:
         return f"no limit found for a {role}"
+    if scenario.client_hosts > 1 and role == "client":
+        dests = ", ".join(str(d) for d in scenario.connect)
+        return (
+            f"{scenario.client_hosts} client hosts like this one can hold about {ceiling:,} "
+            f"connections to {dests}; the first limit each reaches is {binding}"
+        )
     where = ""
     if role == "client":
         where = " to " + ", ".join(str(d) for d in scenario.connect)
@@ -114,6 +129,8 @@ def evaluate(
     """Pure given a snapshot: one Constraint per limit and the verdict."""
     ctx = context(snap, scenario, routes)
     constraints = tuple(c for _, family in FAMILIES for c in family(ctx))
+    if scenario.role == "client" and scenario.client_hosts > 1:
+        constraints = tuple(per_hosts(c, scenario.client_hosts) for c in constraints)
     ranked = sorted(
         (c for c in constraints if c.kind == "total" and c.ceiling is not None),
         key=lambda c: c.ceiling or 0,

@@ -131,12 +131,15 @@ class Scenario:
     cpu_us_per_message: float | None = None  # measured by `probe --measure-cpu`
     cpu_target: float = 0.7  # the share of all CPUs the workload may use
     cpu_us_per_cycle: float | None = None  # measured by `tcpceiling rate` (both ends)
+    client_hosts: int = 1  # a client role spread over this many hosts like this one
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise InputError("--processes must be at least 1")
         if self.buffered_bytes < 0 or self.app_bytes_per_conn < 0:
             raise InputError("byte counts must not be negative")
+        if self.client_hosts < 1:
+            raise InputError("--client-hosts must be at least 1")
         if self.clients is not None and self.clients < 1:
             raise InputError("--clients must be at least 1")
         if self.message_rate < 0 or not 0 < self.cpu_target <= 1:

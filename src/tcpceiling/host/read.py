@@ -235,7 +235,10 @@ def read_system(roots: Roots) -> SystemView:
         pid_max=_read(sys_ / "kernel" / "pid_max", parse.parse_int),
         max_map_count=_read(sys_ / "vm" / "max_map_count", parse.parse_int),
         tasks=_read(roots.procfs / "loadavg", parse.parse_loadavg_tasks),
-        tcp_mem=_read(sys_ / "net" / "ipv4" / "tcp_mem", lambda t: parse.parse_ints(t, 3)),
+        # global, so shown in the initial network namespace only (a process that runs
+        # inside another one, as in a container, sees no such file): () then
+        tcp_mem=_read_opt(sys_ / "net" / "ipv4" / "tcp_mem", lambda t: parse.parse_ints(t, 3))
+        or (),
         slabs=read_slabs(roots),
         cpus=_read_opt(roots.sysfs / "devices" / "system" / "cpu" / "online", parse.parse_cpu_list),
         pids=read_pids(roots),

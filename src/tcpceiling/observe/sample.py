@@ -171,7 +171,7 @@ def _host(snap: HostSnapshot) -> tuple[HostLimit, ...]:
         HostLimit(
             "tcp_mem",
             net.sockstat.mem_pages,
-            sysv.tcp_mem[2],
+            sysv.tcp_mem[2] if sysv.tcp_mem else None,  # not visible inside a netns
             "pages",
             p + "net/sockstat mem, tcp_mem[2]",
         ),

@@ -43,7 +43,7 @@ class LiveProgress:
     """The bars (when `live`) and the JSON lines (when `json_lines`)."""
 
     def __init__(self, console: Console, json_lines: bool, live: bool) -> None:
-        self.json_lines, self.last_json = json_lines, -1.0
+        self.json_lines, self.last_json, self.phase = json_lines, -1.0, ""
         self.bars = Progress(*columns(), console=console) if live else None  # type: ignore[arg-type]
         self.tasks: dict[tuple[str, str], TaskID] = {}
 
@@ -65,8 +65,8 @@ class LiveProgress:
         return self.tasks[key]
 
     def __call__(self, e: RunProgress) -> None:
-        if self.json_lines and (e.elapsed - self.last_json >= 1.0 or e.phase != "opening"):
-            self.last_json = e.elapsed
+        if self.json_lines and (e.elapsed - self.last_json >= 1.0 or e.phase != self.phase):
+            self.last_json, self.phase = e.elapsed, e.phase
             sys.stdout.write(json.dumps(asdict(e)) + "\n")
             sys.stdout.flush()
         if self.bars is None:

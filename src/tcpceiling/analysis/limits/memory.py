@@ -93,7 +93,26 @@ def cgroup_memory(ctx: Context) -> Constraint:
     )
 
 
+def _tcp_mem_unseen(ctx: Context) -> Constraint:
+    """tcp_mem is global and /proc/sys/net shows it in the initial namespace only."""
+    return Constraint(
+        id="tcp_mem",
+        capacity_unit="pages",
+        capacity=None,
+        in_use=ctx.snap.net.sockstat.mem_pages,
+        per_connection=None,
+        ceiling=None,
+        unit="pages",
+        symptom="above high sends block, receives drop (TCPRcvQDrop)",
+        raise_="sysctl -w net.ipv4.tcp_mem='LOW PRESSURE HIGH' on the host (global, pages)",
+        source=ctx.proc("sys/net/ipv4/tcp_mem"),
+        note="not visible from this network namespace (a global sysctl): read it on the host",
+    )
+
+
 def tcp_mem(ctx: Context) -> Constraint:
+    if not ctx.snap.system.tcp_mem:
+        return _tcp_mem_unseen(ctx)
     high = ctx.snap.system.tcp_mem[2]
     used = ctx.snap.net.sockstat.mem_pages
     nbytes = ctx.scenario.buffered_bytes
