@@ -36,3 +36,31 @@ def test_analyze_from_python_on_a_fixture() -> None:
 def test_probe_config_validates_without_running() -> None:
     cfg = tcpceiling.ProbeConfig(target=10)
     assert cfg.target == 10 and callable(tcpceiling.run_probe)
+
+
+#: The import name of each distribution the package declares.
+IMPORT_NAMES = {
+    "click": "click",
+    "rich": "rich",
+    "psutil": "psutil",
+    "pyroute2": "pyroute2",
+    "prometheus_client": "prometheus_client",
+    "matplotlib": "matplotlib",
+    "dask[distributed]": "distributed",
+}
+
+
+def test_declared_dependencies_are_imported() -> None:
+    """Nothing is declared that the code does not import, and the reverse."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["distributed"]]
+    names = {re.split(r"[<>=!~ ]", d)[0] for d in declared}
+    assert names == set(IMPORT_NAMES), names
+    source = "\n".join(p.read_text() for p in (root / "src" / "tcpceiling").rglob("*.py"))
+    for name, module in IMPORT_NAMES.items():
+        assert re.search(rf"^\s*(from|import) {module}\b", source, re.M), f"{name} is not imported"

@@ -97,7 +97,10 @@ def net() -> Iterator[Net]:
             ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
             net.run(ns, ["sysctl", "-qw", "net.ipv4.ip_local_port_range=60000 60999"])
-        net.start("serve", server, [*PY, "tcpceiling", "serve", "--listen", f"{SERVER_IP}:{PORT}"])
+        serve = [*PY, "tcpceiling", "serve", "--listen", f"{SERVER_IP}:{PORT}", "--json-lines"]
+        net.procs["serve"] = subprocess.Popen(
+            ["ip", "netns", "exec", server, *serve], stdout=subprocess.PIPE, text=True
+        )
         net.start("scheduler", server, [*PY, "distributed.cli.dask_scheduler", "--host", SERVER_IP,
                   "--port", str(SCHED), "--dashboard-address", ":0", "--no-show"])  # fmt: skip
         for i, (ns, addr) in enumerate(zip(clients, CLIENTS, strict=True)):
@@ -153,6 +156,13 @@ def test_three_hosts_hold_three_times_their_ports(net: Net) -> None:
                f"{SERVER_IP}:{PORT}", "--client-hosts", "3", "--json"]  # fmt: skip
     analysis = net.run(net.clients[0], analyze)
     assert json.loads(analysis.stdout)["scenarios"][0]["ceiling"] == r["established"]
+    serve = net.procs["serve"]  # its count of accepted connections (none closed yet)
+    assert serve.stdout is not None
+    accepted = 0
+    deadline = time.monotonic() + 10
+    while accepted < 3000 and time.monotonic() < deadline:
+        accepted = json.loads(serve.stdout.readline())["accepted"]
+    assert accepted == r["established"] == 3000
 
 
 def test_a_lost_worker_is_named_and_the_others_kept(net: Net) -> None:

@@ -1060,21 +1060,39 @@ def _positive_float(text: str, option: str) -> float:
     default=None,
     help="Stop after this many seconds (default: until Ctrl-C).",
 )
+@click.option(
+    "--json-lines",
+    is_flag=True,
+    help="Print the connections accepted so far as a JSON line each second on stdout.",
+)
 @errors_to_exit
 def serve_cmd(
-    listen: tuple[str, ...], shards: int, echo: bool, backlog: int, duration: float | None
+    listen: tuple[str, ...],
+    shards: int,
+    echo: bool,
+    backlog: int,
+    duration: float | None,
+    json_lines: bool,
 ) -> None:
-    """Run the probe's sink alone, for probing this machine from another one."""
+    """Run the probe's sink alone, for probing this machine from other ones (probe
+    --connect, or probe --scheduler from many hosts); it says how many it accepted, so
+    both ends can be compared."""
     from tcpceiling.probe.serve import serve
 
     endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
+    last = [-1.0]
 
     def show(msg: dict[str, Any]) -> None:
         if msg.get("type") == "ready":
             eps = ", ".join(map(str, endpoints))
             stderr.print(f"serving {eps} with {shards} shard(s); Ctrl-C stops")
+        if json_lines and msg.get("elapsed", 0.0) - last[0] >= 1.0:
+            last[0] = msg.get("elapsed", 0.0)
+            click.echo(json.dumps({"accepted": msg.get("accepted", 0), "elapsed": last[0]}))
 
     total = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
+    if json_lines:
+        click.echo(json.dumps({"accepted": total, "final": True}))
     stderr.print(f"accepted {total:,} connections")
 
 
