@@ -8,6 +8,7 @@ import io
 from collections.abc import Sequence
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -119,6 +120,17 @@ def stacked(labels: Sequence[str], parts: dict[str, Sequence[float]], ylabel: st
     return svg(fig)
 
 
+def _bars(ax: Axes, groups: Sequence[str], runs: Sequence[tuple[str, Sequence[float]]]) -> None:
+    """One group of bars per x label, one bar per run, each labelled with its value."""
+    width = 0.8 / max(1, len(runs))
+    for i, (label, values) in enumerate(runs):
+        xs = [k + i * width for k in range(len(groups))]
+        ax.bar(xs, values, width=width * 0.9, label=label, color=COLORS[i % len(COLORS)])
+        for x, v in zip(xs, values, strict=True):
+            ax.text(x, v, number(v), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(groups))], groups)
+
+
 def grouped(
     groups: Sequence[str],
     runs: Sequence[tuple[str, Sequence[float]]],
@@ -128,13 +140,7 @@ def grouped(
     """Bars side by side: one group per x label, one bar per run."""
     fig = figure(7.5, 3.2)
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(runs))
-    for i, (label, values) in enumerate(runs):
-        xs = [k + i * width for k in range(len(groups))]
-        ax.bar(xs, values, width=width * 0.9, label=label, color=COLORS[i % len(COLORS)])
-        for x, v in zip(xs, values, strict=True):
-            ax.text(x, v, number(v), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(groups))], groups)
+    _bars(ax, groups, runs)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
@@ -150,13 +156,7 @@ def panels(
     fig = figure(3.0 * len(charts), 3.0)
     axes = fig.subplots(1, len(charts), squeeze=False)[0]
     for ax, (title, unit, groups, runs) in zip(axes, charts, strict=True):
-        width = 0.8 / max(1, len(runs))
-        for i, (label, values) in enumerate(runs):
-            xs = [k + i * width for k in range(len(groups))]
-            ax.bar(xs, values, width=width * 0.9, label=label, color=COLORS[i % len(COLORS)])
-            for x, v in zip(xs, values, strict=True):
-                ax.text(x, v, number(v), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(groups))], groups)
+        _bars(ax, groups, runs)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
     if len(charts[0][3]) > 1:
