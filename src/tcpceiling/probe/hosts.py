@@ -81,6 +81,11 @@ class HostsResult:
     notes: tuple[str, ...] = ()
 
 
+def host_of(address: str) -> str:
+    """The host of a Dask address: tcp://198.18.0.11:7001 -> 198.18.0.11."""
+    return address.split("://")[-1].rsplit(":", 1)[0]
+
+
 # -- on each worker ---------------------------------------------------------------------
 def _die_with_parent() -> None:
     """In the probe child: SIGTERM when the worker that started it dies."""
@@ -120,7 +125,7 @@ def run_on_host(spec: HostSpec, run_id: str) -> HostOutcome:
     from distributed import Event, Queue, get_worker
 
     worker = get_worker()
-    host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+    host = host_of(worker.address)
     proc = subprocess.Popen(
         probe_argv(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=_die_with_parent,
@@ -165,7 +170,7 @@ def one_per_host(workers: dict[str, Any], hosts: int | None) -> list[str]:
     """One worker address per host (the lowest), `hosts` of them if given."""
     by_host: dict[str, str] = {}
     for address in sorted(workers):
-        by_host.setdefault(address.split("://")[-1].rsplit(":", 1)[0], address)
+        by_host.setdefault(host_of(address), address)
     chosen = sorted(by_host.values())
     if hosts is not None and hosts > len(chosen):
         raise InputError(f"--hosts {hosts}: the scheduler has workers on {len(chosen)} host(s)")
@@ -174,12 +179,8 @@ def one_per_host(workers: dict[str, Any], hosts: int | None) -> list[str]:
     return chosen[:hosts] if hosts else chosen
 
 
-def _host_of(address: str) -> str:
-    return address.split("://")[-1].rsplit(":", 1)[0]
-
-
 def _lost(worker: str, why: str) -> HostOutcome:
-    return HostOutcome(_host_of(worker), worker, "lost", detail=why)
+    return HostOutcome(host_of(worker), worker, "lost", detail=why)
 
 
 def _wait_opened(client: Any, futures: dict[str, Any], run_id: str) -> None:
@@ -231,7 +232,7 @@ def run_hosts(
         futures = {
             w: client.submit(run_on_host, HostSpec(spec.connect, share, spec.check, spec.sources,
                              spec.connect_timeout), run_id, workers=[w], allow_other_workers=False,
-                             pure=False, key=f"tcpceiling-probe-{_host_of(w)}-{run_id}")
+                             pure=False, key=f"tcpceiling-probe-{host_of(w)}-{run_id}")
             for w in chosen
         }  # fmt: skip
         _wait_opened(client, futures, run_id)
