@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 from rich.console import Console
 
+from tcpceiling.errors import InputError
 from tcpceiling.host.sockets import Listener
 from tcpceiling.observe import exporter, kmsg
 from tcpceiling.observe.doctor import diagnose
@@ -182,3 +183,20 @@ def test_shipped_rules_and_dashboard_use_exported_names() -> None:
         for n in re.findall(r"tcpceiling_\w+", t["expr"])
     }
     assert used and used <= names, used - names
+
+
+def test_a_services_processes_from_its_cgroup(tmp_path: Path) -> None:
+    from tcpceiling.host.roots import Roots
+    from tcpceiling.observe.sample import service_pids
+
+    cg = tmp_path / "sys" / "fs" / "cgroup"
+    system = cg / "system.slice" / "nginx.service"
+    user = cg / "user.slice" / "user-1000.slice" / "user@1000.service" / "app.slice" / "web.service"
+    for d, pids in ((system, "10\n11\n"), (user, "123\n456\n")):
+        d.mkdir(parents=True)
+        (d / "cgroup.procs").write_text(pids)
+    roots = Roots(procfs=tmp_path / "proc", sysfs=tmp_path / "sys")
+    assert service_pids(roots, "nginx") == (10, 11)
+    assert service_pids(roots, "web.service") == (123, 456)
+    with pytest.raises(InputError, match=r"no cgroup for ghost\.service"):
+        service_pids(roots, "ghost")

@@ -110,6 +110,7 @@ def test_server_million_here_names_nofile_epoll_and_memory(tmp_path: Path) -> No
     )
     unit = [f for f in doc["files"] if "app.service.d" in f["path"]]
     assert unit and "LimitNOFILE=" in unit[0]["content"]
+    assert "no pod field sets it" in doc["kubernetes"]  # nofile is the runtime's, not the pod's
 
 
 def test_a_threaded_service_gets_tasks_max(tmp_path: Path) -> None:

@@ -1077,18 +1077,20 @@ def serve_cmd(
     """Run the probe's sink alone, for probing this machine from other ones (probe
     --connect, or probe --scheduler from many hosts); it says how many it accepted, so
     both ends can be compared."""
+    from tcpceiling.probe.progress import RunProgress
     from tcpceiling.probe.serve import serve
 
     endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
     last = [-1.0]
 
-    def show(msg: dict[str, Any]) -> None:
-        if msg.get("type") == "ready":
+    def show(e: RunProgress) -> None:
+        if last[0] < 0:
             eps = ", ".join(map(str, endpoints))
             stderr.print(f"serving {eps} with {shards} shard(s); Ctrl-C stops")
-        if json_lines and msg.get("elapsed", 0.0) - last[0] >= 1.0:
-            last[0] = msg.get("elapsed", 0.0)
-            click.echo(json.dumps({"accepted": msg.get("accepted", 0), "elapsed": last[0]}))
+        if e.elapsed - last[0] >= 1.0 or last[0] < 0:
+            last[0] = e.elapsed
+            if json_lines:
+                click.echo(json.dumps({"accepted": int(e.done), "elapsed": round(e.elapsed, 1)}))
 
     total = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
     if json_lines:

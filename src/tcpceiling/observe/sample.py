@@ -126,6 +126,9 @@ def service_pids(roots: Roots, service: str) -> tuple[int, ...]:
         procs = base / "system.slice" / unit / "cgroup.procs"
         if procs.is_file():
             return tuple(int(x) for x in procs.read_text().split())
+    # elsewhere: a user's service (user.slice/user-UID.slice/user@UID.service/...)
+    for procs in roots.cgroup.glob(f"**/{unit}/cgroup.procs"):
+        return tuple(int(x) for x in procs.read_text().split())
     raise InputError(f"--service {service}: no cgroup for {unit} under {roots.cgroup}")
 
 

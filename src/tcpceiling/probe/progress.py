@@ -7,14 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-Phase = Literal["opening", "holding", "releasing", "churning"]
+Phase = Literal["opening", "holding", "releasing", "churning", "serving"]
 
 
 @dataclass(frozen=True)
 class RunProgress:
     """`done` of `total` in the phase's unit: connections established of the target
-    (opening), seconds of the hold (holding), seconds of the run (churning); total
-    None when open-ended (--target max, releasing)."""
+    (opening), seconds of the hold (holding), seconds of the run (churning),
+    connections accepted (serving); total None when open-ended (--target max,
+    releasing, serving)."""
 
     phase: Phase
     done: float

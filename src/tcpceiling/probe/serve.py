@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
 from tcpceiling.probe.attribution import accepted
 from tcpceiling.probe.children import Children
+from tcpceiling.probe.progress import Progress, RunProgress
 from tcpceiling.probe.sink import SinkMode, SinkPlan, listener, run_sink
 
 
@@ -37,7 +36,7 @@ def serve(
     backlog: int,
     mode: SinkMode,
     duration: float | None,
-    report: Callable[[dict[str, Any]], None],
+    report: Progress,
 ) -> int:
     """Run until SIGINT/SIGTERM or `duration` seconds; returns connections accepted."""
     check_listen(endpoints, backlog)
@@ -52,19 +51,13 @@ def serve(
     for i in range(shards):
         kids.spawn("sink", partial(run_sink, SinkPlan(i, eps, backlog, mode)))
     t0 = time.monotonic()
-    report({"type": "ready", "accepted": 0, "elapsed": 0.0})
+    report(RunProgress("serving", 0, None, 0.0))
     try:
         while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
             kids.pump()
             if kids.died is not None:  # a shard crashed or exited
                 raise HostError(kids.died.detail)
-            report(
-                {
-                    "type": "progress",
-                    "accepted": accepted(kids.sink_states),
-                    "elapsed": time.monotonic() - t0,
-                }
-            )
+            report(RunProgress("serving", accepted(kids.sink_states), None, time.monotonic() - t0))
             time.sleep(0.25)
     finally:
         kids.release()

@@ -130,11 +130,17 @@ def docker_flags(plan: TunePlan) -> list[str]:
 def kubernetes(plan: TunePlan) -> tuple[str, list[str]]:
     """A pod's securityContext.sysctls, and the names the kubelet calls unsafe."""
     pod = [c for c in plan.changes if namespaced(c.key)]
-    if not pod:
+    limits = [c for c in plan.changes if c.where == "rlimit"]
+    if not pod and not limits:
         return "", []
-    lines = ["securityContext:", "  sysctls:"]
+    lines = ["securityContext:", "  sysctls:"] if pod else []
     for c in pod:
         lines += [f"  - name: {c.key}", f'    value: "{c.value}"']
+    for c in limits:  # a pod spec has no ulimits: they come from the container runtime
+        lines.append(
+            f"# {c.key} {c.value}: no pod field sets it; raise the runtime's default "
+            "(containerd/CRI-O LimitNOFILE=) or run `ulimit -n` in the entrypoint"
+        )
     return "\n".join(lines) + "\n", [c.key for c in pod if c.key not in K8S_SAFE]
 
 
