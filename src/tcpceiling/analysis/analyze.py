@@ -44,8 +44,10 @@ def read_snapshot(
     pid: str = "self",
     netns: str | None = None,
     destinations: tuple[Endpoint, ...] = (),
+    table: sockets.SocketTable | None = None,
 ) -> tuple[read.HostSnapshot, dict[Endpoint, Route]]:
-    """Read process, system and cgroup values here, per-netns values inside `netns`."""
+    """Read process, system and cgroup values here, per-netns values inside `netns`;
+    the socket table too, unless the caller read it already (`table`)."""
     if pid != "self" and (not pid.isdigit() or not (roots.procfs / pid).is_dir()):
         raise InputError(f"no process {pid} under {roots.procfs}")
     process = read.read_process(roots, pid)
@@ -53,11 +55,12 @@ def read_snapshot(
     cgroup = read_cgroup(roots, process)
     with netns_mod.inside(netns):
         net = read.read_net(roots)
-        table = (
-            sockets.read_live([(d.host, d.port) for d in destinations])
-            if roots.live
-            else sockets.read_fixture(roots.procfs.parent)
-        )
+        if table is None:
+            table = (
+                sockets.read_live([(d.host, d.port) for d in destinations])
+                if roots.live
+                else sockets.read_fixture(roots.procfs.parent)
+            )
         routes = {d: route_of(d.host, d.port, roots.live) for d in destinations}
     snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns)
     return snap, routes
@@ -207,13 +210,14 @@ def prepare(
     roots: Roots,
     pid: str = "self",
     netns: str | None = None,
+    table: sockets.SocketTable | None = None,
 ) -> tuple[list[Scenario], read.HostSnapshot, dict[Endpoint, Route]]:
     """The scenarios with their destinations resolved, the snapshot and the routes."""
     scenarios = [replace(s, connect=tuple(resolve(d) for d in s.connect)) for s in scenarios]
     if roots.live:
         check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
-    snap, routes = read_snapshot(roots, pid, netns, dests)
+    snap, routes = read_snapshot(roots, pid, netns, dests, table)
     return scenarios, snap, routes
 
 

@@ -212,9 +212,12 @@ def _host(snap: HostSnapshot) -> tuple[HostLimit, ...]:
     return tuple(rows)
 
 
-def _ceilings(roots: Roots, netns: str | None) -> tuple[tuple[Ceiling, ...], HostSnapshot]:
-    """analyze's server and client scenarios, evaluated on this host now."""
-    scenarios, snap, routes = prepare(build_scenarios("both"), roots, "self", netns)
+def _ceilings(
+    roots: Roots, netns: str | None, table: sockets.SocketTable
+) -> tuple[tuple[Ceiling, ...], HostSnapshot]:
+    """analyze's server and client scenarios, evaluated on this host now, on the
+    socket table the sample read already (no second walk of the kernel's tables)."""
+    scenarios, snap, routes = prepare(build_scenarios("both"), roots, "self", netns, table)
     out = [
         Ceiling(r.role, c.id, c.ceiling, c.capacity, c.in_use, c.per_connection)
         for r in (evaluate(snap, s, routes) for s in scenarios)
@@ -239,8 +242,16 @@ def _sockets(
 
 def take(scope: Scope) -> Sample:
     """One Sample of the host (per-netns parts inside scope.netns)."""
-    ceilings, snap = _ceilings(scope.roots, scope.netns)
-    listeners, client = _sockets(scope, *snap.net.port_range)
+    with netns_mod.inside(scope.netns):
+        low, high = read.read_net(scope.roots).port_range
+    listeners, client = _sockets(scope, low, high)
+    table = sockets.SocketTable(
+        frozenset(ln.port for ln in listeners),
+        client.toward,
+        client.time_wait,
+        sockets.SOURCE if scope.roots.live else "sockets.json",
+    )
+    ceilings, snap = _ceilings(scope.roots, scope.netns, table)
     with netns_mod.inside(scope.netns):
         counted = counters(scope.roots)
     pids = _pids(scope, listeners, client.inodes)
