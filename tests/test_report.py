@@ -147,3 +147,17 @@ def test_probe_compare_and_rate_reports(tmp_path: Path) -> None:
         "Threads vs epoll (compare-io)",
         "New connections per second (rate)",
     ]
+
+
+@needs_chromium
+def test_tune_report_shows_now_and_after(tmp_path: Path) -> None:
+    page = tmp_path / "tune.html"
+    code, out, err = run_cli(
+        "tune", "--role", "server", "--target", "1000000", "--root", str(tmp_path),
+        "--report", str(page), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    dom = chromium(page, tmp_path / "tune.png")
+    assert [f["plot"] for f in dom.figures] == ["tune"] and dom.figures[0]["svg"]
+    assert dom.binding == [json.loads(out)["plan"]["before"]["binding"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tune.html", "tune.png"]  # a dry run

@@ -408,7 +408,7 @@ def report_cmd(results_in: tuple[Path, ...], output: Path) -> None:
             raise InputError(f"{path}: not a JSON result ({exc})") from exc
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind not in SECTIONS:
-            raise InputError(f"{path}: not an analyze, probe, compare-io or rate result")
+            raise InputError(f"{path}: not an analyze, probe, compare-io, rate or tune result")
         named.append((path.stem, results.check_document(data, kind, str(path))))
     write_page(output, named)
     stderr.print(f"wrote {output}")
@@ -459,6 +459,7 @@ def report_cmd(results_in: tuple[Path, ...], output: Path) -> None:
 )
 @scenario_options
 @roots_options
+@REPORT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @errors_to_exit
 def tune_cmd(**o: Any) -> None:
@@ -480,6 +481,7 @@ def tune_cmd(**o: Any) -> None:
         else:
             render_restored(restored, stderr)
         return
+    report_target(o["report_path"])
     text = o.pop("target_text")
     target = parse_target(text) if text not in (None, "max") else None
     if target is None:
@@ -502,10 +504,9 @@ def tune_cmd(**o: Any) -> None:
         result = tune.verify(result, snap)
     if o["do_apply"] and result.reachable:  # else: the plan says what it needs, no files
         result = tune.apply(result, root, procfs)
-    if o["as_json"]:
-        host = results.host_block(read_identity(roots), o["netns"])
-        click.echo(results.dumps(results.document("tune", result, host)))
-    else:
+    host = results.host_block(read_identity(roots), o["netns"])
+    emit("tune", result, host, o["as_json"], o["report_path"])
+    if not o["as_json"]:
         render_tune(result, stderr)
     held = result.verified is None or result.verified.reached
     sys.exit(EXIT_OK if result.reachable and held else EXIT_LIMIT)

@@ -265,11 +265,50 @@ def rate_section(runs: list[Run]) -> str:
     )
 
 
+def tune_section(runs: list[Run]) -> str:
+    """Each limit's ceiling now and after the plan, the changes, what no setting does."""
+    parts = ["<h2>The plan (tune)</h2>"]
+    for name, d in runs:
+        plan = d["plan"]
+        before, after = plan["before"], plan["after"]
+        limits = [r["limit"] for r in plan["rows"]]
+        bars = [
+            (
+                "now",
+                {r["limit"]: r["before"] for r in plan["rows"] if r["before"]},
+                before["binding"],
+            ),
+            (
+                "after the plan",
+                {r["limit"]: r["after"] for r in plan["rows"] if r["after"]},
+                after["binding"],
+            ),
+        ]
+        parts.append(
+            f'<p class="verdict">{escape(name)}: {plan["target"]:,} connections as a '
+            f"{escape(plan['role'])}; now the first limit reached is "
+            f'<strong class="binding">{escape(str(before["binding"]))}</strong>.</p>'
+        )
+        parts.append(
+            fig(figures.limits_bars(limits, bars), "each limit now and after the plan", "tune")
+        )
+        rows = [
+            ((c["limit"], c["key"], c["now"] or "—", c["value"], c["why"]), "")
+            for c in plan["changes"]
+        ]
+        parts.append(table(("limit", "setting", "now", "to", "why"), rows))
+        needs = [((q["limit"], q["text"]), "binding") for q in plan["requirements"]]
+        if needs:
+            parts.append(table(("cannot be changed by a setting", ""), needs))
+    return "".join(parts)
+
+
 SECTIONS = {
     "analyze": analyze_section,
     "probe": probe_section,
     "compare-io": compare_section,
     "rate": rate_section,
+    "tune": tune_section,
 }
 
 
