@@ -10,6 +10,7 @@ import ipaddress
 import math
 
 from tcpceiling.analysis.context import Context
+from tcpceiling.analysis.limits.ports import usable_ports
 from tcpceiling.analysis.model import Constraint
 from tcpceiling.tune.model import Change, Option, Raise
 
@@ -19,9 +20,7 @@ HIGHEST = 65535
 
 def _usable(ctx: Context, low: int, high: int) -> int:
     """Ports of [low, high] a connect() can take: not reserved, not held by bind()."""
-    net, table = ctx.snap.net, ctx.snap.sockets
-    taken = {p for p in net.reserved_ports | table.listen_ports if low <= p <= high}
-    return high - low + 1 - len(taken)
+    return usable_ports(ctx.snap, (low, high))[3]
 
 
 def widest_needed(ctx: Context, per_tuple: int) -> tuple[int, int] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from tcpceiling.analysis.context import Context, in_port_range
+from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
 from tcpceiling.host.read import HostSnapshot
@@ -22,12 +22,19 @@ WIDE_RANGE = "net.ipv4.ip_local_port_range='1024 65535'"
 SYMPTOM = "connect(): EADDRNOTAVAIL (99); connect() slows ~100x past half the range"
 
 
-def usable_ports(snap: HostSnapshot) -> tuple[int, int, int, int]:
-    """(range size, reserved in range, bind-held in range, usable) for one tuple."""
+def usable_ports(
+    snap: HostSnapshot, port_range: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """(range size, reserved in range, bind-held in range, usable) for one tuple, in
+    ip_local_port_range or in another `port_range` (what a wider range would give)."""
     net = snap.net
-    low, high = net.port_range
-    reserved = in_port_range(snap, net.reserved_ports)
-    held = in_port_range(snap, snap.sockets.listen_ports - net.reserved_ports)
+    low, high = port_range or net.port_range
+
+    def inside(ports: frozenset[int]) -> int:
+        return sum(1 for p in ports if low <= p <= high)
+
+    reserved = inside(net.reserved_ports)
+    held = inside(snap.sockets.listen_ports - net.reserved_ports)
     size = high - low + 1
     return size, reserved, held, size - reserved - held
 
