@@ -6,6 +6,7 @@ counters, and analyze's ceiling per role. Per-netns parts are read inside `netns
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -106,14 +107,11 @@ class Sample:
 
 def counters(roots: Roots) -> dict[str, int]:
     """The COUNTERS of the calling thread's netns (absent ones left out)."""
-    net = roots.procfs / "thread-self" / "net"
-    values: dict[str, int] = {}
-    for name in ("snmp", "netstat"):
-        try:
-            values.update(parse.parse_netstat((net / name).read_text()))
-        except (OSError, ParseError):
-            continue
-    _netstat, conntrack = read.read_net_counters(roots)
+    netstat, conntrack = read.read_net_counters(roots)
+    values = dict(netstat)
+    snmp = roots.procfs / "thread-self" / "net" / "snmp"  # Tcp.ActiveOpens, PassiveOpens
+    with contextlib.suppress(OSError, ParseError):
+        values.update(parse.parse_netstat(snmp.read_text()))
     values.update({f"conntrack.{k}": v for k, v in conntrack.items()})
     return {k: values[k] for k in COUNTERS if k in values}
 
