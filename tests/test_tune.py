@@ -5,6 +5,7 @@ namespace."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ def tune(*args: str) -> tuple[int, dict[str, Any]]:
 
 
 def analyze_with(doc: dict[str, Any], *args: str) -> dict[str, Any]:
-    """analyze with the plan's changes as --set (the what-if model)."""
-    sets = [w for c in doc["plan"]["changes"] if c["key"] != "net.netfilter.nf_conntrack_buckets"
-            for w in ("--set", f"{c['key']}={c['value']}")]  # fmt: skip
-    code, out, err = run_cli("analyze", *args, *sets, "--json")
+    """The analyze command the plan prints (its scenario and every change as --set),
+    run as printed, with `args` (the roots of a fixture tree, source IPs) added."""
+    printed = shlex.split(doc["check_command"])
+    assert printed[:2] == ["tcpceiling", "analyze"]
+    code, out, err = run_cli(*printed[1:], *args, "--json")
     assert code == 0, err
     return dict(json.loads(out)["scenarios"][0])
 
@@ -64,14 +66,14 @@ def test_the_plan_holds_in_the_model(
     code, doc = tune(
         "--role", role, *extra, *where, "--target", str(target), "--root", str(tmp_path)
     )
-    after = analyze_with(doc, "--role", role, *extra, *where)
+    after = analyze_with(doc, *where)
     changed = {c["limit"] for c in doc["plan"]["changes"]}
     assert changed, doc["plan"]["rows"]
     sources = next((o for o in doc["plan"]["options"] if o["kind"] == "sources"), None)
     if sources and constraint(after, "ports")["ceiling"] < target:
         # the widest range is not enough for one source: add the sources it names
         ips = [w for i in range(sources["count"]) for w in ("--source-ip", f"198.18.0.{i + 1}")]
-        after = analyze_with(doc, "--role", role, *extra, *where, *ips)
+        after = analyze_with(doc, *where, *ips)
     for limit in changed - {"backlog"}:
         got = constraint(after, limit)["ceiling"]
         assert got is None or got >= target, (tree, limit, got)

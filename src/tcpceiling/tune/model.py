@@ -3,9 +3,11 @@ requirements no file can meet. Frozen data; serialises with dataclasses.asdict."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tcpceiling.analysis import whatif
 from tcpceiling.analysis.model import ConstraintId, ScenarioResult
 
 #: Where a change is written: a sysctl (sysctl.d), an rlimit (limits.d and the
@@ -108,4 +110,10 @@ class TunePlan:
     @property
     def settings(self) -> tuple[tuple[str, str], ...]:
         """The changes as `analyze --set` takes them."""
-        return tuple((c.key, c.value) for c in self.changes)
+        return settings(self.changes)
+
+
+def settings(changes: Iterable[Change]) -> tuple[tuple[str, str], ...]:
+    """The changes the what-if model knows (analysis.whatif.SETTERS), as `analyze --set`
+    takes them; the rest (nf_conntrack_buckets) change nothing the model reads."""
+    return tuple((c.key, c.value) for c in changes if c.key in whatif.SETTERS)

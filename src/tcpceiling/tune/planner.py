@@ -6,7 +6,6 @@ watches, then to memory). Pure over a snapshot."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 from tcpceiling.analysis import whatif
 from tcpceiling.analysis.analyze import Route, context, evaluate
@@ -14,7 +13,7 @@ from tcpceiling.analysis.model import Constraint, Endpoint, Scenario, ScenarioRe
 from tcpceiling.errors import InputError
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.tune import ports, raisers
-from tcpceiling.tune.model import Change, Option, Raise, Requirement, Row, TunePlan
+from tcpceiling.tune.model import Change, Option, Raise, Requirement, Row, TunePlan, settings
 
 MAX_ROUNDS = 8
 RAISERS = raisers.RAISERS | {"ports": ports.ports}
@@ -23,10 +22,6 @@ SOMAXCONN = 4096  # the kernel's default since Linux 5.4 (include/linux/socket.h
 
 def _totals(result: ScenarioResult) -> list[Constraint]:
     return [c for c in result.constraints if c.kind == "total" and c.ceiling is not None]
-
-
-def _settings(changes: Iterable[Change]) -> list[whatif.Setting]:
-    return [(c.key, c.value) for c in changes if c.key in whatif.SETTERS]
 
 
 def _merge(old: Change | None, new: Change) -> Change:
@@ -52,7 +47,7 @@ class Planner:
         self.requirements: dict[str, Requirement] = {}
 
     def applied(self) -> HostSnapshot:
-        return whatif.apply(self.snap, _settings(self.changes.values()))
+        return whatif.apply(self.snap, settings(self.changes.values()))
 
     def round(self, goal: int, target: int) -> bool:
         """Raise what is short; True when a change was added or grew."""
