@@ -115,6 +115,8 @@ class Parsed(_Param):
 
 #: A byte count with an optional binary unit (tcpceiling.units.parse_bytes).
 BYTES = Parsed("BYTES", parse_bytes)
+#: A byte count, or 'auto' (None): the memory guard's own floor.
+BYTES_OR_AUTO = Parsed("BYTES|auto", lambda text: None if text == "auto" else parse_bytes(text))
 #: A service check SPEC (tcpceiling.probe.checks), validated, passed on as text.
 CHECK_SPEC = Parsed("SPEC", lambda text: checks.parse(text).spec)
 #: KEY=VALUE for the what-if model (tcpceiling.analysis.whatif).
@@ -281,6 +283,19 @@ def scenario_options(fn: F) -> F:
             "guard.",
         ),
         click.option(
+            "--cgroup-floor",
+            type=BYTES_OR_AUTO,
+            default=0,
+            help="Bytes to keep free in the memory cgroup; 'auto' is probe's guard "
+            "(max(32 MiB, 10% of the limit)).",
+        ),
+        click.option(
+            "--peer-local",
+            is_flag=True,
+            help="The other end of every connection is a process on this host in the same "
+            "cgroup (a local load generator, a sidecar): memory counts both ends.",
+        ),
+        click.option(
             "--message-rate",
             type=click.FloatRange(min=0),
             default=0.0,
@@ -344,6 +359,8 @@ def scenarios_from(o: dict[str, Any]) -> list[Scenario]:
         backlog=o.pop("backlog"),
         churn_per_s=o.pop("churn"),
         memory_floor=o.pop("memory_floor"),
+        cgroup_floor=o.pop("cgroup_floor"),
+        peer_local=o.pop("peer_local"),
         message_rate=o.pop("message_rate"),
         message_bytes=o.pop("message_bytes"),
         cpu_target=o.pop("cpu_target"),
@@ -713,6 +730,13 @@ def activity_options(fn: F) -> F:
     "default max(1 GiB, 10% of MemTotal)).",
 )
 @click.option(
+    "--cgroup-floor",
+    type=BYTES,
+    default=None,
+    help="Stop before any memory cgroup of the run has less than this many bytes free "
+    "(default max(32 MiB, 10% of its limit)): other processes live there.",
+)
+@click.option(
     "--max-duration",
     type=click.FloatRange(min=0),
     default=600.0,
@@ -783,6 +807,7 @@ def probe_cmd(
     isolate: bool | None,
     sysctls: tuple[str, ...],
     memory_floor: int | None,
+    cgroup_floor: int | None,
     max_duration: float,
     workers: int | None,
     worker_nofile: int | None,
@@ -834,6 +859,7 @@ def probe_cmd(
         isolate=isolate,
         sysctls=tuple(parse_sysctl(s) for s in sysctls),
         memory_floor=memory_floor,
+        cgroup_floor=cgroup_floor,
         max_duration=max_duration,
         workers=workers,
         worker_nofile=worker_nofile,

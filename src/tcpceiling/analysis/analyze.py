@@ -116,7 +116,7 @@ def context(
 ) -> Context:
     """What every limit family reads: the tuples, whether the peer is local, the cost."""
     routes = routes or {}
-    local = (
+    local = scenario.peer_local or (
         scenario.role == "client"
         and bool(scenario.connect)
         and all(routes.get(d, (None, False))[1] for d in scenario.connect)

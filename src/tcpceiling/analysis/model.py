@@ -126,6 +126,12 @@ class Scenario:
     churn_per_s: float = 0.0
     measured_kernel_bytes: float | None = None
     memory_floor: int = 0
+    #: bytes each memory cgroup keeps free (None: the guard's default, max(32 MiB,
+    #: 10 % of its limit): analysis.limits.memory.cgroup_floor)
+    cgroup_floor: int | None = 0
+    #: the other end of every connection is on this host, in this cgroup (a local
+    #: load generator, a sidecar, probe's own sink): both ends count
+    peer_local: bool = False
     message_rate: float = 0.0  # messages per connection per second
     message_bytes: int = 64
     cpu_us_per_message: float | None = None  # measured by `probe --measure-cpu`
@@ -142,6 +148,8 @@ class Scenario:
             raise InputError("--client-hosts must be at least 1")
         if self.clients is not None and self.clients < 1:
             raise InputError("--clients must be at least 1")
+        if self.cgroup_floor is not None and self.cgroup_floor < 0:
+            raise InputError("--cgroup-floor must not be negative")
         if self.message_rate < 0 or not 0 < self.cpu_target <= 1:
             raise InputError("--message-rate must be >= 0 and --cpu-target in (0, 1]")
 

@@ -3,10 +3,16 @@
 A limit anywhere up the hierarchy applies, so every ancestor is read and the one
 with the least headroom wins (Documentation/admin-guide/cgroup-v2.rst,
 "Top-down constraint"; cgroup-v1/memory.rst hierarchy support).
+
+Memory is measured as the working set: usage less the inactive file cache, which
+the kernel reclaims before it OOM-kills (the kubelet's eviction signal and
+cAdvisor's container_memory_working_set_bytes are the same difference). Usage
+alone would call a container full whenever its page cache has grown to the limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -80,17 +86,148 @@ def headroom(roots: Roots, process: ProcessView, name: str) -> tuple[Headroom, i
     return best, version
 
 
+#: memory.stat's inactive file cache, hierarchical in both versions: v1 prefixes
+#: hierarchical totals with total_ (cgroup-v1/memory.rst 5.2); v2's are hierarchical.
+INACTIVE_FILE = {1: "total_inactive_file", 2: "inactive_file"}
+#: Where the OOM kill count is: v1 memory.oom_control, v2 memory.events (oom_kill).
+OOM_FILE = {1: "memory.oom_control", 2: "memory.events"}
+
+
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """One memory cgroup with a limit, between a process and the root.
+
+    `line` is where the kernel starts to act: memory.max / memory.limit_in_bytes,
+    or v2's memory.high when lower (above it the cgroup's tasks are throttled and
+    reclaimed hard: cgroup-v2.rst, memory.high). `sockets_charged` says whether an
+    accepted connection's struct sock is charged here (see sockets_charged()).
+    """
+
+    path: str  # relative to the cgroup root: "memory/app" (v1), "system.slice/x" (v2)
+    directory: str  # absolute, to meter it while connections open
+    version: int
+    limit: int
+    high: int | None
+    usage: int
+    reclaimable: int  # inactive file cache
+    oom_kills: int | None
+    sockets_charged: bool
+
+    @property
+    def line(self) -> int:
+        return self.limit if self.high is None else min(self.limit, self.high)
+
+    @property
+    def working_set(self) -> int:
+        return max(0, self.usage - self.reclaimable)
+
+    @property
+    def room(self) -> int:
+        return self.line - self.working_set
+
+
+def _read_flat(path: Path) -> dict[str, int]:
+    try:
+        return parse.parse_flat_keyed(path.read_text(), str(path))
+    except (FileNotFoundError, PermissionError):
+        return {}
+
+
+def sockets_charged(version: int, directory: Path) -> bool:
+    """Is an accepted socket's struct sock charged to the accepting cgroup?
+
+    __inet_accept (net/ipv4/af_inet.c; inet_csk_accept before 6.10) charges it with
+    kmem_cache_charge() only under mem_cgroup_sockets_enabled, a key that cgroup v2
+    turns on for every memory cgroup and v1 only once memory.kmem.tcp.limit_in_bytes
+    has been written (memcg_update_tcp_max, mm/memcontrol-v1.c). Otherwise the
+    child socket, made in softirq with no memcg, stays charged to nobody: measured
+    here on v1, 1.3 KiB per accepted connection (file, inode, dentry) against
+    3.9 KiB per connected one (docs/limits.md, "Memory cgroups").
+    """
+    if version == 2:
+        return True
+    tcp = _read_num(directory / "memory.kmem.tcp.limit_in_bytes")
+    return tcp is not None
+
+
+def _memory_dirs(roots: Roots, process: ProcessView) -> Iterator[tuple[Path, int]]:
+    found = _controller_dir(roots, process, "memory")
+    if found is None:
+        return
+    mount, leaf, version = found
+    for rel in _ancestors(leaf):
+        yield mount / rel.lstrip("/"), version
+
+
+def read_memory_cgroup(directory: Path, version: int, roots: Roots) -> MemoryCgroup | None:
+    """The cgroup at `directory`, or None when it has no limit of its own."""
+    limit_file, usage_file = _FILES[("memory", version)]
+    limit = _read_num(directory / limit_file)
+    if limit is None:
+        return None
+    high = _read_num(directory / "memory.high") if version == 2 else None
+    stat = _read_flat(directory / "memory.stat")
+    oom = _read_flat(directory / OOM_FILE[version]).get("oom_kill")
+    return MemoryCgroup(
+        path=str(directory.relative_to(roots.cgroup)),
+        directory=str(directory),
+        version=version,
+        limit=limit,
+        high=high,
+        usage=_read_num(directory / usage_file) or 0,
+        reclaimable=stat.get(INACTIVE_FILE[version], 0),
+        oom_kills=oom,
+        sockets_charged=sockets_charged(version, directory),
+    )
+
+
+def memory_cgroups(roots: Roots, process: ProcessView) -> tuple[MemoryCgroup, ...]:
+    """Every memory cgroup with a limit from the process's own up to the root,
+    leaf first: each of them can OOM-kill the process."""
+    out = []
+    for directory, version in _memory_dirs(roots, process):
+        cg = read_memory_cgroup(directory, version, roots)
+        if cg is not None:
+            out.append(cg)
+    return tuple(out)
+
+
+def working_set(directory: str, version: int) -> int:
+    """A cgroup's working set now (usage less inactive file cache): the guard's meter.
+    memory.stat is read only when usage alone is past `line`: usage is never below
+    the working set, so below the line the cheap read is enough (see Meter)."""
+    d = Path(directory)
+    usage = _read_num(d / _FILES[("memory", version)][1]) or 0
+    return max(0, usage - _read_flat(d / "memory.stat").get(INACTIVE_FILE[version], 0))
+
+
+def usage_now(directory: str, version: int) -> int:
+    """memory.current / memory.usage_in_bytes now (one small read)."""
+    return _read_num(Path(directory) / _FILES[("memory", version)][1]) or 0
+
+
+def tightest(cgroups: tuple[MemoryCgroup, ...]) -> MemoryCgroup | None:
+    """The memory cgroup with the least room."""
+    return min(cgroups, key=lambda c: c.room, default=None)
+
+
 def read_cgroup(roots: Roots, process: ProcessView) -> CgroupView:
     """Memory and pids headroom of the process's cgroups (0 = no cgroup found)."""
-    mem = headroom(roots, process, "memory")
+    mem = tightest(memory_cgroups(roots, process))
+    found = _controller_dir(roots, process, "memory")
     pids = headroom(roots, process, "pids")
-    versions = [v for v in (mem[1] if mem else 0, pids[1] if pids else 0) if v]
+    versions = [v for v in (found[2] if found else 0, pids[1] if pids else 0) if v]
+    usage = mem.usage if mem else None
+    if mem is None and found is not None:  # no limit: the leaf's usage still tells
+        usage = _read_num(found[0] / found[1].lstrip("/") / _FILES[("memory", found[2])][1])
     return CgroupView(
         version=max(versions, default=0),
-        memory_limit=mem[0].limit if mem else None,
-        memory_usage=mem[0].usage if mem else None,
+        memory_limit=mem.line if mem else None,
+        memory_usage=usage,
         pids_max=pids[0].limit if pids else None,
         pids_current=pids[0].usage if pids else None,
-        memory_path=mem[0].path if mem else "",
+        memory_path=mem.path if mem else (found[1] if found else ""),
         pids_path=pids[0].path if pids else "",
+        memory_reclaimable=mem.reclaimable if mem else 0,
+        sockets_charged=mem.sockets_charged if mem else found is not None and found[2] == 2,
     )

@@ -280,6 +280,23 @@ def parse_cgroup_value(text: str) -> int | None:
     return None if value >= CGROUP_UNLIMITED_FLOOR else value
 
 
+def parse_flat_keyed(text: str, what: str = "flat keyed file") -> dict[str, int]:
+    """'KEY VALUE' per line: memory.stat, memory.events, memory.oom_control
+    (Documentation/admin-guide/cgroup-v2.rst, "Format", flat keyed)."""
+
+    def go() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            words = line.split()
+            if len(words) == 2:
+                out[words[0]] = int(words[1])
+            elif words:
+                raise ValueError(f"not KEY VALUE: {line!r}")
+        return out
+
+    return _guard(what, go)
+
+
 def parse_slabinfo(text: str) -> dict[str, SlabCache]:
     """/proc/slabinfo 2.1: name active num objsize objperslab pagesperslab : ..."""
 

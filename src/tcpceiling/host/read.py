@@ -96,6 +96,10 @@ class CgroupView:
     pids_current: int | None
     memory_path: str = ""
     pids_path: str = ""
+    #: inactive file cache of the memory cgroup: reclaimed before an OOM kill
+    memory_reclaimable: int = 0
+    #: an accepted socket's struct sock is charged to the cgroup (cgroups.sockets_charged)
+    sockets_charged: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ def sink_stop(sinks: Sequence[WorkerState], task_limit: TaskLimit) -> Stop | Non
     """A sink shard that could take no more (EMFILE; EAGAIN from pthread_create in
     the threads model, named `task_limit`) names the server side's limit."""
     for s in sinks:
+        if s.sink and s.sink.guard == "memory":
+            return Stop("guard:memory", side="server")
         num = s.sink.full_errno if s.sink else 0
         if num:
             cid = task_limit if num == errno.EAGAIN else errnos.constraint_for(num)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import _socket
 import errno
 import os
+import signal
 import socket
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from tcpceiling.host import diag, sockets
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import read_net_counters, socket_owners
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import checks, errnos, isolate, measure
+from tcpceiling.probe import budget, checks, errnos, isolate, measure
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.config import check_sysctl_key
 from tcpceiling.probe.histogram import Histogram
@@ -75,6 +76,7 @@ class ChurnConfig:
     connect: Endpoint | None = None  # a real server instead of the built-in pairs
     check: str = "none"  # a request whose valid reply makes the cycle count
     netns: str | None = None  # an existing namespace to run in
+    cgroup_floor: int | None = None  # None: the memory guard's default (probe.budget)
 
     def __post_init__(self) -> None:
         if checks.parse(self.check).kind != "none" and self.connect is None:
@@ -244,11 +246,13 @@ def churn_worker(
     time), else in bursts of BURST between clock reads; the connect latency is taken
     on the first cycle of each burst."""
     raise_nofile(None)
+    stopped: list[bool] = []  # SIGUSR1: the memory guard ends the run early
+    signal.signal(signal.SIGUSR1, lambda *_: stopped.append(True))
     pair: Pair | Remote = Remote(cfg) if cfg.connect else Pair(port, cfg.close)
     tally, t0 = _Tally(), time.perf_counter()
     last = t0
     burst = 1 if per_worker is not None or cfg.connect else BURST
-    while (now := time.perf_counter()) - t0 < cfg.duration:
+    while (now := time.perf_counter()) - t0 < cfg.duration and not stopped:
         if (
             per_worker is not None
             and tally.completed + sum(tally.errors.values()) > (now - t0) * per_worker
@@ -410,9 +414,20 @@ class ChurnRun:
     def __init__(self, cfg: ChurnConfig, progress: Progress = ignore) -> None:
         self.cfg, self.progress = cfg, progress
         self.kids = Children()
+        self.lines = budget.cgroup_lines(Roots(), cfg.cgroup_floor)
+        self.breach: budget.Breach | None = None
+
+    def _guard(self) -> None:
+        """The memory guard: past a memory cgroup's line, every worker ends now."""
+        if self.breach is None and self.lines:
+            self.breach = budget.cgroup_breach(self.lines)
+            if self.breach is not None:
+                self.kids.signal(self.kids.clients, signal.SIGUSR1)
 
     def _tick(self, cfg: ChurnConfig, t0: float) -> None:
-        """Cycles so far, against the run's duration (one step of a ramp at a time)."""
+        """Cycles so far, against the run's duration (one step of a ramp at a time);
+        the memory guard."""
+        self._guard()
         done = sum(w.churn.completed for w in self.kids.client_states if w.churn is not None)
         elapsed = time.monotonic() - t0
         label = f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''}"
@@ -446,7 +461,7 @@ class ChurnRun:
             grew = best is None or r.sustained_per_s >= GROWTH * best.sustained_per_s
             if best is None or r.sustained_per_s > best.sustained_per_s:
                 best = r
-            if not grew or r.errno_counts:
+            if not grew or r.errno_counts or self.breach is not None:
                 break
         assert best is not None
         return replace(best, steps=tuple(steps))
@@ -477,6 +492,8 @@ class ChurnRun:
         tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
         result = self._result(cfg, ns, before, after, tw, cpu)
+        if self.breach is not None:
+            return replace(result, stop=budget.guard_stop(self.breach))
         lost = [w for w in kids.client_states if not w.finished]
         if lost:  # a worker that died counted nothing of its share: say so
             names = ", ".join(f"{w.index} (pid {w.pid})" for w in lost)

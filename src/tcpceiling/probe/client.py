@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from tcpceiling.probe import active, checks
+from tcpceiling.probe import active, budget, checks
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
@@ -56,6 +56,7 @@ class ClientPlan:
     connect_timeout: float = 5.0
     batch: int = 64
     slab_limit: int = 0  # stop before Slab grows past this (measure.slab_limit)
+    cgroup_lines: tuple[budget.CgroupLine, ...] = ()  # stop before any is crossed
     watch: bool = False  # the peer is a real server: check and watch every connection
     check: str = "none"
     check_timeout: float = 2.0
@@ -254,9 +255,11 @@ class ClientWorker:
         )
 
     def _over_memory(self) -> bool:
-        """The memory guard: has Slab grown past the plan's limit (measure.slab_limit)?"""
+        """The memory guard: has Slab grown past the plan's limit (measure.slab_limit),
+        or a memory cgroup's working set past its line (budget.cgroup_breach)?"""
         limit = self.plan.slab_limit
-        if limit and self.stats.meminfo_field(b"Slab:") > limit:
+        slab = bool(limit) and self.stats.meminfo_field(b"Slab:") > limit
+        if slab or budget.cgroup_breach(self.plan.cgroup_lines) is not None:
             self.guard = "memory"
         return self.guard == "memory"
 

@@ -19,8 +19,10 @@ class ProbeConfig:
     """A probe of the embedded loopback sink, or with `connect` of real servers.
 
     target None means "until the first limit or guard". memory_floor None means
-    max(1 GiB, 10 % of MemTotal) kept available. `netns` runs the probe in
-    an existing namespace (created by someone else, never deleted by us).
+    max(1 GiB, 10 % of MemTotal) kept available; cgroup_floor None means
+    max(32 MiB, 10 % of the limit) kept free in every memory cgroup of the run.
+    `netns` runs the probe in an existing namespace (created by someone else, never
+    deleted by us).
     """
 
     target: int | None = 100_000
@@ -32,6 +34,7 @@ class ProbeConfig:
     isolate: bool | None = None
     sysctls: tuple[tuple[str, str], ...] = ()
     memory_floor: int | None = None
+    cgroup_floor: int | None = None  # None: max(32 MiB, 10 % of each cgroup's limit)
     max_duration: float = 600.0
     workers: int | None = None
     worker_nofile: int | None = None

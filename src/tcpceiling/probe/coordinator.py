@@ -21,7 +21,7 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import attribution, evidence, isolate, measure, outcome
+from tcpceiling.probe import attribution, budget, evidence, isolate, measure, outcome
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.client import ClientPlan, run_client
 from tcpceiling.probe.config import ProbeConfig
@@ -53,6 +53,7 @@ class Run:
         self.notes: list[str] = []
         self.t0 = time.monotonic()
         self.slab_limit = 0
+        self.budget: budget.MemoryBudget | None = None
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
         self.active_window: outcome.ActiveWindow | None = None
@@ -84,10 +85,11 @@ class Run:
         eps = tuple((e.host, e.port) for e in plan.endpoints)
         backlog = plan.snapshot.net.somaxconn
         mode: SinkMode = "echo" if self.cfg.active else "hold"
+        lines = budget.cgroup_lines(Roots(), self.cfg.cgroup_floor)
         for i in range(plan.sink_shards):
             k = plan.owned_ports
             mine = eps[i * k : (i + 1) * k] if k else eps
-            sp = SinkPlan(i, mine, backlog, mode=mode, io_model=self.cfg.io_model)
+            sp = SinkPlan(i, mine, backlog, mode, io_model=self.cfg.io_model, cgroup_lines=lines)
             self.kids.spawn("sink", partial(run_sink, sp))
         self.kids.wait_for(self.kids.sinks, lambda w: w.started, 10, lambda: self.interrupted)
 
@@ -115,6 +117,7 @@ class Run:
             rate=cfg.rate,
             connect_timeout=cfg.connect_timeout,
             slab_limit=self.slab_limit,
+            cgroup_lines=self.budget.cgroups if self.budget else (),
             watch=cfg.server_mode,
             check=cfg.check,
             check_timeout=cfg.check_timeout,
@@ -166,14 +169,31 @@ class Run:
 
     def _guard(self, t0: float) -> Stop | None:
         """Ctrl-C/SIGTERM, the duration guard, the memory guard (the run's own Slab
-        growth against its budget, measure.slab_limit)."""
+        growth against its budget, measure.slab_limit, and every memory cgroup's
+        working set against its line, budget.cgroup_breach)."""
         if self.interrupted:
             return Stop("interrupted")
         if time.monotonic() - t0 > self.cfg.max_duration:
             return Stop("guard:duration")
-        if self.slab_limit and measure.mem_field("Slab") > self.slab_limit:
-            return Stop("guard:memory")
-        return None
+        breach = self._memory_breach()
+        return budget.guard_stop(breach) if breach else None
+
+    def _memory_breach(self) -> budget.Breach | None:
+        slab = measure.mem_field("Slab") if self.slab_limit else 0
+        if self.slab_limit and slab > self.slab_limit:
+            b = self.budget
+            floor = b.host_floor if b else 0
+            limit = self.slab_limit + floor  # the Slab level that would use up MemAvailable
+            return budget.Breach("memory", "host", slab, self.slab_limit, limit, floor)
+        return budget.cgroup_breach(self.budget.cgroups) if self.budget else None
+
+    def _with_guard_evidence(self, stop: Stop) -> Stop:
+        """A worker's guard stop carries no numbers: name the line from a reading now
+        (the tightest cgroup when none is past its line any more)."""
+        if stop.reason != "guard:memory" or stop.evidence:
+            return stop
+        breach = self._memory_breach() or (budget.nearest(self.budget) if self.budget else None)
+        return budget.guard_stop(breach) if breach else stop
 
     def _tick(self, plan: Plan, t0: float) -> bool:
         """One pass of the opening loop; False when opening is over."""
@@ -304,6 +324,9 @@ class Run:
             before = measure.Sample.take()
             m = before.meminfo
             self.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
+            self.budget = budget.read_budget(
+                Roots(), m.mem_available, plan.floor, self.cfg.cgroup_floor
+            )
             sink_cpu = measure.cpu_seconds(kids.live_pids(kids.sinks))
             self.t0 = time.monotonic()
             seconds = self.open_phase(plan)
@@ -336,6 +359,7 @@ class Run:
                 partial(self._server_stop, server_before, server_after),
                 self.watched.max_served if server_mode and self.cfg.check != "none" else None,
             )
+            stop = self._with_guard_evidence(stop)
             return outcome.build(
                 outcome.Inputs(
                     cfg=self.cfg,
@@ -355,6 +379,7 @@ class Run:
                     server_before=server_before,
                     watched=self.watched,
                     active=self.active_window,
+                    budget=self.budget,
                 )
             )
         finally:
@@ -394,7 +419,8 @@ class Run:
             cgroup=read_cgroup(roots, proc),
             system=replace(plan.snapshot.system, tasks=tasks, pids=read.read_pids(roots)),
         )
-        return evaluate(snap, thread_sink_scenario(plan, len(self.kids.sinks)), plan.routes)
+        scenario = thread_sink_scenario(self.cfg, plan, len(self.kids.sinks))
+        return evaluate(snap, scenario, plan.routes)
 
 
 def run(cfg: ProbeConfig, progress: Progress | None = None) -> ProbeResult:

@@ -92,6 +92,7 @@ class SinkProgress:
     index: int
     accepted: int
     full_errno: int = 0  # why it accepts no more (EMFILE, EAGAIN from pthread_create)
+    guard: Literal["memory"] | None = None  # it stopped accepting at the memory guard
     rss: int = 0
     cpu: float = 0.0
     releasing: bool = False

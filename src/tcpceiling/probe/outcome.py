@@ -10,12 +10,21 @@ from tcpceiling.analysis.analyze import evaluate
 from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import parse
 from tcpceiling.host.parse import RLimit
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe import attribution, evidence, measure
+from tcpceiling.probe.budget import MemoryBudget, oom_kills
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import WorkerState
 from tcpceiling.probe.plan import Plan, client_scenario
-from tcpceiling.probe.result import Predicted, ProbeResult, Stop, Traffic
+from tcpceiling.probe.result import (
+    GuardedCgroup,
+    MemoryGuard,
+    Predicted,
+    ProbeResult,
+    Stop,
+    Traffic,
+)
 
 TIMELINE_POINTS = 3600
 
@@ -103,6 +112,7 @@ class Inputs:
     server_before: evidence.ServerSample | None
     watched: Watched
     active: ActiveWindow | None
+    budget: MemoryBudget | None = None
 
 
 def prediction(i: Inputs, meminfo: parse.Meminfo) -> Predicted:
@@ -112,6 +122,8 @@ def prediction(i: Inputs, meminfo: parse.Meminfo) -> Predicted:
     plan = i.plan
     first = next((w for w in i.clients if w.nofile is not None), None)
     snap = replace(plan.snapshot, system=replace(plan.snapshot.system, meminfo=meminfo))
+    if i.budget is not None:  # the cgroup as opening began: the run's processes charged
+        snap = replace(snap, cgroup=i.budget.view)
     if first is not None and first.nofile is not None and first.open_fds is not None:
         soft = first.nofile
         proc = replace(
@@ -226,4 +238,21 @@ def build(i: Inputs) -> ProbeResult:
         cpu_seconds=round(i.usage.cpu_seconds, 3),
         traffic=traffic_,
         wake_latency_us=wake,
+        memory_guard=memory_guard(i.budget),
+    )
+
+
+def memory_guard(b: MemoryBudget | None) -> MemoryGuard | None:
+    """The budget as the result reports it, with each cgroup's OOM kills now."""
+    if b is None:
+        return None
+    after = oom_kills(b.cgroups, Roots())
+    return MemoryGuard(
+        room=b.room,
+        protects=b.protects,
+        host_floor=b.host_floor,
+        cgroups=tuple(
+            GuardedCgroup(c.path, c.limit, c.floor, c.working_set, c.oom_kills, after.get(c.path))
+            for c in b.cgroups
+        ),
     )

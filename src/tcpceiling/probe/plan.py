@@ -137,16 +137,20 @@ def client_scenario(cfg: ProbeConfig, plan: Plan, processes: int) -> Scenario:
         epoll_watches=epoll_watches(cfg, plan),
         processes=processes,
         memory_floor=plan.floor,
+        cgroup_floor=cfg.cgroup_floor,
     )
 
 
-def thread_sink_scenario(plan: Plan, shards: int) -> Scenario:
+def thread_sink_scenario(cfg: ProbeConfig, plan: Plan, shards: int) -> Scenario:
+    """The thread sink's side; its clients are this run's, in its cgroup."""
     return Scenario(
         role="server",
         listen=plan.endpoints,
         io_model="threads",
         processes=shards,
         memory_floor=plan.floor,
+        cgroup_floor=cfg.cgroup_floor,
+        peer_local=True,
     )
 
 
@@ -180,7 +184,7 @@ def size(
     ]
     expected = min(cfg.target or MAX_EXPECTED, *ceilings, workers * client_cap)
     if cfg.io_model == "threads":  # the sink's task limits bound the run (and its shards)
-        server = evaluate(snap, thread_sink_scenario(plan, 1), routes).ceiling
+        server = evaluate(snap, thread_sink_scenario(cfg, plan, 1), routes).ceiling
         expected = min(expected, server or MAX_EXPECTED)
     plan = replace(plan, expected=expected)
     if cfg.server_mode:  # a real server: the kernel picks sources, no sink of ours

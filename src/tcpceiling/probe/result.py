@@ -86,6 +86,29 @@ class Traffic:
 
 
 @dataclass(frozen=True)
+class GuardedCgroup:
+    """A memory cgroup the run's processes were in: its line and the kernel's count
+    of OOM kills in it before and after (unchanged means the guard held)."""
+
+    path: str
+    limit: int
+    floor: int
+    working_set_start: int
+    oom_kills_before: int | None
+    oom_kills_after: int | None
+
+
+@dataclass(frozen=True)
+class MemoryGuard:
+    """The run's memory budget (probe.budget): bytes it could take, and what bounds it."""
+
+    room: int
+    protects: Literal["memory", "cgroup_memory"]
+    host_floor: int
+    cgroups: tuple[GuardedCgroup, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     established: int
     target: int | None
@@ -120,6 +143,7 @@ class ProbeResult:
     cpu_seconds: float | None = None  # every process of the run, coordinator included
     traffic: Traffic | None = None
     wake_latency_us: dict[str, float | None] | None = None
+    memory_guard: MemoryGuard | None = None
 
     @property
     def target_reached(self) -> bool:

@@ -2,7 +2,10 @@
 
 Listens on every --listen endpoint across `shards` processes (SO_REUSEPORT), each
 holding up to its RLIMIT_NOFILE connections; reads and discards (or echoes) with a
-fixed 64 KiB buffer per shard, so memory stays bounded whatever clients send.
+fixed 64 KiB buffer per shard, so memory stays bounded whatever clients send. In a
+memory cgroup with a limit, a shard stops accepting at the memory guard's line
+(probe.budget) instead of letting the kernel OOM-kill it or a neighbour: the
+connections past it wait in the accept queue, as at any server's cap.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from functools import partial
 
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
+from tcpceiling.host.roots import Roots
+from tcpceiling.probe import budget
 from tcpceiling.probe.attribution import accepted
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.progress import Progress, RunProgress
@@ -48,8 +53,10 @@ def serve(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     kids = Children()
+    lines = budget.cgroup_lines(Roots(), None)
     for i in range(shards):
-        kids.spawn("sink", partial(run_sink, SinkPlan(i, eps, backlog, mode)))
+        plan = SinkPlan(i, eps, backlog, mode, cgroup_lines=lines)
+        kids.spawn("sink", partial(run_sink, plan))
     t0 = time.monotonic()
     report(RunProgress("serving", 0, None, 0.0))
     try:

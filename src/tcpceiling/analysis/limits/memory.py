@@ -64,16 +64,65 @@ def memory(ctx: Context) -> Constraint:
     )
 
 
+#: The guard's floor in a memory cgroup: other processes live there too.
+CGROUP_FLOOR_MIN = 32 << 20
+CGROUP_FLOOR_SHARE = 10  # percent of the limit
+
+
+def cgroup_floor(limit: int, given: int | None) -> int:
+    """Bytes a memory cgroup keeps free: `given`, or max(32 MiB, 10 % of the limit)."""
+    if given is not None:
+        return given
+    return max(CGROUP_FLOOR_MIN, limit * CGROUP_FLOOR_SHARE // 100)
+
+
+def _ends(ctx: Context) -> tuple[int, int]:
+    """(connecting, accepting) ends of one connection in this cgroup."""
+    client, local = ctx.scenario.role == "client", ctx.peer_local
+    return int(client or local), int(not client or local)
+
+
+def charged_cost(ctx: Context) -> costs.ConnectionCost:
+    """What one connection charges to the memory cgroup: the host's cost less what
+    the kernel allocates with no memcg to charge. A client's port buckets come from
+    GFP_ATOMIC allocations of an unaccounted cache (inet_bind_bucket_create); an
+    accepted socket's struct sock is made in softirq and charged only where
+    cgroups.sockets_charged() says so."""
+    connecting, accepting = _ends(ctx)
+    ipv6 = any(":" in e.host for e in (*ctx.scenario.connect, *ctx.scenario.listen))
+    proto = "TCPv6" if ipv6 else "TCP"
+    sock, src = costs.slab_bytes(ctx.snap.system.slabs, proto)
+    items = []
+    for item in ctx.cost.items:
+        if item.name == costs.PORT_BUCKETS:
+            continue
+        if item.name == "idle socket" and accepting and not ctx.snap.cgroup.sockets_charged:
+            items.append(replace(item, count=connecting))
+            items.append(
+                costs.CostItem(
+                    "accepted socket (struct sock uncharged)",
+                    item.bytes - sock,
+                    accepting,
+                    f"idle socket less {proto} ({src}): made in softirq, charged to no cgroup",
+                )
+            )
+            continue
+        items.append(item)
+    return costs.ConnectionCost(tuple(i for i in items if i.count), None)
+
+
 def cgroup_memory(ctx: Context) -> Constraint:
     cg = ctx.snap.cgroup
+    cost = charged_cost(ctx)
     base = Constraint(
         id="cgroup_memory",
         capacity_unit="bytes",
         capacity=cg.memory_limit,
         in_use=cg.memory_usage,
-        per_connection=round(ctx.cost.total, 1),
+        per_connection=round(cost.total, 1),
         ceiling=None,
-        symptom="memcg OOM kill; socket buffers suppressed like tcp_mem",
+        symptom="memcg OOM kill (of this process or another in the cgroup); socket "
+        "buffers suppressed like tcp_mem",
         raise_=(
             "echo BYTES > memory.max (v2) / memory.limit_in_bytes (v1) of "
             f"{cg.memory_path or 'the cgroup'}; docker --memory, systemd MemoryMax="
@@ -83,13 +132,27 @@ def cgroup_memory(ctx: Context) -> Constraint:
     )
     if cg.memory_limit is None:
         return replace(base, note="no memory limit on this cgroup or its ancestors")
-    ceiling = ctx.cost.fit(cg.memory_limit - (cg.memory_usage or 0))
-    per, _rows = _at(ctx, ceiling)
+    used = max(0, (cg.memory_usage or 0) - cg.memory_reclaimable)
+    floor = cgroup_floor(cg.memory_limit, ctx.scenario.cgroup_floor)
+    ceiling = cost.fit(cg.memory_limit - used - floor)
+    ends = "both ends" if ctx.peer_local else "one end"
+    less = f" - floor {floor}" if floor else ""
     return replace(
         base,
-        per_connection=round(per, 1),
+        in_use=used,
         ceiling=ceiling,
-        note=f"(limit - usage) / {per:.0f} B per connection",
+        note=f"(limit - working set{less}) / {cost.total:.0f} B charged per connection ({ends})",
+        details=base.details
+        | {
+            "working_set": used,
+            "reclaimable": cg.memory_reclaimable,
+            "floor": floor,
+            "sockets_charged": cg.sockets_charged,
+            "charged_breakdown": [
+                {"item": i.name, "bytes": round(i.bytes, 1), "count": i.count, "source": i.source}
+                for i in cost.items
+            ],
+        },
     )
 
 
