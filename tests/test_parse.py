@@ -157,6 +157,7 @@ PARSERS: list[Callable[[str], Any]] = [
     parse.parse_cgroup_value,
     parse.parse_slabinfo,
     parse.parse_netstat,
+    parse.parse_flat_keyed,
     parse_sockets_json,
 ]
 

@@ -106,7 +106,7 @@ class MemoryCgroup:
     path: str  # relative to the cgroup root: "memory/app" (v1), "system.slice/x" (v2)
     directory: str  # absolute, to meter it while connections open
     version: int
-    limit: int
+    limit: int | None  # None: memory.max is "max" and memory.high alone is set
     high: int | None
     usage: int
     reclaimable: int  # inactive file cache
@@ -115,7 +115,7 @@ class MemoryCgroup:
 
     @property
     def line(self) -> int:
-        return self.limit if self.high is None else min(self.limit, self.high)
+        return min(v for v in (self.limit, self.high) if v is not None)
 
     @property
     def working_set(self) -> int:
@@ -163,9 +163,9 @@ def read_memory_cgroup(directory: Path, version: int, roots: Roots) -> MemoryCgr
     """The cgroup at `directory`, or None when it has no limit of its own."""
     limit_file, usage_file = _FILES[("memory", version)]
     limit = _read_num(directory / limit_file)
-    if limit is None:
-        return None
     high = _read_num(directory / "memory.high") if version == 2 else None
+    if limit is None and high is None:
+        return None
     stat = _read_flat(directory / "memory.stat")
     oom = _read_flat(directory / OOM_FILE[version]).get("oom_kill")
     return MemoryCgroup(

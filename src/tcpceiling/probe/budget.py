@@ -90,8 +90,8 @@ class MemoryBudget:
         return "cgroup_memory" if any(c.room < self.host_room for c in self.cgroups) else "memory"
 
 
-def cgroup_lines(roots: Roots, floor: int | None, pid: str = "self") -> tuple[CgroupLine, ...]:
-    """A line per memory cgroup with a limit that `pid` and its children are in."""
+def lines_of(found: tuple[cgroups.MemoryCgroup, ...], floor: int | None) -> tuple[CgroupLine, ...]:
+    """The guard's line in each memory cgroup: its limit less its floor."""
     return tuple(
         CgroupLine(
             path=c.path,
@@ -102,8 +102,13 @@ def cgroup_lines(roots: Roots, floor: int | None, pid: str = "self") -> tuple[Cg
             working_set=c.working_set,
             oom_kills=c.oom_kills,
         )
-        for c in cgroups.memory_cgroups(roots, read_process(roots, pid))
+        for c in found
     )
+
+
+def cgroup_lines(roots: Roots, floor: int | None, pid: str = "self") -> tuple[CgroupLine, ...]:
+    """A line per memory cgroup with a limit that `pid` and its children are in."""
+    return lines_of(cgroups.memory_cgroups(roots, read_process(roots, pid)), floor)
 
 
 def read_budget(

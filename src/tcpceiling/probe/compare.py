@@ -15,7 +15,7 @@ from tcpceiling.analysis.model import IoModel
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run
 from tcpceiling.probe.progress import Progress, RunProgress, ignore
-from tcpceiling.probe.result import ProbeResult
+from tcpceiling.probe.result import MemoryGuard, ProbeResult
 
 MODELS: tuple[IoModel, ...] = ("epoll", "threads")
 
@@ -32,6 +32,8 @@ class ModelRun:
     cpu_seconds: float | None  # every process of the run, while opening
     wake_latency_us: dict[str, float | None]
     stop: str
+    stop_detail: str = ""  # e.g. which memory cgroup's line the guard stopped at
+    memory_guard: MemoryGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ def _model_run(r: ProbeResult) -> ModelRun:
         cpu_seconds=r.cpu_seconds,
         wake_latency_us=r.wake_latency_us or {},
         stop=r.stop.reason,
+        stop_detail=r.stop.detail,
+        memory_guard=r.memory_guard,
     )
 
 

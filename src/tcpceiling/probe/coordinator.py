@@ -344,9 +344,15 @@ class Run:
             after = measure.Sample.take()
             held = self.established()  # the result is about the opening phase
             usage = measure.process_usage(kids.live_pids([*kids.clients, *kids.sinks]))
-            if self.cfg.active and held and not self.interrupted:
+            guarded = self.stop is not None and self.stop.reason == "guard:memory"
+            if self.cfg.active and held and not self.interrupted and not guarded:
                 self.active_phase(before, held)
             else:
+                if self.cfg.active and guarded:
+                    self.notes.append(
+                        "no traffic phase: the memory guard stopped the run (traffic would "
+                        "charge socket buffers to memory already at its line)"
+                    )
                 self.hold()
             stop = attribution.final_stop(
                 self.stop,
