@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,28 @@ def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
     )
     assert proc.stdout, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
+
+
+def cgroup_controller(name: str) -> tuple[Path, int] | None:
+    """The mount of cgroup controller `name` and its version (v1 first, as here)."""
+    v1 = Path("/sys/fs/cgroup") / name
+    if (v1 / "cgroup.procs").exists():
+        return v1, 1
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.controllers"
+    if controllers.exists() and name in controllers.read_text().split():
+        return v2, 2
+    return None
+
+
+def remove_cgroup(group: Path) -> None:
+    """rmdir a cgroup of ours once its last task is gone (exits are asynchronous)."""
+    for _ in range(100):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def netns_sysctl(name: str, key: str, value: str) -> None:

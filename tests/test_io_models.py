@@ -7,7 +7,6 @@ import math
 import platform
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,40 +14,31 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IS_ROOT, constraint, needs_root, probe
+from tests.conftest import (
+    IS_ROOT,
+    cgroup_controller,
+    constraint,
+    needs_root,
+    probe,
+    remove_cgroup,
+)
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
-
-
-def _pids_root() -> Path | None:
-    v1 = Path("/sys/fs/cgroup/pids")
-    if (v1 / "cgroup.procs").exists():
-        return v1
-    v2 = Path("/sys/fs/cgroup")
-    controllers = v2 / "cgroup.controllers"
-    if controllers.exists() and "pids" in controllers.read_text().split():
-        return v2
-    return None
 
 
 @pytest.fixture
 def pids_cgroup() -> Iterator[Path]:
     """A throwaway pids cgroup with pids.max 300, removed when its tasks are gone."""
-    root = _pids_root()
-    if not IS_ROOT or root is None:
+    found = cgroup_controller("pids")
+    if not IS_ROOT or found is None:
         pytest.skip("needs root and a pids cgroup controller")
-    group = root / f"tcx-{uuid.uuid4().hex[:8]}"
+    group = found[0] / f"tcx-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     (group / "pids.max").write_text("300")
     try:
         yield group
     finally:
-        for _ in range(100):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(group)
 
 
 def in_cgroup(group: Path, *args: str) -> dict[str, Any]:

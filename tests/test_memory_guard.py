@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +17,11 @@ from typing import Any
 import pytest
 
 from tcpceiling.host.parse import parse_flat_keyed
-from tests.conftest import IS_ROOT, constraint
+from tests.conftest import IS_ROOT, cgroup_controller, constraint, remove_cgroup
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 MIB = 1 << 20
 pytestmark = pytest.mark.slow
-
-
-def _memory_root() -> tuple[Path, int] | None:
-    v1 = Path("/sys/fs/cgroup/memory")
-    if (v1 / "cgroup.procs").exists():
-        return v1, 1
-    v2 = Path("/sys/fs/cgroup")
-    controllers = v2 / "cgroup.controllers"
-    if controllers.exists() and "memory" in controllers.read_text().split():
-        return v2, 2
-    return None
 
 
 class Group:
@@ -84,7 +72,7 @@ class Group:
 
 @pytest.fixture
 def memory_group() -> Iterator[Group]:
-    found = _memory_root()
+    found = cgroup_controller("memory")
     if not IS_ROOT or found is None:
         pytest.skip("needs root and a memory cgroup controller")
     root, version = found
@@ -93,12 +81,7 @@ def memory_group() -> Iterator[Group]:
     try:
         yield group
     finally:
-        for _ in range(100):
-            try:
-                group.path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(group.path)
 
 
 def _namespaces() -> set[str]:
