@@ -173,6 +173,15 @@ def test_working_set_excludes_reclaimable_cache() -> None:
     assert ceiling == pytest.approx((200 * MIB) // per, abs=1)
 
 
+def test_a_budget_with_no_cgroup_is_the_hosts() -> None:
+    view = CgroupView(1, None, 16 * MIB, None, None, "/", "")
+    alone = budget.MemoryBudget(1 << 30, 2 << 30, (), view)
+    assert (alone.room, alone.protects) == (1 << 30, "memory")
+    line = budget.CgroupLine("memory/app", "/x", 1, 256 * MIB, 32 * MIB, 40 * MIB, 0)
+    boxed = budget.MemoryBudget(1 << 30, 2 << 30, (line,), view)
+    assert (boxed.room, boxed.protects) == (184 * MIB, "cgroup_memory")
+
+
 def test_breach_reads_usage_then_the_working_set(tmp_path: Path) -> None:
     roots = _v2_tree(tmp_path)
     proc = _process({"": "/kubepods/pod1/ctr"})

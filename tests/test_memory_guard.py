@@ -7,6 +7,7 @@ real sockets; the v2 arithmetic is table-tested in test_cgroup_memory.py."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +19,7 @@ import pytest
 
 from tcpceiling.host.parse import parse_flat_keyed
 from tests.conftest import IS_ROOT, cgroup_controller, constraint, remove_cgroup
+from tests.conftest import probe as probe_json
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 MIB = 1 << 20
@@ -166,3 +168,37 @@ def test_a_process_beside_the_run_survives(memory_group: Group) -> None:
     finally:
         app.kill()
         app.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_stops_accepting_at_the_cgroup(memory_group: Group) -> None:
+    """`serve` in a 96 MiB cgroup (three shards, three ports: room for 60,000 by fds
+    and ports), probed from outside it past what fits: its shards stop accepting at
+    the line (the probe's surplus waits in the accept queue) and it says so; the
+    kernel kills nothing."""
+    memory_group.set_limit(96 * MIB)  # the line: 64 MiB; 60,000 accepted need ~75 MiB
+    before = memory_group.oom_kills
+    ports = [_free_port() for _ in range(3)]
+    script = f'echo $$ > {memory_group.path}/cgroup.procs && exec "$@"'
+    listen = [f"--listen=127.0.0.1:{p}" for p in ports]
+    args = ["serve", *listen, "--shards", "3", "--duration", "90", "--json-lines"]
+    server = subprocess.Popen(
+        ["sh", "-c", script, "sh", *TCPCEILING, *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline()  # listening
+        connect = [f"--connect=127.0.0.1:{p}" for p in ports]
+        # established counts handshakes in full accept queues too (check none)
+        _code, r = probe_json(*connect, "--target", "60000", "--connect-timeout", "1")
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    final = json.loads(out.splitlines()[-1])  # the last line: {"accepted", "final", "guard"}
+    assert final["final"] and memory_group.path.name in final["guard"], final
+    assert 0 < final["accepted"] < r["established"]
+    assert memory_group.oom_kills == before

@@ -1108,21 +1108,26 @@ def serve_cmd(
     from tcpceiling.probe.serve import serve
 
     endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
-    last = [-1.0]
+    last, said = [-1.0], [""]
 
     def show(e: RunProgress) -> None:
         if last[0] < 0:
             eps = ", ".join(map(str, endpoints))
             stderr.print(f"serving {eps} with {shards} shard(s); Ctrl-C stops")
+        if e.label and not said[0]:
+            said[0] = e.label
+            stderr.print(e.label)
         if e.elapsed - last[0] >= 1.0 or last[0] < 0:
             last[0] = e.elapsed
             if json_lines:
-                click.echo(json.dumps({"accepted": int(e.done), "elapsed": round(e.elapsed, 1)}))
+                line = {"accepted": int(e.done), "elapsed": round(e.elapsed, 1)}
+                click.echo(json.dumps(line | ({"guard": e.label} if e.label else {})))
 
-    total = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
+    done = serve(endpoints, shards, backlog, "echo" if echo else "discard", duration, show)
     if json_lines:
-        click.echo(json.dumps({"accepted": total, "final": True}))
-    stderr.print(f"accepted {total:,} connections")
+        final = {"accepted": done.accepted, "final": True}
+        click.echo(json.dumps(final | ({"guard": done.guard} if done.guard else {})))
+    stderr.print(f"accepted {done.accepted:,} connections")
 
 
 def run() -> None:

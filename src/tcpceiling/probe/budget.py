@@ -82,7 +82,7 @@ class MemoryBudget:
 
     @property
     def room(self) -> int:
-        return min(self.host_room, *(c.room for c in self.cgroups))
+        return min((self.host_room, *(c.room for c in self.cgroups)))
 
     @property
     def protects(self) -> Protects:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import dataclass
 from functools import partial
 
 from tcpceiling.analysis.model import Endpoint
@@ -35,6 +36,21 @@ def check_listen(endpoints: tuple[Endpoint, ...], backlog: int) -> None:
             raise InputError(f"cannot listen on {e}: {why}") from exc
 
 
+@dataclass(frozen=True)
+class Served:
+    accepted: int
+    guard: str = ""  # the memory guard's words when a shard stopped accepting at it
+
+
+def _guard_words(kids: Children, lines: tuple[budget.CgroupLine, ...]) -> str:
+    """What the memory guard says once a shard stopped accepting at its line."""
+    if not any(s.sink and s.sink.guard for s in kids.sink_states):
+        return ""
+    breach = budget.cgroup_breach(lines)
+    where = breach.detail if breach else "a memory cgroup's line"
+    return f"memory guard: {where}; accepting no more (the rest wait in the accept queue)"
+
+
 def serve(
     endpoints: tuple[Endpoint, ...],
     shards: int,
@@ -42,8 +58,9 @@ def serve(
     mode: SinkMode,
     duration: float | None,
     report: Progress,
-) -> int:
-    """Run until SIGINT/SIGTERM or `duration` seconds; returns connections accepted."""
+) -> Served:
+    """Run until SIGINT/SIGTERM or `duration` seconds: the connections accepted, and
+    the memory guard's words if it stopped the shards accepting."""
     check_listen(endpoints, backlog)
     eps = tuple((e.host, e.port) for e in endpoints)
     stop = {"flag": False}
@@ -59,15 +76,18 @@ def serve(
         kids.spawn("sink", partial(run_sink, plan))
     t0 = time.monotonic()
     report(RunProgress("serving", 0, None, 0.0))
+    guard = ""
     try:
         while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
             kids.pump()
             if kids.died is not None:  # a shard crashed or exited
                 raise HostError(kids.died.detail)
-            report(RunProgress("serving", accepted(kids.sink_states), None, time.monotonic() - t0))
+            guard = guard or _guard_words(kids, lines)
+            done = accepted(kids.sink_states)
+            report(RunProgress("serving", done, None, time.monotonic() - t0, label=guard))
             time.sleep(0.25)
     finally:
         kids.release()
         for s, h in old.items():
             signal.signal(s, h)
-    return accepted(kids.sink_states)
+    return Served(accepted(kids.sink_states), guard)

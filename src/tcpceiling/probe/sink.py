@@ -111,7 +111,8 @@ class Sink:
                 else:
                     for _ in range(chunk):
                         self._watch(accept()[0])
-            except BlockingIOError:
+            except BlockingIOError:  # the queue ran dry: what came counts all the same
+                self._over_memory()
                 return
             except OSError as exc:  # EMFILE/ENFILE/ENOMEM: this shard is full
                 return self._full(exc.errno)
@@ -124,7 +125,11 @@ class Sink:
         self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     def _over_memory(self) -> bool:
-        """Past a memory cgroup's line: accept no more, and report it now."""
+        """Past a memory cgroup's line: accept no more, and report it now. Read after
+        every chunk and whenever the queue runs dry, so a shard that accepts a
+        trickle reads it too."""
+        if self.guarded:
+            return True
         if self.plan.cgroup_lines and cgroup_breach(self.plan.cgroup_lines) is not None:
             self.guarded = True
             self._report()
@@ -224,6 +229,7 @@ class ThreadSink(Sink):
             try:
                 conn, _addr = sock.accept()
             except BlockingIOError:
+                self._over_memory()
                 return
             except OSError as exc:
                 return self._full(exc.errno)
