@@ -29,6 +29,9 @@ from tcpceiling.host import read, route, sockets
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
 from tcpceiling.results import check_document
+from tcpceiling.servers.find import find_listener, find_pid
+from tcpceiling.servers.model import AppLimit
+from tcpceiling.servers.registry import app_limit
 
 Route = tuple[str | None, bool]  # (source the kernel picks, destination is local)
 
@@ -218,7 +221,23 @@ def prepare(
         check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
     snap, routes = read_snapshot(roots, pid, netns, dests, table)
+    if roots.live:
+        listens = tuple(dict.fromkeys(e for s in scenarios for e in s.listen))
+        snap = replace(snap, servers=servers_behind(roots, pid, listens, netns))
     return scenarios, snap, routes
+
+
+def servers_behind(
+    roots: Roots, pid: str, listens: tuple[Endpoint, ...], netns: str | None
+) -> tuple[AppLimit, ...]:
+    """The servers listening on `listens`, or the one `pid` belongs to, each with its
+    own limit as tcpceiling.servers reads it (a live host only: sock_diag)."""
+    with netns_mod.inside(netns):
+        found = [find_listener(roots, e.host, e.port) for e in listens]
+        if pid != "self":
+            found.append(find_pid(roots, int(pid)))
+        unique = {f.main.pid: f for f in found if f is not None}
+        return tuple(app_limit(f, roots) for f in unique.values())
 
 
 def analyze(

@@ -28,6 +28,7 @@ ConstraintId = Literal[
     "conntrack",
     "cpu",
     "cpu_churn",
+    "app_limit",
 ]
 
 

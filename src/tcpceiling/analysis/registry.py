@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tcpceiling.analysis.context import Context
-from tcpceiling.analysis.limits import conntrack, cpu, fds, memory, ports, queues, tasks
+from tcpceiling.analysis.limits import app, conntrack, cpu, fds, memory, ports, queues, tasks
 from tcpceiling.analysis.model import Constraint
 
 Family = Callable[[Context], list[Constraint]]
@@ -19,4 +19,5 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
     ("queues", queues.evaluate),
     ("conntrack", conntrack.evaluate),
     ("cpu", cpu.evaluate),
+    ("app", app.evaluate),
 )

@@ -18,6 +18,7 @@ from tcpceiling.errors import HostError, ParseError
 from tcpceiling.host import parse
 from tcpceiling.host.roots import Roots
 from tcpceiling.host.sockets import SocketTable
+from tcpceiling.servers.model import AppLimit
 
 T = TypeVar("T")
 
@@ -113,6 +114,8 @@ class HostSnapshot:
     sockets: SocketTable
     roots: Roots = field(default_factory=Roots)
     netns: str | None = None
+    #: the servers behind the scenario's listeners or --pid (tcpceiling.servers)
+    servers: tuple[AppLimit, ...] = ()
 
 
 def _read(path: Path, parser: Callable[[str], T]) -> T:

@@ -1,0 +1,108 @@
+"""From a listener (or a process) to the server behind it: the listener's socket
+inode (sock_diag) to the processes holding it (/proc/PID/fd, as ss -p does), and
+each one's comm, exe, command line and nofile, read under the Roots' procfs."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from tcpceiling.host import diag, parse, sockets
+from tcpceiling.host.read import socket_owners
+from tcpceiling.host.roots import Roots
+from tcpceiling.servers.model import Found, ServerProcess
+
+ESTABLISHED = 1 << sockets.STATE_NUMBERS["ESTABLISHED"]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def parse_ppid(stat: str) -> int:
+    """The 4th field of /proc/PID/stat, after the parenthesised comm (which may hold
+    spaces and parentheses: split at the last ')')."""
+    return int(stat.rpartition(")")[2].split()[1]) if ")" in stat else 0
+
+
+def read_server_process(roots: Roots, pid: int) -> ServerProcess:
+    base = roots.procfs / str(pid)
+    try:
+        exe = os.readlink(base / "exe")
+    except OSError:
+        exe = ""
+    limits = _text(base / "limits")
+    nofile = parse.parse_limits(limits).nofile.soft if limits else None
+    return ServerProcess(
+        pid=pid,
+        ppid=parse_ppid(_text(base / "stat")),
+        comm=_text(base / "comm").strip(),
+        exe=exe,
+        cmdline=tuple(a for a in _text(base / "cmdline").split("\0") if a),
+        nofile=nofile,
+    )
+
+
+def _covers(listen_host: str, asked: str) -> bool:
+    """A listener on the wildcard address covers every address asked about."""
+    if asked in ("", "0.0.0.0", "::") or listen_host == asked:
+        return True
+    try:
+        return ipaddress.ip_address(listen_host).is_unspecified
+    except ValueError:
+        return False
+
+
+def established_on(port: int) -> int:
+    """ESTABLISHED sockets whose local port is `port`: the server's connections
+    (selected by the kernel: sock_diag with a source-port condition)."""
+    return len(diag.dump(ESTABLISHED, program=diag.sport_range(port, port)))
+
+
+def find_listener(roots: Roots, host: str, port: int) -> Found | None:
+    """The server listening on host:port in the calling thread's netns, or None."""
+    found = [ln for ln in sockets.all_listeners() if ln.port == port and _covers(ln.host, host)]
+    if not found:
+        return None
+    pids = set(socket_owners({ln.inode for ln in found}, roots))
+    owners = [read_server_process(roots, p) for p in sorted(pids)]
+    if not owners:
+        return None
+    main = next((o for o in owners if o.ppid not in pids), owners[0])
+    mine = _listener_count(roots, main.pid)
+    return Found(main, tuple(owners), found[0].host, port, mine, established_on(port))
+
+
+def _held(roots: Roots, pid: int, inodes: set[int], first: bool) -> int:
+    """How many of `inodes` the process holds (with `first`, the first one's inode)."""
+    count = 0
+    try:
+        for fd in os.scandir(roots.procfs / str(pid) / "fd"):
+            link = os.readlink(fd.path)
+            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                if first:
+                    return int(link[8:-1])
+                count += 1
+    except OSError:
+        pass
+    return count
+
+
+def _listener_count(roots: Roots, pid: int) -> int:
+    """Listening sockets the process holds (nginx spends a connection on each)."""
+    return _held(roots, pid, {ln.inode for ln in sockets.all_listeners()}, first=False)
+
+
+def find_pid(roots: Roots, pid: int) -> Found | None:
+    """The server a process belongs to, through its first listening socket (listeners
+    are opened first: low fds, so a server holding a million fds is not read whole)."""
+    listeners = {ln.inode: ln for ln in sockets.all_listeners()}
+    inode = _held(roots, pid, set(listeners), first=True)
+    if not inode:
+        return None
+    ln = listeners[inode]
+    return find_listener(roots, ln.host, ln.port)

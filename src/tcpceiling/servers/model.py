@@ -1,0 +1,70 @@
+"""What the registry knows of one listening server, as plain typed data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tcpceiling.host.roots import Roots
+
+#: Where the limit was read: the running server, its command line, its config
+#: file, or the server's compiled-in default.
+Source = Literal["server", "command line", "config", "default"]
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A process that owns a listener (through its socket inode in /proc/PID/fd)."""
+
+    pid: int
+    ppid: int
+    comm: str
+    exe: str
+    cmdline: tuple[str, ...]
+    nofile: int | None  # soft RLIMIT_NOFILE
+
+
+@dataclass(frozen=True)
+class Found:
+    """A listening server: its main process (the oldest owner), every process that
+    owns the listener (nginx's workers), and the endpoint asked about."""
+
+    main: ServerProcess
+    owners: tuple[ServerProcess, ...]
+    host: str
+    port: int
+    listeners: int  # listening sockets the main process owns (nginx counts them)
+    established: int | None = None  # connections on the port now (sock_diag)
+
+
+@dataclass(frozen=True)
+class AppLimit:
+    """The server's own cap: how many connections it serves at once, and why."""
+
+    server: str
+    pid: int
+    listen: str
+    setting: str  # e.g. "worker_connections"
+    value: int | None  # the setting as read; None: unlimited
+    source: Source
+    source_detail: str  # the file, command or argument it came from
+    capacity: int | None  # connections served at once; None: no cap of its own
+    in_use: int | None
+    arithmetic: str  # how capacity follows from value, with the server's source
+    symptom: str  # the server's own words at the cap
+    raise_: str  # the config line
+    check: str  # probe --check SPEC that proves it
+    nofile_needed: int | None = None  # fds per process the cap needs
+    nofile: int | None = None  # the serving process's soft RLIMIT_NOFILE
+    known: bool = True  # False: no module of the registry recognised it
+    per_process: dict[int, int] = field(default_factory=dict)
+
+
+class ServerModule(Protocol):
+    """One server's knowledge (a module of this package)."""
+
+    NAME: str
+
+    def matches(self, comm: str, exe: str) -> bool: ...
+
+    def read(self, found: Found, roots: Roots) -> AppLimit: ...

@@ -1,0 +1,127 @@
+"""nginx: `worker_connections` per worker (default 512). A worker spends one
+connection on each listening socket and one on its channel to the master
+(ngx_worker_process_init, src/os/unix/ngx_process_cycle.c), and when fewer than
+worker_connections/16 are free it closes idle keep-alive connections to admit new
+ones (ngx_drain_connections, src/core/ngx_connection.c: "worker_connections are not
+enough, reusing connections"). So each worker serves worker_connections - listeners
+- 1 - worker_connections/16 idle clients at once, and the server that many times its
+running workers. Each connection is an fd (two when proxying): the worker's nofile
+(worker_rlimit_nofile) must be at least worker_connections."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+from tcpceiling.host.roots import Roots
+from tcpceiling.servers import text
+from tcpceiling.servers.model import AppLimit, Found, Source
+
+NAME = "nginx"
+DEFAULT_CONNECTIONS = 512  # src/event/ngx_event.c, ngx_event_core_init_conf
+DRAIN_SHARE = 16
+
+
+@dataclass(frozen=True)
+class NginxConf:
+    worker_connections: int | None
+    worker_processes: str | None  # a number or "auto"
+    worker_rlimit_nofile: int | None
+
+
+def matches(comm: str, exe: str) -> bool:
+    return comm == "nginx" or exe.endswith("/nginx")
+
+
+def _directive(conf: str, name: str) -> str | None:
+    """The last `name VALUE;` in the text, comments removed."""
+    body = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    found = re.findall(rf"(?:^|[\s;{{}}]){name}\s+([^;]+);", body)
+    return found[-1].strip() if found else None
+
+
+def parse_conf(conf: str) -> NginxConf:
+    """worker_connections, worker_processes, worker_rlimit_nofile from a
+    configuration (nginx -T prints every included file in one text)."""
+    return NginxConf(
+        text.to_int(_directive(conf, "worker_connections")),
+        _directive(conf, "worker_processes"),
+        text.to_int(_directive(conf, "worker_rlimit_nofile")),
+    )
+
+
+def master_args(cmdline: tuple[str, ...]) -> list[str]:
+    """The master's -p/-c/-g options. nginx rewrites its argv into one string
+    ("nginx: master process /usr/sbin/nginx -c FILE -g daemon off;"): split it."""
+    words = " ".join(cmdline).split()
+    if "process" in words:
+        words = words[words.index("process") + 2 :]
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        if words[i] in ("-p", "-c") and i + 1 < len(words):
+            out += words[i : i + 2]
+            i += 2
+        elif words[i] == "-g":
+            rest = []
+            i += 1
+            while i < len(words) and not words[i].startswith("-"):
+                rest.append(words[i])
+                i += 1
+            out += ["-g", " ".join(rest)]
+        else:
+            i += 1
+    return out
+
+
+def dump_config(found: Found, roots: Roots) -> tuple[str, Source, str]:
+    """`nginx -T` of the running binary with the master's options (the server reading
+    its own configuration, includes and all); else the -c file as it is."""
+    args = master_args(found.main.cmdline)
+    exe = found.main.exe or "nginx"
+    if roots.live:
+        try:
+            done = subprocess.run(
+                [exe, "-T", *args], capture_output=True, text=True, timeout=10, check=False
+            )
+            if done.returncode == 0 and done.stdout:
+                return done.stdout, "server", f"{exe} -T {' '.join(args)}".strip()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    conf = text.flag(args, "-c") or "/etc/nginx/nginx.conf"
+    if not conf.startswith("/"):
+        conf = (text.flag(args, "-p") or "/usr/share/nginx/").rstrip("/") + "/" + conf
+    return text.host_file(roots, conf), "config", conf
+
+
+def read(found: Found, roots: Roots) -> AppLimit:
+    body, source, detail = dump_config(found, roots)
+    conf = parse_conf(body)
+    wc = conf.worker_connections or DEFAULT_CONNECTIONS
+    if conf.worker_connections is None:
+        source, detail = "default", "nginx default worker_connections"
+    workers = [p for p in found.owners if p.ppid == found.main.pid] or [found.main]
+    per = max(0, wc - found.listeners - 1 - wc // DRAIN_SHARE)
+    nofile = min((w.nofile for w in workers if w.nofile is not None), default=None)
+    return AppLimit(
+        server=NAME,
+        pid=found.main.pid,
+        listen=f"{found.host}:{found.port}",
+        setting="worker_connections",
+        value=wc,
+        source=source,
+        source_detail=detail,
+        capacity=per * len(workers),
+        in_use=found.established,
+        arithmetic=f"{len(workers)} worker(s) x ({wc} - {found.listeners} listener(s) - 1 "
+        f"channel - {wc}/{DRAIN_SHARE} kept free) = {per * len(workers)} "
+        "(ngx_drain_connections, src/core/ngx_connection.c)",
+        symptom=f"{wc} worker_connections are not enough, reusing connections",
+        raise_=f"events {{ worker_connections {wc * 2}; }} and worker_rlimit_nofile "
+        f"{wc * 4} (2 fds per connection when proxying)",
+        check="http",
+        nofile_needed=wc,
+        nofile=nofile,
+        per_process={w.pid: per for w in workers},
+    )

@@ -1,0 +1,44 @@
+"""The explicit list of servers whose limit tcpceiling reads; adding a server means
+adding its module here. A listener no module recognises is reported as unknown,
+with the probe that proves its limit, never guessed."""
+
+from __future__ import annotations
+
+from tcpceiling.host.roots import Roots
+from tcpceiling.servers import haproxy, mosquitto, nginx, postgresql, redis
+from tcpceiling.servers.model import AppLimit, Found, ServerModule
+
+MODULES: tuple[ServerModule, ...] = (nginx, haproxy, redis, postgresql, mosquitto)
+
+
+def module_for(found: Found) -> ServerModule | None:
+    p = found.main
+    return next((m for m in MODULES if m.matches(p.comm, p.exe)), None)
+
+
+def unknown(found: Found) -> AppLimit:
+    """A server the registry does not know: its own limit is not read."""
+    listen = f"{found.host}:{found.port}"
+    return AppLimit(
+        server=found.main.comm or "unknown",
+        pid=found.main.pid,
+        listen=listen,
+        setting="",
+        value=None,
+        source="default",
+        source_detail="not a server tcpceiling knows",
+        capacity=None,
+        in_use=found.established,
+        arithmetic="its own connection limit is not read: prove it with "
+        f"`tcpceiling probe --connect {listen} --check SPEC --target max`",
+        symptom="",
+        raise_="",
+        check="",
+        nofile=found.main.nofile,
+        known=False,
+    )
+
+
+def app_limit(found: Found, roots: Roots) -> AppLimit:
+    module = module_for(found)
+    return module.read(found, roots) if module is not None else unknown(found)

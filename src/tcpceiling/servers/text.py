@@ -1,0 +1,59 @@
+"""Small pure readers shared by the server modules: command-line flags and
+whitespace-separated 'key value' configuration lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tcpceiling.host.roots import Roots
+
+
+def flag(args: Sequence[str], *names: str) -> str | None:
+    """The value of `-x VALUE`, `--name VALUE` or `--name=VALUE` (the last one given)."""
+    found = None
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                found = args[i + 1]
+            elif name.startswith("--") and arg.startswith(name + "="):
+                found = arg[len(name) + 1 :]
+    return found
+
+
+def key_values(text: str, sep: str | None = None) -> dict[str, str]:
+    """'key value' (or 'key = value' with sep '=') lines; '#' starts a comment; the
+    last assignment of a key wins, as in redis.conf, mosquitto.conf, postgresql.conf."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if sep is not None and sep in line:
+            key, _, value = line.partition(sep)
+        else:
+            key, _, value = line.partition(" ")
+        out[key.strip().lower()] = value.strip().strip("'\"")
+    return out
+
+
+def to_int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def host_file(roots: Roots, path: str) -> str:
+    """A file of the host the Roots stand for ('' when unreadable): the path itself on
+    the live host, else under the fixture tree (beside its proc/ and sys/)."""
+    where = Path(path) if roots.live else roots.procfs.parent / path.lstrip("/")
+    try:
+        return where.read_text()
+    except OSError:
+        return ""
+
+
+def reachable(listen_host: str) -> str:
+    """An address to reach a listener on: loopback for a wildcard listener."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen_host, listen_host)
