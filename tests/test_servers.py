@@ -3,7 +3,9 @@ nginx and redis-server are the Debian packages `.ci/run` installs."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 
 from tcpceiling.analysis.model import Endpoint, resolve
 from tcpceiling.host import sockets
-from tests.conftest import netns_sysctl, probe
+from tests.conftest import cli_json, constraint, netns_sysctl, probe
 
 HERE = Path(__file__).parent
 ECHO_SERVER = HERE / "servers" / "echo_server.py"
@@ -72,6 +74,21 @@ def running(cmd: list[str], port: int, ready_line: bool = False) -> Iterator[int
                 proc.wait()
 
 
+def app_limit(port: int) -> dict[str, Any]:
+    """analyze's `app_limit` for the server on 127.0.0.1:PORT (the first limit reached,
+    which it must be with these small caps)."""
+    scenario = cli_json("analyze", "--role", "server", "--listen", f"127.0.0.1:{port}")[
+        "scenarios"
+    ][0]
+    assert scenario["binding"] == "app_limit", scenario["summary"]
+    return constraint(scenario, "app_limit")
+
+
+def assert_predicted(limit: dict[str, Any], served: int) -> None:
+    """analyze's ceiling within 2 % of what the probe served."""
+    assert abs(limit["ceiling"] - served) <= max(1, 0.02 * served), (limit["ceiling"], served)
+
+
 def fd_count(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
@@ -88,8 +105,11 @@ def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path) -> None:
     conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, connections=connections))
     cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]
     with running(cmd, port):
+        limit = app_limit(port)
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http", "--target", "600")
     allowed = connections - 1 - 1 - connections // 16
+    assert limit["ceiling"] == allowed and limit["details"]["source"] == "server"
+    assert_predicted(limit, r["served"])
     assert code == 1 and r["mode"] == "server" and r["check"] == "http"
     assert abs(r["served"] - allowed) <= 0.02 * allowed, r["served"]
     assert r["side"] == "server" and r["stop"]["side"] == "server"
@@ -99,7 +119,10 @@ def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path) -> None:
 
 
 @needs("redis-server")
-def test_redis_maxclients_is_named_by_its_reply() -> None:
+@pytest.mark.parametrize("running_value", [None, 60])
+def test_redis_maxclients_is_named_by_its_reply(running_value: int | None) -> None:
+    """maxclients 100 on the command line; with CONFIG SET after start, the running
+    value is the cap, and analyze reads that one (CONFIG GET)."""
     port = free_port()
     cmd = [
         "redis-server",
@@ -115,12 +138,34 @@ def test_redis_maxclients_is_named_by_its_reply() -> None:
         "no",
     ]
     with running(cmd, port):
+        if running_value is not None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(f"CONFIG SET maxclients {running_value}\r\n".encode())
+                assert s.recv(64) == b"+OK\r\n"
+        limit = app_limit(port)
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "300")
+    cap = running_value or 100
+    assert limit["details"]["value"] == cap and limit["details"]["source"] == "server"
+    assert_predicted(limit, r["served"])
     assert code == 1 and r["side"] == "server"
-    assert 98 <= r["served"] <= 102
+    assert cap - 2 <= r["served"] <= cap + 2
     assert r["stop"]["reason"] == "server_reply"
     assert "max number of clients reached" in r["stop"]["detail"]
     assert "max number of clients reached" in r["stop"]["evidence"]["reply"]
+
+
+def test_an_unknown_server_is_named_with_the_probe_that_proves_it() -> None:
+    """A listener no module of the registry knows: named (its comm and pid), its
+    limit not guessed (no ceiling), the probe line to prove it."""
+    port = free_port()
+    with running([sys.executable, str(ECHO_SERVER), str(port), "16"], port, True) as pid:
+        scenario = cli_json("analyze", "--role", "server", "--listen", f"127.0.0.1:{port}")[
+            "scenarios"
+        ][0]
+    limit = constraint(scenario, "app_limit")
+    assert limit["ceiling"] is None and scenario["binding"] != "app_limit"
+    assert limit["details"]["known"] is False and limit["details"]["pid"] == pid
+    assert f"tcpceiling probe --connect 127.0.0.1:{port}" in limit["note"]
 
 
 def test_echo_server_fd_limit_established_but_not_served() -> None:
@@ -390,10 +435,13 @@ def test_haproxy_maxconn(
         running([*redis, "--save", "", "--appendonly", "no"], redis_port),
         running(["haproxy", "-db", "-f", str(conf)], port),
     ):
+        limit = app_limit(port)
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "150")
         stats = haproxy_stats(tmp_path / "stats.sock")
     assert code == 1
     assert_server_limit(r, served, (reason,))
+    assert_predicted(limit, r["served"])
+    assert limit["details"]["source"] == "server"  # its stats socket answered
     assert int(stats[("fe", "FRONTEND")]["smax"]) == min(frontend, 150)
     assert int(stats[("be", "redis")]["smax"]) == served
     if reason == "server_queued":
@@ -433,10 +481,18 @@ def _postgres_served(tmp_path: Path) -> None:
         *as_pg, str(pg / "postgres"), "-D", str(data), "-p", str(port), "-k", str(tmp_path),
         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=10",
     ]  # fmt: skip
-    with running(cmd, port):
+    with running(cmd, port) as pid:
+        # ALTER SYSTEM's file and a reload: max_connections waits for a restart, so the
+        # running 10 is still the cap (SHOW says so; the file says 20)
+        (data / "postgresql.auto.conf").write_text("max_connections = 20\n")
+        os.kill(pid, signal.SIGHUP)
+        limit = app_limit(port)
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "postgres", "--target", "40")
     assert code == 1
     assert_server_limit(r, 10, ("server_reply",))
+    # analyze: 7 for an ordinary role; the probe, a superuser, also takes the 3 reserved
+    assert limit["details"]["value"] == 10 and limit["details"]["source"] == "server"
+    assert limit["ceiling"] == 7 and "superuser" in limit["details"]["arithmetic"]
     assert "too many clients already" in r["stop"]["evidence"]["reply"]
     assert any("authentication request counts as served" in n for n in r["notes"])
 
@@ -456,6 +512,9 @@ def test_mosquitto_max_connections(tmp_path: Path) -> None:
         "persistence false\nlog_dest none\n"
     )
     with running(["mosquitto", "-c", str(conf)], port):
+        limit = app_limit(port)
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "mqtt", "--target", "100")
     assert code == 1
     assert_server_limit(r, 50, ("server_closed", "server_reset"))
+    assert_predicted(limit, r["served"])
+    assert limit["details"]["source"] == "config"
