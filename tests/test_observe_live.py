@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +120,10 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
     return list(data["data"]["result"])
 
 
-@needs("prometheus")
-def test_prometheus_scrapes_the_exporter(nginx_at_its_fd_limit: tuple[int, int]) -> None:
-    """A real Prometheus scrapes the exporter every second; its HTTP API returns the
-    nginx worker's open fds within 5 of /proc/PID/fd, and loads the shipped rules."""
-    port, worker = nginx_at_its_fd_limit
+@contextmanager
+def prometheus_scraping(port: int) -> Iterator[str]:
+    """The exporter (--port PORT) scraped every second by a real Prometheus loading
+    the shipped rules: yields Prometheus' base URL."""
     eport, pport = free_port(), free_port()
     rules = Path(__file__).parent.parent / "deploy" / "prometheus" / "tcpceiling-alerts.yml"
     exporter = [*TCPCEILING, "exporter", "--listen", f"127.0.0.1:{eport}", "--port", str(port)]
@@ -137,19 +138,117 @@ def test_prometheus_scrapes_the_exporter(nginx_at_its_fd_limit: tuple[int, int])
         prom = ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
                 f"--web.listen-address=127.0.0.1:{pport}"]  # fmt: skip
         with running(exporter, eport), running(prom, pport):
-            base = f"http://127.0.0.1:{pport}"
-            got = wait_for(
-                lambda: query(base, f'tcpceiling_process_open_fds{{pid="{worker}"}}'), 60,
-                "Prometheus to scrape the exporter",
+            yield f"http://127.0.0.1:{pport}"
+
+
+@needs("prometheus")
+def test_prometheus_scrapes_the_exporter(nginx_at_its_fd_limit: tuple[int, int]) -> None:
+    """A real Prometheus scrapes the exporter every second; its HTTP API returns the
+    nginx worker's open fds within 5 of /proc/PID/fd, and loads the shipped rules."""
+    port, worker = nginx_at_its_fd_limit
+    with prometheus_scraping(port) as base:
+        got = wait_for(
+            lambda: query(base, f'tcpceiling_process_open_fds{{pid="{worker}"}}'), 60,
+            "Prometheus to scrape the exporter",
+        )  # fmt: skip
+        now = fds(worker)
+        value = float(got[0]["value"][1])
+        assert got[0]["metric"]["comm"] == "nginx" and abs(value - now) <= 5, (value, now)
+        limit = query(base, f'tcpceiling_process_max_fds{{pid="{worker}"}}')
+        assert float(limit[0]["value"][1]) == NOFILE
+        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=5) as r:
+            groups = json.load(r)["data"]["groups"]
+        assert len(groups[0]["rules"]) == 9 and all(g["file"] for g in groups)
+
+
+OWN_CAP_CONF = """
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  keepalive_timeout 120s;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+#: 1 worker x (64 - 1 listener - 1 channel - 64/16 kept free): tcpceiling.servers.nginx
+OWN_CAP = 58
+
+
+@pytest.fixture(scope="module")
+def nginx_at_its_own_cap() -> Iterator[tuple[int, int]]:
+    """nginx with worker_connections 64 (58 served at once), held at 57 by a probe
+    (98 %): its own cap binds, far from any kernel limit. (its port, the master)"""
+    if shutil.which("nginx") is None:
+        pytest.skip("needs nginx (`.ci/run` installs it)")
+    with tempfile.TemporaryDirectory(prefix="tcx-nginx-") as tmp:
+        port, conf = free_port(), Path(tmp) / "nginx.conf"
+        conf.write_text(OWN_CAP_CONF.format(dir=tmp, port=port))
+        cmd = ["nginx", "-p", tmp, "-c", str(conf), "-g", "daemon off;"]
+        with running(cmd, port) as master:
+            held = subprocess.Popen(
+                [*PROBE, "--connect", f"127.0.0.1:{port}", "--check", "http", "--target",
+                 str(OWN_CAP - 1), "--hold", "120", "--json"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            now = fds(worker)
-            value = float(got[0]["value"][1])
-            assert got[0]["metric"]["comm"] == "nginx" and abs(value - now) <= 5, (value, now)
-            limit = query(base, f'tcpceiling_process_max_fds{{pid="{worker}"}}')
-            assert float(limit[0]["value"][1]) == NOFILE
-            with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=5) as r:
-                groups = json.load(r)["data"]["groups"]
-            assert len(groups[0]["rules"]) == 8 and all(g["file"] for g in groups)
+            try:
+                wait_for(lambda: established(port) >= OWN_CAP - 1, 60, "57 held by nginx")
+                yield port, master
+            finally:
+                held.send_signal(signal.SIGINT)
+                held.wait(60)
+
+
+def established(port: int) -> int:
+    """ESTABLISHED on the server's side of `port`, counted by ss (not by tcpceiling)."""
+    out = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return len(out.splitlines())
+
+
+def test_doctor_names_a_server_at_its_own_cap(nginx_at_its_own_cap: tuple[int, int]) -> None:
+    """The server's setting, not a kernel limit: doctor exits 2 naming nginx, its
+    worker_connections, what nginx says at the cap, and the config line."""
+    port, master = nginx_at_its_own_cap
+    code, out, err = run_cli(
+        "doctor", "--interval", "0.5", "--kmsg", "/dev/null", "--port", str(port), "--json"
+    )
+    d = json.loads(out)
+    assert code == 2 and d["status"] == "critical", (out, err)
+    cause = d["cause"]
+    assert cause["limit"] == "app_limit", cause
+    assert f"nginx (pid {master})" in cause["subject"]
+    assert "worker_connections 64" in cause["subject"]
+    assert f"{OWN_CAP - 1} of {OWN_CAP}" in cause["evidence"][0]
+    assert "worker_connections 128" in cause["fix"] and "reusing connections" in cause["fix"]
+
+
+def test_watch_shows_a_server_at_its_own_cap_red(nginx_at_its_own_cap: tuple[int, int]) -> None:
+    port, master = nginx_at_its_own_cap
+    proc = subprocess.run(
+        [*TCPCEILING, "watch", "--once", "--interval", "0.3", "--port", str(port)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+    line = next(ln for ln in proc.stderr.splitlines() if "app_limit" in ln)
+    assert proc.returncode == 0 and "\x1b[1;31m" in line and f"pid {master}" in line
+
+
+@needs("prometheus")
+def test_prometheus_scrapes_a_servers_own_cap(nginx_at_its_own_cap: tuple[int, int]) -> None:
+    """A real Prometheus: the server's connections (against ss's count) and its cap."""
+    port, master = nginx_at_its_own_cap
+    with prometheus_scraping(port) as base:
+        key = f'{{server="nginx",pid="{master}"}}'
+        got = wait_for(lambda: query(base, f"tcpceiling_app_connections{key}"), 60, "a scrape")
+        assert abs(float(got[0]["value"][1]) - established(port)) <= 2
+        cap = query(base, f"tcpceiling_app_connections_limit{key}")
+        assert float(cap[0]["value"][1]) == OWN_CAP
+        assert cap[0]["metric"]["setting"] == "worker_connections"
 
 
 def test_doctor_names_ports_toward_a_destination(netns: str) -> None:

@@ -115,6 +115,18 @@ def sport_range(low: int, high: int) -> bytes:
     return ge + le
 
 
+def sport_any(ports: tuple[int, ...]) -> bytes:
+    """Sockets whose local port is any of `ports`: one sport_range(p, p) block per port
+    (its failures jump 4 bytes past the block), joined by ss's OR (a JMP over the
+    rest on success), as bytecode() joins destinations."""
+    if not ports:
+        return b""
+    first, rest = sport_range(ports[0], ports[0]), sport_any(ports[1:])
+    if not rest:
+        return first
+    return first + struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
+
+
 def request(states: int, program: bytes = b"", seq: int = 1) -> bytes:
     """nlmsghdr (TCPDIAG_GETSOCK) + struct inet_diag_req (+ INET_DIAG_REQ_BYTECODE).
 

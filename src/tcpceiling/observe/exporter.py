@@ -115,6 +115,24 @@ def listener_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
     yield from (queue, limit)
 
 
+def server_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    """Each known server's connections and its own cap (tcpceiling.servers)."""
+    labels = ["server", "pid", "listen", "setting"]
+    use = _gauge("app_connections", "Connections a known server holds on a listener now.", labels)
+    cap = _gauge(
+        "app_connections_limit",
+        "What the server serves at once by its own setting (worker_connections, "
+        "maxclients, maxconn, max_connections...).",
+        labels,
+    )
+    for a in s.servers:
+        key = [a.server, str(a.pid), a.listen, a.setting]
+        use.add_metric(key, a.in_use or 0)
+        if a.capacity is not None:
+            cap.add_metric(key, a.capacity)
+    yield from (use, cap)
+
+
 def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
     for name, keys in COUNTERS.items():
         if all(k in s.counters for k in keys):
@@ -138,6 +156,7 @@ class SampleCollector(Collector):
             process_metrics,
             port_metrics,
             listener_metrics,
+            server_metrics,
             counter_metrics,
         ):
             yield from family(s)

@@ -19,6 +19,12 @@ from tcpceiling.host import parse, read, sockets
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
+from tcpceiling.servers import registry
+from tcpceiling.servers.find import found_all
+from tcpceiling.servers.model import AppLimit
+
+#: The servers' limits, read again every 30 s at most (watch, the exporter).
+LIMITS = registry.LimitCache()
 
 #: Counters whose rates tell that connections fail now (TcpExt: /proc/net/netstat,
 #: Tcp: /proc/net/snmp, conntrack: /proc/net/stat/nf_conntrack).
@@ -103,6 +109,7 @@ class Sample:
     netns: str | None = None
     tcp_sockets: int = 0  # sockstat inuse of the netns
     destinations: int = 0  # (src, dst, dport) tuples seen, before the top K
+    servers: tuple[AppLimit, ...] = ()  # listeners of servers the registry knows
 
 
 def counters(roots: Roots) -> dict[str, int]:
@@ -254,6 +261,7 @@ def take(scope: Scope) -> Sample:
         counted = counters(scope.roots)
     pids = _pids(scope, listeners, client.inodes)
     procs = (_process(scope.roots, pid, snap.system.threads_max) for pid in pids)
+    servers = _servers(scope, listeners)
     return Sample(
         time=time.monotonic(),
         processes=tuple(p for p in procs if p is not None),
@@ -265,4 +273,18 @@ def take(scope: Scope) -> Sample:
         netns=scope.netns,
         tcp_sockets=snap.net.sockstat.inuse,
         destinations=len(client.toward),
+        servers=servers,
     )
+
+
+def _servers(scope: Scope, listeners: list[sockets.Listener]) -> tuple[AppLimit, ...]:
+    """Each listening server the registry knows, with its limit (a live host only),
+    limited to --port and --pid when given."""
+    if not scope.roots.live:
+        return ()
+    mine = [ln for ln in listeners if not scope.ports or ln.port in scope.ports]
+    with netns_mod.inside(scope.netns):
+        found = found_all(scope.roots, mine, registry.knows)
+    if scope.pids:
+        found = [f for f in found if {o.pid for o in f.owners} & set(scope.pids)]
+    return tuple(LIMITS.read(f, scope.roots) for f in found)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tcpceiling.observe.sample import Sample
+from tcpceiling.servers.model import AppLimit
 from tcpceiling.tune.raisers import nice
 
 Severity = Literal["ok", "warning", "critical"]
@@ -101,9 +102,38 @@ def host_usages(s: Sample) -> list[Usage]:
     ]
 
 
+def _server_fix(a: AppLimit) -> str:
+    fix = f'{a.raise_}; at the cap it says "{a.symptom}"'
+    if a.nofile is not None and a.nofile_needed is not None and a.nofile < a.nofile_needed:
+        fix += (
+            f"; its RLIMIT_NOFILE {a.nofile} is below the {a.nofile_needed} fds its "
+            f"{a.setting} needs: raise that first"
+        )
+    return fix
+
+
+def server_usages(s: Sample) -> list[Usage]:
+    """A known server's connections against its own cap (tcpceiling.servers)."""
+    return [
+        Usage(
+            "app_limit",
+            f"{a.server} (pid {a.pid}) {a.listen} {a.setting} {a.value} [{a.source}]",
+            a.in_use or 0,
+            a.capacity,
+            "conns",
+            _server_fix(a),
+            a.pid,
+        )
+        for a in s.servers
+        if a.capacity
+    ]
+
+
 def usages(s: Sample) -> list[Usage]:
     """Every row, the smallest headroom first."""
-    rows = process_usages(s) + listener_usages(s) + port_usages(s) + host_usages(s)
+    rows = (
+        process_usages(s) + server_usages(s) + listener_usages(s) + port_usages(s) + host_usages(s)
+    )
     return sorted(rows, key=lambda u: u.headroom)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from tcpceiling.host import diag, parse, sockets
@@ -106,3 +107,69 @@ def find_pid(roots: Roots, pid: int) -> Found | None:
         return None
     ln = listeners[inode]
     return find_listener(roots, ln.host, ln.port)
+
+
+#: Listening sockets are opened when a server starts, so they are among its first
+#: fds: only this many are read per candidate process (a worker holding a million
+#: connections is not read whole).
+FIRST_FDS = 1024
+
+
+def established_by_port(ports: tuple[int, ...]) -> dict[int, int]:
+    """ESTABLISHED sockets per local port, for all `ports` in one walk of the kernel's
+    established hash (sock_diag with diag.sport_any)."""
+    counts: dict[int, int] = dict.fromkeys(ports, 0)
+    if ports:
+        for row in diag.dump(ESTABLISHED, program=diag.sport_any(ports)):
+            p = diag.port(row[diag.SPORT])
+            counts[p] = counts.get(p, 0) + 1
+    return counts
+
+
+def _first_sockets(roots: Roots, pid: int, wanted: set[int]) -> set[int]:
+    out: set[int] = set()
+    try:
+        with os.scandir(roots.procfs / str(pid) / "fd") as fds:
+            for i, fd in enumerate(fds):
+                if i >= FIRST_FDS:
+                    break
+                link = os.readlink(fd.path)
+                if link.startswith("socket:[") and int(link[8:-1]) in wanted:
+                    out.add(int(link[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def candidates(roots: Roots, known: Callable[[str], bool]) -> list[int]:
+    """Processes whose comm a module of the registry recognises (one small read each)."""
+    pids = []
+    for entry in os.scandir(roots.procfs):
+        if entry.name.isdigit() and known(_text(Path(entry.path) / "comm").strip()):
+            pids.append(int(entry.name))
+    return pids
+
+
+def found_all(
+    roots: Roots, listeners: list[sockets.Listener], known: Callable[[str], bool]
+) -> list[Found]:
+    """Every listener owned by a process the registry may know, as a Found per
+    (main process, port), with its established connections (one kernel walk)."""
+    by_inode = {ln.inode: ln for ln in listeners if ln.inode}
+    holders: dict[int, set[int]] = {}
+    for pid in candidates(roots, known):
+        for inode in _first_sockets(roots, pid, set(by_inode)):
+            holders.setdefault(inode, set()).add(pid)
+    groups: dict[tuple[int, int], Found] = {}
+    counts = established_by_port(tuple(sorted({by_inode[i].port for i in holders})))
+    for inode, pids in holders.items():
+        ln = by_inode[inode]
+        owners = [read_server_process(roots, p) for p in sorted(pids)]
+        main = next((o for o in owners if o.ppid not in pids), owners[0])
+        if (main.pid, ln.port) in groups:
+            continue
+        mine = sum(1 for i, ps in holders.items() if main.pid in ps)
+        groups[(main.pid, ln.port)] = Found(
+            main, tuple(owners), ln.host, ln.port, mine, counts.get(ln.port, 0)
+        )
+    return list(groups.values())

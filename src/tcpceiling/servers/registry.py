@@ -4,6 +4,9 @@ with the probe that proves its limit, never guessed."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import haproxy, mosquitto, nginx, postgresql, redis
 from tcpceiling.servers.model import AppLimit, Found, ServerModule
@@ -42,3 +45,27 @@ def unknown(found: Found) -> AppLimit:
 def app_limit(found: Found, roots: Roots) -> AppLimit:
     module = module_for(found)
     return module.read(found, roots) if module is not None else unknown(found)
+
+
+def knows(comm: str) -> bool:
+    """Does any module recognise a process by its comm alone?"""
+    return any(m.matches(comm, "") for m in MODULES)
+
+
+class LimitCache:
+    """A server's limit, read again at most every `ttl` seconds (nginx -T, a
+    query): settings change rarely, connections often. What it holds now is taken
+    fresh from each Found."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self.seen: dict[tuple[int, int], tuple[float, AppLimit]] = {}
+
+    def read(self, found: Found, roots: Roots) -> AppLimit:
+        key, now = (found.main.pid, found.port), time.monotonic()
+        hit = self.seen.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return replace(hit[1], in_use=found.established)
+        limit = app_limit(found, roots)
+        self.seen[key] = (now, limit)
+        return limit
