@@ -20,7 +20,8 @@ import pytest
 
 from tcpceiling.analysis.model import Endpoint, resolve
 from tcpceiling.host import sockets
-from tests.conftest import cli_json, constraint, netns_sysctl, probe
+from tcpceiling.servers.model import AppLimit
+from tests.conftest import cli_json, constraint, netns_sysctl, probe, run_cli
 
 HERE = Path(__file__).parent
 ECHO_SERVER = HERE / "servers" / "echo_server.py"
@@ -518,3 +519,37 @@ def test_mosquitto_max_connections(tmp_path: Path) -> None:
     assert_server_limit(r, 50, ("server_closed", "server_reset"))
     assert_predicted(limit, r["served"])
     assert limit["details"]["source"] == "config"
+
+
+@needs("redis-server")
+def test_tune_gives_the_servers_setting_for_a_target() -> None:
+    """A target past redis's maxclients: tune names the setting that serves it and
+    the fds it then needs (maxclients + 32 of its own), and writes nothing."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "100",
+           "--save", "", "--appendonly", "no"]  # fmt: skip
+    with running(cmd, port):
+        _code, out, err = run_cli(
+            "tune", "--role", "server", "--listen", f"127.0.0.1:{port}", "--target", "5000"
+        )
+    text = " ".join((out + err).split())
+    assert "app_limit: redis" in text and "need maxclients 5,500" in text, text
+    assert "RLIMIT_NOFILE >= 5,532" in text
+
+
+@pytest.mark.parametrize(("workers", "listeners", "goal"), [(1, 1, 238), (2, 1, 5500), (4, 3, 10)])
+def test_nginx_setting_for_a_goal_is_the_least_that_serves_it(
+    workers: int, listeners: int, goal: int
+) -> None:
+    """The inverse of nginx's arithmetic: the setting found serves the goal, one less
+    does not."""
+    limit = AppLimit(
+        "nginx", 1, "", "worker_connections", 0, "config", "", 0, 0, "", "", "", "",
+        per_setting=workers, offset=-workers * (listeners + 1), kept_free_share=16,
+    )  # fmt: skip
+
+    def serves(wc: int) -> int:
+        return workers * (wc - listeners - 1 - wc // 16)
+
+    wc = limit.setting_for(goal)
+    assert serves(wc) >= goal and serves(wc - 1) < goal

@@ -167,4 +167,5 @@ def read(found: Found, roots: Roots) -> AppLimit:
         check="none",
         nofile_needed=2 * cap if cap else None,
         nofile=found.main.nofile,
+        nofile_per_setting=2,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -57,6 +58,33 @@ class AppLimit:
     nofile_needed: int | None = None  # fds per process the cap needs
     nofile: int | None = None  # the serving process's soft RLIMIT_NOFILE
     known: bool = True  # False: no module of the registry recognised it
+    #: the arithmetic, for planning: capacity_at(value) = per_setting x (value - value //
+    #: kept_free_share) + offset (kept_free_share 0: none), and the fds it needs =
+    #: nofile_per_setting x value + nofile_offset
+    per_setting: int = 1
+    offset: int = 0
+    kept_free_share: int = 0
+    nofile_per_setting: int = 1
+    nofile_offset: int = 0
+
+    def capacity_at(self, value: int) -> int:
+        kept = value // self.kept_free_share if self.kept_free_share else 0
+        return self.per_setting * (value - kept) + self.offset
+
+    def setting_for(self, connections: int) -> int:
+        """The smallest setting that serves `connections` at once: the linear estimate,
+        then the steps the kept-free share's rounding asks for."""
+        share = 1 - (1 / self.kept_free_share if self.kept_free_share else 0)
+        value = max(1, math.ceil((connections - self.offset) / (self.per_setting * share)))
+        while value > 1 and self.capacity_at(value - 1) >= connections:
+            value -= 1
+        while self.capacity_at(value) < connections:
+            value += 1
+        return value
+
+    def nofile_for(self, value: int) -> int:
+        return math.ceil(self.nofile_per_setting * value + self.nofile_offset)
+
     per_process: dict[int, int] = field(default_factory=dict)
 
 

@@ -123,5 +123,8 @@ def read(found: Found, roots: Roots) -> AppLimit:
         check="http",
         nofile_needed=wc,
         nofile=nofile,
+        per_setting=len(workers),
+        offset=-len(workers) * (found.listeners + 1),
+        kept_free_share=DRAIN_SHARE,
         per_process={w.pid: per for w in workers},
     )

@@ -180,4 +180,5 @@ def read(found: Found, roots: Roots) -> AppLimit:
         check="postgres",
         nofile_needed=None,
         nofile=found.main.nofile,
+        offset=-reserved,
     )

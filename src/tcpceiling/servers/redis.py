@@ -98,4 +98,5 @@ def read(found: Found, roots: Roots) -> AppLimit:
         check="redis",
         nofile_needed=value + RESERVED_FDS,
         nofile=found.main.nofile,
+        nofile_offset=RESERVED_FDS,
     )

@@ -180,7 +180,27 @@ def cpu(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
     return Raise(requirements=(Requirement("cpu", text),))
 
 
+def app_limit(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
+    """The server's own cap is its configuration, not this host's: the setting that
+    serves the goal (scaled from what the current one serves, as the server's
+    arithmetic is linear in it), the line to write, and the fds it then needs."""
+    s = next((s for s in ctx.snap.servers if s.pid == c.details.get("pid")), None)
+    if s is None or not s.known or s.capacity is None or s.value is None:
+        text = f"{c.note}; {c.raise_}"
+        return Raise(requirements=(Requirement("app_limit", text),))
+    held = (s.in_use or 0) + goal
+    value = s.setting_for(held)
+    nofile = s.nofile_per_setting * value + s.nofile_offset
+    text = (
+        f"{s.server} (pid {s.pid}) serves {s.capacity:,} at {s.setting} {s.value}; "
+        f"{held:,} at once need {s.setting} {value:,} in its configuration ({s.arithmetic})"
+        + (f", and RLIMIT_NOFILE >= {nofile:,} for it" if s.nofile_needed else "")
+    )
+    return Raise(requirements=(Requirement("app_limit", text),))
+
+
 RAISERS: dict[ConstraintId, Raiser] = {
+    "app_limit": app_limit,
     "nofile": nofile,
     "file_max": _one_sysctl("fs.file-max", None),
     "epoll_watches": _one_sysctl("fs.epoll.max_user_watches", None),
