@@ -58,7 +58,8 @@ class Diagnosis:
 
 def _usage_finding(u: Usage, warn: float, crit: float) -> Finding:
     used = f"{u.used:,.0f} of {u.capacity:,.0f} {u.unit} ({u.ratio:.1%})"
-    return Finding(u.limit, u.severity(warn, crit), u.subject, (used,), u.fix, u.ratio)
+    evidence = (used, u.words) if u.words else (used,)
+    return Finding(u.limit, u.severity(warn, crit), u.subject, evidence, u.fix, u.ratio)
 
 
 #: Counters that mean connections fail now: rate name -> (limit, counter, fix).

@@ -27,6 +27,7 @@ class Usage:
     unit: str
     fix: str
     pid: int | None = None
+    words: str = ""  # the subject's own words about it (a server's log line, its counter)
 
     @property
     def ratio(self) -> float:
@@ -123,6 +124,7 @@ def server_usages(s: Sample) -> list[Usage]:
             "conns",
             _server_fix(a),
             a.pid,
+            f"{a.server} says: {a.evidence}" if a.evidence else "",
         )
         for a in s.servers
         if a.capacity

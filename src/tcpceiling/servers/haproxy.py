@@ -132,23 +132,48 @@ def _stat(sock_path: str) -> str:
     return data.decode(errors="replace")
 
 
+def reached(row: dict[str, str], proxy: str) -> str:
+    """HAProxy's own count that a frontend reached its limit: its peak sessions (smax)
+    at its session limit (slim)."""
+    smax, slim = text.to_int(row.get("smax")), text.to_int(row.get("slim"))
+    if smax is None or slim is None or smax < slim:
+        return ""
+    return f"frontend {proxy} reached its maxconn: smax {smax} of slim {slim} (show stat)"
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the stats socket says of a frontend: its sessions now, its running
+    session limit, and its own words if it reached it."""
+
+    scur: int | None
+    slim: int | None
+    said: str
+
+
+def running(sections: tuple[Section, ...], proxy: str) -> Running | None:
+    glob = _first(sections, "global")
+    if glob is None or not glob.stats_socket:
+        return None
+    try:
+        row = parse_stat(_stat(glob.stats_socket)).get((proxy, "FRONTEND"), {})
+    except OSError:
+        return None
+    return Running(text.to_int(row.get("scur")), text.to_int(row.get("slim")), reached(row, proxy))
+
+
 def read(found: Found, roots: Roots) -> AppLimit:
     conf_path = text.flag(found.main.cmdline, "-f") or "/etc/haproxy/haproxy.cfg"
     sections = parse_config(text.host_file(roots, conf_path))
     cap, proxy, why = capacity(sections, found.port)
     source: Source = "config"
-    detail, in_use = conf_path, found.established
-    glob = _first(sections, "global")
-    if roots.live and glob is not None and glob.stats_socket:
-        try:
-            row = parse_stat(_stat(glob.stats_socket)).get((proxy, "FRONTEND"), {})
-            in_use = text.to_int(row.get("scur")) if row else in_use
-            source, detail = (
-                "server",
-                f"show stat on {glob.stats_socket} (scur; maxconn from {conf_path})",
-            )
-        except OSError:
-            pass
+    detail, in_use, said = conf_path, found.established, ""
+    live = running(sections, proxy) if roots.live else None
+    if live is not None:
+        source, detail, said = "server", f"show stat (slim, scur; and {conf_path})", live.said
+        in_use = live.scur if live.scur is not None else in_use
+        if live.slim and cap and live.slim < cap:  # the running frontend limit is lower
+            cap, why = live.slim, f"{why}; running frontend slim {live.slim}"
     return AppLimit(
         server=NAME,
         pid=found.main.pid,
@@ -168,4 +193,5 @@ def read(found: Found, roots: Roots) -> AppLimit:
         nofile_needed=2 * cap if cap else None,
         nofile=found.main.nofile,
         nofile_per_setting=2,
+        evidence=said,
     )

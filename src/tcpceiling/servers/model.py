@@ -58,6 +58,7 @@ class AppLimit:
     nofile_needed: int | None = None  # fds per process the cap needs
     nofile: int | None = None  # the serving process's soft RLIMIT_NOFILE
     known: bool = True  # False: no module of the registry recognised it
+    evidence: str = ""  # the server's own words that it reached its cap (a log line...)
     #: the arithmetic, for planning: capacity_at(value) = per_setting x (value - value //
     #: kept_free_share) + offset (kept_free_share 0: none), and the fds it needs =
     #: nofile_per_setting x value + nofile_offset

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
@@ -95,6 +96,40 @@ def dump_config(found: Found, roots: Roots) -> tuple[str, Source, str]:
     return text.host_file(roots, conf), "config", conf
 
 
+#: How much of the end of the error log is read for nginx's own words.
+LOG_TAIL = 1 << 16
+
+
+def last_complaint(log: str) -> str:
+    """The last 'worker_connections are not enough' line of an error log."""
+    lines = [ln for ln in log.splitlines() if "worker_connections are not enough" in ln]
+    return lines[-1].strip() if lines else ""
+
+
+def _tail(roots: Roots, path: str) -> str:
+    where = Path(path) if roots.live else roots.procfs.parent / path.lstrip("/")
+    try:
+        with where.open("rb") as f:
+            f.seek(max(0, where.stat().st_size - LOG_TAIL))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def words(conf: str, roots: Roots) -> str:
+    """nginx's own words at its cap, from the end of its error_log (the top-level
+    one: the first error_log directive of the configuration). nginx logs them at
+    warn (ngx_drain_connections): the default level, error, hides them."""
+    path = _directive_first(conf, "error_log")
+    return last_complaint(_tail(roots, path.split()[0])) if path else ""
+
+
+def _directive_first(conf: str, name: str) -> str | None:
+    body = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    found = re.findall(rf"(?:^|[\s;{{}}]){name}\s+([^;]+);", body)
+    return found[0].strip() if found else None
+
+
 def read(found: Found, roots: Roots) -> AppLimit:
     body, source, detail = dump_config(found, roots)
     conf = parse_conf(body)
@@ -126,5 +161,6 @@ def read(found: Found, roots: Roots) -> AppLimit:
         per_setting=len(workers),
         offset=-len(workers) * (found.listeners + 1),
         kept_free_share=DRAIN_SHARE,
+        evidence=words(body, roots),
         per_process={w.pid: per for w in workers},
     )

@@ -32,31 +32,53 @@ def parse_info(reply: str) -> dict[str, str]:
     return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line)
 
 
+def resp_complete(data: bytes) -> bool:
+    """Is this a whole RESP reply: an error or status line, a bulk string ($N, then N
+    bytes and CRLF), or an array of bulk strings (*N of them)?"""
+    head, sep, rest = data.partition(b"\r\n")
+    if not sep:
+        return False
+    if head[:1] in (b"-", b"+", b":"):
+        return True
+    if head[:1] == b"$":
+        size = int(head[1:])
+        return size < 0 or len(rest) >= size + 2
+    if head[:1] == b"*":
+        remaining = rest
+        for _ in range(int(head[1:])):
+            if not resp_complete(remaining):
+                return False
+            length, _, after = remaining.partition(b"\r\n")
+            remaining = after[int(length[1:]) + 2 :] if length[:1] == b"$" else after
+        return True
+    return True  # not RESP: nothing more to wait for
+
+
 def _ask(host: str, port: int, command: bytes) -> bytes:
     with socket.create_connection((host, port), timeout=2) as s:
         s.sendall(command)
         data = b""
-        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 5:
+        while not resp_complete(data):
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
-            if data.startswith(b"-") or (data.startswith(b"$") and data.count(b"\r\n") >= 2):
-                break
     return data
 
 
-def live(found: Found) -> tuple[int | None, int | None]:
-    """(maxclients, connected clients less this one) from the running server; None
-    where it would not say (a password, or no client slot left)."""
+def live(found: Found) -> tuple[int | None, int | None, str]:
+    """(maxclients, connected clients less this one, its words) from the running
+    server; None where it would not say (a password, or no client slot left)."""
     host = text.reachable(found.host)
     try:
         value = parse_config_get(_ask(host, found.port, b"CONFIG GET maxclients\r\n"))
-        info = parse_info(_ask(host, found.port, b"INFO clients\r\n").decode(errors="replace"))
+        info = parse_info(_ask(host, found.port, b"INFO\r\n").decode(errors="replace"))
     except OSError:
-        return None, None
+        return None, None, ""
     clients = text.to_int(info.get("connected_clients", "").strip())
-    return value, None if clients is None else clients - 1
+    rejected = text.to_int(info.get("rejected_connections", "").strip())
+    said = f"rejected_connections {rejected} (INFO stats)" if rejected else ""
+    return value, None if clients is None else clients - 1, said
 
 
 def configured(found: Found, roots: Roots) -> tuple[int, Source, str]:
@@ -75,7 +97,7 @@ def configured(found: Found, roots: Roots) -> tuple[int, Source, str]:
 
 
 def read(found: Found, roots: Roots) -> AppLimit:
-    value, clients = live(found)
+    value, clients, said = live(found)
     source: Source = "server"
     detail = "CONFIG GET maxclients"
     if value is None:
@@ -99,4 +121,5 @@ def read(found: Found, roots: Roots) -> AppLimit:
         nofile_needed=value + RESERVED_FDS,
         nofile=found.main.nofile,
         nofile_offset=RESERVED_FDS,
+        evidence=said,
     )
