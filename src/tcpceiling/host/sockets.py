@@ -9,6 +9,7 @@ Fixture trees carry a `sockets.json` with the same summary.
 from __future__ import annotations
 
 import json
+import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -165,19 +166,37 @@ def _conditions(
 @dataclass(frozen=True)
 class ClientSockets:
     """Sockets whose local port is in the ephemeral range: per (src, dst, dport) all
-    and TIME_WAIT, and the inodes of the ones that have a process (TIME_WAIT has 0)."""
+    and TIME_WAIT, and the inodes of the ones that have a process (TIME_WAIT has 0);
+    and the ESTABLISHED ones of the servers' ports asked for, per port."""
 
     toward: Counter[Tuple3]
     time_wait: Counter[Tuple3]
     inodes: frozenset[int]
+    serving: Counter[int] = field(default_factory=Counter)
 
 
-def client_sockets(low: int, high: int) -> ClientSockets:
+def client_sockets(low: int, high: int, servers: tuple[int, ...] = ()) -> ClientSockets:
     """A client's connections, selected by the kernel (local port in [low, high]),
-    so a server's million accepted sockets cost nothing here."""
-    rows = diag.dump(CONNECTED, program=diag.sport_range(low, high))
+    so a server's million accepted sockets cost nothing here, unless its port is one
+    of `servers`: those are counted in the same walk of the established hash (one
+    program: the range OR each port)."""
+    program = diag.sport_range(low, high)
+    if servers:
+        rest = diag.sport_any(servers)
+        program += struct.pack("=BBH", diag.INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
+    rows = diag.dump(CONNECTED, program=program)
+    serving: Counter[int] = Counter()
+    if servers:
+        wanted, established = set(servers), STATE_NUMBERS["ESTABLISHED"]
+        serving.update(
+            p
+            for r in rows
+            if r[diag.STATE] == established and (p := diag.port(r[diag.SPORT])) in wanted
+        )
+        rows = [r for r in rows if low <= diag.port(r[diag.SPORT]) <= high]
     every, tw = _tuple_counts(rows)
-    return ClientSockets(every, tw, frozenset(map(itemgetter(diag.INODE), rows)) - {0})
+    inodes = frozenset(map(itemgetter(diag.INODE), rows)) - {0}
+    return ClientSockets(every, tw, inodes, serving)
 
 
 def listeners_from(entries: Iterable[SocketEntry]) -> list[Listener]:

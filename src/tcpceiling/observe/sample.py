@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tcpceiling.analysis.analyze import evaluate, prepare
 from tcpceiling.analysis.limits.ports import usable_ports
@@ -21,7 +21,7 @@ from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import registry
 from tcpceiling.servers.find import found_all
-from tcpceiling.servers.model import AppLimit
+from tcpceiling.servers.model import AppLimit, Found
 
 #: The servers' limits, read again every 30 s at most (watch, the exporter).
 LIMITS = registry.LimitCache()
@@ -234,22 +234,28 @@ def _ceilings(
 
 def _sockets(
     scope: Scope, low: int, high: int
-) -> tuple[list[sockets.Listener], sockets.ClientSockets]:
-    """Listeners and client sockets: sock_diag on a live host, sockets.json of a
-    fixture tree otherwise."""
+) -> tuple[list[sockets.Listener], sockets.ClientSockets, tuple[AppLimit, ...]]:
+    """Listeners, client sockets and the known servers (their connections counted in
+    the same walk as the client sockets): sock_diag on a live host, sockets.json of a
+    fixture tree otherwise (no servers)."""
     if scope.roots.live:
         with netns_mod.inside(scope.netns):
-            return sockets.all_listeners(), sockets.client_sockets(low, high)
+            listeners = sockets.all_listeners()
+            found = _known(scope, listeners)
+            ports = tuple(sorted({f.port for f in found}))
+            client = sockets.client_sockets(low, high, ports)
+        counted = [replace(f, established=client.serving.get(f.port, 0)) for f in found]
+        return listeners, client, tuple(LIMITS.read(f, scope.roots) for f in counted)
     path = scope.roots.procfs.parent / "sockets.json"
     entries = sockets.parse_sockets_json(path.read_text()) if path.is_file() else []
-    return sockets.listeners_from(entries), sockets.clients_from(entries, low, high)
+    return sockets.listeners_from(entries), sockets.clients_from(entries, low, high), ()
 
 
 def take(scope: Scope) -> Sample:
     """One Sample of the host (per-netns parts inside scope.netns)."""
     with netns_mod.inside(scope.netns):
         low, high = read.read_net(scope.roots).port_range
-    listeners, client = _sockets(scope, low, high)
+    listeners, client, servers = _sockets(scope, low, high)
     table = sockets.SocketTable(
         frozenset(ln.port for ln in listeners),
         client.toward,
@@ -261,7 +267,6 @@ def take(scope: Scope) -> Sample:
         counted = counters(scope.roots)
     pids = _pids(scope, listeners, client.inodes)
     procs = (_process(scope.roots, pid, snap.system.threads_max) for pid in pids)
-    servers = _servers(scope, listeners)
     return Sample(
         time=time.monotonic(),
         processes=tuple(p for p in procs if p is not None),
@@ -277,14 +282,10 @@ def take(scope: Scope) -> Sample:
     )
 
 
-def _servers(scope: Scope, listeners: list[sockets.Listener]) -> tuple[AppLimit, ...]:
-    """Each listening server the registry knows, with its limit (a live host only),
-    limited to --port and --pid when given."""
-    if not scope.roots.live:
-        return ()
+def _known(scope: Scope, listeners: list[sockets.Listener]) -> list[Found]:
+    """Each listening server the registry knows, limited to --port and --pid."""
     mine = [ln for ln in listeners if not scope.ports or ln.port in scope.ports]
-    with netns_mod.inside(scope.netns):
-        found = found_all(scope.roots, mine, registry.knows)
+    found = found_all(scope.roots, mine, registry.knows)
     if scope.pids:
         found = [f for f in found if {o.pid for o in f.owners} & set(scope.pids)]
-    return tuple(LIMITS.read(f, scope.roots) for f in found)
+    return found

@@ -115,17 +115,6 @@ def find_pid(roots: Roots, pid: int) -> Found | None:
 FIRST_FDS = 1024
 
 
-def established_by_port(ports: tuple[int, ...]) -> dict[int, int]:
-    """ESTABLISHED sockets per local port, for all `ports` in one walk of the kernel's
-    established hash (sock_diag with diag.sport_any)."""
-    counts: dict[int, int] = dict.fromkeys(ports, 0)
-    if ports:
-        for row in diag.dump(ESTABLISHED, program=diag.sport_any(ports)):
-            p = diag.port(row[diag.SPORT])
-            counts[p] = counts.get(p, 0) + 1
-    return counts
-
-
 def _first_sockets(roots: Roots, pid: int, wanted: set[int]) -> set[int]:
     out: set[int] = set()
     try:
@@ -154,14 +143,14 @@ def found_all(
     roots: Roots, listeners: list[sockets.Listener], known: Callable[[str], bool]
 ) -> list[Found]:
     """Every listener owned by a process the registry may know, as a Found per
-    (main process, port), with its established connections (one kernel walk)."""
+    (main process, port); `established` is left for the caller, who counts every
+    port in the walk of the established hash it makes anyway (sockets.client_sockets)."""
     by_inode = {ln.inode: ln for ln in listeners if ln.inode}
     holders: dict[int, set[int]] = {}
     for pid in candidates(roots, known):
         for inode in _first_sockets(roots, pid, set(by_inode)):
             holders.setdefault(inode, set()).add(pid)
     groups: dict[tuple[int, int], Found] = {}
-    counts = established_by_port(tuple(sorted({by_inode[i].port for i in holders})))
     for inode, pids in holders.items():
         ln = by_inode[inode]
         owners = [read_server_process(roots, p) for p in sorted(pids)]
@@ -169,7 +158,5 @@ def found_all(
         if (main.pid, ln.port) in groups:
             continue
         mine = sum(1 for i, ps in holders.items() if main.pid in ps)
-        groups[(main.pid, ln.port)] = Found(
-            main, tuple(owners), ln.host, ln.port, mine, counts.get(ln.port, 0)
-        )
+        groups[(main.pid, ln.port)] = Found(main, tuple(owners), ln.host, ln.port, mine)
     return list(groups.values())
