@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpceiling.probe import attribution
+from tcpceiling.probe import attribution, evidence
 from tcpceiling.probe.messages import (
     ChurnProgress,
     ClientProgress,
@@ -185,3 +185,12 @@ def test_a_checked_server_short_of_the_target_with_no_streak_is_still_the_server
     w.apply(ClientProgress(0, 840, final=True, short=True, watch=watch))
     stop = attribution.final_stop(None, 1000, 840, [w], [], True, served=293)
     assert (stop.reason, stop.detail, stop.side) == ("server", "silent", "server")
+
+
+@pytest.mark.parametrize("kind", ["evicted", "closed", "silent", "timeout", "refused", "reset"])
+def test_a_server_of_unknown_kind_is_not_explained_as_nginx(kind: str) -> None:
+    """The generic sentences name no server: a server's own words come only from its
+    module of tcpceiling.servers, when the registry recognises it."""
+    stop = evidence.attribute(kind, {}, evidence.ServerSample(), evidence.ServerSample())
+    assert "nginx" not in stop.detail and "worker_connections" not in stop.detail
+    assert "server" not in stop.evidence

@@ -116,6 +116,9 @@ def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path) -> None:
     assert r["side"] == "server" and r["stop"]["side"] == "server"
     assert r["stop"]["reason"] == "server_evicted"
     assert r["outcomes"]["evicted"] >= 16
+    # the explanation is nginx's because the registry recognised nginx
+    assert r["stop"]["evidence"]["server"]["setting"] == "worker_connections"
+    assert "worker_connections are not enough" in r["stop"]["detail"]
     assert any(p["name"] == "nginx" for p in r["stop"]["evidence"]["processes"])
 
 

@@ -35,6 +35,9 @@ from tcpceiling.probe.plan import (
 from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import ProbeResult, Stop
 from tcpceiling.probe.sink import SinkMode, SinkPlan, run_sink
+from tcpceiling.servers.find import find_listener
+from tcpceiling.servers.model import AppLimit
+from tcpceiling.servers.registry import app_limit
 
 UNBOUNDED = 1 << 40
 
@@ -54,6 +57,7 @@ class Run:
         self.t0 = time.monotonic()
         self.slab_limit = 0
         self.budget: budget.MemoryBudget | None = None
+        self.server_limit: AppLimit | None = None
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
         self.active_window: outcome.ActiveWindow | None = None
@@ -318,6 +322,7 @@ class Run:
             server_before = None
             if server_mode:
                 server_before = self._server_sample(plan)
+                self.server_limit = self._known_server(plan)
             else:
                 self.start_sinks(plan)
                 self.server_prediction = self._predict_server(plan)
@@ -392,6 +397,13 @@ class Run:
             self.report(RunProgress("releasing", 0, None, time.monotonic() - self.t0))
             kids.release()
 
+    def _known_server(self, plan: Plan) -> AppLimit | None:
+        """The server behind the first local endpoint, as tcpceiling.servers reads it
+        (its own setting and words explain a server-side stop)."""
+        local = [e for e in plan.endpoints if plan.routes.get(e, (None, False))[1]]
+        found = find_listener(Roots(), local[0].host, local[0].port) if local else None
+        return app_limit(found, Roots()) if found is not None else None
+
     def _server_sample(self, plan: Plan) -> evidence.ServerSample | None:
         """The server side as this host sees it; None when no destination is local."""
         if not any(local for _src, local in plan.routes.values()):
@@ -409,7 +421,10 @@ class Run:
         states = self.kids.client_states
         replies = outcome.watch_counts(states, "replies")
         silent = sum(w.watch.silent for w in states)
-        return evidence.attribute(stop.detail, replies, before or empty, after or empty, silent)
+        server = self.server_limit
+        return evidence.attribute(
+            stop.detail, replies, before or empty, after or empty, silent, server
+        )
 
     def _predict_server(self, plan: Plan) -> ScenarioResult | None:
         """The thread sink's own ceiling: analyze's server scenario with the sink

@@ -19,6 +19,7 @@ from tcpceiling.host import sockets
 from tcpceiling.host.read import read_net_counters, read_process, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.result import Stop, StopReason
+from tcpceiling.servers.model import AppLimit
 
 NETSTAT_KEYS = (
     "TcpExt.ListenOverflows",
@@ -156,14 +157,13 @@ def _reason(
             return "server_nofile", _fd_limit_detail(at_limit)
         return "server_closed", (
             "the server accepted and closed at once: it is at a connection limit of its "
-            "own (e.g. nginx worker_connections, a maxconn or maxclients setting)"
+            "own (a setting such as maxconn, maxclients or max_connections)"
         )
     by_kind: dict[str, tuple[StopReason, str]] = {
         "evicted": (
             "server_evicted",
             "the server closed connections it had served to make room for new ones: "
-            "'served' is the most it holds at once (nginx: worker_connections are not "
-            "enough, reusing connections)",
+            "'served' is the most it holds at once",
         ),
         "refused": ("server_refused", "connection refused: nothing listens, or it stopped"),
         "reset": ("server_reset", "the server reset connections"),
@@ -179,9 +179,12 @@ def attribute(
     before: ServerSample,
     after: ServerSample,
     silent: int = 0,
+    server: AppLimit | None = None,
 ) -> Stop:
     """The server-side Stop for the workers' dominant failure kind (watch.py); `silent`
-    is how many established connections were waiting for an answer at the end."""
+    is how many established connections were waiting for an answer at the end;
+    `server` is the server behind the listener as tcpceiling.servers read it, whose
+    own setting and words name the limit when it is one the registry knows."""
     reply = max(replies, key=lambda r: replies[r]) if replies else ""
     d = deltas(before, after)
     reason, detail = _reason(kind, reply, after, d, silent)
@@ -190,4 +193,16 @@ def attribute(
         "reply": reply or None,
         "silent": silent,
     }
+    if server is not None and server.known and reason != "server_nofile":
+        detail += (
+            f"; {server.server} (pid {server.pid}) {server.setting} {server.value} serves "
+            f"{server.capacity} at once ({server.source}): {server.symptom}"
+        )
+        evidence["server"] = {
+            "name": server.server,
+            "setting": server.setting,
+            "value": server.value,
+            "capacity": server.capacity,
+            "source": server.source,
+        }
     return Stop(reason, side="server", detail=detail, evidence=evidence)
