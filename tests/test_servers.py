@@ -90,6 +90,18 @@ def assert_predicted(limit: dict[str, Any], served: int) -> None:
     assert abs(limit["ceiling"] - served) <= max(1, 0.02 * served), (limit["ceiling"], served)
 
 
+def steady_fds(pid: int) -> int:
+    """The process's open fds once two counts 0.2 s apart agree (bounded: 5 s)."""
+    last = fd_count(pid)
+    for _ in range(25):
+        time.sleep(0.2)
+        now = fd_count(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def fd_count(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
@@ -556,3 +568,22 @@ def test_nginx_setting_for_a_goal_is_the_least_that_serves_it(
 
     wc = limit.setting_for(goal)
     assert serves(wc) >= goal and serves(wc - 1) < goal
+
+
+@needs("memcached")
+@pytest.mark.parametrize("threads", [2, 8])
+def test_memcached_conn_limit_counts_its_own_fds(threads: int) -> None:
+    """memcached -c 100 bounds fd numbers at 99: it serves 99 less the fds it holds
+    for itself (more threads, more of them), refusing with its own words."""
+    port = free_port()
+    cmd = ["memcached", "-u", "root", "-l", "127.0.0.1", "-p", str(port), "-U", "0",
+           "-c", "100", "-t", str(threads)]  # fmt: skip
+    with running(cmd, port) as pid:
+        idle = steady_fds(pid)  # its threads open their pipes after the listener
+        limit = app_limit(port)
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "memcached", "--target", "200")
+    assert code == 1 and r["stop"]["reason"] == "server_reply", r["stop"]
+    assert "Too many open connections" in r["stop"]["detail"]
+    assert r["served"] == 100 - 1 - idle
+    assert_predicted(limit, r["served"])
+    assert limit["details"]["source"] == "server"
