@@ -485,19 +485,29 @@ def test_postgres_max_connections() -> None:
         _postgres_served(Path(tmp))
 
 
-def _postgres_served(tmp_path: Path) -> None:
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+
+
+@contextmanager
+def postgres(tmp_path: Path, max_connections: int) -> Iterator[tuple[int, int, Path]]:
+    """A throw-away cluster (trust) in tmp_path: (its port, its pid, its data dir)."""
     data, port, pg = tmp_path / "pg", free_port(), postgres_bin()
     assert pg is not None
-    as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
     subprocess.run(
-        [*as_pg, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        [*AS_POSTGRES, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     cmd = [
-        *as_pg, str(pg / "postgres"), "-D", str(data), "-p", str(port), "-k", str(tmp_path),
-        "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=10",
+        *AS_POSTGRES, str(pg / "postgres"), "-D", str(data), "-p", str(port),
+        "-k", str(tmp_path), "-c", "listen_addresses=127.0.0.1",
+        "-c", f"max_connections={max_connections}",
     ]  # fmt: skip
     with running(cmd, port) as pid:
+        yield port, pid, data
+
+
+def _postgres_served(tmp_path: Path) -> None:
+    with postgres(tmp_path, 10) as (port, pid, data):
         # ALTER SYSTEM's file and a reload: max_connections waits for a restart, so the
         # running 10 is still the cap (SHOW says so; the file says 20)
         (data / "postgresql.auto.conf").write_text("max_connections = 20\n")
@@ -511,6 +521,46 @@ def _postgres_served(tmp_path: Path) -> None:
     assert limit["ceiling"] == 7 and "superuser" in limit["details"]["arithmetic"]
     assert "too many clients already" in r["stop"]["evidence"]["reply"]
     assert any("authentication request counts as served" in n for n in r["notes"])
+
+
+PGBOUNCER_INI = """[databases]
+postgres = host=127.0.0.1 port={pg} dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+auth_type = trust
+auth_file = {dir}/users.txt
+max_client_conn = 20
+default_pool_size = 20
+logfile = {dir}/pgbouncer.log
+pidfile = {dir}/pgbouncer.pid
+unix_socket_dir =
+"""
+
+
+@needs("pgbouncer")
+@pytest.mark.skipif(postgres_bin() is None, reason="needs postgresql (`.ci/run` installs it)")
+def test_pgbouncer_max_client_conn() -> None:
+    """PgBouncer with max_client_conn 20 in front of PostgreSQL (max_connections 40,
+    pool 20): 20 clients served, the 21st refused in PgBouncer's own words before any
+    backend is asked. (PgBouncer refuses root: it runs as the postgres user.)"""
+    with tempfile.TemporaryDirectory(prefix="tcx-pgb-") as tmp:
+        Path(tmp).chmod(0o777)
+        with postgres(Path(tmp), 40) as (pg, _pid, _data):
+            port = free_port()
+            ini = Path(tmp) / "pgbouncer.ini"
+            ini.write_text(PGBOUNCER_INI.format(pg=pg, port=port, dir=tmp))
+            (Path(tmp) / "users.txt").write_text('"postgres" ""\n')
+            with running([*AS_POSTGRES, "pgbouncer", str(ini)], port):
+                limit = app_limit(port)
+                code, r = probe(
+                    "--connect", f"127.0.0.1:{port}", "--check", "postgres", "--target", "60"
+                )
+    assert code == 1
+    assert_server_limit(r, 20, ("server_reply",))
+    assert "max_client_conn" in r["stop"]["evidence"]["reply"]
+    assert_predicted(limit, r["served"])
+    assert limit["details"]["source"] == "config"
 
 
 @needs("mosquitto")

@@ -8,10 +8,26 @@ import time
 from dataclasses import replace
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.servers import haproxy, memcached, mosquitto, nginx, postgresql, redis
+from tcpceiling.servers import (
+    haproxy,
+    memcached,
+    mosquitto,
+    nginx,
+    pgbouncer,
+    postgresql,
+    redis,
+)
 from tcpceiling.servers.model import AppLimit, Found, ServerModule
 
-MODULES: tuple[ServerModule, ...] = (nginx, haproxy, redis, memcached, postgresql, mosquitto)
+MODULES: tuple[ServerModule, ...] = (
+    nginx,
+    haproxy,
+    redis,
+    memcached,
+    postgresql,
+    pgbouncer,
+    mosquitto,
+)
 
 
 def module_for(found: Found) -> ServerModule | None:
