@@ -637,3 +637,54 @@ def test_memcached_conn_limit_counts_its_own_fds(threads: int) -> None:
     assert r["served"] == 100 - 1 - idle
     assert_predicted(limit, r["served"])
     assert limit["details"]["source"] == "server"
+
+
+SSHD_CONFIG = """Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/key
+MaxStartups {startups}
+LoginGraceTime 60
+PidFile {dir}/sshd.pid
+UsePAM no
+"""
+
+
+@contextmanager
+def privsep_dir() -> Iterator[None]:
+    """/run/sshd, which sshd needs (Debian's unit makes it at boot): made only when
+    missing, and then removed again."""
+    path = Path("/run/sshd")
+    made = not path.exists()
+    if made:
+        path.mkdir(mode=0o755)
+    try:
+        yield
+    finally:
+        if made:
+            path.rmdir()
+
+
+@needs("sshd")
+def test_sshd_max_startups(tmp_path: Path) -> None:
+    """sshd with MaxStartups 10 (start = full = 10): 10 connections get the SSH banner,
+    the 11th hears "Exceeded MaxStartups"; analyze reads 10:30:10 from `sshd -T` of the
+    running binary with its own -f (its title holds the -f: sshd rewrites argv)."""
+    port, sshd = free_port(), shutil.which("sshd")
+    assert sshd is not None
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-f", str(tmp_path / "key"), "-N", ""], check=True
+    )
+    conf = tmp_path / "sshd_config"
+    conf.write_text(SSHD_CONFIG.format(port=port, dir=tmp_path, startups=10))
+    with privsep_dir(), running([sshd, "-D", "-e", "-f", str(conf)], port):
+        limit = app_limit(port)
+        code, r = probe(
+            "--connect", f"127.0.0.1:{port}", "--check", "expect:^SSH-", "--target", "40"
+        )
+    assert code == 1
+    assert_server_limit(r, 10, ("server_reply",))
+    assert "Exceeded MaxStartups" in r["stop"]["evidence"]["reply"]
+    assert_predicted(limit, r["served"])
+    assert (
+        limit["details"]["source"] == "server" and "10:30:10" in limit["details"]["source_detail"]
+    )

@@ -16,6 +16,7 @@ from tcpceiling.servers import (
     pgbouncer,
     postgresql,
     redis,
+    sshd,
 )
 from tcpceiling.servers.model import AppLimit, Found, ServerModule
 
@@ -27,6 +28,7 @@ MODULES: tuple[ServerModule, ...] = (
     postgresql,
     pgbouncer,
     mosquitto,
+    sshd,
 )
 
 

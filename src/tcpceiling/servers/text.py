@@ -9,8 +9,18 @@ from pathlib import Path
 from tcpceiling.host.roots import Roots
 
 
+def words(cmdline: Sequence[str]) -> list[str]:
+    """A command line as words: servers that rewrite their process title (nginx,
+    sshd: "sshd: /usr/sbin/sshd -D -f FILE [listener] ...") leave it as one string."""
+    if len(cmdline) == 1 and " " in cmdline[0]:
+        return cmdline[0].split()
+    return list(cmdline)
+
+
 def flag(args: Sequence[str], *names: str) -> str | None:
-    """The value of `-x VALUE`, `--name VALUE` or `--name=VALUE` (the last one given)."""
+    """The value of `-x VALUE`, `--name VALUE` or `--name=VALUE` (the last one given),
+    in a command line or a rewritten process title (words())."""
+    args = words(args)
     found = None
     for i, arg in enumerate(args):
         for name in names:
