@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Real servers for the tests, from Debian: nginx, redis-server, mosquitto, haproxy, memcached,
-# pgbouncer, openssh-server (sshd),
+# pgbouncer, openssh-server (sshd), mariadb-server,
 # prometheus (it scrapes the exporter) and postgresql (its initdb lives in
 # /usr/lib/postgresql/VERSION/bin, where the tests find it; pg_ctlcluster, from
 # postgresql-common, says it is installed), and chromium, which renders the HTML
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # Packages install without starting their services (no systemd here; policy-rc.d
 # forbids it elsewhere): the tests start their own instances on free ports.
 need=()
-for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy memcached:memcached pgbouncer:pgbouncer sshd:openssh-server pg_ctlcluster:postgresql prometheus:prometheus chromium:chromium script:bsdutils; do
+for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy memcached:memcached pgbouncer:pgbouncer sshd:openssh-server mariadbd:mariadb-server pg_ctlcluster:postgresql prometheus:prometheus chromium:chromium script:bsdutils; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

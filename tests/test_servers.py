@@ -688,3 +688,37 @@ def test_sshd_max_startups(tmp_path: Path) -> None:
     assert (
         limit["details"]["source"] == "server" and "10:30:10" in limit["details"]["source_detail"]
     )
+
+
+@needs("mariadbd")
+def test_mariadb_max_connections_as_it_runs() -> None:
+    """MariaDB started with max_connections 10, then SET GLOBAL max_connections = 12:
+    analyze reads 12 from the running server (its client, as root on its socket). The
+    server hands out 12 + 1 handshakes (one kept for CONNECTION ADMIN; the probe does
+    not log in), then "Too many connections"."""
+    with tempfile.TemporaryDirectory(prefix="tcx-mdb-") as tmp:
+        Path(tmp).chmod(0o777)
+        data, sock, port = Path(tmp) / "data", Path(tmp) / "sock", free_port()
+        subprocess.run(
+            ["mariadb-install-db", f"--datadir={data}", "--user=mysql", "--skip-test-db",
+             "--auth-root-authentication-method=socket"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        cmd = [
+            "setpriv", "--reuid=mysql", "--regid=mysql", "--init-groups", "mariadbd",
+            "--no-defaults", f"--datadir={data}", f"--port={port}", "--bind-address=127.0.0.1",
+            f"--socket={sock}", f"--pid-file={tmp}/pid", "--max-connections=10", "--skip-log-bin",
+        ]  # fmt: skip
+        with running(cmd, port):
+            subprocess.run(
+                ["mariadb", "-uroot", "-S", str(sock), "-e", "SET GLOBAL max_connections = 12"],
+                check=True, timeout=30,
+            )  # fmt: skip
+            limit = app_limit(port)
+            check = ("--check", "expect:MariaDB,refuse:Too many connections")
+            code, r = probe("--connect", f"127.0.0.1:{port}", *check, "--target", "40")
+    assert code == 1
+    assert_server_limit(r, 13, ("server_reply",))
+    assert "Too many connections" in r["stop"]["evidence"]["reply"]
+    assert limit["details"]["value"] == 12 and limit["details"]["source"] == "server"
+    assert limit["ceiling"] == 12 and "CONNECTION ADMIN" in limit["details"]["arithmetic"]
