@@ -13,7 +13,7 @@ import socket
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found, Source
+from tcpceiling.servers.model import AppLimit, Found
 
 NAME = "memcached"
 DEFAULT = 1024
@@ -61,13 +61,13 @@ def own_fds(roots: Roots, found: Found, limit: int) -> int:
 
 def read(found: Found, roots: Roots) -> AppLimit:
     got = stats(text.reachable(found.host), found.port) if roots.live else {}
-    value = text.to_int(got.get("max_connections"))
-    source: Source = "server"
-    detail = "stats: max_connections"
-    if value is None:
-        value = text.to_int(text.flag(found.main.cmdline, "-c", "--conn-limit"))
-        source, detail = ("command line", "-c") if value is not None else ("default", "")
-        value = value or DEFAULT
+    value, source, detail = text.running_or_flag(
+        text.to_int(got.get("max_connections")),
+        "stats: max_connections",
+        found.main.cmdline,
+        ("-c", "--conn-limit"),
+        DEFAULT,
+    )
     own = own_fds(roots, found, value)
     rejected = text.to_int(got.get("rejected_connections"))
     return AppLimit(
@@ -77,7 +77,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
         setting="max_connections",
         value=value,
         source=source,
-        source_detail=detail or "memcached default -c 1024",
+        source_detail=detail,
         capacity=max(0, value - 1 - own),
         in_use=found.established,
         arithmetic=f"-c {value} bounds fd numbers: {value} - 1 less the {own} fds below it "

@@ -15,7 +15,7 @@ import subprocess
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found, Source
+from tcpceiling.servers.model import AppLimit, Found
 
 NAME = "mariadb"
 DEFAULT = 151
@@ -53,13 +53,13 @@ def ask(found: Found) -> dict[str, str]:
 
 def read(found: Found, roots: Roots) -> AppLimit:
     got = ask(found) if roots.live else {}
-    value = text.to_int(got.get("max_connections"))
-    source: Source = "server"
-    detail = "SHOW GLOBAL VARIABLES (its client, as root on its unix socket)"
-    if value is None:
-        value = text.to_int(text.flag(found.main.cmdline, "--max-connections", "--max_connections"))
-        source, detail = ("command line", "--max-connections") if value else ("default", "")
-        value = value or DEFAULT
+    value, source, detail = text.running_or_flag(
+        text.to_int(got.get("max_connections")),
+        "SHOW GLOBAL VARIABLES (its client, as root on its unix socket)",
+        found.main.cmdline,
+        ("--max-connections", "--max_connections"),
+        DEFAULT,
+    )
     refused = text.to_int(got.get("connection_errors_max_connections"))
     connected = text.to_int(got.get("threads_connected"))
     return AppLimit(
@@ -69,7 +69,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
         setting="max_connections",
         value=value,
         source=source,
-        source_detail=detail or "MariaDB default max_connections 151",
+        source_detail=detail,
         capacity=value,
         in_use=connected - 1 if connected is not None and source == "server" else found.established,
         arithmetic=f"max_connections {value} for ordinary users; one more for a user with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from tcpceiling.host.roots import Roots
 
@@ -45,6 +46,19 @@ def key_values(text: str, sep: str | None = None) -> dict[str, str]:
             key, _, value = line.partition(" ")
         out[key.strip().lower()] = value.strip().strip("'\"")
     return out
+
+
+def running_or_flag(
+    running: int | None, said: str, cmdline: Sequence[str], flags: tuple[str, ...], default: int
+) -> tuple[int, Literal["server", "command line", "default"], str]:
+    """A setting as the server said it (`said`: how), else its command-line flag,
+    else its default: (value, source, where)."""
+    if running is not None:
+        return running, "server", said
+    given = to_int(flag(cmdline, *flags))
+    if given is not None:
+        return given, "command line", flags[0]
+    return default, "default", f"default {default}"
 
 
 def to_int(text: str | None) -> int | None:
