@@ -128,7 +128,7 @@ def test_nginx_connection_close_plateau_feeds_analyze(tmp_path: Path) -> None:
     it within 20 % at 100 % of the CPUs."""
     port = free_port()
     conf = tmp_path / "nginx.conf"
-    text = NGINX_CONF.format(dir=tmp_path, port=port, connections=1024)
+    text = NGINX_CONF.format(dir=tmp_path, port=port, connections=1024, workers=1, listen="")
     cores = os.cpu_count() or 1
     conf.write_text(text.replace("worker_processes 1;", f"worker_processes {cores};"))
     cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]

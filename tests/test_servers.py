@@ -26,14 +26,14 @@ from tests.conftest import cli_json, constraint, netns_sysctl, probe, run_cli
 HERE = Path(__file__).parent
 ECHO_SERVER = HERE / "servers" / "echo_server.py"
 NGINX_CONF = """
-worker_processes 1;
+worker_processes {workers};
 user root;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections {connections}; }}
 http {{
   access_log off;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{port}{listen}; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
 
@@ -107,20 +107,32 @@ def fd_count(pid: int) -> int:
 
 
 @needs("nginx")
-def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path) -> None:
-    """One worker, worker_connections 256. The worker spends one connection on its
-    listener and one on the channel to the master; and when fewer than
-    worker_connections/16 are free, nginx closes idle keep-alive connections to make
-    room (ngx_drain_connections in src/core/ngx_connection.c). So the configuration
-    allows 256 - 1 - 1 - 16 = 238 idle clients at once, and then evicts."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path, workers: int) -> None:
+    """worker_connections 256. A worker spends one connection on its listener and one
+    on the channel to the master; and when fewer than worker_connections/16 are free,
+    nginx closes idle keep-alive connections to make room (ngx_drain_connections in
+    src/core/ngx_connection.c). So each worker holds 256 - 1 - 1 - 16 = 238 idle
+    clients at once, and then evicts: 238 with one worker, 476 with two. Two workers
+    listen with `reuseport`: on one shared socket the kernel wakes the same worker
+    again and again, which fills and evicts while the other idles (the probe then
+    stopped at 429); with a socket each, the kernel spreads connections by hash."""
     port, connections = free_port(), 256
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port, connections=connections))
+    conf.write_text(
+        NGINX_CONF.format(
+            dir=tmp_path,
+            port=port,
+            connections=connections,
+            workers=workers,
+            listen=" reuseport" if workers > 1 else "",
+        )
+    )
     cmd = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"]
     with running(cmd, port):
         limit = app_limit(port)
-        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http", "--target", "600")
-    allowed = connections - 1 - 1 - connections // 16
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http", "--target", "1000")
+    allowed = workers * (connections - 1 - 1 - connections // 16)
     assert limit["ceiling"] == allowed and limit["details"]["source"] == "server"
     assert_predicted(limit, r["served"])
     assert code == 1 and r["mode"] == "server" and r["check"] == "http"

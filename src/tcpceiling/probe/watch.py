@@ -15,6 +15,10 @@ When has the server stopped serving? Two signs, counted together up to STREAK_LI
 - evictions: good connections the server closes while the number of good ones
   makes no new high. nginx at worker_connections closes idle keep-alive
   connections to serve new ones, so every new one succeeds and the count stays flat.
+  A run of evictions with no success between them is one wave, counted
+  EVICTION_WAVE: nginx drains about worker_connections/8 at once
+  (ngx_drain_connections), so counting each eviction stopped a probe of two
+  workers at the first wave of the first one full, while the other had room.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tcpceiling.probe import checks
 from tcpceiling.probe.messages import WatchSummary
 
 STREAK_LIMIT = 16
+EVICTION_WAVE = 4  # a wave of evictions counts this much toward STREAK_LIMIT
 RECHECK_SAMPLE = 64  # connections re-checked per --check-every round (bounded cost)
 CHECKING, HELD, SERVED, SILENT = "checking", "held", "served", "silent"
 GOOD = (HELD, SERVED)
@@ -68,6 +73,7 @@ class Watch:
         self.last_success = -1
         self.latest = 0
         self.good = self.high = self.evicted_flat = 0
+        self.in_wave = False  # evictions since the last success
         self.next_round = time.monotonic() + (every or 0)
         self.next_ping = time.monotonic() + (check.ping_every or 0)
         self.cursor = 0
@@ -118,6 +124,7 @@ class Watch:
 
     def _succeed(self, fd: int) -> None:
         self._set(fd, SERVED if self.check.kind != "none" else HELD)
+        self.in_wave = False
         self.settle()
         seq = self.seq_of.get(fd, -1)
         if seq > self.last_success:
@@ -133,7 +140,9 @@ class Watch:
             self.replies[text] += 1
         if self._set(fd, None) in GOOD:  # it had been served: an eviction
             self.totals["evicted"] += 1
-            self.evicted_flat += 1
+            if not self.in_wave:
+                self.evicted_flat += EVICTION_WAVE
+                self.in_wave = True
         else:
             self.fail(kind, seq)
         self.ep.unregister(fd)

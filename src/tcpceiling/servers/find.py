@@ -78,31 +78,32 @@ def find_listener(roots: Roots, host: str, port: int) -> Found | None:
     return Found(main, tuple(owners), found[0].host, port, mine, established_on(port))
 
 
-def _held(roots: Roots, pid: int, inodes: set[int], first: bool) -> int:
-    """How many of `inodes` the process holds (with `first`, the first one's inode)."""
-    count = 0
+def _first_held(roots: Roots, pid: int, inodes: set[int]) -> int:
+    """The first of `inodes` the process holds, in fd order (0: none)."""
     try:
         for fd in os.scandir(roots.procfs / str(pid) / "fd"):
             link = os.readlink(fd.path)
             if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                if first:
-                    return int(link[8:-1])
-                count += 1
+                return int(link[8:-1])
     except OSError:
         pass
-    return count
+    return 0
 
 
 def _listener_count(roots: Roots, pid: int) -> int:
-    """Listening sockets the process holds (nginx spends a connection on each)."""
-    return _held(roots, pid, {ln.inode for ln in sockets.all_listeners()}, first=False)
+    """Listening endpoints the process holds: nginx spends a connection on each in
+    every worker; with `reuseport` the master holds a socket per worker for one
+    endpoint, and each worker uses only its own."""
+    listeners = {ln.inode: ln for ln in sockets.all_listeners()}
+    held = _first_sockets(roots, pid, set(listeners))
+    return len({(listeners[i].host, listeners[i].port) for i in held})
 
 
 def find_pid(roots: Roots, pid: int) -> Found | None:
     """The server a process belongs to, through its first listening socket (listeners
     are opened first: low fds, so a server holding a million fds is not read whole)."""
     listeners = {ln.inode: ln for ln in sockets.all_listeners()}
-    inode = _held(roots, pid, set(listeners), first=True)
+    inode = _first_held(roots, pid, set(listeners))
     if not inode:
         return None
     ln = listeners[inode]
@@ -157,6 +158,8 @@ def found_all(
         main = next((o for o in owners if o.ppid not in pids), owners[0])
         if (main.pid, ln.port) in groups:
             continue
-        mine = sum(1 for i, ps in holders.items() if main.pid in ps)
+        mine = len(
+            {(by_inode[i].host, by_inode[i].port) for i, ps in holders.items() if main.pid in ps}
+        )
         groups[(main.pid, ln.port)] = Found(main, tuple(owners), ln.host, ln.port, mine)
     return list(groups.values())
