@@ -362,3 +362,36 @@ def test_observe_reads_fixture_trees(tree: str, tmp_path: Path) -> None:
     listening = {e["sport"] for e in entries if e["state"] == "LISTEN"}
     assert all(f'port="{p}"' in text for p in listening)
     assert "tcpceiling_process_open_fds{" not in text
+
+
+@needs("redis-server")
+def test_doctor_names_redis_at_maxclients_with_its_own_count() -> None:
+    """redis with maxclients 20, asked for 30 by a probe that then holds what it got:
+    doctor exits 2 naming redis's maxclients as it runs. At its cap redis refuses
+    doctor's own CONFIG GET, and its title no longer shows --maxclients (redis rewrites
+    it to "redis-server HOST:PORT"): the refusal is the server saying so, and its
+    clients then are its cap."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--maxclients", "20",
+           "--save", "", "--appendonly", "no"]  # fmt: skip
+    with running(cmd, port) as pid:
+        held = subprocess.Popen(
+            [*PROBE, "--connect", f"127.0.0.1:{port}", "--check", "redis", "--target", "30",
+             "--hold", "60", "--json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: established(port) >= 20, 60, "20 held by redis")
+            code, out, err = run_cli(
+                "doctor", "--interval", "0.5", "--kmsg", "/dev/null", "--port", str(port), "--json"
+            )
+        finally:
+            held.send_signal(signal.SIGINT)
+            held.wait(60)
+    d = json.loads(out)
+    assert code == 2 and d["status"] == "critical", (out, err)
+    cause = d["cause"]
+    assert cause["limit"] == "app_limit" and f"redis (pid {pid})" in cause["subject"]
+    assert "maxclients 20" in cause["subject"] and "[server]" in cause["subject"]
+    assert "max number of clients reached" in cause["evidence"][1]
+    assert "maxclients" in cause["fix"]

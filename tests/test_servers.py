@@ -116,7 +116,10 @@ def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path, workers:
     clients at once, and then evicts: 238 with one worker, 476 with two. Two workers
     listen with `reuseport`: on one shared socket the kernel wakes the same worker
     again and again, which fills and evicts while the other idles (the probe then
-    stopped at 429); with a socket each, the kernel spreads connections by hash."""
+    stopped at 429); with a socket each, the kernel spreads connections by hash.
+    Flooded, each worker drains min(32, 238/8) = 29 idle connections whenever it runs
+    short, on its own: both are at their top at once only by chance, so with two the
+    most served at once lies between 476 - 29 and 476 (462 to 474 in runs here)."""
     port, connections = free_port(), 256
     conf = tmp_path / "nginx.conf"
     conf.write_text(
@@ -134,9 +137,11 @@ def test_nginx_worker_connections_is_the_served_ceiling(tmp_path: Path, workers:
         code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http", "--target", "1000")
     allowed = workers * (connections - 1 - 1 - connections // 16)
     assert limit["ceiling"] == allowed and limit["details"]["source"] == "server"
-    assert_predicted(limit, r["served"])
     assert code == 1 and r["mode"] == "server" and r["check"] == "http"
-    assert abs(r["served"] - allowed) <= 0.02 * allowed, r["served"]
+    if workers == 1:
+        assert_predicted(limit, r["served"])
+    else:  # one worker's drain wave below the cap at most (see above)
+        assert allowed - (connections - 2 - connections // 16) // 8 <= r["served"] <= allowed + 1
     assert r["side"] == "server" and r["stop"]["side"] == "server"
     assert r["stop"]["reason"] == "server_evicted"
     assert r["outcomes"]["evicted"] >= 16

@@ -66,12 +66,20 @@ def _ask(host: str, port: int, command: bytes) -> bytes:
     return data
 
 
+AT_CAP = b"-ERR max number of clients reached"
+
+
 def live(found: Found) -> tuple[int | None, int | None, str]:
     """(maxclients, connected clients less this one, its words) from the running
-    server; None where it would not say (a password, or no client slot left)."""
+    server; None where it would not say (a password). At its cap redis refuses the
+    query itself, and only then: its clients now are its maxclients."""
     host = text.reachable(found.host)
     try:
-        value = parse_config_get(_ask(host, found.port, b"CONFIG GET maxclients\r\n"))
+        reply = _ask(host, found.port, b"CONFIG GET maxclients\r\n")
+        if reply.startswith(AT_CAP) and found.established is not None:
+            said = f"{AT_CAP.decode()[1:]} (to our CONFIG GET): its {found.established} are all"
+            return found.established, found.established, said
+        value = parse_config_get(reply)
         info = parse_info(_ask(host, found.port, b"INFO\r\n").decode(errors="replace"))
     except OSError:
         return None, None, ""
@@ -99,7 +107,11 @@ def configured(found: Found, roots: Roots) -> tuple[int, Source, str]:
 def read(found: Found, roots: Roots) -> AppLimit:
     value, clients, said = live(found)
     source: Source = "server"
-    detail = "CONFIG GET maxclients"
+    detail = (
+        "refused our CONFIG GET: at maxclients"
+        if said.startswith("ERR")
+        else ("CONFIG GET maxclients")
+    )
     if value is None:
         value, source, detail = configured(found, roots)
     return AppLimit(
