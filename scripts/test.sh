@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 # reports headless for the report tests.
 # Packages install without starting their services (no systemd here; policy-rc.d
 # forbids it elsewhere): the tests start their own instances on free ports.
+# The servers live in /usr/sbin, which a minimal PATH lacks (their tests would skip).
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
 for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy memcached:memcached pgbouncer:pgbouncer sshd:openssh-server mariadbd:mariadb-server pg_ctlcluster:postgresql prometheus:prometheus chromium:chromium script:bsdutils; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
