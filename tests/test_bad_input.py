@@ -54,6 +54,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = {"schema_version": SCHEMA_VERSION + 1, "kind": "probe", "per_connection": {}}
     (d / "future.json").write_text(json.dumps(old))
     (d / "exists.tar.gz").write_text("someone's archive\n")
+    tool = {"name": "tcpceiling", "version": "0"}
+    thin = {"schema_version": SCHEMA_VERSION, "tool": tool, "kind": "probe"}
+    (d / "thin-probe.json").write_text(json.dumps(thin))
     return d
 
 
@@ -79,6 +82,13 @@ def tree(d: Path) -> dict[str, bytes]:
 
 # (id, argv with {port} {dir} placeholders, exit code, needs root)
 CASES: list[tuple[str, list[str], int, bool]] = [
+    ("connect-v6-no-brackets", ["probe", "--connect", "::1", "--target", "10"], 2, False),
+    ("connect-v6-port-no-brackets", ["analyze", "--connect", "::1:8080"], 2, False),
+    ("hold-infinite", ["probe", "--hold", "1e309", "--target", "10"], 2, False),
+    ("max-duration-nan", ["probe", "--max-duration", "nan", "--target", "10"], 2, False),
+    ("rate-duration-nan", ["rate", "--duration", "nan"], 2, False),
+    ("report-no-tool", ["report", "{dir}/no-cost.json", "-o", "{dir}/r.html"], 2, False),
+    ("report-thin", ["report", "{dir}/thin-probe.json", "-o", "{dir}/r.html"], 2, False),
     ("cidr-host-bits", ["analyze", "--source-ip", "1.2.3.0/8"], 2, False),
     ("cidr-huge", ["analyze", "--source-ip", "10.0.0.0/8"], 2, False),
     ("source-not-local", ["analyze", "--role", "client", "--source-ip", "10.255.0.1"], 2, False),

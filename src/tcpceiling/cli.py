@@ -7,6 +7,7 @@ Exit codes: 0 success (probe: target reached), 1 a limit or guard stopped a prob
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -111,6 +112,17 @@ class Parsed(_Param):
             return self.parse(value)
         except InputError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange, refusing infinities and NaN: 1e309 parses as inf (a hold
+    or a duration that never ends) and NaN passes every range check."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 #: A byte count with an optional binary unit (tcpceiling.units.parse_bytes).
@@ -271,7 +283,7 @@ def scenario_options(fn: F) -> F:
         ),
         click.option(
             "--churn",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=0.0,
             help="Connections closed per second (TIME_WAIT).",
         ),
@@ -297,7 +309,7 @@ def scenario_options(fn: F) -> F:
         ),
         click.option(
             "--message-rate",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=0.0,
             metavar="R",
             help="Messages per connection per second (0.033 = a heartbeat every 30 s).",
@@ -311,14 +323,14 @@ def scenario_options(fn: F) -> F:
         ),
         click.option(
             "--cpu-target",
-            type=click.FloatRange(min=0, max=1, min_open=True),
+            type=FiniteRange(min=0, max=1, min_open=True),
             default=0.7,
             show_default=True,
             help="Share of all CPUs the connections may use.",
         ),
         click.option(
             "--cpu-us-per-message",
-            type=click.FloatRange(min=0, min_open=True),
+            type=FiniteRange(min=0, min_open=True),
             default=None,
             help="Server CPU microseconds per message (default: from --cost-from).",
         ),
@@ -427,8 +439,25 @@ def report_cmd(results_in: tuple[Path, ...], output: Path) -> None:
         if kind not in SECTIONS:
             raise InputError(f"{path}: not an analyze, probe, compare-io, rate or tune result")
         named.append((path.stem, results.check_document(data, kind, str(path))))
-    write_page(output, named)
+    try:
+        write_page(output, named)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise InputError(incomplete(named, results_in, exc)) from exc
     stderr.print(f"wrote {output}")
+
+
+def incomplete(
+    named: list[tuple[str, dict[str, Any]]], paths: tuple[Path, ...], exc: Exception
+) -> str:
+    """Which result could not be drawn, and what it lacks (each one alone, in order)."""
+    from tcpceiling.report.html import page
+
+    for (_name, doc), path in zip(named, paths, strict=True):
+        try:
+            page([(path.stem, doc)])
+        except (KeyError, TypeError, IndexError, ValueError) as own:
+            return f"{path}: not a complete {doc.get('kind')} result (missing or bad: {own})"
+    return f"the results do not fit in one report: {exc}"
 
 
 @main.command("tune")
@@ -441,7 +470,7 @@ def report_cmd(results_in: tuple[Path, ...], output: Path) -> None:
 )
 @click.option(
     "--headroom",
-    type=click.FloatRange(min=0, max=10),
+    type=FiniteRange(min=0, max=10),
     default=0.1,
     show_default=True,
     help="Raise every limit to target x (1 + headroom).",
@@ -600,14 +629,14 @@ def server_options(fn: F) -> F:
         ),
         click.option(
             "--check-timeout",
-            type=click.FloatRange(min=0.05),
+            type=FiniteRange(min=0.05),
             default=2.0,
             show_default=True,
             help="Seconds to wait for the check's reply before a connection counts as silent.",
         ),
         click.option(
             "--check-every",
-            type=click.FloatRange(min=0.05),
+            type=FiniteRange(min=0.05),
             default=None,
             metavar="SECONDS",
             help="Re-check a sample of held connections this often.",
@@ -644,7 +673,7 @@ def activity_options(fn: F) -> F:
         ),
         click.option(
             "--message-rate",
-            type=click.FloatRange(min=0),
+            type=FiniteRange(min=0),
             default=0.0,
             metavar="R",
             help="Messages per held connection per second, echoed by the sink, "
@@ -685,14 +714,14 @@ def activity_options(fn: F) -> F:
 )
 @click.option(
     "--hold",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=0.0,
     show_default=True,
     help="Seconds to hold the connections before releasing them.",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteRange(min=0, min_open=True),
     default=None,
     help="Open exactly R connections per second (default: as fast as possible).",
 )
@@ -738,7 +767,7 @@ def activity_options(fn: F) -> F:
 )
 @click.option(
     "--max-duration",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=600.0,
     show_default=True,
     help="Seconds of opening before the duration guard stops the run.",
@@ -764,7 +793,7 @@ def activity_options(fn: F) -> F:
 )
 @click.option(
     "--connect-timeout",
-    type=click.FloatRange(min=0.1),
+    type=FiniteRange(min=0.1),
     default=5.0,
     show_default=True,
     help="Seconds a connect() may take before it counts as a timeout (ETIMEDOUT).",
@@ -963,7 +992,7 @@ def compare_io_cmd(
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, max=3600, min_open=True),
+    type=FiniteRange(min=0, max=3600, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds of connect -> close cycles.",
@@ -1083,7 +1112,7 @@ def _positive_float(text: str, option: str) -> float:
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=None,
     help="Stop after this many seconds (default: until Ctrl-C).",
 )
@@ -1188,14 +1217,14 @@ def scope_from(o: dict[str, Any]) -> Any:
 def thresholds(fn: F) -> F:
     fn = click.option(
         "--crit",
-        type=click.FloatRange(0, 1, min_open=True),
+        type=FiniteRange(0, 1, min_open=True),
         default=0.95,
         show_default=True,
         help="Critical at this share of any limit.",
     )(fn)
     return click.option(
         "--warn",
-        type=click.FloatRange(0, 1, min_open=True),
+        type=FiniteRange(0, 1, min_open=True),
         default=0.8,
         show_default=True,
         help="Warning at this share of any limit.",
@@ -1207,7 +1236,7 @@ def thresholds(fn: F) -> F:
 @thresholds
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.2, max=3600),
+    type=FiniteRange(min=0.2, max=3600),
     default=1.0,
     show_default=True,
     help="Seconds between frames (and the window of the rates).",
@@ -1236,7 +1265,7 @@ def watch_cmd(**o: Any) -> None:
 @thresholds
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1, max=600),
+    type=FiniteRange(min=0.1, max=600),
     default=2.0,
     show_default=True,
     help="Seconds between the two samples the rates come from.",
@@ -1250,7 +1279,7 @@ def watch_cmd(**o: Any) -> None:
 )
 @click.option(
     "--since",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     default=600.0,
     show_default=True,
     help="Kernel messages of the last this many seconds count.",

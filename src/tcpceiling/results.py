@@ -86,4 +86,7 @@ def check_document(data: Any, kind: Kind, where: str) -> dict[str, Any]:
         )
     if data.get("kind") != kind:  # checked after the version: an old probe has no kind
         raise InputError(f"{where}: a {data.get('kind')} result, not a {kind} result")
+    tool = data.get("tool")
+    if not isinstance(tool, dict) or tool.get("name") != "tcpceiling":
+        raise InputError(f"{where}: no tcpceiling 'tool' block: not a result tcpceiling wrote")
     return data

@@ -42,14 +42,31 @@ class Endpoint:
 
 
 def parse_endpoint(text: str, default_host: str | None = None) -> Endpoint:
-    """ "HOST:PORT", "[v6]:PORT" or, with default_host, a bare ":PORT"/"PORT"."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep and default_host is not None:
-        host, port = default_host, text.strip()
-    host = host.strip("[]") or (default_host or "")
+    """ "HOST:PORT", "[v6]:PORT" or, with default_host, a bare ":PORT"/"PORT". An IPv6
+    address without brackets is refused: "::1:8080" could be either."""
+    raw = text.strip()
+    if raw.startswith("["):
+        host, _, rest = raw[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    else:
+        host, sep, port = raw.rpartition(":")
+        if ":" in host:
+            raise InputError(f"bad endpoint {text!r}: {_brackets(raw)}")
+        if not sep and default_host is not None:
+            host, port = default_host, raw
+    host = host or (default_host or "")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(f"bad endpoint {text!r}: expected HOST:PORT with a port 1-65535")
     return Endpoint(host, int(port))
+
+
+def _brackets(raw: str) -> str:
+    """How to write an IPv6 endpoint, given what was written."""
+    try:
+        address = ipaddress.IPv6Address(raw)
+    except ValueError:
+        return "an IPv6 address takes brackets: [ADDRESS]:PORT"
+    return f"an IPv6 address takes brackets and a port: [{address}]:PORT"
 
 
 #: Source addresses a run can use: a /16 of IPv4 (each gives a port range per
