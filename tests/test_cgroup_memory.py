@@ -141,7 +141,7 @@ def test_v1_socket_accounting_follows_the_tcp_limit(tmp_path: Path) -> None:
     assert [(c.path, c.sockets_charged) for c in tcp] == [("memory/tcp", True)]
 
 
-def _server_ceiling(view: CgroupView, **scenario: object) -> tuple[int | None, float]:
+def _server_ceiling(view: CgroupView, **scenario: object) -> tuple[int | float | None, float]:
     snap, _ = read_snapshot(Roots.fixture(FIXTURES / "this-machine"))
     snap = replace(snap, cgroup=view)
     sc = Scenario(role="server", listen=(Endpoint("0.0.0.0", 80),), **scenario)  # type: ignore[arg-type]

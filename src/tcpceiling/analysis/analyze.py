@@ -21,6 +21,7 @@ from tcpceiling.analysis.model import (
     Scenario,
     ScenarioResult,
     resolve,
+    total_ceiling,
 )
 from tcpceiling.analysis.registry import FAMILIES
 from tcpceiling.errors import InputError
@@ -142,7 +143,7 @@ def evaluate(
         key=lambda c: c.ceiling or 0,
     )
     binding = ranked[0] if ranked else None
-    ceiling = binding.ceiling if binding else None
+    ceiling = total_ceiling(binding) if binding else None
     bid = binding.id if binding else None
     rates = sorted(
         (c for c in constraints if c.kind == "rate" and c.ceiling is not None),

@@ -178,14 +178,15 @@ class Constraint:
 
     ceiling is the number of connections this limit allows (None: it does not bind
     here, `note` says why); kind "burst" and "rate" constraints are reported apart
-    from the total (a backlog caps a burst, TIME_WAIT a churn rate).
+    from the total (a backlog caps a burst, TIME_WAIT a churn rate). A rate's ceiling
+    is new connections per second with its decimals (100 ports / 60 s = 1.667, not 1).
     """
 
     id: ConstraintId
     capacity: float | None
     in_use: float | None
     per_connection: float | None
-    ceiling: int | None
+    ceiling: int | float | None
     symptom: str
     raise_: str
     source: str
@@ -194,6 +195,11 @@ class Constraint:
     capacity_unit: str = "connections"
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def total_ceiling(c: Constraint) -> int | None:
+    """A total constraint's ceiling: whole connections (a rate's keeps decimals)."""
+    return None if c.ceiling is None else int(c.ceiling)
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ class ScenarioResult:
     scenario: Scenario
     constraints: tuple[Constraint, ...]
     #: the other half: new connections per second, and the rate limit reached first
-    rate_ceiling: int | None = None
+    rate_ceiling: float | None = None  # new connections per second, decimals kept
     rate_binding: ConstraintId | None = None
     rate_summary: str = ""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from tcpceiling.analysis.analyze import evaluate, prepare
 from tcpceiling.analysis.limits.ports import usable_ports
-from tcpceiling.analysis.model import build_scenarios
+from tcpceiling.analysis.model import build_scenarios, total_ceiling
 from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read, sockets
@@ -224,7 +224,7 @@ def _ceilings(
     socket table the sample read already (no second walk of the kernel's tables)."""
     scenarios, snap, routes = prepare(build_scenarios("both"), roots, "self", netns, table)
     out = [
-        Ceiling(r.role, c.id, c.ceiling, c.capacity, c.in_use, c.per_connection)
+        Ceiling(r.role, c.id, total_ceiling(c), c.capacity, c.in_use, c.per_connection)
         for r in (evaluate(snap, s, routes) for s in scenarios)
         for c in r.constraints
         if c.kind == "total"

@@ -26,7 +26,8 @@ from typing import Literal
 
 import psutil
 
-from tcpceiling.analysis.model import Endpoint
+from tcpceiling.analysis.analyze import analyze
+from tcpceiling.analysis.model import Endpoint, build_scenarios
 from tcpceiling.errors import InputError
 from tcpceiling.host import diag, sockets
 from tcpceiling.host import netns as netns_mod
@@ -102,6 +103,10 @@ class ChurnResult:
     rate_asked: float | None
     duration: float
     completed: int
+    #: what can be sustained: the run's own rate, or once the ports ran out the
+    #: long-run rate TIME_WAIT lets through, measured (steady_per_s) when the run
+    #: went on a TIME_WAIT period past the shortage, else predicted (analyze's
+    #: time_wait for the run's namespace); sustained_from says which
     sustained_per_s: float
     #: completed cycles per second of the run, summed over the workers
     per_second: tuple[int, ...]
@@ -120,6 +125,8 @@ class ChurnResult:
     netns: str | None
     notes: tuple[str, ...] = ()
     steps: tuple[tuple[int, float], ...] = ()  # the ramp: (workers, sustained per s)
+    sustained_from: Literal["run", "measured", "predicted"] = "run"
+    burst_per_s: float = 0.0  # completed / duration: the first range's burst included
 
 
 # -- the workers ---------------------------------------------------------------------------
@@ -527,17 +534,22 @@ class ChurnRun:
             for i, h in enumerate(p.per_second_hist[:seconds]):
                 seconds_hist[i].merge(h)
         d = {k: after.get(k, 0) - before.get(k, 0) for k in (*COUNTERS, "conntrack_drop")}
-        sustained = round(completed / cfg.duration, 1)
+        burst = round(completed / cfg.duration, 1)
+        steady = _steady(progress, cfg.duration)
+        short = any(p.exhausted_at is not None for p in progress)
+        sustained, source = long_run(burst, steady, predicted_rate(cfg, ns) if short else None)
         return ChurnResult(
             close=cfg.close,
             rate_asked=cfg.rate,
             duration=cfg.duration,
             completed=completed,
             sustained_per_s=sustained,
+            sustained_from=source,
+            burst_per_s=burst,
             per_second=per_second,
             connect_latency_us=hist.summary(),
             latency_per_second_us=tuple(h.summary() for h in seconds_hist),
-            steady_per_s=_steady(progress, cfg.duration),
+            steady_per_s=steady,
             errno_counts={errnos.name(k): v for k, v in errors.items()},
             time_wait=tw,
             counters=d,
@@ -545,10 +557,38 @@ class ChurnRun:
                 side: round(sec * 1e6 / completed, 2) if completed else None
                 for side, sec in cpu.items()
             },
-            stop=attribute(cfg, sustained, dict(errors), d),
+            stop=attribute(cfg, burst, dict(errors), d),
             isolated=cfg.isolated,
             netns=ns,
         )
+
+
+def long_run(
+    run: float, steady: float | None, predicted: float | None
+) -> tuple[float, Literal["run", "measured", "predicted"]]:
+    """The rate to headline: the run's own unless the ports ran out; then the rate
+    after the shortage when the run lasted a TIME_WAIT period past it, else the
+    prediction (a 20 s run in 100 ports did 100 in its first second, then nothing:
+    what it sustains is 100 / 60 s, not 5/s)."""
+    if steady is not None:
+        return steady, "measured"
+    if predicted is not None:
+        return min(run, predicted), "predicted"
+    return run, "run"
+
+
+def predicted_rate(cfg: ChurnConfig, ns: str | None) -> float | None:
+    """analyze's time_wait rate for the run's destinations in its namespace (None:
+    TIME_WAIT does not bind there, e.g. tcp_tw_reuse applies)."""
+    dests = (
+        (str(cfg.connect),)
+        if cfg.connect
+        else tuple(f"127.0.0.1:{SINK_PORT + i}" for i in range(cfg.workers))
+    )
+    scenarios = build_scenarios("client", connect=dests)
+    result = analyze(scenarios, Roots(), netns=ns).scenarios[0]
+    ceiling = result.constraint("time_wait").ceiling
+    return None if ceiling is None else float(ceiling)
 
 
 def run_churn(cfg: ChurnConfig, progress: Progress = ignore) -> ChurnResult:

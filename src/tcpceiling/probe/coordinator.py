@@ -150,7 +150,7 @@ class Run:
         if pred is None:
             return "threads"
         ceilings: dict[str, int] = {
-            c.id: c.ceiling for c in pred.constraints if c.ceiling is not None
+            c.id: int(c.ceiling) for c in pred.constraints if c.ceiling is not None
         }
         limits: tuple[attribution.TaskLimit, ...] = ("cgroup_pids", "threads")
         return min(limits, key=lambda k: ceilings.get(k, UNBOUNDED))

@@ -178,7 +178,7 @@ def size(
     # With default sources or sink ports the port term is ours to size: no cap.
     ours = not cfg.sources and not cfg.server_mode
     ceilings = [
-        c.ceiling
+        int(c.ceiling)
         for c in pred.constraints
         if c.kind == "total" and c.ceiling is not None and not (ours and c.id == "ports")
     ]

@@ -17,8 +17,14 @@ def render_churn(r: ChurnResult, console: Console) -> None:
     asked = "as fast as possible" if r.rate_asked is None else f"{r.rate_asked:,.0f}/s asked"
     verdict = "held the asked rate" if r.stop.reason == "target" else f"limit: {r.stop.reason}"
     side = f" ({r.stop.side} side)" if r.stop.side else ""
+    how = {
+        "run": "sustained",
+        "measured": "sustained, long-run (measured a TIME_WAIT period past the shortage)",
+        "predicted": "sustained, long-run (predicted: ports / 60 s TIME_WAIT; the run was "
+        "too short to see it)",
+    }[r.sustained_from]
     t = Table(
-        title=f"{r.sustained_per_s:,.1f} new connections/s sustained ({asked}, close "
+        title=f"{r.sustained_per_s:,.2f} new connections/s {how} ({asked}, close "
         f"{r.close}) — {verdict}{side}",
         title_justify="left",
         show_header=False,
@@ -31,7 +37,7 @@ def render_churn(r: ChurnResult, console: Console) -> None:
         for side, v in r.cpu_us_per_cycle.items()
     )
     rows = [
-        ("cycles", f"{r.completed:,} in {r.duration:g} s"),
+        ("cycles", f"{r.completed:,} in {r.duration:g} s ({r.burst_per_s:,.1f}/s over the run)"),
         (
             "after the ports ran out",
             f"{r.steady_per_s:,.2f}/s" if r.steady_per_s is not None else "— (needs 60 s past)",

@@ -9,7 +9,13 @@ import math
 
 from tcpceiling.analysis import whatif
 from tcpceiling.analysis.analyze import Route, context, evaluate
-from tcpceiling.analysis.model import Constraint, Endpoint, Scenario, ScenarioResult
+from tcpceiling.analysis.model import (
+    Constraint,
+    Endpoint,
+    Scenario,
+    ScenarioResult,
+    total_ceiling,
+)
 from tcpceiling.errors import InputError
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.tune import ports, raisers
@@ -121,8 +127,8 @@ def plan(
     rows = tuple(
         Row(
             c.id,
-            c.ceiling,
-            after.constraint(c.id).ceiling,
+            total_ceiling(c),
+            total_ceiling(after.constraint(c.id)),
             goal,
             any(ch.limit == c.id for ch in changes),
         )

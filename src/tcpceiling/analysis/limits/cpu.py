@@ -94,7 +94,7 @@ def cpu_churn(ctx: Context) -> Constraint:
     return replace(
         base,
         per_connection=sc.cpu_us_per_cycle,
-        ceiling=math.floor(capacity / sc.cpu_us_per_cycle),
+        ceiling=round(capacity / sc.cpu_us_per_cycle, 3),
         note=f"{cores} CPUs x {sc.cpu_target} / {sc.cpu_us_per_cycle:.2f} us per "
         "connect-accept-close cycle (both ends measured together)",
     )

@@ -13,7 +13,6 @@ import ipaddress
 from dataclasses import replace
 
 from tcpceiling.analysis.context import Context
-from tcpceiling.analysis.limits import fit
 from tcpceiling.analysis.model import Constraint
 from tcpceiling.host.read import HostSnapshot
 
@@ -151,7 +150,7 @@ def _time_wait(ctx: Context) -> Constraint:
             "TIME_WAIT after tcp_tw_reuse_delay (1 s): churn is not port-bound",
         )
     usable = usable_ports(ctx.snap)[3] * len(ctx.tuples)
-    rate = fit(usable, 0, TIME_WAIT_SECONDS)
+    rate = round(usable / TIME_WAIT_SECONDS, 3)
     churn = ctx.scenario.churn_per_s
     warn = f"; --churn {churn:g}/s exceeds it" if churn > rate else ""
     return replace(
