@@ -182,6 +182,10 @@ def test_the_headline_is_the_long_run_rate_not_the_burst(netns: str) -> None:
     assert code == 1 and r["stop"]["reason"] == "time_wait"
     assert r["completed"] == 100 and r["burst_per_s"] == 5.0
     assert r["sustained_per_s"] <= 1.7 and r["sustained_from"] == "predicted"
+    # CPU per cycle from the bursts that did cycles, not the 19 s of connect() retries
+    # (each scans the range): strictly less than the workers' CPU over the run
+    cycling = r["cpu_us_per_cycle"]["both"] * r["completed"] / 1e6
+    assert 0 < cycling < r["worker_cpu_seconds"], (cycling, r["worker_cpu_seconds"])
     netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60099")
     netns_sysctl(netns, "net.ipv4.tcp_tw_reuse", "0")
     a = cli_json("analyze", "--netns", netns, "--role", "client", "--connect", "127.0.0.1:32000")

@@ -119,13 +119,16 @@ class ChurnResult:
     errno_counts: dict[str, int]
     time_wait: dict[str, int]  # TIME_WAIT entries at the end, by side
     counters: dict[str, int]  # deltas over the run
-    cpu_us_per_cycle: dict[str, float | None]  # both ends (one process) per cycle
+    #: both ends (one process) per cycle, from the bursts that completed cycles (a
+    #: remote server's side: its CPU over the run)
+    cpu_us_per_cycle: dict[str, float | None]
     stop: Stop
     isolated: bool
     netns: str | None
     notes: tuple[str, ...] = ()
     steps: tuple[tuple[int, float], ...] = ()  # the ramp: (workers, sustained per s)
     sustained_from: Literal["run", "measured", "predicted"] = "run"
+    worker_cpu_seconds: float = 0.0  # the workers' CPU over the whole run, retries included
     burst_per_s: float = 0.0  # completed / duration: the first range's burst included
 
 
@@ -141,6 +144,7 @@ class _Tally:
     completed: int = 0
     exhausted_at: float | None = None
     after_exhausted: int = 0
+    cycling_cpu: float = 0.0  # CPU seconds of the bursts that completed cycles
 
     def add(self, second: int, done: int, took: float) -> None:
         self.completed += done
@@ -266,9 +270,11 @@ def churn_worker(
         ):
             time.sleep(0.001)
             continue
+        cpu0 = time.process_time()  # CLOCK_PROCESS_CPUTIME_ID: os.times() counts 10 ms ticks
         done, took, err = pair.burst(burst)
         if done:
             tally.add(int(now - t0), done, took)
+            tally.cycling_cpu += time.process_time() - cpu0
         if err:
             tally.errors[err] += 1
             if err in PORTS_GONE:
@@ -292,6 +298,7 @@ def _progress(index: int, t: _Tally, duration: float, final: bool) -> ChurnProgr
         hist=t.hist.counts,
         final=final,
         cpu=sum(os.times()[:2]),
+        cpu_cycling=t.cycling_cpu,
         per_second_hist=tuple(
             t.second_hists[i].counts if i in t.second_hists else {} for i in range(seconds)
         ),
@@ -489,7 +496,10 @@ class ChurnRun:
         kids.wait_for(
             kids.clients, lambda w: w.finished, cfg.duration + 30, tick=partial(self._tick, cfg, t0)
         )
-        mine = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
+        # CPU per cycle from the bursts that did cycles: a run out of ports spends its
+        # other seconds retrying connect() (each scans the range), which is no cycle's
+        mine = sum(w.churn.cpu_cycling for w in kids.client_states if w.churn is not None)
+        spent = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
         cpu = {"both": mine}
         if cfg.connect is not None:
             cpu = {"client": mine}
@@ -498,7 +508,9 @@ class ChurnRun:
         per_cpu = [round(p, 1) for p in psutil.cpu_percent(percpu=True)]
         tw = time_wait_by_side(set(ports))
         after = _tcpext(roots)
-        result = self._result(cfg, ns, before, after, tw, cpu)
+        result = replace(
+            self._result(cfg, ns, before, after, tw, cpu), worker_cpu_seconds=round(spent, 3)
+        )
         if self.breach is not None:
             return replace(result, stop=budget.guard_stop(self.breach))
         lost = [w for w in kids.client_states if not w.finished]

@@ -125,6 +125,7 @@ class ChurnProgress:
     per_second_hist: tuple[dict[int, int], ...] = ()  # connect latency buckets by second
     exhausted_at: float | None = None  # seconds into the run of the first port shortage
     after_exhausted: int = 0  # cycles completed after it
+    cpu_cycling: float = 0.0  # of `cpu`, spent in bursts that completed cycles
 
 
 Message: TypeAlias = (
