@@ -55,6 +55,16 @@ class Check:
     expect: str = ""
     refuse: str = ""
 
+    @property
+    def served_means(self) -> str:
+        """What this check counts as served, where that is not a plain reply."""
+        if self.kind == "postgres":
+            return (
+                "postgres: an authentication request counts as served: the postmaster forks "
+                "a backend for the connection before it asks for a password (none is sent)"
+            )
+        return ""
+
     # -- a new connection -------------------------------------------------------------
     def request(self, host: str) -> bytes:
         """What to send on a new connection ("none" and a banner check: nothing)."""

@@ -130,8 +130,8 @@ def _silent(silent: int, after: ServerSample) -> tuple[StopReason, str] | None:
     return "server_queued", (
         f"{silent} connections established and unanswered, only {queued} in the listener's "
         f"accept queue: the server accepted {silent - queued} or more and holds them without "
-        "answering, a queue of its own (a proxy past a backend's maxconn: HAProxy queues "
-        "them until `timeout queue`; a worker pool with every worker busy)"
+        "answering, a queue of its own (a proxy past its backends' connection caps; a "
+        "worker pool with every worker busy)"
     )
 
 

@@ -11,7 +11,7 @@ from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import parse
 from tcpceiling.host.parse import RLimit
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import attribution, evidence, measure
+from tcpceiling.probe import attribution, checks, evidence, measure
 from tcpceiling.probe.budget import MemoryBudget, oom_kills
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.histogram import Histogram
@@ -178,11 +178,9 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
             "no --check: 'established' is all that is known; the server may not have "
             "accepted, let alone served, these connections"
         )
-    if i.cfg.server_mode and i.cfg.check == "postgres":
-        notes.append(
-            "postgres: an authentication request counts as served: the postmaster forks "
-            "a backend for the connection before it asks for a password (none is sent)"
-        )
+    served = checks.parse(i.cfg.check).served_means
+    if i.cfg.server_mode and served:
+        notes.append(served)
     if i.cfg.server_mode and i.server_before is None:
         notes.append("the server is not on this host: no server-side evidence was read")
     return tuple(notes)
