@@ -90,19 +90,21 @@ def _cond(dest: Destination) -> bytes:
     return struct.pack("=BBH", INET_DIAG_BC_D_COND, size, size + 4) + cond
 
 
-def bytecode(dests: tuple[Destination, ...]) -> bytes:
-    """Match any of `dests` (ss's OR: cond; JMP over the rest on success; rest).
-
-    A failed condition jumps 4 bytes past its own end; for the last one that lies
-    past the program's end, which the kernel reads as "no match"
-    (inet_diag_bc_run, net/ipv4/inet_diag.c)."""
-    if not dests:
-        return b""
-    rest = bytecode(dests[1:])
-    first = _cond(dests[0])
+def either(first: bytes, rest: bytes) -> bytes:
+    """`first` OR `rest` (ss's OR: first; a JMP over rest on success; rest). Each part
+    must fail by jumping 4 bytes past its own end: past `first` that lands on `rest`,
+    past the last part it lies past the program's end, which the kernel reads as "no
+    match" (inet_diag_bc_run, net/ipv4/inet_diag.c)."""
     if not rest:
         return first
     return first + struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
+
+
+def bytecode(dests: tuple[Destination, ...]) -> bytes:
+    """Match any of `dests`, one condition each, joined by either()."""
+    if not dests:
+        return b""
+    return either(_cond(dests[0]), bytecode(dests[1:]))
 
 
 def sport_range(low: int, high: int) -> bytes:
@@ -117,14 +119,10 @@ def sport_range(low: int, high: int) -> bytes:
 
 def sport_any(ports: tuple[int, ...]) -> bytes:
     """Sockets whose local port is any of `ports`: one sport_range(p, p) block per port
-    (its failures jump 4 bytes past the block), joined by ss's OR (a JMP over the
-    rest on success), as bytecode() joins destinations."""
+    (its failures jump 4 bytes past the block), joined by either()."""
     if not ports:
         return b""
-    first, rest = sport_range(ports[0], ports[0]), sport_any(ports[1:])
-    if not rest:
-        return first
-    return first + struct.pack("=BBH", INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
+    return either(sport_range(ports[0], ports[0]), sport_any(ports[1:]))
 
 
 def request(states: int, program: bytes = b"", seq: int = 1) -> bytes:

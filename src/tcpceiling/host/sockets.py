@@ -9,7 +9,6 @@ Fixture trees carry a `sockets.json` with the same summary.
 from __future__ import annotations
 
 import json
-import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -180,10 +179,7 @@ def client_sockets(low: int, high: int, servers: tuple[int, ...] = ()) -> Client
     so a server's million accepted sockets cost nothing here, unless its port is one
     of `servers`: those are counted in the same walk of the established hash (one
     program: the range OR each port)."""
-    program = diag.sport_range(low, high)
-    if servers:
-        rest = diag.sport_any(servers)
-        program += struct.pack("=BBH", diag.INET_DIAG_BC_JMP, 4, len(rest) + 4) + rest
+    program = diag.either(diag.sport_range(low, high), diag.sport_any(servers))
     rows = diag.dump(CONNECTED, program=program)
     serving: Counter[int] = Counter()
     if servers:
