@@ -9,7 +9,7 @@ see tcpceiling.host.netns for entering one.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -321,12 +321,20 @@ def socket_owners(inodes: Iterable[int], roots: Roots) -> list[int]:
     return pids
 
 
-def _holds(fd_dir: Path, wanted: set[int] | frozenset[int]) -> bool:
+def socket_inodes(fd_dir: Path, most: int | None = None) -> Iterator[int]:
+    """The socket inodes among a process's fds, in fd order, reading at most `most`
+    fds (None: all); nothing once the process is gone or not ours to read."""
     try:
-        for fd in os.scandir(fd_dir):
-            link = os.readlink(fd.path)
-            if link.startswith("socket:[") and int(link[8:-1]) in wanted:
-                return True
+        with os.scandir(fd_dir) as fds:
+            for i, fd in enumerate(fds):
+                if most is not None and i >= most:
+                    return
+                link = os.readlink(fd.path)
+                if link.startswith("socket:["):
+                    yield int(link[8:-1])
     except OSError:
-        pass  # gone, or not ours to read
-    return False
+        return  # gone, or not ours to read
+
+
+def _holds(fd_dir: Path, wanted: set[int] | frozenset[int]) -> bool:
+    return any(inode in wanted for inode in socket_inodes(fd_dir))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tcpceiling.host import diag, parse, sockets
-from tcpceiling.host.read import socket_owners
+from tcpceiling.host.read import socket_inodes, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers.model import Found, ServerProcess
 
@@ -64,9 +64,13 @@ def established_on(port: int) -> int:
     return len(diag.dump(ESTABLISHED, program=diag.sport_range(port, port)))
 
 
-def find_listener(roots: Roots, host: str, port: int) -> Found | None:
-    """The server listening on host:port in the calling thread's netns, or None."""
-    found = [ln for ln in sockets.all_listeners() if ln.port == port and _covers(ln.host, host)]
+def find_listener(
+    roots: Roots, host: str, port: int, listeners: list[sockets.Listener] | None = None
+) -> Found | None:
+    """The server listening on host:port in the calling thread's netns, or None
+    (`listeners`: the LISTEN sockets, when the caller read them already)."""
+    every = sockets.all_listeners() if listeners is None else listeners
+    found = [ln for ln in every if ln.port == port and _covers(ln.host, host)]
     if not found:
         return None
     pids = set(socket_owners({ln.inode for ln in found}, roots))
@@ -74,40 +78,29 @@ def find_listener(roots: Roots, host: str, port: int) -> Found | None:
     if not owners:
         return None
     main = next((o for o in owners if o.ppid not in pids), owners[0])
-    mine = _listener_count(roots, main.pid)
+    by_inode = {ln.inode: ln for ln in every}
+    mine = _endpoints(by_inode, _first_sockets(roots, main.pid, set(by_inode)))
     return Found(main, tuple(owners), found[0].host, port, mine, established_on(port))
 
 
-def _first_held(roots: Roots, pid: int, inodes: set[int]) -> int:
-    """The first of `inodes` the process holds, in fd order (0: none)."""
-    try:
-        for fd in os.scandir(roots.procfs / str(pid) / "fd"):
-            link = os.readlink(fd.path)
-            if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                return int(link[8:-1])
-    except OSError:
-        pass
-    return 0
-
-
-def _listener_count(roots: Roots, pid: int) -> int:
-    """Listening endpoints the process holds: nginx spends a connection on each in
+def _endpoints(by_inode: dict[int, sockets.Listener], inodes: Iterable[int]) -> int:
+    """Listening endpoints among these inodes: nginx spends a connection on each in
     every worker; with `reuseport` the master holds a socket per worker for one
     endpoint, and each worker uses only its own."""
-    listeners = {ln.inode: ln for ln in sockets.all_listeners()}
-    held = _first_sockets(roots, pid, set(listeners))
-    return len({(listeners[i].host, listeners[i].port) for i in held})
+    return len({(by_inode[i].host, by_inode[i].port) for i in inodes})
 
 
 def find_pid(roots: Roots, pid: int) -> Found | None:
     """The server a process belongs to, through its first listening socket (listeners
     are opened first: low fds, so a server holding a million fds is not read whole)."""
-    listeners = {ln.inode: ln for ln in sockets.all_listeners()}
-    inode = _first_held(roots, pid, set(listeners))
+    every = sockets.all_listeners()
+    by_inode = {ln.inode: ln for ln in every}
+    fd_dir = roots.procfs / str(pid) / "fd"
+    inode = next((i for i in socket_inodes(fd_dir) if i in by_inode), 0)
     if not inode:
         return None
-    ln = listeners[inode]
-    return find_listener(roots, ln.host, ln.port)
+    ln = by_inode[inode]
+    return find_listener(roots, ln.host, ln.port, every)
 
 
 #: Listening sockets are opened when a server starts, so they are among its first
@@ -117,18 +110,8 @@ FIRST_FDS = 1024
 
 
 def _first_sockets(roots: Roots, pid: int, wanted: set[int]) -> set[int]:
-    out: set[int] = set()
-    try:
-        with os.scandir(roots.procfs / str(pid) / "fd") as fds:
-            for i, fd in enumerate(fds):
-                if i >= FIRST_FDS:
-                    break
-                link = os.readlink(fd.path)
-                if link.startswith("socket:[") and int(link[8:-1]) in wanted:
-                    out.add(int(link[8:-1]))
-    except OSError:
-        pass
-    return out
+    """Which of `wanted` the process holds among its first FIRST_FDS fds."""
+    return {i for i in socket_inodes(roots.procfs / str(pid) / "fd", FIRST_FDS) if i in wanted}
 
 
 def candidates(roots: Roots, known: Callable[[str], bool]) -> list[int]:
@@ -158,8 +141,6 @@ def found_all(
         main = next((o for o in owners if o.ppid not in pids), owners[0])
         if (main.pid, ln.port) in groups:
             continue
-        mine = len(
-            {(by_inode[i].host, by_inode[i].port) for i, ps in holders.items() if main.pid in ps}
-        )
+        mine = _endpoints(by_inode, (i for i, ps in holders.items() if main.pid in ps))
         groups[(main.pid, ln.port)] = Found(main, tuple(owners), ln.host, ln.port, mine)
     return list(groups.values())
