@@ -192,18 +192,16 @@ def memory_cgroups(roots: Roots, process: ProcessView) -> tuple[MemoryCgroup, ..
     return tuple(out)
 
 
-def working_set(directory: str, version: int) -> int:
-    """A cgroup's working set now (usage less inactive file cache): the guard's meter.
-    memory.stat is read only when usage alone is past `line`: usage is never below
-    the working set, so below the line the cheap read is enough (see Meter)."""
-    d = Path(directory)
-    usage = _read_num(d / _FILES[("memory", version)][1]) or 0
-    return max(0, usage - _read_flat(d / "memory.stat").get(INACTIVE_FILE[version], 0))
-
-
 def usage_now(directory: str, version: int) -> int:
     """memory.current / memory.usage_in_bytes now (one small read)."""
     return _read_num(Path(directory) / _FILES[("memory", version)][1]) or 0
+
+
+def working_set(directory: str, version: int) -> int:
+    """A cgroup's working set now: usage less inactive file cache (memory.stat, a
+    longer read: the guard reads it only once usage alone is past its line)."""
+    reclaimable = _read_flat(Path(directory) / "memory.stat").get(INACTIVE_FILE[version], 0)
+    return max(0, usage_now(directory, version) - reclaimable)
 
 
 def tightest(cgroups: tuple[MemoryCgroup, ...]) -> MemoryCgroup | None:

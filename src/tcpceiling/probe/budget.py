@@ -115,11 +115,12 @@ def read_budget(
     roots: Roots, mem_available: int, host_floor: int, floor: int | None, pid: str = "self"
 ) -> MemoryBudget:
     """The budget of a run whose processes are `pid` and its children."""
+    process = read_process(roots, pid)
     return MemoryBudget(
         max(0, mem_available - host_floor),
         host_floor,
-        cgroup_lines(roots, floor, pid),
-        cgroups.read_cgroup(roots, read_process(roots, pid)),
+        lines_of(cgroups.memory_cgroups(roots, process), floor),
+        cgroups.read_cgroup(roots, process),
     )
 
 

@@ -183,8 +183,7 @@ class Run:
         return budget.guard_stop(breach) if breach else None
 
     def _memory_breach(self) -> budget.Breach | None:
-        slab = measure.mem_field("Slab") if self.slab_limit else 0
-        if self.slab_limit and slab > self.slab_limit:
+        if self.slab_limit and (slab := measure.mem_field("Slab")) > self.slab_limit:
             b = self.budget
             floor = b.host_floor if b else 0
             limit = self.slab_limit + floor  # the Slab level that would use up MemAvailable
