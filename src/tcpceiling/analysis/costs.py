@@ -40,6 +40,7 @@ FD_TABLE_BYTES = 13.0
 PYTHON_THREAD_BYTES = 44_000.0
 
 PORT_BUCKETS = "client port buckets"
+IDLE_SOCKET = "idle socket"
 SOCKET_PARTS = ("sock_inode_cache", "filp", "dentry", "lsm_inode_cache", "lsm_file_cache")
 
 
@@ -151,7 +152,7 @@ def slab_sum(slabs: dict[str, SlabCache], parts: list[str]) -> tuple[float, str]
 def idle_socket(slabs: dict[str, SlabCache], ipv6: bool) -> CostItem:
     """One idle TCP socket: tcp_sock, socket inode, file, dentry, LSM blobs."""
     total, src = slab_sum(slabs, ["TCPv6" if ipv6 else "TCP", *SOCKET_PARTS])
-    return CostItem("idle socket", total, 1, "sum of slab object sizes: " + src)
+    return CostItem(IDLE_SOCKET, total, 1, "sum of slab object sizes: " + src)
 
 
 def epoll_item(slabs: dict[str, SlabCache]) -> CostItem:

@@ -105,7 +105,7 @@ def host_usages(s: Sample) -> list[Usage]:
 
 def _server_fix(a: AppLimit) -> str:
     fix = f'{a.raise_}; at the cap it says "{a.symptom}"'
-    if a.nofile is not None and a.nofile_needed is not None and a.nofile < a.nofile_needed:
+    if a.fds_short:
         fix += (
             f"; its RLIMIT_NOFILE {a.nofile} is below the {a.nofile_needed} fds its "
             f"{a.setting} needs: raise that first"

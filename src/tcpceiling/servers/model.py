@@ -68,6 +68,16 @@ class AppLimit:
     nofile_per_setting: int = 1
     nofile_offset: int = 0
 
+    @property
+    def fds_short(self) -> bool:
+        """Its RLIMIT_NOFILE is below the fds its own cap needs: it runs out of fds
+        (EMFILE) before it reaches the cap."""
+        return (
+            self.nofile is not None
+            and self.nofile_needed is not None
+            and self.nofile < self.nofile_needed
+        )
+
     def capacity_at(self, value: int) -> int:
         kept = value // self.kept_free_share if self.kept_free_share else 0
         return self.per_setting * (value - kept) + self.offset

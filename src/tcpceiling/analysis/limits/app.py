@@ -16,7 +16,7 @@ def _note(s: AppLimit) -> str:
     if not s.known:
         return f"{s.server} (pid {s.pid}) on {s.listen}: {s.arithmetic}"
     note = f"{s.server} {s.setting} {s.value} ({s.source}): {s.arithmetic}"
-    if s.nofile is not None and s.nofile_needed is not None and s.nofile < s.nofile_needed:
+    if s.fds_short:
         note += (
             f"; its RLIMIT_NOFILE {s.nofile} is below the {s.nofile_needed} fds its cap "
             "needs: it runs out of fds first (EMFILE)"

@@ -96,7 +96,7 @@ def charged_cost(ctx: Context) -> costs.ConnectionCost:
     for item in ctx.cost.items:
         if item.name == costs.PORT_BUCKETS:
             continue
-        if item.name == "idle socket" and accepting and not ctx.snap.cgroup.sockets_charged:
+        if item.name == costs.IDLE_SOCKET and accepting and not ctx.snap.cgroup.sockets_charged:
             items.append(replace(item, count=connecting))
             items.append(
                 costs.CostItem(
