@@ -79,13 +79,15 @@ def listener(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class Sink:
+    guard_every = GUARD_EVERY  # accepts between two readings of the memory cgroups
+
     def __init__(self, plan: SinkPlan, rep: Reporter) -> None:
         self.plan, self.rep = plan, rep
         self.fds = array("i")
         self.closing = False
         self.full_errno: int | None = None
         self.guarded = False
-        self.chunk = GUARD_EVERY if plan.cgroup_lines else ACCEPT_BATCH
+        self.chunk = self.guard_every if plan.cgroup_lines else ACCEPT_BATCH
         self.buf = bytearray(READ_SIZE)
         self.stats = SelfStats()  # opened now: a full shard (EMFILE) can still report
         self.ep = select.epoll()  # the connections being served (echo, discard)
@@ -205,10 +207,11 @@ class ThreadSink(Sink):
     whose ceiling is the task limits, and whose cost per connection is a thread's
     (16 KiB kernel stack, task_struct, page tables, RSS: docs/limits.md §6)."""
 
+    guard_every = THREAD_GUARD_EVERY
+
     def __init__(self, plan: SinkPlan, rep: Reporter) -> None:
         super().__init__(plan, rep)
         self.conns: list[socket.socket] = []
-        self.chunk = THREAD_GUARD_EVERY if plan.cgroup_lines else ACCEPT_BATCH
 
     def held(self) -> int:
         return len(self.conns)

@@ -75,7 +75,8 @@ def knows(comm: str) -> bool:
 class LimitCache:
     """A server's limit, read again at most every `ttl` seconds (nginx -T, a
     query): settings change rarely, connections often. What it holds now is taken
-    fresh from each Found."""
+    fresh from each Found. Entries past their ttl are dropped on each new read, so a
+    long-running exporter does not keep every server it ever saw."""
 
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl = ttl
@@ -87,5 +88,6 @@ class LimitCache:
         if hit is not None and now - hit[0] < self.ttl:
             return replace(hit[1], in_use=found.established)
         limit = app_limit(found, roots)
+        self.seen = {k: v for k, v in self.seen.items() if now - v[0] < self.ttl}
         self.seen[key] = (now, limit)
         return limit
