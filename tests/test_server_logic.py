@@ -193,6 +193,17 @@ def test_held_websocket_answers_pings_and_hears_close() -> None:
     assert ws.after_reply(ping, again=True) == b""
 
 
+def test_pongs_within_a_recheck_answer_the_servers_own_pings() -> None:
+    """A server that pings on its own timer while our --check-every ping waits for its
+    pong gets its pong too (else it closes the client for not answering)."""
+    ws = checks.parse("websocket")
+    ping, pong = _server_frame(0x9, b"srv"), _server_frame(0xA, b"tcpceiling")
+    assert ws.pongs_within(ping + pong, again=True) == [wire.ws_frame(wire.WS_PONG, b"srv")]
+    assert ws.pongs_within(ping[:3], again=True) == []  # a partial frame waits
+    assert ws.pongs_within(ping, again=False) == []  # the handshake's frames: after_reply
+    assert checks.parse("mqtt").pongs_within(b"\xd0\x00", again=True) == []
+
+
 # /proc/net/stat/nf_conntrack, the first 12 of its 17 columns.
 CT_STAT = """\
 entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop

@@ -147,6 +147,15 @@ class Check:
         first = self.kind == "websocket" and not again
         return p.websocket_after_handshake(data) if first else b""
 
+    def pongs_within(self, data: bytes, again: bool) -> list[bytes]:
+        """Pongs for the server's own pings inside the reply to a --check-every
+        ping: a server pinging on its own timer (RFC 6455 §5.5.2) closes a client that
+        waits for its own pong before it answers."""
+        if not (again and self.kind == "websocket"):
+            return []
+        frames = p.ws_frames(data)[0]
+        return [p.ws_frame(p.WS_PONG, payload) for opcode, payload in frames if opcode == p.WS_PING]
+
     def held(self, data: bytes) -> Held:
         """Bytes the server sent on a held connection: a WebSocket ping is answered,
         a close frame is the server's closing words; the rest is ignored."""

@@ -47,6 +47,7 @@ class Checking:
     sent: bytes
     again: bool  # a --check-every re-check of a held connection
     buf: bytes = b""
+    answered: int = 0  # the server's own pings in buf already answered
 
 
 class Watch:
@@ -189,7 +190,8 @@ class Watch:
             return
         if pending is not None:
             pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
-            self._judge(fd, pending)
+            if self._answer_pings(fd, pending):
+                self._judge(fd, pending)
         elif fd in self.state:
             self._held(fd, data)
         if events & select.EPOLLRDHUP and fd in self.state:
@@ -204,6 +206,13 @@ class Watch:
             self._drop(fd, "closed", said.closing)
         elif said.reply:
             self._write(fd, said.reply)
+
+    def _answer_pings(self, fd: int, pending: Checking) -> bool:
+        """Pong the server's pings that arrived while our own check waits for its
+        answer; False when the write failed (the connection is gone)."""
+        pongs = self.check.pongs_within(pending.buf, pending.again)[pending.answered :]
+        pending.answered += len(pongs)
+        return not pongs or self._write(fd, b"".join(pongs))
 
     def _write(self, fd: int, data: bytes) -> bool:
         try:
