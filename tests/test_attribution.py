@@ -110,7 +110,7 @@ def test_a_full_sink_shard_names_the_task_limit_on_eagain() -> None:
 
 def test_server_mode_names_the_kind_of_failure() -> None:
     w = WorkerState("client", 0)
-    watch = WatchSummary(held=238, max_served=238, limit_kind="evicted")
+    watch = WatchSummary(held=238, verified=238, best=238, limit_kind="evicted")
     w.apply(ClientProgress(0, 227, final=True, watch=watch))
     stop = attribution.final_stop(
         None,
@@ -160,7 +160,7 @@ def test_a_checked_server_reaches_the_target_only_with_what_it_served() -> None:
     handshakes the server never accepted. The target was not reached; the server's
     silence is the stop."""
     w = WorkerState("client", 0)
-    watch = WatchSummary(held=293, max_served=293, totals={"served": 293, "silent": 707})
+    watch = WatchSummary(held=293, verified=293, best=293, totals={"served": 293, "silent": 707})
     w.apply(ClientProgress(0, 1000, final=True, watch=watch))
     seen: list[Stop] = []
 
@@ -181,7 +181,7 @@ def test_a_checked_server_short_of_the_target_with_no_streak_is_still_the_server
     """840 established, 293 served, the silent failures interleaved with successes
     (no streak of 16 to name): the connections' dominant failure names the stop."""
     w = WorkerState("client", 0)
-    watch = WatchSummary(held=293, max_served=293, totals={"served": 293, "silent": 547})
+    watch = WatchSummary(held=293, verified=293, best=293, totals={"served": 293, "silent": 547})
     w.apply(ClientProgress(0, 840, final=True, short=True, watch=watch))
     stop = attribution.final_stop(None, 1000, 840, [w], [], True, served=293)
     assert (stop.reason, stop.detail, stop.side) == ("server", "silent", "server")

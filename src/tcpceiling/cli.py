@@ -642,6 +642,16 @@ def server_options(fn: F) -> F:
             help="Re-check a sample of held connections this often.",
         ),
         click.option(
+            "--settle",
+            type=FiniteRange(min=0.0, max=60.0),
+            default=0.1,
+            show_default=True,
+            metavar="SECONDS",
+            help="A connection whose check passed counts as served only if the server neither "
+            "refuses nor closes it within this time (and 4 round trips of the check): a "
+            "greeting followed by an error line is a refusal.",
+        ),
+        click.option(
             "--server-pid",
             type=click.IntRange(min=1),
             default=None,
@@ -846,6 +856,7 @@ def probe_cmd(
     check: str,
     check_timeout: float,
     check_every: float | None,
+    settle: float,
     server_pid: int | None,
     netns: str | None,
     max_pending: int,
@@ -898,6 +909,7 @@ def probe_cmd(
         check=check,
         check_timeout=check_timeout,
         check_every=check_every,
+        settle=settle,
         server_pid=server_pid,
         netns=netns,
         max_pending=max_pending,

@@ -147,6 +147,18 @@ class Check:
         first = self.kind == "websocket" and not again
         return p.websocket_after_handshake(data) if first else b""
 
+    def refusal(self, words: bytes) -> str | None:
+        """The server's refusal in what it said right after a passing reply (a
+        greeting first, the admission check after): the `refuse` pattern of a generic
+        check, an error line of a line protocol; None when it refuses nothing."""
+        if self.kind == "send" and self.refuse:
+            v = p.expect_reply(words, None, _regex(self.refuse))
+            return v.text if v.outcome == "error" else None
+        errors = {"redis": (b"-",), "memcached": (b"SERVER_ERROR", b"ERROR")}.get(self.kind)
+        if errors and b"\n" in words and words.startswith(errors):
+            return first_line(words)
+        return None
+
     def pongs_within(self, data: bytes, again: bool) -> list[bytes]:
         """Pongs for the server's own pings inside the reply to a --check-every
         ping: a server pinging on its own timer (RFC 6455 §5.5.2) closes a client that

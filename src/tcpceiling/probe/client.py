@@ -22,18 +22,19 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from tcpceiling.probe import active, budget, checks
+from tcpceiling.probe import active, budget, checks, pacing
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
 from tcpceiling.probe.procs import Reporter
-from tcpceiling.probe.watch import Watch
+from tcpceiling.probe.watch import SETTLE_RTTS, Watch
 from tcpceiling.probe.worker import SelfStats, close_with_rst, raise_nofile
 
 IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
 REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
+TOP_UP_MOST = 64  # connections added one by one after a stop by evictions
 FAST_BATCH = 256
 POLL_BAD = select.POLLERR | select.POLLHUP
 STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -61,7 +62,8 @@ class ClientPlan:
     check: str = "none"
     check_timeout: float = 2.0
     check_every: float | None = None
-    max_pending: int = 1024  # handshakes and checks in flight at once
+    settle: float = 0.1  # seconds a passing check must stay unrefused (watch.py)
+    max_pending: int = 1024  # handshakes and checks in flight at once (the most)
     message_rate: float = 0.0  # per held connection per second, on SIGUSR2
     message_bytes: int = 64
     traffic_seconds: float = 5.0
@@ -112,6 +114,7 @@ class ClientWorker:
         self.guard: Literal["memory"] | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
+        self.window = pacing.Window(plan.max_pending)
         self.pending_host: dict[int, tuple[str, int]] = {}  # server mode: (host, attempt)
         self.attempts = 0
         self.next_tuple = plan.first  # the fast path counts connections, bursts of plan.burst
@@ -127,6 +130,13 @@ class ClientWorker:
 
     def _on_go(self, *_: object) -> None:
         self.go = True
+
+    def _verdict(self, seconds: float, answered: bool) -> None:
+        """A first check's verdict paces the opening (pacing.Window)."""
+        if answered:
+            self.window.answer(seconds)
+        else:
+            self.window.timed_out()
 
     # -- one connection ------------------------------------------------------------
     def _fail(self, num: int, seq: int | None = None) -> None:
@@ -209,6 +219,7 @@ class ClientWorker:
                     self._ep.unregister(fd)
                     self.fds.append(fd)
                 else:
+                    self.window.connected(now - started)
                     self.watch.established(fd, *self.pending_host.pop(fd))
         if now - self.last_expiry > 0.1:
             self.last_expiry = now
@@ -223,6 +234,10 @@ class ClientWorker:
 
     def in_flight(self) -> int:
         return len(self.pending) + (len(self.watch.checking) if self.watch else 0)
+
+    def unsettled(self) -> int:
+        """In flight, or served so recently that a refusal may still come."""
+        return self.in_flight() + (len(self.watch.settling) if self.watch else 0)
 
     def established(self) -> int:
         return self.watch.open_count if self.watch else len(self.fds)
@@ -251,6 +266,7 @@ class ClientWorker:
                 hist=self._histogram().counts if final else {},
                 rss=self.stats.rss(),
                 guard=self.guard,
+                halvings=self.window.cuts,
             )
         )
 
@@ -369,9 +385,15 @@ class ClientWorker:
         opened, last = 0, start
         more = True
         while more and not self.stopping and opened < plan.share:
-            if self.in_flight() >= plan.max_pending:
-                self.drain(0.02)  # bounded: a silent server must not collect every fd
-            n = min(plan.batch, plan.share - opened, plan.max_pending - self.in_flight())
+            window = plan.max_pending if plan.rate else self.window.limit
+            if self.in_flight() >= window or (self.watch is not None and self.watch.undecided):
+                # bounded: a silent server must not collect every fd; a close while
+                # settling waits for the newer ones to settle (watch.py)
+                self.drain(0.02)
+                if self._server_stopped():
+                    break
+                continue
+            n = min(plan.batch, plan.share - opened, window - self.in_flight())
             if plan.rate:
                 due = start + opened / plan.rate
                 time.sleep(max(0.0, due - time.perf_counter()))
@@ -392,15 +414,36 @@ class ClientWorker:
         self.finish_in_flight()
 
     def finish_in_flight(self) -> None:
-        """Let handshakes (and checks) under way end in a verdict or a timeout."""
-        wait = self.plan.connect_timeout + (self.plan.check_timeout if self.watch else 0)
+        """Let handshakes (and checks) under way end in a verdict or a timeout, and
+        the served ones settle."""
+        wait = self.plan.connect_timeout
+        if self.watch:
+            wait += self.plan.check_timeout + settle_most(self.plan)
         deadline = time.perf_counter() + wait + 1
         last = time.perf_counter()
-        while self.in_flight() and time.perf_counter() < deadline and not self.releasing:
+        while self.unsettled() and time.perf_counter() < deadline and not self.releasing:
             self.drain(0.05)
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
                 self.progress()
+
+    def top_up(self) -> None:
+        """After evictions the server may hold fewer than it did at its
+        high: it evicts in waves (nginx drains up to 32 idle connections at once,
+        ngx_drain_connections), and the stop came after a wave. Add one connection
+        at a time, each settled and swept, until the server evicts again (or
+        TOP_UP_MOST): the best sweep is then the most it holds at once."""
+        w = self._watch
+        for _ in range(TOP_UP_MOST):
+            w.verify()
+            if not w.totals["evicted"] or self.releasing:
+                return
+            evicted = w.totals["evicted"]
+            if not self.open_one():
+                return
+            self.finish_in_flight()
+            if w.totals["evicted"] > evicted:
+                return
 
     def tend(self) -> None:
         """While holding: watch the held connections (server mode) or just sleep."""
@@ -415,6 +458,7 @@ class ClientWorker:
             self.drain(0.1)
             if time.monotonic() - last > 2 * REPORT_EVERY:
                 last = time.monotonic()
+                self._watch.verify()
                 self.progress()
 
     # -- the active phase ------------------------------------------------------------
@@ -456,9 +500,20 @@ class ClientWorker:
         self.ep = select.epoll()  # analyze counts this fd as the epoll overhead
         if self.plan.watch:
             p, check = self.plan, checks.parse(self.plan.check)
-            self.watch = Watch(self.ep, check, p.check_timeout, p.check_every, os.close)
+            self.watch = Watch(
+                self.ep,
+                check,
+                p.check_timeout,
+                p.check_every,
+                os.close,
+                settle=p.settle,
+                verdicts=self._verdict,
+            )
         self.rep.send(ClientStart(self.plan.index, os.getpid(), soft, base, self.stats.rss()))
         self.open_all()
+        if self.watch is not None:
+            self.top_up()
+            self.watch.verify()
         self.progress(final=True)
         self.tend()
         self.release()
@@ -467,3 +522,9 @@ class ClientWorker:
 
 def run_client(plan: ClientPlan, rep: Reporter) -> None:
     ClientWorker(plan, rep).run()
+
+
+def settle_most(plan: ClientPlan) -> float:
+    """The longest a served connection settles: SETTLE_RTTS check round trips, each at
+    most the check timeout, or the settle floor."""
+    return max(plan.settle, SETTLE_RTTS * plan.check_timeout)

@@ -44,6 +44,7 @@ class ProbeConfig:
     check: str = "none"
     check_timeout: float = 2.0
     check_every: float | None = None
+    settle: float = 0.1  # seconds a passing check must stay unrefused to count as served
     server_pid: int | None = None
     netns: str | None = None
     max_pending: int = 1024

@@ -40,6 +40,7 @@ from tcpceiling.servers.model import AppLimit
 from tcpceiling.servers.registry import app_limit
 
 UNBOUNDED = 1 << 40
+VERIFY_WAIT_S = 3.0  # a holding worker sweeps every 0.5 s (client.REPORT_EVERY x 2)
 
 
 class Run:
@@ -126,6 +127,7 @@ class Run:
             check=cfg.check,
             check_timeout=cfg.check_timeout,
             check_every=cfg.check_every,
+            settle=cfg.settle,
             max_pending=cfg.max_pending,
             message_rate=cfg.message_rate,
             message_bytes=cfg.message_bytes,
@@ -244,6 +246,25 @@ class Run:
                 break
             time.sleep(0.05)
 
+    def verified(self) -> int | None:
+        """Served and still open at once: the sum of every client worker's first
+        poll() sweep (watch.Watch.verify) made after this call, all workers having
+        stopped opening, so no sweep counts a connection another worker's later
+        opening made the server drop; or one worker's best sweep, when larger (one
+        worker's sweep is one moment: watch.Watch.verify). None without a check."""
+        if not self.cfg.server_mode or self.cfg.check == "none":
+            return None
+        kids = self.kids
+        after = {c.index: kids.state(c).watch.sweeps for c in kids.clients}
+        kids.wait_for(
+            kids.clients,
+            lambda w: w.watch.sweeps > after[w.index],
+            VERIFY_WAIT_S,
+            lambda: self.interrupted,
+        )
+        at_once = sum(w.watch.verified or 0 for w in kids.client_states)
+        return max([at_once, *(w.watch.best for w in kids.client_states)])
+
     # -- the active phase ------------------------------------------------------------------
     def active_phase(self, before: measure.Sample, held: int) -> None:
         """Traffic on the held connections, then wake-up round trips; the sink's CPU
@@ -347,6 +368,7 @@ class Run:
                 )
             after = measure.Sample.take()
             held = self.established()  # the result is about the opening phase
+            served = self.verified()
             usage = measure.process_usage(kids.live_pids([*kids.clients, *kids.sinks]))
             guarded = self.stop is not None and self.stop.reason == "guard:memory"
             if self.cfg.active and held and not self.interrupted and not guarded:
@@ -358,6 +380,8 @@ class Run:
                         "charge socket buffers to memory already at its line)"
                     )
                 self.hold()
+            if served is not None and self.cfg.hold:
+                served = max(served, self.verified() or 0)
             stop = attribution.final_stop(
                 self.stop,
                 self.cfg.target,
@@ -367,7 +391,7 @@ class Run:
                 server_mode,
                 self._task_limit(),
                 partial(self._server_stop, server_before, server_after),
-                self.watched.max_served if server_mode and self.cfg.check != "none" else None,
+                served,
             )
             stop = self._with_guard_evidence(stop)
             return outcome.build(
@@ -388,6 +412,7 @@ class Run:
                     server_prediction=self.server_prediction,
                     server_before=server_before,
                     watched=self.watched,
+                    served=served,
                     active=self.active_window,
                     budget=self.budget,
                 )

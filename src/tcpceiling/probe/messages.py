@@ -40,7 +40,11 @@ class WatchSummary:
     held: int = 0
     silent: int = 0
     checking: int = 0
-    max_served: int = 0
+    settling: int = 0
+    verified: int | None = None  # served and open at the latest sweep (None: none yet)
+    sweeps: int = 0
+    best: int = 0  # the most one sweep counted (one worker's sweep is one moment)
+    answered: int = 0  # first checks the server answered, either way
     totals: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)
     limit_kind: str | None = None
@@ -70,6 +74,7 @@ class ClientProgress:
     hist: dict[int, int] = field(default_factory=dict)  # latency buckets, final only
     rss: int = 0
     guard: Literal["memory"] | None = None
+    halvings: int = 0  # times the opening window halved (pacing.Window)
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,7 @@ class WorkerState:
     client: ClientProgress | None = None  # the latest
     finished: bool = False  # a client's final progress came (it stopped opening)
     short: bool = False  # ... short of its share
+    hist: dict[int, int] = field(default_factory=dict)  # connect latencies, from the final
     sink: SinkProgress | None = None  # the latest
     nofile: int | None = None
     open_fds: int | None = None
@@ -225,7 +231,7 @@ class WorkerState:
             case ClientProgress():
                 self.client = msg
                 if msg.final:  # later progress (while holding) does not undo this
-                    self.finished, self.short = True, msg.short
+                    self.finished, self.short, self.hist = True, msg.short, msg.hist
             case SinkProgress():
                 self.sink = msg
             case ActiveDone():

@@ -52,7 +52,6 @@ class Watched:
     the workers' RSS against established) every half second, for the report's
     bytes-per-connection fit."""
 
-    max_served: int = 0
     timeline: list[tuple[float, int, int | None]] = field(default_factory=list)
     memory: list[MemoryPoint] = field(default_factory=list)
 
@@ -64,10 +63,6 @@ class Watched:
         return not self.memory or t - self.memory[-1][0] >= MEMORY_STEP_S
 
     def sample(self, clients: Sequence[WorkerState], t: float, cfg: ProbeConfig) -> None:
-        # One worker knows its exact peak; across workers only the sum of their
-        # latest reports is simultaneous.
-        peak = max((w.watch.max_served for w in clients), default=0)
-        self.max_served = max(self.max_served, sum(w.watch.held for w in clients), peak)
         t = round(t, 2)
         if (not self.timeline or t - self.timeline[-1][0] >= TIMELINE_STEP_S) and len(
             self.timeline
@@ -113,6 +108,7 @@ class Inputs:
     watched: Watched
     active: ActiveWindow | None
     budget: MemoryBudget | None = None
+    served: int | None = None  # verified: served and open at once (coordinator.verified)
 
 
 def prediction(i: Inputs, meminfo: parse.Meminfo) -> Predicted:
@@ -181,27 +177,39 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
     served = checks.parse(i.cfg.check).served_means
     if i.cfg.server_mode and served:
         notes.append(served)
+    halvings = sum(w.client.halvings for w in i.clients if w.client)
+    rate = answered_rate(i)
+    if halvings and rate is not None:
+        notes.append(
+            f"opening was paced to the server: it answered about {rate:,.0f} new connections/s "
+            f"(the window of handshakes and checks in flight halved {halvings} time(s) when "
+            "answers slowed): its accept rate, a rate finding, not a limit on how many it holds"
+        )
     if i.cfg.server_mode and i.server_before is None:
         notes.append("the server is not on this host: no server-side evidence was read")
     return tuple(notes)
+
+
+def answered_rate(i: Inputs) -> float | None:
+    """First checks answered per second of opening (None without a check)."""
+    if not i.cfg.server_mode or i.cfg.check == "none" or not i.timing.open_seconds:
+        return None
+    answered = sum(w.watch.answered for w in i.clients)
+    return round(answered / i.timing.open_seconds, 1)
 
 
 def build(i: Inputs) -> ProbeResult:
     est, cfg, server = i.held, i.cfg, i.cfg.server_mode
     hist = Histogram()
     for w in i.clients:
-        hist.merge(w.client.hist if w.client else {})
+        hist.merge(w.hist)
     outcomes: dict[str, int] = {}
     if server:
         outcomes = watch_counts(i.clients, "totals")
         outcomes["open_at_end"] = sum(w.established for w in i.clients)
         outcomes["silent_at_end"] = sum(w.watch.silent for w in i.clients)
     start_rss = sum(w.start_rss for w in [*i.clients, *i.sinks])
-    served = (
-        attribution.accepted(i.sinks)
-        if not server
-        else (i.watched.max_served if cfg.check != "none" else None)
-    )
+    served = attribution.accepted(i.sinks) if not server else i.served
     traffic_, wake = traffic(i)
     seconds, setup = i.timing.open_seconds, i.timing.setup
     return ProbeResult(
@@ -226,6 +234,8 @@ def build(i: Inputs) -> ProbeResult:
         mode="server" if server else "sink",
         check=cfg.check,
         served=served,
+        answered_per_s=answered_rate(i),
+        window_halvings=sum(w.client.halvings for w in i.clients if w.client),
         side=i.stop.side,
         outcomes=outcomes,
         replies=watch_counts(i.clients, "replies") if server else {},

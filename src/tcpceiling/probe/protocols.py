@@ -108,21 +108,19 @@ def ws_close_text(payload: bytes) -> str:
 
 
 def websocket_handshake(data: bytes) -> Verdict:
-    """101 Switching Protocols with the Sec-WebSocket-Accept the key asks for; a close
-    frame right behind it (a server past its limit that upgrades, then closes with
-    1013 Try Again Later) is a refusal in the server's words."""
+    """101 Switching Protocols with the Sec-WebSocket-Accept the key asks for. (A close
+    frame right behind it, a server past its limit that upgrades and then closes with
+    1013 Try Again Later, is a refusal heard while the connection settles: watch.py.)"""
     if b"\r\n\r\n" not in data:
         return Verdict("more")
-    raw, rest = data.split(b"\r\n\r\n", 1)
-    head = raw.decode("latin-1")
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     lines = head.split("\r\n")
     if not lines[0].startswith("HTTP/1.1 101"):
         return Verdict("error", first_line(data))
     headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
     if headers.get("sec-websocket-accept") != websocket_accept(WS_KEY):
         return Verdict("error", "101 without the Sec-WebSocket-Accept of our key")
-    closes = [payload for opcode, payload in ws_frames(rest)[0] if opcode == WS_CLOSE]
-    return Verdict("error", ws_close_text(closes[0])) if closes else Verdict("ok")
+    return Verdict("ok")
 
 
 def websocket_after_handshake(data: bytes) -> bytes:

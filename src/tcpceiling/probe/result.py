@@ -130,7 +130,13 @@ class ProbeResult:
     notes: tuple[str, ...] = ()
     mode: Literal["sink", "server"] = "sink"  # the built-in sink, or --connect
     check: str = "none"
-    served: int | None = None  # most connections served at once (None: no check)
+    #: most connections served and still open at once, by a poll() sweep of every
+    #: worker's served connections after opening and after the hold (None: no check)
+    served: int | None = None
+    #: first checks the server answered (served or refused in its words) per second of
+    #: opening: its accept rate as the probe saw it (with a check)
+    answered_per_s: float | None = None
+    window_halvings: int = 0  # times the opening window halved (probe/pacing.py)
     side: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)

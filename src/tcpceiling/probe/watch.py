@@ -8,6 +8,19 @@ reply, close, reset, or stay silent. With `--check none` a connection that the
 server has not closed within the check timeout counts as held (that is all a
 check-less probe can know).
 
+Answered is not served either: many servers greet first and check their cap after
+(a broker's greeting, then "-ERR max clients" and a close in the next segment). A
+connection whose check passed is settling for the settle time (at least `settle`,
+and SETTLE_RTTS times the check's own round trip); its server's refusal in words
+(checks.Check.refusal), or a close, within it is a refusal, not an eviction. Only
+then is it served. A close without a word while settling is undecided: a server
+that evicts its oldest client to admit the newest closes connections as young as
+a server that greets and then refuses. A newer connection served decides it an
+eviction; no newer one left to settle decides it a refusal. The worker stops
+opening while one is undecided, so the newest can settle (client.py).
+`verify()` counts the served ones still open with a poll() sweep:
+the count the result prints, not a counter's peak.
+
 When has the server stopped serving? Two signs, counted together up to STREAK_LIMIT:
 - failures (closed, reset, refused, silent, timeout, error reply) of connections
   attempted after the latest one that succeeded. Order is by attempt number, not by
@@ -36,18 +49,31 @@ from tcpceiling.probe.messages import WatchSummary
 STREAK_LIMIT = 16
 EVICTION_WAVE = 4  # a wave of evictions counts this much toward STREAK_LIMIT
 RECHECK_SAMPLE = 64  # connections re-checked per --check-every round (bounded cost)
-CHECKING, HELD, SERVED, SILENT = "checking", "held", "served", "silent"
+SETTLE_RTTS = 4
+CHECKING, SETTLING, HELD, SERVED, SILENT = "checking", "settling", "held", "served", "silent"
 GOOD = (HELD, SERVED)
+SWEEP_EVENTS = select.POLLIN | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 WATCH_EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 
 
 @dataclass
 class Checking:
     deadline: float
+    started: float
     sent: bytes
     again: bool  # a --check-every re-check of a held connection
     buf: bytes = b""
     answered: int = 0  # the server's own pings in buf already answered
+
+
+@dataclass
+class Settling:
+    until: float
+    words: bytes = b""  # what the server said after the passing reply
+
+
+#: Told of each first check's verdict: (seconds from the request, answered at all).
+Verdicts = Callable[[float, bool], None]
 
 
 class Watch:
@@ -60,14 +86,20 @@ class Watch:
         timeout: float,
         every: float | None,
         closer: Callable[[int], None],
+        settle: float = 0.1,
+        verdicts: Verdicts | None = None,
     ) -> None:
         self.ep, self.check, self.timeout, self.every = ep, check, timeout, every
-        self.close = closer
+        self.close, self.settle_floor, self.verdicts = closer, settle, verdicts
         self.requests: dict[tuple[str, bool], bytes] = {}
         self.state: dict[int, str] = {}  # every open fd
         self.host_of: dict[int, str] = {}
         self.seq_of: dict[int, int] = {}
         self.checking: dict[int, Checking] = {}  # fds with a request outstanding
+        self.settling: dict[int, Settling] = {}
+        self.undecided: list[tuple[int, str]] = []  # (attempt, kind): closed while settling
+        self.verified: int | None = None  # served and open at the latest sweep
+        self.sweeps = self.answered = self.best = 0  # best: the most any sweep counted
         self.totals: Counter[str] = Counter()
         self.replies: Counter[str] = Counter()
         self.failures: list[tuple[int, str]] = []  # (attempt, kind) after the last success
@@ -86,9 +118,14 @@ class Watch:
 
     @property
     def limit_kind(self) -> str | None:
+        """The failure that ended opening: the server's refusal in its own words when
+        there is one in the streak (a queue overflowing beside it is the flood's
+        symptom, not the limit), else the commonest kind."""
         if len(self.failures) + self.evicted_flat < STREAK_LIMIT:
             return None
         kinds = Counter(kind for _seq, kind in self.failures)
+        if kinds["error_reply"]:
+            return "error_reply"
         kinds["evicted"] += self.evicted_flat
         return kinds.most_common(1)[0][0]
 
@@ -100,7 +137,11 @@ class Watch:
             held=self.good,
             silent=states[SILENT],
             checking=len(self.checking),
-            max_served=self.high,
+            settling=len(self.settling),
+            verified=self.verified,
+            sweeps=self.sweeps,
+            best=self.best,
+            answered=self.answered,
             totals=dict(self.totals),
             replies=dict(self.replies),
             limit_kind=self.limit_kind,
@@ -124,10 +165,16 @@ class Watch:
             self.failures.append((seq, kind))
 
     def _succeed(self, fd: int) -> None:
+        """Served (settled, or held with no check): the latest success so far?"""
+        if self.settling.pop(fd, None) is not None:
+            self.totals["served"] += 1
         self._set(fd, SERVED if self.check.kind != "none" else HELD)
-        self.in_wave = False
-        self.settle()
         seq = self.seq_of.get(fd, -1)
+        for older in [u for u in self.undecided if u[0] < seq]:
+            self.undecided.remove(older)
+            self._evicted()
+        self.in_wave = False
+        self._new_high()
         if seq > self.last_success:
             self.last_success = seq
             self.failures = [f for f in self.failures if f[0] > seq]
@@ -137,19 +184,38 @@ class Watch:
         seq = self.seq_of.pop(fd, self.latest)
         self.checking.pop(fd, None)
         self.host_of.pop(fd, None)
+        settling = self.settling.pop(fd, None)
+        if settling is not None and not text:
+            text = checks.first_line(settling.words) if settling.words.strip() else ""
         if text:
             self.replies[text] += 1
         if self._set(fd, None) in GOOD:  # it had been served: an eviction
-            self.totals["evicted"] += 1
-            if not self.in_wave:
-                self.evicted_flat += EVICTION_WAVE
-                self.in_wave = True
+            self._evicted()
+        elif settling is not None and not text:
+            self.undecided.append((seq, kind))
         else:
             self.fail(kind, seq)
         self.ep.unregister(fd)
         self.close(fd)
 
-    def settle(self) -> None:
+    def _evicted(self) -> None:
+        self.totals["evicted"] += 1
+        if not self.in_wave:
+            self.evicted_flat += EVICTION_WAVE
+            self.in_wave = True
+
+    def _decide(self) -> None:
+        """Undecided closes with no newer connection left checking or settling were
+        refusals: the server kept none of the newer ones."""
+        if not self.undecided:
+            return
+        young = [self.seq_of.get(fd, -1) for fd in (*self.checking, *self.settling)]
+        newest = max(young, default=-1)
+        for seq, kind in [u for u in self.undecided if u[0] > newest]:
+            self.undecided.remove((seq, kind))
+            self.fail(kind, seq)
+
+    def _new_high(self) -> None:
         """A new high of connections served at once resets the eviction streak."""
         if self.good > self.high:
             self.high, self.evicted_flat = self.good, 0
@@ -173,7 +239,8 @@ class Watch:
         sent = self.requests[key]
         if sent and not self._write(fd, sent):
             return
-        self.checking[fd] = Checking(time.monotonic() + self.timeout, sent, again)
+        now = time.monotonic()
+        self.checking[fd] = Checking(now + self.timeout, now, sent, again)
 
     def on_event(self, fd: int, events: int) -> None:
         """Data, EOF or reset on a checked or held connection."""
@@ -192,6 +259,8 @@ class Watch:
             pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
             if self._answer_pings(fd, pending):
                 self._judge(fd, pending)
+        elif fd in self.settling:
+            self._settling_data(fd, self.settling[fd], data)
         elif fd in self.state:
             self._held(fd, data)
         if events & select.EPOLLRDHUP and fd in self.state:
@@ -204,6 +273,17 @@ class Watch:
         said = self.check.held(data)
         if said.closing is not None:
             self._drop(fd, "closed", said.closing)
+        elif said.reply:
+            self._write(fd, said.reply)
+
+    def _settling_data(self, fd: int, settling: Settling, data: bytes) -> None:
+        """The server spoke right after the passing reply: a refusal in its words
+        ends the connection as refused; a ping is answered."""
+        settling.words = (settling.words + data)[: checks.MAX_REPLY]
+        said = self.check.held(data)
+        refusal = said.closing or self.check.refusal(settling.words)
+        if refusal is not None:
+            self._drop(fd, "error_reply", refusal)
         elif said.reply:
             self._write(fd, said.reply)
 
@@ -231,14 +311,27 @@ class Watch:
         if v.outcome == "more":
             return
         del self.checking[fd]
-        if v.outcome == "ok":
-            self.totals["rechecked_ok" if pending.again else "served"] += 1
-            self._succeed(fd)
-            rest = self.check.after_reply(pending.buf, pending.again)
-            if rest:
-                self._held(fd, rest)
-        else:
+        took = time.monotonic() - pending.started
+        if not pending.again:
+            self.answered += 1
+            if self.verdicts is not None:
+                self.verdicts(took, True)
+        if v.outcome != "ok":
             self._drop(fd, "error_reply", v.text)
+        elif pending.again:
+            self.totals["rechecked_ok"] += 1
+            self._succeed(fd)
+        else:
+            self._settle(fd, took, self.check.after_reply(pending.buf, again=False))
+
+    def _settle(self, fd: int, took: float, rest: bytes) -> None:
+        """The first check passed: served if nothing refuses it within the settle
+        time (the frames that came with the reply are heard at once)."""
+        self._set(fd, SETTLING)
+        wait = max(self.settle_floor, SETTLE_RTTS * took)
+        self.settling[fd] = Settling(time.monotonic() + wait)
+        if rest:
+            self._settling_data(fd, self.settling[fd], rest)
 
     # -- time ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -247,6 +340,12 @@ class Watch:
         now = time.monotonic()
         for fd in [fd for fd, p in self.checking.items() if p.deadline < now]:
             self._expire(fd, self.checking.pop(fd))
+        settled = [fd for fd, s in self.settling.items() if s.until <= now]
+        for fd in settled:
+            self._succeed(fd)
+        self._decide()
+        if settled and self.good > self.best:
+            self.verify()  # a new high, verified while it stands (at most once a tick)
         if self.check.ping_every and now >= self.next_ping:
             self.next_ping = now + self.check.ping_every
             self._ping_all()
@@ -260,6 +359,8 @@ class Watch:
         if self.check.kind == "none":
             self._succeed(fd)
             return
+        if self.verdicts is not None and not pending.again:
+            self.verdicts(self.timeout, False)
         if pending.buf:
             text = "unexpected reply: " + checks.first_line(pending.buf)
             self._drop(fd, "error_reply", text)
@@ -287,10 +388,40 @@ class Watch:
             self._send_check(fd, again=True)
         self.cursor += RECHECK_SAMPLE
 
+    def verify(self) -> int:
+        """Sweep the served connections with one non-blocking poll(): a close or a
+        word not yet read is heard now. Returns (and keeps) how many are still open."""
+        po = select.poll()
+        good = [fd for fd, s in self.state.items() if s in GOOD]
+        for fd in good:
+            po.register(fd, SWEEP_EVENTS)
+        for fd, events in po.poll(0):
+            if fd in self.state:
+                self.on_event(fd, _epoll_events(events))
+        self.verified = self.good
+        self.best = max(self.best, self.good)
+        self.sweeps += 1
+        return self.good
+
     def release(self) -> list[int]:
         """Every fd still open (the caller closes them with RST)."""
         fds = list(self.state)
-        for table in (self.state, self.checking, self.host_of, self.seq_of):
+        for table in (self.state, self.checking, self.settling, self.host_of, self.seq_of):
             table.clear()
         self.good = 0
         return fds
+
+
+def _epoll_events(poll_events: int) -> int:
+    """poll() bits as the epoll bits on_event reads (the values agree on Linux, but
+    say so rather than rely on it)."""
+    out = 0
+    for p_bit, e_bit in (
+        (select.POLLIN, select.EPOLLIN),
+        (select.POLLRDHUP, select.EPOLLRDHUP),
+        (select.POLLHUP, select.EPOLLHUP),
+        (select.POLLERR, select.EPOLLERR),
+    ):
+        if poll_events & p_bit:
+            out |= e_bit
+    return out

@@ -1,0 +1,113 @@
+"""probe --connect against servers that model what real servers do at their cap
+(tests/servers/patterns.py): served is what the server itself says it keeps, and
+the reason is the pattern's, not the flood's symptoms."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import probe
+
+PATTERNS = Path(__file__).parent / "servers" / "patterns.py"
+REFUSAL = "-ERR max number of clients reached"
+
+
+@dataclass
+class Kept:
+    """The server's own count: every "holding N" line it printed."""
+
+    lines: list[int]
+
+    @property
+    def peak(self) -> int:
+        return max(self.lines, default=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def pattern(name: str, cap: int, backlog: int = 128) -> Iterator[tuple[int, Kept]]:
+    """Start the pattern server; yield (port, its count, filled in once it stops)."""
+    port, kept = free_port(), Kept([])
+    cmd = [sys.executable, str(PATTERNS), name, str(port), str(cap), str(backlog)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield port, kept
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        kept.lines.extend(int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("holding"))
+
+
+def run(
+    name: str, cap: int, check: str, target: int, backlog: int = 128
+) -> tuple[dict[str, Any], Kept]:
+    with pattern(name, cap, backlog) as (port, kept):
+        code, r = probe("--connect", f"127.0.0.1:{port}", "--check", check, "--target", str(target))
+    assert code == 1, r["stop"]
+    return r, kept
+
+
+@pytest.mark.parametrize(
+    ("name", "check", "reasons", "reply"),
+    [
+        ("greet-refuse", r"expect:^\+OK,refuse:^-ERR", ("server_reply",), REFUSAL),
+        ("greet-close", r"expect:^\+OK", ("server_closed",), None),
+        ("evict", r"expect:^\+OK", ("server_evicted",), None),
+    ],
+)
+def test_greeting_servers_past_their_cap(
+    name: str, check: str, reasons: tuple[str, ...], reply: str | None
+) -> None:
+    """Each greets every client, then past 40: an error line and a close in a later
+    segment; a close without a word; the oldest client closed to admit the newest.
+    Served is what the server says it keeps, and the greeting counts for nothing."""
+    r, kept = run(name, 40, check, 160)
+    assert kept.peak == 40 and r["served"] == 40, (kept.peak, r["served"], r["outcomes"])
+    assert r["stop"]["reason"] in reasons, r["stop"]
+    assert r["stop"]["evidence"]["reply"] == reply
+    assert r["outcomes"]["open_at_end"] == 40
+
+
+def test_greeting_then_error_is_exactly_the_cap_ten_times() -> None:
+    """The greeting matches `expect` before the refusal arrives: ten runs in a row
+    serve exactly the cap, never the greeted ones past it."""
+    for _ in range(10):
+        r, kept = run("greet-refuse", 40, r"expect:^\+OK,refuse:^-ERR", 100)
+        assert (r["served"], kept.peak, r["stop"]["reason"]) == (40, 40, "server_reply")
+        assert r["outcomes"]["error_reply"] == 60 and "evicted" not in r["outcomes"]
+
+
+def test_a_slow_accepting_server_is_not_flooded() -> None:
+    """A thread per connection, at most 100 accepts a second, backlog 32, cap 5 with
+    "421 too many": the opening keeps pace with it, so its queue never overflows and
+    the limit is its own refusal, not the backlog; its accept rate is reported."""
+    r, kept = run("slow", 5, r"expect:^220 ,refuse:^421 ", 200, backlog=32)
+    assert kept.peak == 5 and r["served"] == 5
+    assert r["stop"]["reason"] == "server_reply"
+    assert r["stop"]["evidence"]["reply"].startswith("421 ")
+    assert r["stop"]["evidence"]["deltas"]["ListenOverflows"] == 0
+    assert r["answered_per_s"] is not None and r["answered_per_s"] <= 120
+
+
+def test_a_server_that_stops_accepting_at_its_cap() -> None:
+    """It stops calling accept() at 40 (the listener stays open, backlog 8): nine
+    more wait in the accept queue unanswered, then the SYNs are dropped."""
+    r, kept = run("pause", 40, r"expect:^\+OK", 120, backlog=8)
+    assert kept.peak == 40 and r["served"] == 40
+    assert r["stop"]["reason"] in ("backlog", "server_silent"), r["stop"]
+    assert r["outcomes"]["silent_at_end"] == 9  # backlog + 1 (the kernel's check is >)
