@@ -194,6 +194,30 @@ def test_the_headline_is_the_long_run_rate_not_the_burst(netns: str) -> None:
     assert "about 1.667 new connections/s" in s["rate_summary"]
 
 
+def test_more_source_ips_raise_the_long_run_rate_as_analyze_says(netns: str) -> None:
+    """The fix for a TIME_WAIT-bound rate, proven: three source addresses in the same
+    100 ports give 300 cycles, one TIME_WAIT period's worth, and a long-run rate of
+    300 / 60 s = 5/s, what analyze predicts with the same three. 10.9.9.9 is no address
+    of the run's namespace: it is added to its loopback, and the result says so."""
+    sources = ("127.0.0.1", "127.0.0.2", "10.9.9.9")
+    picks = [a for ip in sources for a in ("--source-ip", ip)]
+    code, r = rate(
+        "--duration", "3", "--sysctl", RANGE_100, "--sysctl", "net.ipv4.tcp_tw_reuse=0",
+        "--rate", "1000", "--workers", "1", *picks,
+    )  # fmt: skip
+    assert code == 1 and r["stop"]["reason"] == "time_wait", r["stop"]
+    assert r["completed"] == 300 and r["time_wait"]["client"] == 300
+    assert r["sustained_per_s"] == 5.0 and r["sustained_from"] == "predicted"
+    assert any("10.9.9.9" in n for n in r["notes"])
+    netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60099")
+    netns_sysctl(netns, "net.ipv4.tcp_tw_reuse", "0")
+    local = [a for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3") for a in ("--source-ip", ip)]
+    a = cli_json(
+        "analyze", "--netns", netns, "--role", "client", "--connect", "127.0.0.1:32000", *local
+    )
+    assert constraint(a["scenarios"][0], "time_wait")["ceiling"] == 5.0
+
+
 def test_a_killed_churn_worker_is_named() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tcpceiling", "rate", "--rate", "100", "--duration", "4",

@@ -7,7 +7,7 @@ import pytest
 from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host.parse import parse_conntrack_stat
 from tcpceiling.host.sockets import Listener
-from tcpceiling.probe import checks
+from tcpceiling.probe import checks, pacing
 from tcpceiling.probe import protocols as wire
 from tcpceiling.probe.evidence import ServerProcess, ServerSample, attribute
 
@@ -277,3 +277,26 @@ def test_silent_connections_accepted_or_not(
     stop = attribute("silent", {}, sample(ListenOverflows=0), after, silent)
     assert stop.reason == reason and words in stop.detail
     assert stop.evidence["silent"] == silent
+
+
+def test_the_opening_window_grows_while_answers_are_prompt_and_halves_when_not() -> None:
+    """Slow start to the first sign, additive increase after it, one halving per
+    window of verdicts, never below MIN_WINDOW, never above the most."""
+    w = pacing.Window(most=1024)
+    for _ in range(40):
+        w.answer(0.001)
+    assert w.limit == pacing.MIN_WINDOW + 40  # one more per prompt answer
+    w.answer(0.5)  # far past 4 x the fastest and 50 ms more: behind
+    assert (w.limit, w.cuts) == (28, 1)
+    w.answer(0.5)  # within the same window of verdicts: no second halving
+    assert (w.limit, w.cuts) == (28, 1)
+    for _ in range(30):
+        w.answer(0.001)  # above the threshold: one per window of answers
+    assert w.limit == 29
+    w.connected(0.0001)
+    w.connected(1.01)  # a SYN retransmit (1 s initial RTO)
+    assert w.cuts == 2 and w.limit == pacing.MIN_WINDOW
+    for _ in range(100):
+        w.timed_out()
+    assert w.limit == pacing.MIN_WINDOW and w.answered == 72
+    assert pacing.Window(most=4).limit == 4  # --max-pending is the most, even below the floor

@@ -1038,6 +1038,13 @@ def compare_io_cmd(
     help="With --connect: a request whose valid reply makes the cycle count "
     "(http with --close server asks for Connection: close). " + CHECK_HELP,
 )
+@click.option(
+    "--source-ip",
+    multiple=True,
+    metavar="IP|CIDR",
+    help="Source addresses the cycles rotate over (repeatable): each adds its own "
+    "ports per TIME_WAIT period (default: the kernel's pick).",
+)
 @RUN_NETNS_OPTION
 @REPORT_OPTION
 @QUIET_OPTION
@@ -1051,6 +1058,7 @@ def rate_cmd(
     sysctls: tuple[str, ...],
     connect: str | None,
     check: str,
+    source_ip: tuple[str, ...],
     netns: str | None,
     report_path: Path | None,
     quiet: bool,
@@ -1078,6 +1086,7 @@ def rate_cmd(
         connect=resolve(parse_endpoint(connect)) if connect else None,
         check=check,
         netns=netns,
+        sources=expand_sources(source_ip),
     )
     from tcpceiling.report.progress import LiveProgress
 

@@ -209,6 +209,21 @@ def check_sources(sources: tuple[str, ...], netns: str | None) -> None:
         )
 
 
+def sources_here(sources: tuple[str, ...], netns: str | None, own: bool) -> str | None:
+    """Source addresses must be local where a run happens: in the run's own
+    namespace (`own`) the missing ones are added to its loopback, and the note saying
+    so is returned; anywhere else a missing one is an input error."""
+    if not (own and netns):
+        check_sources(sources, netns)
+        return None
+    missing = tuple(not_local(sources, netns))
+    if not missing:
+        return None
+    netns_mod.add_addresses(netns, missing)
+    shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
+    return f"added {len(missing):,} source address(es) to loopback in the run's namespace: {shown}"
+
+
 def prepare(
     scenarios: list[Scenario],
     roots: Roots,

@@ -26,7 +26,7 @@ from typing import Literal
 
 import psutil
 
-from tcpceiling.analysis.analyze import analyze
+from tcpceiling.analysis.analyze import analyze, sources_here
 from tcpceiling.analysis.model import Endpoint, build_scenarios
 from tcpceiling.errors import InputError
 from tcpceiling.host import diag, sockets
@@ -35,6 +35,7 @@ from tcpceiling.host.read import read_net_counters, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import budget, checks, errnos, isolate, measure
 from tcpceiling.probe.children import Children
+from tcpceiling.probe.client import IP_BIND_ADDRESS_NO_PORT
 from tcpceiling.probe.config import check_sysctl_key
 from tcpceiling.probe.histogram import Histogram
 from tcpceiling.probe.messages import ChurnProgress
@@ -78,6 +79,9 @@ class ChurnConfig:
     check: str = "none"  # a request whose valid reply makes the cycle count
     netns: str | None = None  # an existing namespace to run in
     cgroup_floor: int | None = None  # None: the memory guard's default (probe.budget)
+    #: source addresses the cycles rotate over (each its own 4-tuples: ports x sources
+    #: per TIME_WAIT period); () lets the kernel pick
+    sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if checks.parse(self.check).kind != "none" and self.connect is None:
@@ -155,14 +159,30 @@ class _Tally:
         self.second_hists.setdefault(second, Histogram()).add(took * 1e6)
 
 
+class Sources:
+    """The source addresses to bind, one per cycle in turn, with
+    IP_BIND_ADDRESS_NO_PORT so connect() picks the port per 4-tuple (docs/limits.md §1)."""
+
+    def __init__(self, sources: tuple[str, ...]) -> None:
+        self.sources, self.turn = sources, 0
+
+    def bind(self, c: _socket.socket) -> None:
+        if not self.sources:
+            return
+        c.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        c.bind((self.sources[self.turn % len(self.sources)], 0))
+        self.turn += 1
+
+
 class Pair:
     """A worker's own listener, accepting in the same process as it connects (as the
     C reference does): no wake-up of another process per connection."""
 
-    def __init__(self, port: int, close: CloseMode) -> None:
+    def __init__(self, port: int, close: CloseMode, sources: tuple[str, ...] = ()) -> None:
         self.ls = listener("127.0.0.1", port, 4096)
         self.ls.setblocking(True)
         self.dst, self.close = ("127.0.0.1", port), close
+        self.sources = Sources(sources)
 
     def burst(self, n: int) -> tuple[int, float, int]:
         """Up to n connect -> accept -> close cycles, in the order --close asks:
@@ -172,6 +192,7 @@ class Pair:
         accept, close_fd, dst = self.ls._accept, os.close, self.dst  # type: ignore[attr-defined]
         rst, server_first = self.close == "rst", self.close == "server"
         sol, linger, rst_opt = socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST
+        bind = self.sources.bind if self.sources.sources else None
         t0 = time.perf_counter()
         took = 0.0
         for i in range(n):
@@ -179,6 +200,8 @@ class Pair:
             if rst:
                 c.setsockopt(sol, linger, rst_opt)
             try:
+                if bind is not None:
+                    bind(c)
                 c.connect(dst)  # loopback: the handshake completes inside connect()
             except OSError as exc:
                 c.close()
@@ -213,6 +236,7 @@ class Remote:
         if self.check.kind == "http" and cfg.close == "server":
             req = req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
         self.request = req
+        self.sources = Sources(cfg.sources)
 
     def burst(self, n: int) -> tuple[int, float, int]:
         """One cycle (n is 1 or more; a real server is paced by its replies)."""
@@ -221,6 +245,7 @@ class Remote:
         try:
             if self.cfg.close == "rst":
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            self.sources.bind(c)
             t0 = time.perf_counter()
             c.connect(self.dst)
             took = time.perf_counter() - t0
@@ -259,7 +284,7 @@ def churn_worker(
     raise_nofile(None)
     stopped: list[bool] = []  # SIGUSR1: the memory guard ends the run early
     signal.signal(signal.SIGUSR1, lambda *_: stopped.append(True))
-    pair: Pair | Remote = Remote(cfg) if cfg.connect else Pair(port, cfg.close)
+    pair: Pair | Remote = Remote(cfg) if cfg.connect else Pair(port, cfg.close, cfg.sources)
     tally, t0 = _Tally(), time.perf_counter()
     last = t0
     burst = 1 if per_worker is not None or cfg.connect else BURST
@@ -430,6 +455,7 @@ class ChurnRun:
         self.kids = Children()
         self.lines = budget.cgroup_lines(Roots(), cfg.cgroup_floor)
         self.breach: budget.Breach | None = None
+        self.notes: tuple[str, ...] = ()
 
     def _guard(self) -> None:
         """The memory guard: past a memory cgroup's line, every worker ends now."""
@@ -457,6 +483,8 @@ class ChurnRun:
             ns = self.cfg.netns
             if self.cfg.isolated:
                 ns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))
+            note = sources_here(self.cfg.sources, ns, self.cfg.isolated)
+            self.notes = (note,) if note else ()
             with netns_mod.inside(ns):
                 return self._ramp(ns)
         raise AssertionError("unreachable")
@@ -572,6 +600,7 @@ class ChurnRun:
             stop=attribute(cfg, burst, dict(errors), d),
             isolated=cfg.isolated,
             netns=ns,
+            notes=self.notes,
         )
 
 
@@ -597,7 +626,7 @@ def predicted_rate(cfg: ChurnConfig, ns: str | None) -> float | None:
         if cfg.connect
         else tuple(f"127.0.0.1:{SINK_PORT + i}" for i in range(cfg.workers))
     )
-    scenarios = build_scenarios("client", connect=dests)
+    scenarios = build_scenarios("client", connect=dests, source_ip=cfg.sources)
     result = analyze(scenarios, Roots(), netns=ns).scenarios[0]
     ceiling = result.constraint("time_wait").ceiling
     return None if ceiling is None else float(ceiling)

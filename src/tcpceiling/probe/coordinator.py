@@ -15,7 +15,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from tcpceiling.analysis.analyze import check_sources, evaluate, not_local
+from tcpceiling.analysis.analyze import evaluate, sources_here
 from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
@@ -314,17 +314,9 @@ class Run:
         """Source addresses must be local where the run happens: the run's own
         namespace gets the missing ones on its loopback (and the result says so);
         anywhere else a missing one is an input error, before any connection."""
-        if self.cfg.isolated and self.netns:
-            missing = tuple(not_local(self.cfg.sources, self.netns))
-            if missing:
-                netns_mod.add_addresses(self.netns, missing)
-                shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
-                self.notes.append(
-                    f"added {len(missing):,} source address(es) to loopback in the run's "
-                    f"namespace: {shown}"
-                )
-        else:
-            check_sources(self.cfg.sources, self.netns)
+        note = sources_here(self.cfg.sources, self.netns, self.cfg.isolated)
+        if note:
+            self.notes.append(note)
 
     def _execute(self) -> ProbeResult:
         self._sources_here()

@@ -11,9 +11,10 @@ window of verdicts. The signs: a handshake that took a SYN retransmit (its conne
 time past the fastest one by RETRANSMIT_S), a check answered far slower than the
 fastest (past SLOW_FACTOR times it and SLOW_FLOOR_S more), a check that timed out.
 
-The window never falls below MIN_WINDOW: a server that stopped answering must
-still produce its streak of silent connections (watch.STREAK_LIMIT) within one check
-timeout. The sink path and `--rate` do not use it.
+The window never falls below MIN_WINDOW (unless --max-pending is lower): a server
+that stopped answering must still produce its streak of silent connections
+(watch.STREAK_LIMIT) within one check timeout. The sink path and `--rate` do not
+use it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Window:
 
     @property
     def limit(self) -> int:
-        return max(MIN_WINDOW, min(self.most, int(self.size)))
+        return min(self.most, max(MIN_WINDOW, int(self.size)))
 
     def connected(self, seconds: float) -> None:
         """A handshake completed after `seconds`."""
