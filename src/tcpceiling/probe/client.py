@@ -220,6 +220,8 @@ class ClientWorker:
                     self.fds.append(fd)
                 else:
                     self.window.connected(now - started)
+                    if self.watch.check.kind == "none":
+                        self.window.answer(now - started)
                     self.watch.established(fd, *self.pending_host.pop(fd))
         if now - self.last_expiry > 0.1:
             self.last_expiry = now
@@ -234,6 +236,19 @@ class ClientWorker:
 
     def in_flight(self) -> int:
         return len(self.pending) + (len(self.watch.checking) if self.watch else 0)
+
+    def _room(self) -> int:
+        """How many more may start: within --max-pending in flight, and within the
+        window (pacing.Window) of what the server is asked to answer: handshakes, and
+        checks when there is one (a check-less connection waits out its timeout with
+        nothing asked of the server, so its handshake is its answer)."""
+        room = self.plan.max_pending - self.in_flight()
+        if self.plan.rate or self.watch is None:
+            return room
+        asked = len(self.pending)
+        if self.watch.check.kind != "none":
+            asked += len(self.watch.checking)
+        return min(room, self.window.limit - asked)
 
     def unsettled(self) -> int:
         """In flight, or served so recently that a refusal may still come."""
@@ -385,15 +400,15 @@ class ClientWorker:
         opened, last = 0, start
         more = True
         while more and not self.stopping and opened < plan.share:
-            window = plan.max_pending if plan.rate else self.window.limit
-            if self.in_flight() >= window or (self.watch is not None and self.watch.undecided):
+            room = self._room()
+            if room <= 0 or (self.watch is not None and self.watch.undecided):
                 # bounded: a silent server must not collect every fd; a close while
                 # settling waits for the newer ones to settle (watch.py)
                 self.drain(0.02)
                 if self._server_stopped():
                     break
                 continue
-            n = min(plan.batch, plan.share - opened, window - self.in_flight())
+            n = min(plan.batch, plan.share - opened, room)
             if plan.rate:
                 due = start + opened / plan.rate
                 time.sleep(max(0.0, due - time.perf_counter()))
