@@ -225,10 +225,11 @@ def scenario_options(fn: F) -> F:
     options = [
         click.option(
             "--role",
-            type=click.Choice(["server", "client", "both"]),
+            type=click.Choice(["server", "client", "both", "nat"]),
             default="both",
             show_default=True,
-            help="Which side's ceiling: the server's, the client's, or both.",
+            help="Which side's ceiling: the server's, the client's, or both; nat: a host "
+            "that forwards (NATs, firewalls) --connect destinations for other hosts.",
         ),
         click.option(
             "--connect",
@@ -657,6 +658,13 @@ def server_options(fn: F) -> F:
             default=None,
             help="The server's pid, for fd-limit evidence (default: the listener's owner).",
         ),
+        click.option(
+            "--path-netns",
+            default=None,
+            metavar="NAME",
+            help="A network namespace on the path (a NAT, a firewall, the server's): its "
+            "NAT ports, connection caps and conntrack counters explain timeouts and refusals.",
+        ),
         RUN_NETNS_OPTION,
         click.option(
             "--max-pending",
@@ -858,6 +866,7 @@ def probe_cmd(
     check_every: float | None,
     settle: float,
     server_pid: int | None,
+    path_netns: str | None,
     netns: str | None,
     max_pending: int,
     io_model: str,
@@ -911,6 +920,7 @@ def probe_cmd(
         check_every=check_every,
         settle=settle,
         server_pid=server_pid,
+        path_netns=path_netns,
         netns=netns,
         max_pending=max_pending,
         io_model=cast(IoModel, io_model),

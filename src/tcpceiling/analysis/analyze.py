@@ -23,10 +23,10 @@ from tcpceiling.analysis.model import (
     resolve,
     total_ceiling,
 )
-from tcpceiling.analysis.registry import FAMILIES
+from tcpceiling.analysis.registry import FAMILIES, NAT_FAMILIES
 from tcpceiling.errors import InputError
+from tcpceiling.host import nat, read, route, sockets
 from tcpceiling.host import netns as netns_mod
-from tcpceiling.host import read, route, sockets
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
 from tcpceiling.results import check_document
@@ -66,7 +66,8 @@ def read_snapshot(
                 else sockets.read_fixture(roots.procfs.parent)
             )
         routes = {d: route_of(d.host, d.port, roots.live) for d in destinations}
-    snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns)
+    path = nat.read_path(roots, netns)
+    snap = read.HostSnapshot(process, net, system, cgroup, table, roots, netns, path=path)
     return snap, routes
 
 
@@ -107,8 +108,13 @@ def _summary(role: str, ceiling: int | None, binding: str | None, scenario: Scen
             f"connections to {dests}; the first limit each reaches is {binding}"
         )
     where = ""
-    if role == "client":
+    if role in ("client", "nat"):
         where = " to " + ", ".join(str(d) for d in scenario.connect)
+    if role == "nat":
+        return (
+            f"this host can forward about {ceiling:,} connections{where}; "
+            f"the first limit reached is {binding}"
+        )
     return (
         f"this host can hold about {ceiling:,} connections as a {role}{where}; "
         f"the first limit reached is {binding}"
@@ -135,7 +141,8 @@ def evaluate(
 ) -> ScenarioResult:
     """Pure given a snapshot: one Constraint per limit and the verdict."""
     ctx = context(snap, scenario, routes)
-    constraints = tuple(c for _, family in FAMILIES for c in family(ctx))
+    families = NAT_FAMILIES if scenario.role == "nat" else FAMILIES
+    constraints = tuple(c for _, family in families for c in family(ctx))
     if scenario.role == "client" and scenario.client_hosts > 1:
         constraints = tuple(per_hosts(c, scenario.client_hosts) for c in constraints)
     ranked = sorted(
@@ -234,7 +241,9 @@ def prepare(
     """The scenarios with their destinations resolved, the snapshot and the routes."""
     scenarios = [replace(s, connect=tuple(resolve(d) for d in s.connect)) for s in scenarios]
     if roots.live:
-        check_sources(tuple(dict.fromkeys(s for sc in scenarios for s in sc.sources)), netns)
+        # a nat scenario's sources are the clients behind it, not addresses of its own
+        mine = (s for sc in scenarios if sc.role != "nat" for s in sc.sources)
+        check_sources(tuple(dict.fromkeys(mine)), netns)
     dests = tuple(dict.fromkeys(d for s in scenarios for d in s.connect))
     snap, routes = read_snapshot(roots, pid, netns, dests, table)
     if roots.live:

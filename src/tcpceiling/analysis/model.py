@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from tcpceiling.errors import InputError
 
-Role = Literal["server", "client"]
+Role = Literal["server", "client", "nat"]
 IoModel = Literal["epoll", "threads"]
 Kind = Literal["total", "burst", "rate"]
 #: Every constraint a limit family can report (probe stop reasons name these too).
@@ -29,6 +29,8 @@ ConstraintId = Literal[
     "cpu",
     "cpu_churn",
     "app_limit",
+    "snat_ports",
+    "firewall",
 ]
 
 
@@ -232,7 +234,7 @@ class Analysis:
 #: A documentation address (RFC 5737) standing for "one remote ip:port" when no
 #: destination is given; nothing is ever sent to it.
 DEFAULT_REMOTE = Endpoint("192.0.2.1", 443)
-RoleChoice = Literal["server", "client", "both"]
+RoleChoice = Literal["server", "client", "both", "nat"]
 
 
 def build_scenarios(
@@ -251,8 +253,8 @@ def build_scenarios(
     return [
         Scenario(
             role=r,
-            connect=(dests or (DEFAULT_REMOTE,)) if r == "client" else (),
-            sources=sources if r == "client" else (),
+            connect=(dests or (DEFAULT_REMOTE,)) if r == "client" else dests if r == "nat" else (),
+            sources=sources if r in ("client", "nat") else (),
             listen=listens if r == "server" else (),
             **common,
         )

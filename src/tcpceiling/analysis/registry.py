@@ -6,7 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tcpceiling.analysis.context import Context
-from tcpceiling.analysis.limits import app, conntrack, cpu, fds, memory, ports, queues, tasks
+from tcpceiling.analysis.limits import (
+    app,
+    conntrack,
+    cpu,
+    fds,
+    memory,
+    path,
+    ports,
+    queues,
+    tasks,
+)
 from tcpceiling.analysis.model import Constraint
 
 Family = Callable[[Context], list[Constraint]]
@@ -20,4 +30,10 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
     ("conntrack", conntrack.evaluate),
     ("cpu", cpu.evaluate),
     ("app", app.evaluate),
+    ("path", path.evaluate),
+)
+#: A host that forwards (a NAT, a firewall): only what it keeps per forwarded flow.
+NAT_FAMILIES: tuple[tuple[str, Family], ...] = (
+    ("path", path.evaluate),
+    ("conntrack", conntrack.evaluate),
 )

@@ -28,9 +28,7 @@ def inside(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    require_root(f"--netns {name}")
-    if not (NETNS_RUN_DIR / name).exists():
-        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)")
+    require(name)
     from pyroute2 import netns
 
     netns.pushns(name)
@@ -38,6 +36,13 @@ def inside(name: str | None) -> Iterator[None]:
         yield
     finally:
         netns.popns()
+
+
+def require(name: str) -> None:
+    """Root, and a named namespace that exists (an input error otherwise)."""
+    require_root(f"--netns {name}")
+    if not (NETNS_RUN_DIR / name).exists():
+        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)")
 
 
 def create(name: str) -> None:

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from tcpceiling.errors import HostError, ParseError
 from tcpceiling.host import parse
+from tcpceiling.host.nat import PathView
 from tcpceiling.host.roots import Roots
 from tcpceiling.host.sockets import SocketTable
 from tcpceiling.servers.model import AppLimit
@@ -116,6 +117,8 @@ class HostSnapshot:
     netns: str | None = None
     #: the servers behind the scenario's listeners or --pid (tcpceiling.servers)
     servers: tuple[AppLimit, ...] = ()
+    #: the namespace's NAT rules, connection caps and NATed flows (host.nat)
+    path: PathView = field(default_factory=PathView)
 
 
 def _read(path: Path, parser: Callable[[str], T]) -> T:

@@ -17,6 +17,7 @@ from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read, sockets
 from tcpceiling.host.cgroups import read_cgroup
+from tcpceiling.host.nat import NatUse, nat_uses
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import registry
@@ -110,6 +111,7 @@ class Sample:
     tcp_sockets: int = 0  # sockstat inuse of the netns
     destinations: int = 0  # (src, dst, dport) tuples seen, before the top K
     servers: tuple[AppLimit, ...] = ()  # listeners of servers the registry knows
+    nat: tuple[NatUse, ...] = ()  # NATed flows per destination (host.nat)
 
 
 def counters(roots: Roots) -> dict[str, int]:
@@ -279,6 +281,7 @@ def take(scope: Scope) -> Sample:
         tcp_sockets=snap.net.sockstat.inuse,
         destinations=len(client.toward),
         servers=servers,
+        nat=nat_uses(snap.path),
     )
 
 

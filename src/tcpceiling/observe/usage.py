@@ -131,10 +131,28 @@ def server_usages(s: Sample) -> list[Usage]:
     ]
 
 
+def nat_usages(s: Sample) -> list[Usage]:
+    """The NAT's tuples toward each destination it masquerades flows to."""
+    fix = (
+        "widen the NAT rule's port range or add NAT addresses (snat to A-B), random-fully "
+        "against clashes; or reuse connections"
+    )
+    return [
+        Usage("snat_ports", f"NAT -> {u.dst}:{u.dport} ({u.rule})", u.used, u.capacity,
+              "NAT tuples", fix)
+        for u in s.nat
+    ]  # fmt: skip
+
+
 def usages(s: Sample) -> list[Usage]:
     """Every row, the smallest headroom first."""
     rows = (
-        process_usages(s) + server_usages(s) + listener_usages(s) + port_usages(s) + host_usages(s)
+        process_usages(s)
+        + server_usages(s)
+        + listener_usages(s)
+        + port_usages(s)
+        + nat_usages(s)
+        + host_usages(s)
     )
     return sorted(rows, key=lambda u: u.headroom)
 

@@ -19,6 +19,7 @@ import socket
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -443,15 +444,26 @@ class ClientWorker:
                 self.progress()
 
     def top_up(self) -> None:
-        """After evictions the server may hold fewer than it did at its
-        high: it evicts in waves (nginx drains up to 32 idle connections at once,
+        """After evictions the server may hold fewer than it did at its high: it
+        evicts in waves (nginx drains up to 32 idle connections at once,
         ngx_drain_connections), and the stop came after a wave. Add one connection
         at a time, each settled and swept, until the server evicts again (or
-        TOP_UP_MOST): the best sweep is then the most it holds at once."""
+        TOP_UP_MOST): the best sweep is then the most it holds at once. Then refill,
+        one at a time, up to that best and no further, so a hold holds the server
+        at its top rather than just after a wave."""
+        w = self._watch
+        if not w.totals["evicted"]:
+            return
+        self._add_until(lambda: False)
+        self._add_until(lambda: w.verify() >= w.best)
+
+    def _add_until(self, enough: Callable[[], bool]) -> None:
+        """One connection at a time, settled, until `enough`, an eviction, or
+        TOP_UP_MOST."""
         w = self._watch
         for _ in range(TOP_UP_MOST):
             w.verify()
-            if not w.totals["evicted"] or self.releasing:
+            if enough() or self.releasing:
                 return
             evicted = w.totals["evicted"]
             if not self.open_one():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tcpceiling.analysis.model import Endpoint, IoModel
 from tcpceiling.errors import InputError
+from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import checks
 
@@ -46,6 +47,7 @@ class ProbeConfig:
     check_every: float | None = None
     settle: float = 0.1  # seconds a passing check must stay unrefused to count as served
     server_pid: int | None = None
+    path_netns: str | None = None  # a namespace on the path whose evidence is read (path.py)
     netns: str | None = None
     max_pending: int = 1024
     io_model: IoModel = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
@@ -122,6 +124,10 @@ class ProbeConfig:
             )
         if self.netns and os.geteuid() != 0:
             raise InputError("--netns needs root (it enters a network namespace)")
+        if self.path_netns and not self.connect:
+            raise InputError("--path-netns needs --connect (a path leads to a real server)")
+        if self.path_netns:
+            netns_mod.require(self.path_netns)
         if self.sysctls and not self.isolated:
             raise InputError(
                 "--sysctl is applied only inside the run's own namespace: "

@@ -16,12 +16,12 @@ from functools import partial
 from typing import Any
 
 from tcpceiling.analysis.analyze import evaluate, sources_here
-from tcpceiling.analysis.model import ScenarioResult
+from tcpceiling.analysis.model import Endpoint, ScenarioResult
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import attribution, budget, evidence, isolate, measure, outcome
+from tcpceiling.probe import attribution, budget, evidence, isolate, measure, outcome, path
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.client import ClientPlan, run_client
 from tcpceiling.probe.config import ProbeConfig
@@ -59,6 +59,8 @@ class Run:
         self.slab_limit = 0
         self.budget: budget.MemoryBudget | None = None
         self.server_limit: AppLimit | None = None
+        self.path_before: path.PathSample | None = None
+        self.plan_endpoints: tuple[Endpoint, ...] = ()
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
         self.active_window: outcome.ActiveWindow | None = None
@@ -333,6 +335,9 @@ class Run:
         try:
             server_before = None
             if server_mode:
+                self.plan_endpoints = plan.endpoints
+                if self.cfg.path_netns:
+                    self.path_before = path.sample(self.cfg.path_netns)
                 server_before = self._server_sample(plan)
                 self.server_limit = self._known_server(plan)
             else:
@@ -438,6 +443,11 @@ class Run:
         replies = outcome.watch_counts(states, "replies")
         silent = sum(w.watch.silent for w in states)
         server = self.server_limit
+        if self.path_before is not None and self.cfg.path_netns:
+            after_path = path.sample(self.cfg.path_netns)
+            found = path.attribute(stop.detail, self.path_before, after_path, self.plan_endpoints)
+            if found is not None:
+                return found
         return evidence.attribute(
             stop.detail, replies, before or empty, after or empty, silent, server
         )

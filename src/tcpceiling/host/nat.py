@@ -1,0 +1,463 @@
+"""What a box on the path keeps per connection: its NAT rules, its firewall's
+connection caps, and the conntrack flows that use them.
+
+The rules come from `nft -j list ruleset` (libnftables' JSON, nft(8) and
+libnftables-json(5); iptables-nft rules are nftables rules too), read in the
+namespace analysed; with a fixture root, from NFT_FIXTURE beside its proc tree. The
+flows come from /proc/thread-self/net/nf_conntrack of the namespace (one line per flow, its
+original and reply tuples; net/netfilter/nf_conntrack_standalone.c).
+
+How many flows one NAT rule can carry toward one destination: SNAT rewrites the
+source (address, port) so that the reply tuple (destination ip, destination port,
+NAT address, NAT port) is unique (nf_nat_core.c, get_unique_tuple and
+nf_nat_l4proto_unique_tuple). So per (NAT address, destination ip, destination
+port) there are as many flows as ports in the rule's range: `to :A-B` gives B-A+1;
+no range keeps the client's own port when it is free and otherwise searches
+1024-65535 (64,512) for a client port of 1024 or more. More NAT addresses
+(`snat to A-B`) multiply it. Measured: docs/limits.md §9.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tcpceiling.errors import ParseError
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.roots import Roots
+
+NFT_FIXTURE = "nft.json"
+DEFAULT_NAT_PORTS = 65535 - 1024 + 1  # the search range for a client port >= 1024
+NatKind = Literal["masquerade", "snat"]
+
+
+@dataclass(frozen=True)
+class Match:
+    """What a rule's matches select (None: anything)."""
+
+    oifname: str | None = None
+    daddr: str | None = None  # an address or a prefix
+    dport: int | None = None
+    tcp: bool = True  # l4proto tcp, or no protocol match at all
+
+    def covers(self, host: str, port: int, oifname: str | None = None) -> bool:
+        """Does a TCP flow to host:port (leaving by oifname, when known) match?"""
+        if not self.tcp or (self.dport is not None and self.dport != port):
+            return False
+        if self.oifname is not None and oifname is not None and self.oifname != oifname:
+            return False
+        if self.daddr is None:
+            return True
+        try:
+            return ipaddress.ip_address(host) in ipaddress.ip_network(self.daddr, strict=False)
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class NatRule:
+    kind: NatKind
+    match: Match
+    addresses: tuple[str, ...]  # snat's; () for masquerade (the interface's address)
+    ports: tuple[int, int] | None  # an explicit `to :A-B`
+    flags: tuple[str, ...]
+    where: str  # "table ip nat chain postrouting handle 4"
+
+    @property
+    def ports_per_address(self) -> int:
+        if self.ports is None:
+            return DEFAULT_NAT_PORTS
+        return self.ports[1] - self.ports[0] + 1
+
+    @property
+    def address_count(self) -> int:
+        return max(1, len(self.addresses))
+
+    @property
+    def text(self) -> str:
+        to = ""
+        if self.addresses:
+            to = " to " + (
+                self.addresses[0]
+                if len(self.addresses) == 1
+                else f"{self.addresses[0]}-{self.addresses[-1]}"
+            )
+        if self.ports is not None:
+            to += f"{' to ' if not to else ''}:{self.ports[0]}-{self.ports[1]}"
+        flags = (" " + ",".join(self.flags)) if self.flags else ""
+        return f"{self.kind}{to}{flags} ({self.where})"
+
+
+@dataclass(frozen=True)
+class ConnCap:
+    """A firewall rule that caps connections: nftables `ct count over N`."""
+
+    limit: int
+    match: Match
+    verdict: str  # "reject with tcp reset", "drop"...
+    per_source: bool  # inside a meter or set keyed by the source address
+    where: str
+
+    @property
+    def text(self) -> str:
+        per = " per source address" if self.per_source else ""
+        return f"ct count over {self.limit}{per} {self.verdict} ({self.where})"
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    nat: tuple[NatRule, ...] = ()
+    caps: tuple[ConnCap, ...] = ()
+
+    def nat_for(self, host: str, port: int, oifname: str | None = None) -> NatRule | None:
+        """The first source-NAT rule a TCP flow to host:port meets (nftables evaluates
+        postrouting rules in order; the first NAT verdict wins)."""
+        return next((r for r in self.nat if r.match.covers(host, port, oifname)), None)
+
+    def caps_for(self, port: int, host: str | None = None) -> tuple[ConnCap, ...]:
+        return tuple(
+            c
+            for c in self.caps
+            if c.match.covers(host or "0.0.0.0", port) or (host is None and c.match.dport == port)
+        )
+
+
+# -- which NAT address a flow gets ------------------------------------------------------
+
+
+def _rol32(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    """__jhash_mix, include/linux/jhash.h."""
+    m = 0xFFFFFFFF
+    a = ((a - c) & m) ^ _rol32(c, 4)
+    c = (c + b) & m
+    b = ((b - a) & m) ^ _rol32(a, 6)
+    a = (a + c) & m
+    c = ((c - b) & m) ^ _rol32(b, 8)
+    b = (b + a) & m
+    a = ((a - c) & m) ^ _rol32(c, 16)
+    c = (c + b) & m
+    b = ((b - a) & m) ^ _rol32(a, 19)
+    a = (a + c) & m
+    c = ((c - b) & m) ^ _rol32(b, 4)
+    b = (b + a) & m
+    return a, b, c
+
+
+def _final(a: int, b: int, c: int) -> int:
+    """__jhash_final, include/linux/jhash.h: returns c."""
+    m = 0xFFFFFFFF
+    c = ((c ^ b) - _rol32(b, 14)) & m
+    a = ((a ^ c) - _rol32(c, 11)) & m
+    b = ((b ^ a) - _rol32(a, 25)) & m
+    c = ((c ^ b) - _rol32(b, 16)) & m
+    a = ((a ^ c) - _rol32(c, 4)) & m
+    b = ((b ^ a) - _rol32(a, 14)) & m
+    return ((c ^ b) - _rol32(b, 24)) & m
+
+
+def jhash2(words: tuple[int, ...], initval: int) -> int:
+    """jhash2(), include/linux/jhash.h (Bob Jenkins' lookup3 over u32 words)."""
+    a = b = c = (0xDEADBEEF + (len(words) << 2) + initval) & 0xFFFFFFFF
+    k, n = list(words), len(words)
+    while n > 3:
+        a, b, c = (a + k[0]) & 0xFFFFFFFF, (b + k[1]) & 0xFFFFFFFF, (c + k[2]) & 0xFFFFFFFF
+        a, b, c = _mix(a, b, c)
+        k, n = k[3:], n - 3
+    if n == 0:
+        return c
+    c = (c + (k[2] if n == 3 else 0)) & 0xFFFFFFFF
+    b = (b + (k[1] if n >= 2 else 0)) & 0xFFFFFFFF
+    a = (a + k[0]) & 0xFFFFFFFF
+    return _final(a, b, c)
+
+
+def _raw_u32(addr: str) -> int:
+    """An IPv4 address as the kernel's __be32 read as a u32 on a little-endian CPU."""
+    return int.from_bytes(ipaddress.IPv4Address(addr).packed, "little")
+
+
+def nat_address_for(rule: NatRule, src: str, dst: str, zone: int = 0) -> str | None:
+    """The NAT address a flow from src to dst gets from a rule with several: the
+    kernel hashes the source (and, unless `persistent`, the destination) to pick one,
+    so every flow of one (source, destination) uses one address's ports
+    (find_best_ips_proto, net/netfilter/nf_nat_core.c; x86, IPv4, conntrack zone
+    `zone`). None when the rule has one address or none (masquerade)."""
+    if len(rule.addresses) < 2 or ":" in src or ":" in dst:
+        return None
+    persistent = "persistent" in rule.flags
+    initval = 0 if persistent else _raw_u32(dst) ^ zone
+    j = jhash2((_raw_u32(src), 0, 0, 0), initval)
+    low = int(ipaddress.IPv4Address(rule.addresses[0]))
+    dist = int(ipaddress.IPv4Address(rule.addresses[-1])) - low + 1
+    return str(ipaddress.IPv4Address(low + ((j * dist) >> 32)))
+
+
+# -- parsing nft -j ----------------------------------------------------------------------
+
+
+def parse_ruleset(text: str) -> Ruleset:
+    """`nft -j list ruleset` -> the NAT rules of postrouting chains, in order, and
+    every `ct count over N` rule."""
+    try:
+        items = json.loads(text)["nftables"]
+        if not isinstance(items, list):
+            raise TypeError("nftables is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParseError(f"nft -j: not a ruleset: {exc}") from exc
+    hooks = {
+        (c["family"], c["table"], c["name"]): c.get("hook")
+        for c in (i["chain"] for i in items if "chain" in i)
+    }
+    nat: list[NatRule] = []
+    caps: list[ConnCap] = []
+    for rule in (i["rule"] for i in items if "rule" in i):
+        hook = hooks.get((rule["family"], rule["table"], rule["chain"]))
+        where = (
+            f"table {rule['family']} {rule['table']} chain {rule['chain']} "
+            f"handle {rule.get('handle')}"
+        )
+        exprs: list[dict[str, Any]] = rule.get("expr", [])
+        match = _match(exprs)
+        found = _nat(exprs, match, where) if hook == "postrouting" else None
+        if found is not None:
+            nat.append(found)
+        cap = _cap(exprs, match, where)
+        if cap is not None:
+            caps.append(cap)
+    return Ruleset(tuple(nat), tuple(caps))
+
+
+def _match(exprs: list[dict[str, Any]]) -> Match:
+    fields: dict[str, Any] = {}
+    for e in exprs:
+        m = e.get("match")
+        if not m or m.get("op", "==") not in ("==", "in"):
+            continue
+        left, right = m.get("left", {}), m.get("right")
+        if "meta" in left:
+            fields[left["meta"].get("key", "")] = right
+        elif "payload" in left:
+            payload = left["payload"]
+            fields[payload.get("field", "")] = right
+            if payload.get("field") in ("sport", "dport"):
+                fields.setdefault("l4proto", payload.get("protocol"))
+    daddr = fields.get("daddr")
+    if isinstance(daddr, dict) and "prefix" in daddr:
+        daddr = f"{daddr['prefix']['addr']}/{daddr['prefix']['len']}"
+    proto = fields.get("l4proto", fields.get("protocol"))
+    dport = fields.get("dport")
+    return Match(
+        oifname=fields.get("oifname") if isinstance(fields.get("oifname"), str) else None,
+        daddr=daddr if isinstance(daddr, str) else None,
+        dport=dport if isinstance(dport, int) else None,
+        tcp=proto in (None, "tcp", 6),
+    )
+
+
+def _flags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _ports(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, dict) and "range" in value:
+        low, high = value["range"]
+        return int(low), int(high)
+    return None
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, dict) and "range" in value:
+        low, high = (ipaddress.ip_address(a) for a in value["range"])
+        if int(high) - int(low) > 65536:
+            raise ParseError(f"nft: a NAT address range of {int(high) - int(low) + 1} addresses")
+        return tuple(
+            str(ipaddress.ip_address(int(low) + i)) for i in range(int(high) - int(low) + 1)
+        )
+    if isinstance(value, dict) and "prefix" in value:  # nft lists A-B as a prefix when it is one
+        net = ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", False)
+        if net.num_addresses > 65536:
+            raise ParseError(f"nft: a NAT address prefix of {net.num_addresses} addresses")
+        return tuple(str(a) for a in net)
+    if isinstance(value, dict) and "set" in value:
+        return tuple(a for a in value["set"] if isinstance(a, str))
+    return ()
+
+
+def _nat(exprs: list[dict[str, Any]], match: Match, where: str) -> NatRule | None:
+    for e in exprs:
+        for kind in ("masquerade", "snat"):
+            if kind in e:
+                body = e[kind] or {}
+                return NatRule(
+                    kind=kind,
+                    match=match,
+                    addresses=_addresses(body.get("addr")) if kind == "snat" else (),
+                    ports=_ports(body.get("port")),
+                    flags=_flags(body.get("flags")),
+                    where=where,
+                )
+    return None
+
+
+def _cap(exprs: list[dict[str, Any]], match: Match, where: str) -> ConnCap | None:
+    count = next((e["ct count"] for e in exprs if "ct count" in e), None)
+    per_source = False
+    if count is None:  # inside a meter / set update: `... { ip saddr ct count over N }`
+        for e in exprs:
+            for key in ("meter", "set"):
+                stmt = (e.get(key) or {}).get("stmt", [])
+                inner = [s["ct count"] for s in stmt if isinstance(s, dict) and "ct count" in s]
+                if inner:
+                    count, per_source = inner[0], True
+    if not isinstance(count, dict) or not count.get("inv"):
+        return None
+    verdict = "accept"
+    for e in exprs:
+        if "reject" in e:
+            kind = (e["reject"] or {}).get("type", "")
+            verdict = f"reject with {kind}" if kind else "reject"
+        elif "drop" in e:
+            verdict = "drop"
+    return ConnCap(int(count["val"]), match, verdict, per_source, where)
+
+
+# -- conntrack flows -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One tracked TCP flow: its original destination and its reply destination (the
+    address and port replies go to: the NAT's, when the flow is source-NATed)."""
+
+    dst: str
+    dport: int
+    reply_dst: str
+    reply_dport: int
+    src: str
+    state: str
+
+
+def parse_conntrack(text: str) -> list[Flow]:
+    """/proc/net/nf_conntrack lines (TCP only): the first src=/dst=/sport=/dport= are
+    the original tuple, the second the reply tuple."""
+    flows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[2] != "tcp":
+            continue
+        kv: dict[str, list[str]] = {}
+        for p in parts:
+            key, eq, value = p.partition("=")
+            if eq:
+                kv.setdefault(key, []).append(value)
+        try:
+            flows.append(
+                Flow(
+                    dst=kv["dst"][0],
+                    dport=int(kv["dport"][0]),
+                    reply_dst=kv["dst"][1],
+                    reply_dport=int(kv["dport"][1]),
+                    src=kv["src"][0],
+                    state=parts[5],
+                )
+            )
+        except (KeyError, IndexError, ValueError):
+            continue
+    return flows
+
+
+def nat_flows(flows: Iterable[Flow]) -> Counter[tuple[str, str, int]]:
+    """Source-NATed flows per (NAT address, destination ip, destination port): the
+    reply goes to an address the flow did not come from."""
+    return Counter((f.reply_dst, f.dst, f.dport) for f in flows if f.reply_dst != f.src)
+
+
+@dataclass(frozen=True)
+class PathView:
+    """The NAT and firewall state of one namespace (None: nft is not there to ask)."""
+
+    ruleset: Ruleset | None = None
+    nat_in_use: dict[tuple[str, str, int], int] | None = None  # nat_flows
+
+    def in_use_toward(self, host: str, port: int) -> int:
+        """NATed flows toward host:port, over every NAT address."""
+        return sum(n for (_a, h, p), n in (self.nat_in_use or {}).items() if (h, p) == (host, port))
+
+
+@dataclass(frozen=True)
+class NatUse:
+    """The NATed flows toward one destination against the rule's tuples for it."""
+
+    dst: str
+    dport: int
+    used: int
+    capacity: int
+    rule: str
+
+
+def nat_uses(view: PathView) -> tuple[NatUse, ...]:
+    """One row per destination with NATed flows that a NAT rule covers."""
+    if view.ruleset is None or not view.nat_in_use:
+        return ()
+    toward: Counter[tuple[str, int]] = Counter()
+    for (_addr, host, port), n in view.nat_in_use.items():
+        toward[(host, port)] += n
+    out = []
+    for (host, port), used in toward.items():
+        rule = view.ruleset.nat_for(host, port)
+        if rule is not None:
+            capacity = rule.ports_per_address * rule.address_count
+            out.append(NatUse(host, port, used, capacity, rule.text))
+    return tuple(sorted(out, key=lambda u: u.used / u.capacity, reverse=True))
+
+
+def read_ruleset(roots: Roots, netns: str | None) -> Ruleset | None:
+    """The namespace's ruleset; None when nft is not installed (or no fixture)."""
+    if not roots.live:
+        path = roots.procfs.parent / NFT_FIXTURE
+        return parse_ruleset(path.read_text()) if path.exists() else None
+    nft = shutil.which("nft")
+    if nft is None:
+        return None
+    with netns_mod.inside(netns):
+        out = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return parse_ruleset(out.stdout or '{"nftables": []}')
+
+
+def read_nat_in_use(roots: Roots, netns: str | None) -> dict[tuple[str, str, int], int] | None:
+    """NATed flows per (NAT address, destination ip, port) from the namespace's
+    conntrack table; None when conntrack is not loaded there."""
+    path = roots.procfs / "thread-self" / "net" / "nf_conntrack"
+    if not roots.live:
+        path = roots.procfs / "net" / "nf_conntrack"
+    with netns_mod.inside(netns):
+        try:
+            text = path.read_text()
+        except OSError:
+            return None
+    return dict(nat_flows(parse_conntrack(text)))
+
+
+def read_path(roots: Roots, netns: str | None) -> PathView:
+    """The rules, and the NATed flows when there is a NAT rule to count them for."""
+    ruleset = read_ruleset(roots, netns)
+    in_use = read_nat_in_use(roots, netns) if ruleset is not None and ruleset.nat else None
+    return PathView(ruleset, in_use)
