@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from prometheus_client import generate_latest
 from rich.console import Console
 
 from tcpceiling.errors import InputError
+from tcpceiling.host.nat import NatUse
 from tcpceiling.host.sockets import Listener
 from tcpceiling.observe import exporter, kmsg
 from tcpceiling.observe.doctor import diagnose
@@ -33,7 +35,10 @@ HOST = (
 )
 COUNTS = {"Tcp.ActiveOpens": 100, "Tcp.PassiveOpens": 50, "TcpExt.ListenOverflows": 10,
           "TcpExt.ListenDrops": 10, "TcpExt.TCPTimeWaitOverflow": 0, "TcpExt.TCPSynRetrans": 3,
-          "TcpExt.TCPAbortOnMemory": 0, "conntrack.drop": 0, "conntrack.early_drop": 0}  # fmt: skip
+          "TcpExt.TCPAbortOnMemory": 0, "conntrack.drop": 0, "conntrack.early_drop": 0,
+          "conntrack.insert_failed": 0, "TcpExt.TCPReqQFullDrop": 0,
+          "TcpExt.TCPReqQFullDoCookies": 0, "TcpExt.TCPMemoryPressures": 0,
+          "neigh.table_fulls": 0}  # fmt: skip
 
 
 def sample(
@@ -200,3 +205,46 @@ def test_a_services_processes_from_its_cgroup(tmp_path: Path) -> None:
     assert service_pids(roots, "web.service") == (123, 456)
     with pytest.raises(InputError, match=r"no cgroup for ghost\.service"):
         service_pids(roots, "ghost")
+
+
+NAT_FULL = NatUse("198.18.6.2", 9000, 100, 100, "masquerade to :60000-60099 (table ip nat)")
+ORPHANS = HostLimit("orphans", 130_000, 131_072, "sockets", "sockstat")
+PRESSURE = HostLimit("tcp_mem_pressure", 200_000, 190_000, "pages", "sockstat, tcp_mem[1]")
+NEIGH = HostLimit("neighbours", 1_020, 1_024, "entries", "arp_cache, gc_thresh3")
+
+
+@pytest.mark.parametrize(
+    ("after", "status", "cause", "subject", "words"),
+    [
+        # a NAT whose tuples toward one destination are all in use: doctor names it
+        (replace(sample(2), nat=(NAT_FULL,)), "critical", "snat_ports",
+         "NAT -> 198.18.6.2:9000 (masquerade to :60000-60099 (table ip nat))",
+         "100 of 100 NAT tuples"),
+        (sample(2, conntrack__insert_failed=20), "critical", "conntrack", "host",
+         "conntrack insert_failed 10.0/s"),
+        (sample(2, TcpExt__TCPReqQFullDrop=8), "critical", "syn_queue", "host",
+         "TCPReqQFullDrop 4.0/s"),
+        (sample(2, TcpExt__TCPReqQFullDoCookies=8), "warning", "syn_queue", "host",
+         "TCPReqQFullDoCookies 4.0/s"),
+        (sample(2, TcpExt__TCPMemoryPressures=2), "warning", "tcp_mem", "host",
+         "TCPMemoryPressures 1.0/s"),
+        (sample(2, neigh__table_fulls=6), "critical", "neighbours", "host",
+         "arp_cache table_fulls 3.0/s"),
+        (replace(sample(2), host=(*HOST, ORPHANS)), "warning", "orphans", "host",
+         "130,000 of 131,072 sockets"),
+        (replace(sample(2), host=(*HOST, PRESSURE)), "critical", "tcp_mem_pressure", "host",
+         "200,000 of 190,000 pages"),
+        (replace(sample(2), host=(*HOST, NEIGH)), "critical", "neighbours", "host",
+         "1,020 of 1,024 entries"),
+    ],
+)  # fmt: skip
+def test_doctor_names_the_quieter_limits(
+    after: Sample, status: str, cause: str, subject: str, words: str
+) -> None:
+    """The path and the quieter limits, each with its counter or its numbers."""
+    d = diagnose(sample(0), after, [], warn=0.8, crit=0.995)
+    assert (d.status, d.cause and d.cause.limit, d.cause and d.cause.subject) == (
+        status, cause, subject,
+    ), d.findings  # fmt: skip
+    assert d.cause is not None and d.cause.evidence[0].startswith(words), d.cause.evidence
+    assert d.cause.fix

@@ -347,20 +347,26 @@ def parse_netstat(text: str) -> dict[str, int]:
 
 
 def parse_conntrack_stat(text: str) -> dict[str, int]:
-    """/proc/net/stat/nf_conntrack: a header of names, then one row of hex per CPU,
-    summed per name ("entries" is a global gauge repeated per CPU: taken once)."""
+    """/proc/net/stat/nf_conntrack (net/netfilter/nf_conntrack_standalone.c)."""
+    return parse_percpu_stat(text, "nf_conntrack stat")
+
+
+def parse_percpu_stat(text: str, what: str = "/proc/net/stat table") -> dict[str, int]:
+    """A /proc/net/stat table (nf_conntrack, arp_cache): a header of names, then one
+    row of hex per CPU, summed per name ("entries" is a global gauge repeated per
+    CPU: taken once)."""
 
     def go() -> dict[str, int]:
         lines = [ln.split() for ln in text.splitlines() if ln.strip()]
         names, rows = lines[0], lines[1:]
         if not rows or any(len(r) != len(names) for r in rows):
-            raise ParseError("cannot parse nf_conntrack stat: rows and header differ")
+            raise ParseError(f"cannot parse {what}: rows and header differ")
         out = {n: sum(int(r[i], 16) for r in rows) for i, n in enumerate(names)}
         if "entries" in out:
             out["entries"] = int(rows[0][names.index("entries")], 16)
         return out
 
-    return _guard("nf_conntrack stat", go)
+    return _guard(what, go)
 
 
 def parse_cpu_list(text: str) -> int:

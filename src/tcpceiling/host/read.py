@@ -65,6 +65,13 @@ class NetView:
     sockstat: parse.Sockstat
     conntrack_max: int | None
     conntrack_count: int | None
+    #: the quieter ones (None: not readable): orphans (tcp_max_orphans, global), the
+    #: SYN queue's bound, the neighbour table's hard limit and its entries (arp_cache)
+    max_orphans: int | None = None
+    max_syn_backlog: int | None = None
+    syncookies: int | None = None
+    neigh_gc_thresh3: int | None = None
+    neigh: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,11 @@ def read_net(roots: Roots) -> NetView:
         sockstat=_read(roots.procfs / "net" / "sockstat", parse.parse_sockstat),
         conntrack_max=_read_opt(nf / "nf_conntrack_max", parse.parse_int),
         conntrack_count=_read_opt(nf / "nf_conntrack_count", parse.parse_int),
+        max_orphans=_read_opt(ipv4 / "tcp_max_orphans", parse.parse_int),
+        max_syn_backlog=_read_opt(ipv4 / "tcp_max_syn_backlog", parse.parse_int),
+        syncookies=_read_opt(ipv4 / "tcp_syncookies", parse.parse_int),
+        neigh_gc_thresh3=_read_opt(ipv4 / "neigh" / "default" / "gc_thresh3", parse.parse_int),
+        neigh=_read_opt(roots.procfs / "net" / "stat" / "arp_cache", parse.parse_percpu_stat) or {},
     )
 
 

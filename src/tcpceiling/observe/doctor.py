@@ -75,12 +75,40 @@ COUNTER_FINDINGS = {
         "conntrack drop + early_drop",
         "raise net.netfilter.nf_conntrack_max, or NOTRACK the traffic (tcpceiling tune)",
     ),
+    "conntrack_insert_failed": (
+        "conntrack",
+        "conntrack insert_failed",
+        "a new flow found no free tuple: a NAT's ports toward one destination are all used "
+        "(widen its range, add NAT addresses, random-fully), or clashes (tcpceiling analyze "
+        "--role nat)",
+    ),
+    "syn_queue_drops": (
+        "syn_queue",
+        "TCPReqQFullDrop",
+        "the SYN queue is full and syncookies are off: raise net.ipv4.tcp_max_syn_backlog "
+        "and the listen() backlog, turn net.ipv4.tcp_syncookies on",
+    ),
+    "neigh_table_fulls": (
+        "neighbours",
+        "arp_cache table_fulls",
+        "raise net.ipv4.neigh.default.gc_thresh3 (and gc_thresh1/2)",
+    ),
     "aborts_on_memory": (
         "tcp_mem",
         "TCPAbortOnMemory",
         "raise net.ipv4.tcp_mem, or queue less per connection (tcpceiling tune)",
     ),
 }
+
+
+#: Counters that mean the kernel is coping, not yet failing: (rate, limit, counter, fix).
+WARNING_RATES = (
+    ("syn_cookies", "syn_queue", "TCPReqQFullDoCookies",
+     "the SYN queue is full and SYN cookies answer for it (no TCP options kept): raise "
+     "net.ipv4.tcp_max_syn_backlog and the listen() backlog"),
+    ("memory_pressures", "tcp_mem", "TCPMemoryPressures",
+     "socket memory crossed tcp_mem[1]: buffers are pruned; raise net.ipv4.tcp_mem"),
+)  # fmt: skip
 
 
 def _backlog_finding(r: dict[str, float], after: Sample) -> Finding | None:
@@ -104,6 +132,9 @@ def _rate_findings(r: dict[str, float], after: Sample) -> list[Finding]:
     for name, (limit, counter, fix) in COUNTER_FINDINGS.items():
         if r.get(name, 0):
             out.append(Finding(limit, "critical", "host", (f"{counter} {r[name]:,.1f}/s",), fix))
+    for name, limit, counter, fix in WARNING_RATES:
+        if r.get(name, 0):
+            out.append(Finding(limit, "warning", "host", (f"{counter} {r[name]:,.1f}/s",), fix))
     if r.get("syn_retransmits", 0):
         ev = (f"TCPSynRetrans {r['syn_retransmits']:,.1f}/s",)
         fix = "a peer's accept queue is full, or packets drop"

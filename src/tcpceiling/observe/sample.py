@@ -37,9 +37,13 @@ COUNTERS = (
     "TcpExt.TCPTimeWaitOverflow",
     "TcpExt.TCPSynRetrans",
     "TcpExt.TCPAbortOnMemory",
+    "TcpExt.TCPReqQFullDrop",
+    "TcpExt.TCPReqQFullDoCookies",
+    "TcpExt.TCPMemoryPressures",
     "conntrack.drop",
     "conntrack.early_drop",
     "conntrack.insert_failed",
+    "neigh.table_fulls",
 )
 
 
@@ -122,6 +126,11 @@ def counters(roots: Roots) -> dict[str, int]:
     with contextlib.suppress(OSError, ParseError):
         values.update(parse.parse_netstat(snmp.read_text()))
     values.update({f"conntrack.{k}": v for k, v in conntrack.items()})
+    arp = roots.procfs / "thread-self" / "net" / "stat" / "arp_cache"
+    with contextlib.suppress(OSError, ParseError):
+        values.update(
+            {f"neigh.{k}": v for k, v in parse.parse_percpu_stat(arp.read_text()).items()}
+        )
     return {k: values[k] for k in COUNTERS if k in values}
 
 
@@ -216,7 +225,28 @@ def _host(snap: HostSnapshot) -> tuple[HostLimit, ...]:
                 p + "sys/net/netfilter/nf_conntrack_count",
             )
         )
-    return tuple(rows)
+    return tuple(rows) + _quiet(snap)
+
+
+def _quiet(snap: HostSnapshot) -> tuple[HostLimit, ...]:
+    """Orphans against tcp_max_orphans (the kernel compares them shifted left by 1 or
+    2 under retransmission or memory pressure: tcp_too_many_orphans, include/net/tcp.h;
+    global), socket memory against tcp_mem[1] (pressure: buffers are pruned), and
+    the neighbour table against gc_thresh3 (past it: "neighbour table overflow")."""
+    net, p = snap.net, "/proc/"
+    rows = [
+        HostLimit("orphans", net.sockstat.orphan, net.max_orphans, "sockets",
+                  p + "net/sockstat orphan, sys/net/ipv4/tcp_max_orphans"),
+        HostLimit("tcp_mem_pressure", net.sockstat.mem_pages,
+                  snap.system.tcp_mem[1] if len(snap.system.tcp_mem) > 1 else None, "pages",
+                  p + "net/sockstat mem, tcp_mem[1]"),
+    ]  # fmt: skip
+    if net.neigh_gc_thresh3 and "entries" in net.neigh:
+        rows.append(
+            HostLimit("neighbours", net.neigh["entries"], net.neigh_gc_thresh3, "entries",
+                      p + "net/stat/arp_cache entries, neigh/default/gc_thresh3")
+        )  # fmt: skip
+    return tuple(r for r in rows if r.capacity)
 
 
 def _ceilings(

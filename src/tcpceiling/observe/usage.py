@@ -92,6 +92,11 @@ HOST_FIX = {
     "threads": "raise kernel.threads-max / pid_max, or use an event loop",
     "memory": "add RAM or hold fewer bytes per connection",
     "conntrack": "raise net.netfilter.nf_conntrack_max, or NOTRACK the traffic (tcpceiling tune)",
+    "orphans": "raise net.ipv4.tcp_max_orphans (each may pin up to 64 KiB), or shorten "
+    "tcp_fin_timeout / tcp_orphan_retries",
+    "tcp_mem_pressure": "raise net.ipv4.tcp_mem (its middle value), or queue less per "
+    "connection (tcpceiling tune)",
+    "neighbours": "raise net.ipv4.neigh.default.gc_thresh3 (and gc_thresh1/2)",
 }
 
 
@@ -166,6 +171,11 @@ RATES = {
     "syn_retransmits": ("TcpExt.TCPSynRetrans",),
     "aborts_on_memory": ("TcpExt.TCPAbortOnMemory",),
     "conntrack_drops": ("conntrack.drop", "conntrack.early_drop"),
+    "conntrack_insert_failed": ("conntrack.insert_failed",),
+    "syn_queue_drops": ("TcpExt.TCPReqQFullDrop",),
+    "syn_cookies": ("TcpExt.TCPReqQFullDoCookies",),
+    "memory_pressures": ("TcpExt.TCPMemoryPressures",),
+    "neigh_table_fulls": ("neigh.table_fulls",),
 }
 
 
