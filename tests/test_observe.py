@@ -246,5 +246,5 @@ def test_doctor_names_the_quieter_limits(
     assert (d.status, d.cause and d.cause.limit, d.cause and d.cause.subject) == (
         status, cause, subject,
     ), d.findings  # fmt: skip
-    assert d.cause is not None and d.cause.evidence[0].startswith(words), d.cause.evidence
-    assert d.cause.fix
+    assert d.cause is not None
+    assert d.cause.evidence[0].startswith(words) and d.cause.fix, d.cause.evidence
