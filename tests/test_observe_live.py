@@ -395,3 +395,55 @@ def test_doctor_names_redis_at_maxclients_with_its_own_count() -> None:
     assert "maxclients 20" in cause["subject"] and "[server]" in cause["subject"]
     assert "max number of clients reached" in cause["evidence"][1]
     assert "maxclients" in cause["fix"]
+
+
+SYN_FLOOD = """
+import select, socket, sys, time
+port = int(sys.argv[1])
+ls = socket.socket(); ls.bind(("127.0.0.1", port)); ls.listen(8)  # never accepts
+print("ready", flush=True)
+sys.stdin.readline()  # go
+socks = []
+for _ in range(60):
+    s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", port)); socks.append(s)
+time.sleep(3)
+"""
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (`.ci/run` installs it)")
+def test_doctor_names_the_syn_queue(netns: str) -> None:
+    """A listener (backlog 8) that never accepts, syncookies off, and the clients'
+    final ACKs dropped by a rule in the test's namespace, so every handshake stays
+    half-open in the SYN queue: past 8 the kernel drops SYNs and counts
+    TCPReqQFullDrop (tcp_conn_request, net/ipv4/tcp_input.c). doctor names it."""
+    netns_sysctl(netns, "net.ipv4.tcp_syncookies", "0")
+    port = free_port()
+    rule = (
+        "table inet t {\n chain out {\n  type filter hook output priority filter;\n"
+        f"  tcp dport {port} tcp flags & (syn | ack) == ack drop\n }}\n}}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=rule, text=True,
+                   check=True)  # fmt: skip
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SYN_FLOOD, str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert flood.stdout is not None and flood.stdout.readline().strip() == "ready"
+        doctor = subprocess.Popen(
+            [*TCPCEILING, "doctor", "--netns", netns, "--interval", "2", "--kmsg", "/dev/null",
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.5)
+        assert flood.stdin is not None
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
+        out, err = doctor.communicate(timeout=60)
+    finally:
+        flood.kill()
+        flood.wait(10)
+    d = json.loads(out)
+    syn = next(f for f in d["findings"] if f["limit"] == "syn_queue")
+    assert doctor.returncode == 2 and syn["severity"] == "critical", (out, err)
+    assert any("TCPReqQFullDrop" in e for e in syn["evidence"])
