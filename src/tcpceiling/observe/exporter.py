@@ -32,6 +32,11 @@ COUNTERS = {
     "tcp_syn_retransmits": ("TcpExt.TCPSynRetrans",),
     "tcp_aborts_on_memory": ("TcpExt.TCPAbortOnMemory",),
     "conntrack_drops": ("conntrack.drop", "conntrack.early_drop"),
+    "conntrack_insert_failed": ("conntrack.insert_failed",),
+    "tcp_syn_queue_drops": ("TcpExt.TCPReqQFullDrop",),
+    "tcp_syn_cookies": ("TcpExt.TCPReqQFullDoCookies",),
+    "tcp_memory_pressures": ("TcpExt.TCPMemoryPressures",),
+    "neighbour_table_fulls": ("neigh.table_fulls",),
 }
 
 
@@ -133,6 +138,21 @@ def server_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
     yield from (use, cap)
 
 
+def nat_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    """A NAT's tuples toward each destination it source-NATs flows to (host.nat)."""
+    labels = ["dst", "dport"]
+    use = _gauge("snat_tuples_in_use", "NATed flows toward a destination (conntrack).", labels)
+    cap = _gauge(
+        "snat_tuples_limit",
+        "What the NAT rule allows toward it: ports in its range x NAT addresses.",
+        labels,
+    )
+    for u in s.nat:
+        use.add_metric([u.dst, str(u.dport)], u.used)
+        cap.add_metric([u.dst, str(u.dport)], u.capacity)
+    yield from (use, cap)
+
+
 def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
     for name, keys in COUNTERS.items():
         if all(k in s.counters for k in keys):
@@ -157,6 +177,7 @@ class SampleCollector(Collector):
             port_metrics,
             listener_metrics,
             server_metrics,
+            nat_metrics,
             counter_metrics,
         ):
             yield from family(s)
