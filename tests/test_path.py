@@ -5,6 +5,8 @@ only in those namespaces; the host's rules are never touched."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -325,3 +327,21 @@ def test_nft_snat_address_ranges_and_per_source_caps() -> None:
 def test_nft_output_that_is_not_a_ruleset_is_a_parse_error(text: str) -> None:
     with pytest.raises(ParseError):
         nat.parse_ruleset(text)
+
+
+def test_tune_plans_the_nat_range_and_it_holds() -> None:
+    """tune for 300 through a 100-port NAT: the range that holds 300 with its headroom,
+    as an nft line; written into the NAT namespace, analyze predicts that many."""
+    with three_namespaces() as p:
+        masquerade(p, "masquerade to :60000-60099")
+        code, out, _err = run_cli("tune", "--netns", p.nat, "--role", "nat", "--connect",
+                                  f"{SERVER}:{PORT}", "--target", "300", "--json")  # fmt: skip
+        (req,) = json.loads(out)["plan"]["requirements"]
+        assert code == 1 and req["limit"] == "snat_ports", req
+        line = re.search(r"`(masquerade to :(\d+)-(\d+)) fully-random`", req["text"])
+        assert line is not None, req["text"]
+        ports = int(line[3]) - int(line[2]) + 1
+        assert ports >= 300
+        subprocess.run(["ip", "netns", "exec", p.nat, "nft", "flush", "ruleset"], check=True)
+        masquerade(p, line[1] + " fully-random")
+        assert nat_scenario(p.nat)["ceiling"] == ports

@@ -535,7 +535,7 @@ def tune_cmd(**o: Any) -> None:
         raise InputError("tune needs --target N, a number of connections (or --restore)")
     scenarios = scenarios_from(o)
     if len(scenarios) != 1:
-        raise InputError("tune plans one side: --role server or --role client")
+        raise InputError("tune plans one side: --role server, client or nat")
     roots = Roots(o["procfs"], o["sysfs"], o["cgroupfs"])
     result, snap = tune.build(
         scenarios[0],

@@ -79,7 +79,7 @@ COUNTER_FINDINGS = {
         "conntrack",
         "conntrack insert_failed",
         "a new flow found no free tuple: a NAT's ports toward one destination are all used "
-        "(widen its range, add NAT addresses, random-fully), or clashes (tcpceiling analyze "
+        "(widen its range, add NAT addresses, fully-random), or clashes (tcpceiling analyze "
         "--role nat)",
     ),
     "syn_queue_drops": (

@@ -139,7 +139,7 @@ def server_usages(s: Sample) -> list[Usage]:
 def nat_usages(s: Sample) -> list[Usage]:
     """The NAT's tuples toward each destination it masquerades flows to."""
     fix = (
-        "widen the NAT rule's port range or add NAT addresses (snat to A-B), random-fully "
+        "widen the NAT rule's port range or add NAT addresses (snat to A-B), fully-random "
         "against clashes; or reuse connections"
     )
     return [

@@ -199,8 +199,46 @@ def app_limit(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
     return Raise(requirements=(Requirement("app_limit", text),))
 
 
+def snat_ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
+    """A NAT's tuples per destination are ports in its range x NAT addresses
+    (docs/limits.md §11): the range, or the addresses, that hold the goal toward each
+    destination, as nft lines for the rule's place."""
+    out = []
+    for row in c.details.get("destinations", []):
+        need = row["in_use"] + math.ceil(goal / max(1, len(c.details["destinations"])))
+        addresses = max(1, row["addresses"])
+        ports = math.ceil(need / addresses)
+        widest = HIGHEST_PORT - LOWEST_EPHEMERAL + 1
+        if ports <= widest:
+            how = (
+                f"a range of {ports:,} ports per NAT address, e.g. `masquerade to "
+                f":{HIGHEST_PORT - ports + 1}-{HIGHEST_PORT} fully-random`"
+            )
+        else:
+            how = (
+                f"{math.ceil(need / widest)} NAT addresses of {widest:,} ports each "
+                f"(`snat to A-B:{LOWEST_EPHEMERAL}-{HIGHEST_PORT} fully-random`)"
+            )
+        out.append(
+            Requirement(
+                "snat_ports",
+                f"{need:,} flows toward {row['destination']} through {row['rule']} need {how}",
+            )
+        )
+    return Raise(requirements=tuple(out))
+
+
+def firewall(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
+    """A `ct count over N` cap lets N through: N must be the goal at least."""
+    rule = c.details.get("rule", "the rule")
+    text = f"{rule}: raise the count to {nice(goal):,} or more (nft replace rule ... handle)"
+    return Raise(requirements=(Requirement("firewall", text),))
+
+
 RAISERS: dict[ConstraintId, Raiser] = {
     "app_limit": app_limit,
+    "snat_ports": snat_ports,
+    "firewall": firewall,
     "nofile": nofile,
     "file_max": _one_sysctl("fs.file-max", None),
     "epoll_watches": _one_sysctl("fs.epoll.max_user_watches", None),

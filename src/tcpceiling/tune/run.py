@@ -112,8 +112,8 @@ def build(
     root: Path = Path("/"),
 ) -> tuple[TuneResult, HostSnapshot]:
     """The plan and everything it is shown as; nothing is written."""
-    if scenario.role not in ("server", "client"):
-        raise InputError("tune plans one side: --role server or --role client")
+    if scenario.role not in ("server", "client", "nat"):
+        raise InputError("tune plans one side: --role server, client or nat")
     if service is not None and not UNIT.fullmatch(service):
         raise InputError(f"--service {service!r}: not a systemd unit name")
     if not root.is_dir():

@@ -64,7 +64,7 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         symptom="connect timeouts (SYNs dropped at the NAT); its conntrack stats count "
         "insert_failed and drop",
         raise_="a wider port range in the NAT rule (`masquerade to :1024-65535`) or more NAT "
-        "addresses (`snat to A-B`), `random-fully` against clashes; or fewer flows per "
+        "addresses (`snat to A-B`), `fully-random` against clashes; or fewer flows per "
         "destination (connection reuse, more destination addresses or ports)",
         source=f"nft -j list ruleset; {ctx.proc('net/nf_conntrack')}",
         capacity_unit="NAT tuples",
