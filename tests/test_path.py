@@ -345,3 +345,24 @@ def test_tune_plans_the_nat_range_and_it_holds() -> None:
         subprocess.run(["ip", "netns", "exec", p.nat, "nft", "flush", "ruleset"], check=True)
         masquerade(p, line[1] + " fully-random")
         assert nat_scenario(p.nat)["ceiling"] == ports
+
+
+#: The NAT address the kernel gave each client address toward 198.18.6.2 through
+#: `snat to 198.18.6.10-198.18.6.11` (read from conntrack -L in the NAT namespace).
+KERNEL_CHOSE = {
+    "198.18.5.3": "198.18.6.11", "198.18.5.4": "198.18.6.10", "198.18.5.5": "198.18.6.11",
+    "198.18.5.6": "198.18.6.10", "198.18.5.7": "198.18.6.11", "198.18.5.8": "198.18.6.11",
+    "198.18.5.9": "198.18.6.10", "198.18.5.10": "198.18.6.11", "198.18.5.11": "198.18.6.11",
+    "198.18.5.12": "198.18.6.10",
+}  # fmt: skip
+
+
+def test_the_nat_address_is_the_kernels_hash() -> None:
+    """find_best_ips_proto's jhash2 of the source, seeded by the destination: the same
+    choice the kernel made for ten client addresses; `persistent` drops the seed."""
+    rule = nat.NatRule("snat", nat.Match(), ("198.18.6.10", "198.18.6.11"), (60000, 60099), (),
+                       "table ip nat")  # fmt: skip
+    got = {src: nat.nat_address_for(rule, src, SERVER) for src in KERNEL_CHOSE}
+    assert got == KERNEL_CHOSE
+    masq = nat.NatRule("masquerade", nat.Match(), (), None, (), "")
+    assert nat.nat_address_for(masq, "198.18.5.3", SERVER) is None

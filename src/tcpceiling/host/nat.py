@@ -131,38 +131,33 @@ class Ruleset:
 # -- which NAT address a flow gets ------------------------------------------------------
 
 
+U32 = 0xFFFFFFFF
+
+
 def _rol32(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
+    return ((x << k) | (x >> (32 - k))) & U32
 
 
 def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    """__jhash_mix, include/linux/jhash.h."""
-    m = 0xFFFFFFFF
-    a = ((a - c) & m) ^ _rol32(c, 4)
-    c = (c + b) & m
-    b = ((b - a) & m) ^ _rol32(a, 6)
-    a = (a + c) & m
-    c = ((c - b) & m) ^ _rol32(b, 8)
-    b = (b + a) & m
-    a = ((a - c) & m) ^ _rol32(c, 16)
-    c = (c + b) & m
-    b = ((b - a) & m) ^ _rol32(a, 19)
-    a = (a + c) & m
-    c = ((c - b) & m) ^ _rol32(b, 4)
-    b = (b + a) & m
-    return a, b, c
+    """__jhash_mix, include/linux/jhash.h: six steps `x -= z; x ^= rol32(z, r); z += y`,
+    the roles turning (a, b, c) -> (b, c, a) -> (c, a, b)."""
+    v = [a, b, c]
+    for i, r in enumerate((4, 6, 8, 16, 19, 4)):
+        x, y, z = i % 3, (i + 1) % 3, (i + 2) % 3
+        v[x] = ((v[x] - v[z]) & U32) ^ _rol32(v[z], r)
+        v[z] = (v[z] + v[y]) & U32
+    return v[0], v[1], v[2]
 
 
 def _final(a: int, b: int, c: int) -> int:
-    """__jhash_final, include/linux/jhash.h: returns c."""
-    m = 0xFFFFFFFF
-    c = ((c ^ b) - _rol32(b, 14)) & m
-    a = ((a ^ c) - _rol32(c, 11)) & m
-    b = ((b ^ a) - _rol32(a, 25)) & m
-    c = ((c ^ b) - _rol32(b, 16)) & m
-    a = ((a ^ c) - _rol32(c, 4)) & m
-    b = ((b ^ a) - _rol32(a, 14)) & m
-    return ((c ^ b) - _rol32(b, 24)) & m
+    """__jhash_final, include/linux/jhash.h: seven steps `x ^= y; x -= rol32(y, r)`
+    for x = c, a, b, c, a, b, c (y the one before); returns c."""
+    v = [a, b, c]
+    for i, r in enumerate((14, 11, 25, 16, 4, 14, 24)):
+        x = (2 + i) % 3
+        y = (x + 2) % 3
+        v[x] = ((v[x] ^ v[y]) - _rol32(v[y], r)) & U32
+    return v[2]
 
 
 def jhash2(words: tuple[int, ...], initval: int) -> int:
