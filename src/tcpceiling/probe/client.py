@@ -454,23 +454,33 @@ class ClientWorker:
         w = self._watch
         if not w.totals["evicted"]:
             return
-        self._add_until(lambda: False)
-        self._add_until(lambda: w.verify() >= w.best)
+        self._add_one_by_one(lambda held: None)
+        goal = w.best
 
-    def _add_until(self, enough: Callable[[], bool]) -> None:
-        """One connection at a time, settled, until `enough`, an eviction, or
-        TOP_UP_MOST."""
+        def lower_goal(held: int) -> None:  # one more than `held` made it evict
+            nonlocal goal
+            goal = min(goal, held)
+
+        self._add_one_by_one(lower_goal, lambda held: held >= goal)
+
+    def _add_one_by_one(
+        self, evicted: Callable[[int], None], enough: Callable[[int], bool] | None = None
+    ) -> None:
+        """One connection at a time, settled and swept, until `enough` (None: the
+        first eviction) or TOP_UP_MOST; `evicted` hears the count an addition evicted at."""
         w = self._watch
         for _ in range(TOP_UP_MOST):
-            w.verify()
-            if enough() or self.releasing:
+            held = w.verify()
+            if self.releasing or (enough is not None and enough(held)):
                 return
-            evicted = w.totals["evicted"]
+            before = w.totals["evicted"]
             if not self.open_one():
                 return
             self.finish_in_flight()
-            if w.totals["evicted"] > evicted:
-                return
+            if w.totals["evicted"] > before:
+                evicted(held)
+                if enough is None:
+                    return
 
     def tend(self) -> None:
         """While holding: watch the held connections (server mode) or just sleep."""
