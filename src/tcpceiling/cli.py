@@ -1291,6 +1291,34 @@ def watch_cmd(**o: Any) -> None:
     live.loop(scope, o["interval"], o["count"], o["warn"], o["crit"], stderr)
 
 
+@main.command("trace")
+@click.argument("seconds", type=FiniteRange(min=0.1, max=3600), default=5.0)
+@roots_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@errors_to_exit
+def trace_cmd(
+    seconds: float, procfs: Path, sysfs: Path, cgroupfs: Path | None, as_json: bool
+) -> None:
+    """Who is hitting a ceiling right now: every process's failing socket, connect,
+    accept, bind, epoll_ctl and clone calls for SECONDS, with the limit each errno
+    means, and connects refused or timed out with their destination. A tracefs
+    instance of its own, removed on every exit path (root).
+
+    Exit codes: 0 no failure seen, 1 failures seen, 3 no tracefs or not root."""
+    from tcpceiling.observe.trace import trace
+    from tcpceiling.report.watch import render_trace
+
+    try:
+        result = trace(seconds, Roots(procfs, sysfs, cgroupfs))
+    except KeyboardInterrupt:
+        fail("interrupted: the trace instance was removed", 130)
+    if as_json:
+        click.echo(results.dumps(results.document("trace", result, {})))
+    else:
+        render_trace(result, Console(width=200))
+    sys.exit(EXIT_LIMIT if result.rows else EXIT_OK)
+
+
 @main.command("doctor")
 @observe_options
 @thresholds

@@ -19,7 +19,7 @@ from tcpceiling.errors import InputError
 
 #: The JSON schema: bumped whenever a field that readers use changes meaning or place.
 SCHEMA_VERSION = 1
-Kind = Literal["analyze", "probe", "compare-io", "rate", "tune", "doctor", "probe-hosts"]
+Kind = Literal["analyze", "probe", "compare-io", "rate", "tune", "doctor", "probe-hosts", "trace"]
 
 
 def to_data(obj: Any) -> Any:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tcpceiling.errors import InputError
+from tcpceiling.host.roots import Roots
 
 NETNS_RUN_DIR = Path("/run/netns")
 
@@ -32,6 +33,18 @@ def inside(name: str | None) -> Iterator[None]:
     from pyroute2 import netns
 
     netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+@contextmanager
+def of_process(pid: int, roots: Roots) -> Iterator[None]:
+    """Run the body with the calling thread in the network namespace of process pid."""
+    from pyroute2 import netns
+
+    netns.pushns(str(roots.procfs / str(pid) / "ns" / "net"))
     try:
         yield
     finally:

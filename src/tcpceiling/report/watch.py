@@ -8,6 +8,7 @@ from rich.table import Table
 
 from tcpceiling.observe.doctor import Diagnosis
 from tcpceiling.observe.sample import Sample
+from tcpceiling.observe.trace import TraceResult
 from tcpceiling.observe.usage import Usage, usages
 from tcpceiling.report.analysis import human
 from tcpceiling.units import format_bytes
@@ -71,3 +72,20 @@ def render_diagnosis(d: Diagnosis, console: Console) -> None:
             console.print(f"    fix: {f.fix}", highlight=False, markup=False, soft_wrap=True)
     shown = ", ".join(f"{k} {v:,.1f}/s" for k, v in d.rates.items())
     console.print(f"rates over {d.interval:.1f} s: {shown}", highlight=False, soft_wrap=True)
+
+
+def render_trace(t: TraceResult, console: Console) -> None:
+    """The failures, the most first: who, which call, which errno, what limit."""
+    table = Table(title=f"failures over {t.seconds:g} s ({t.events:,} events)")
+    for col in ("process", "call", "errno", "limit", "count", "destination"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for r in t.rows:
+        table.add_row(
+            f"{r.comm} (pid {r.pid})", r.call, r.errno, r.limit, f"{r.count:,}",
+            r.destination or "",
+        )  # fmt: skip
+    console.print(table if t.rows else "no failures seen")
+    for note in t.notes:
+        console.print(f"note: {note}")
+    if t.lost:
+        console.print(f"note: {t.lost:,} events lost (the kernel's buffer or the reader's cap)")

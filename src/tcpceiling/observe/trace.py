@@ -1,0 +1,351 @@
+"""Who is hitting a ceiling right now: the kernel's failures per process, as they happen.
+
+A tracefs instance of our own (Documentation/trace/ftrace.rst, "Instances": its own
+buffer and event switches, so the global trace is never touched) with filters so
+that only failures arrive: the syscall exits of socket, connect, accept/accept4, bind,
+epoll_ctl and clone/clone3 with an errno that names a limit (EINPROGRESS, EALREADY,
+EISCONN of a non-blocking connect and EAGAIN of a non-blocking accept are not
+failures), and sock:inet_sock_set_state for a connect that went SYN_SENT -> CLOSE
+(refused or timed out, with its 4-tuple). The kernel here has no hist triggers, so
+events are counted in the reader; the filters keep them few.
+
+`parse_line` and `count` are pure (table-tested with literal trace lines); `Tracer`
+owns the instance and removes it on every exit path; a stale instance of a run that
+was SIGKILLed (its pid gone) is removed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from tcpceiling.errors import HostError
+from tcpceiling.host import diag
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.read import socket_inodes
+from tcpceiling.host.roots import Roots
+from tcpceiling.probe.errnos import constraint_for, name
+
+PREFIX = "tcpceiling-"
+EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost
+EINPROGRESS, EALREADY, EISCONN, EAGAIN = (
+    errno.EINPROGRESS,
+    errno.EALREADY,
+    errno.EISCONN,
+    errno.EAGAIN,
+)
+#: event -> filter (ret is the negative errno): only failures that name a limit.
+SYSCALL_FILTERS = {
+    "sys_exit_socket": "ret < 0",
+    "sys_exit_connect": f"ret < 0 && ret != -{EINPROGRESS} && ret != -{EALREADY} "
+    f"&& ret != -{EISCONN}",
+    "sys_exit_accept": f"ret < 0 && ret != -{EAGAIN}",
+    "sys_exit_accept4": f"ret < 0 && ret != -{EAGAIN}",
+    "sys_exit_bind": "ret < 0",
+    "sys_exit_epoll_ctl": f"ret == -{errno.ENOSPC}",
+    "sys_exit_clone": f"ret == -{EAGAIN}",
+    "sys_exit_clone3": f"ret == -{EAGAIN}",
+}
+TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
+PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
+PORT_ERRNOS = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
+STATE_FILTER = f"oldstate == {TCP_SYN_SENT} && newstate == {TCP_CLOSE}"
+Kind = Literal["syscall", "connect_failed"]
+
+
+@dataclass(frozen=True)
+class Event:
+    comm: str
+    pid: int
+    kind: Kind
+    call: str  # the syscall, or "connect" for an asynchronous failure
+    errno: int  # 0 for an asynchronous failure (refused or timed out)
+    destination: str | None = None
+
+
+_HEAD = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+[\d.]+:\s+(?P<rest>.*)$")
+_EXIT = re.compile(r"^sys_(?P<call>\w+) -> 0x(?P<ret>[0-9a-f]+)")
+_FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_line(line: str) -> Event | None:
+    """One trace_pipe line of our events; None for anything else."""
+    m = _HEAD.match(line)
+    if m is None:
+        return None
+    comm, pid, rest = m["comm"], int(m["pid"]), m["rest"]
+    exit_ = _EXIT.match(rest)
+    if exit_ is not None:
+        ret = int(exit_["ret"], 16)
+        if ret >= 1 << 63:
+            ret -= 1 << 64
+        return Event(comm, pid, "syscall", exit_["call"], -ret) if ret < 0 else None
+    if rest.startswith("inet_sock_set_state:"):
+        f = dict(_FIELD.findall(rest))
+        host = f.get("daddr", "?")
+        if f.get("family") == "AF_INET6":
+            host = f"[{f.get('daddrv6', '?')}]"
+        return Event(comm, pid, "connect_failed", "connect", 0, f"{host}:{f.get('dport', '?')}")
+    return None
+
+
+@dataclass(frozen=True)
+class Row:
+    comm: str
+    pid: int
+    call: str
+    errno: str
+    limit: str
+    count: int
+    destination: str | None = None
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    seconds: float
+    rows: tuple[Row, ...]
+    events: int
+    lost: int = 0  # events the kernel or the reader's cap dropped
+    notes: tuple[str, ...] = field(default=())
+
+
+def count(events: list[Event]) -> tuple[Row, ...]:
+    """Failures per (process, call, errno), the most first, each errno named with the
+    limit it means (the table probe uses: probe.errnos). A connect refused or timed
+    out shows twice in the kernel, as the syscall's errno (a blocking connect) and as
+    SYN_SENT -> CLOSE (with the destination): the state change gives the syscall's
+    row its destination, and is a row of its own only for a non-blocking connect."""
+    sync: Counter[tuple[str, int, str, int]] = Counter()
+    toward: dict[int, Counter[str]] = {}
+    comms: dict[int, str] = {}
+    for e in events:
+        if e.kind == "syscall":
+            sync[(e.comm, e.pid, e.call, e.errno)] += 1
+        else:
+            toward.setdefault(e.pid, Counter())[e.destination or "?"] += 1
+            comms[e.pid] = e.comm
+    rows = []
+    for (comm, pid, call, num), n in sync.items():
+        dst = None
+        if call == "connect" and num in PEER_ERRNOS and pid in toward:
+            dst = toward.pop(pid).most_common(1)[0][0]
+        rows.append(Row(comm, pid, call, name(num), _limit(call, num), n, dst))
+    for pid, dests in toward.items():
+        for dst, n in dests.items():
+            rows.append(Row(comms[pid], pid, "connect", "refused or timed out", "server", n, dst))
+    return tuple(sorted(rows, key=lambda r: -r.count))
+
+
+def _limit(call: str, num: int) -> str:
+    if call.startswith("clone") and num == EAGAIN:
+        return "threads"
+    return str(constraint_for(num))
+
+
+# -- the instance -------------------------------------------------------------------------
+
+
+def tracefs(roots: Roots) -> Path:
+    """Where tracefs is mounted (the sysfs mount point), or a HostError saying why not."""
+    path = roots.sysfs / "kernel" / "tracing"
+    if not roots.live:
+        if not (path / "instances").is_dir():
+            raise HostError(f"no tracefs under {path} (a fixture root has none)")
+        return path
+    if os.geteuid() != 0:
+        raise HostError("trace needs root (tracefs instances are root's)")
+    return path
+
+
+@contextlib.contextmanager
+def mounted(path: Path) -> Iterator[None]:
+    """tracefs mounted at path for the body; unmounted after only if we mounted it."""
+    if (path / "instances").is_dir():
+        yield
+        return
+    done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], capture_output=True)
+    if done.returncode != 0 or not (path / "instances").is_dir():
+        raise HostError(f"tracefs is not mounted at {path} and could not be mounted")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def remove_stale(base: Path, procfs: Path) -> list[str]:
+    """Remove our instances whose run is gone (a run SIGKILLed leaves one)."""
+    removed = []
+    for inst in (base / "instances").glob(f"{PREFIX}*"):
+        pid = inst.name[len(PREFIX) :]
+        if pid.isdigit() and not (procfs / pid).exists():
+            _remove(inst)
+            removed.append(inst.name)
+    return removed
+
+
+def _remove(inst: Path) -> None:
+    """Switch every event of the instance off, then remove it (rmdir fails while an
+    event is on)."""
+    with contextlib.suppress(OSError):
+        (inst / "tracing_on").write_text("0")
+    for enable in inst.glob("events/*/*/enable"):
+        with contextlib.suppress(OSError):
+            if enable.read_text().strip() != "0":
+                enable.write_text("0")
+    with contextlib.suppress(OSError):
+        inst.rmdir()
+
+
+class Tracer:
+    """One instance for one run: created, filtered, read, removed."""
+
+    def __init__(self, base: Path, roots: Roots) -> None:
+        self.base, self.roots, self.procfs = base, roots, roots.procfs
+        self.comms: dict[int, str] = {}
+        self.port_dest: dict[int, str | None] = {}
+        self.inst = base / "instances" / f"{PREFIX}{os.getpid()}"
+        self.notes: list[str] = []
+
+    def __enter__(self) -> Tracer:
+        stale = remove_stale(self.base, self.procfs)
+        if stale:
+            self.notes.append(f"removed a stale instance of a run that ended: {stale[0]}")
+        self.inst.mkdir()
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
+        try:
+            self._enable()
+        except OSError:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *_exc: object) -> None:
+        _remove(self.inst)
+        for s, h in getattr(self, "_old", {}).items():
+            signal.signal(s, h)
+
+    def _enable(self) -> None:
+        events = self.inst / "events"
+        for event, flt in SYSCALL_FILTERS.items():
+            d = events / "syscalls" / event
+            if d.is_dir():
+                (d / "filter").write_text(flt)
+                (d / "enable").write_text("1")
+        state = events / "sock" / "inet_sock_set_state"
+        if state.is_dir():
+            (state / "filter").write_text(STATE_FILTER)
+            (state / "enable").write_text("1")
+        (self.inst / "tracing_on").write_text("1")
+
+    def read(self, seconds: float) -> tuple[list[Event], int]:
+        """Events for `seconds`, at most EVENTS_PER_SECOND a second; (events, skipped)."""
+        events: list[Event] = []
+        skipped = 0
+        fd = os.open(self.inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        buf = b""
+        try:
+            end = time.monotonic() + seconds
+            while (now := time.monotonic()) < end:
+                select.select([fd], [], [], min(0.2, end - now))
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                lines = (buf + chunk).split(b"\n")
+                buf = lines.pop()
+                for raw in lines:
+                    if len(events) >= EVENTS_PER_SECOND * seconds:
+                        skipped += 1
+                        continue
+                    e = parse_line(raw.decode("utf-8", "replace"))
+                    if e is not None:
+                        events.append(self._named(e))
+                        self._destination(e)
+        finally:
+            os.close(fd)
+        return events, skipped
+
+    def _destination(self, e: Event) -> None:
+        """A connect out of ports carries no destination (no packet was sent): the
+        one the process holds the most sockets toward, in its own network namespace,
+        read at its first such failure (while it is alive), is the tuple whose ports
+        ran out."""
+        if e.call == "connect" and e.errno in PORT_ERRNOS and e.pid not in self.port_dest:
+            self.port_dest[e.pid] = destination_of(e.pid, self.roots)
+
+    def _named(self, e: Event) -> Event:
+        """The trace's comm cache misses some ("<...>"): the process's own comm."""
+        if e.comm != "<...>":
+            return e
+        if e.pid not in self.comms:
+            try:
+                self.comms[e.pid] = (self.procfs / str(e.pid) / "comm").read_text().strip()
+            except OSError:
+                self.comms[e.pid] = "<...>"
+        return replace(e, comm=self.comms[e.pid])
+
+    def overruns(self) -> int:
+        """Events the kernel dropped from the instance's buffer (per_cpu stats)."""
+        total = 0
+        for stats in self.inst.glob("per_cpu/cpu*/stats"):
+            m = re.search(r"^overrun: (\d+)", stats.read_text(), re.MULTILINE)
+            total += int(m[1]) if m else 0
+        return total
+
+
+def trace(seconds: float, roots: Roots | None = None) -> TraceResult:
+    roots = roots or Roots()
+    base = tracefs(roots)
+    with mounted(base), Tracer(base, roots) as t:
+        events, skipped = t.read(seconds)
+        lost = skipped + t.overruns()
+        notes = list(t.notes)
+        where = t.port_dest
+    if skipped:
+        notes.append(f"more than {EVENTS_PER_SECOND:,} events a second: {skipped:,} not counted")
+    rows = tuple(_with_destination(r, where) for r in count(events))
+    return TraceResult(seconds, rows, len(events), lost, tuple(notes))
+
+
+def _with_destination(row: Row, where: dict[int, str | None]) -> Row:
+    """A ports row with the destination Tracer._destination found for its process."""
+    if row.destination is not None or row.call != "connect" or row.errno not in PORT_NAMES:
+        return row
+    dst = where.get(row.pid)
+    return replace(row, destination=f"{dst} (its sockets)" if dst else None)
+
+
+PORT_NAMES = tuple(name(n) for n in PORT_ERRNOS)
+NOT_LISTEN = diag.states_mask(s for s in range(1, 12) if s != 10)  # TCP_LISTEN = 10
+
+
+def destination_of(pid: int, roots: Roots) -> str | None:
+    inodes = set(socket_inodes(roots.procfs / str(pid) / "fd"))
+    if not inodes:
+        return None
+    try:
+        with netns_mod.of_process(pid, roots):
+            rows = diag.dump(NOT_LISTEN)
+    except (OSError, HostError):
+        return None
+    seen = Counter(
+        f"{diag.address(r[diag.FAMILY], r[diag.DST])}:{diag.port(r[diag.DPORT])}"
+        for r in rows
+        if r[diag.INODE] in inodes
+    )
+    return seen.most_common(1)[0][0] if seen else None

@@ -1,0 +1,183 @@
+"""tcpceiling trace: the kernel's failures per process, from a tracefs instance of its
+own. Two processes that fail on purpose and count their own failures (the independent
+count); the instance is gone after every run, a SIGKILLed run's by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpceiling.observe import trace
+from tests.conftest import IS_ROOT, netns_sysctl, run_cli
+
+TCPCEILING = [sys.executable, "-m", "tcpceiling"]
+TRACEFS = Path("/sys/kernel/tracing")
+root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root: tracefs instances")
+
+#: Opens sockets until EMFILE (nofile 64), then keeps trying between "go" and "stop"
+#: on stdin, and prints how many failed.
+NOFILE = """
+import errno, socket, sys, time
+held = []
+while True:
+    try:
+        held.append(socket.socket())
+    except OSError:
+        break
+print("ready", flush=True)
+sys.stdin.readline()
+failed, end = 0, time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        held.append(socket.socket())
+    except OSError as exc:
+        failed += exc.errno == errno.EMFILE
+    time.sleep(0.002)
+print(failed, flush=True)
+"""
+#: In a namespace with 10 ports: holds 10 connections to its own listener, then
+#: connects again between "go" and "stop", and prints how many EADDRNOTAVAIL.
+PORTS = """
+import errno, socket, sys, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 9500)); ls.listen(64)
+held = []
+for _ in range(10):
+    s = socket.socket(); s.connect(("127.0.0.1", 9500)); held.append(s)
+print("ready", flush=True)
+sys.stdin.readline()
+failed, end = 0, time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", 9500))
+        held.append(s)
+    except OSError as exc:
+        failed += exc.errno == errno.EADDRNOTAVAIL
+        s.close()
+    time.sleep(0.002)
+print(failed, flush=True)
+"""
+
+
+def ours() -> list[str]:
+    inst = TRACEFS / "instances"
+    return sorted(p.name for p in inst.glob(f"{trace.PREFIX}*")) if inst.is_dir() else []
+
+
+def start(cmd: list[str]) -> subprocess.Popen[str]:
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def row(doc: dict[str, Any], pid: int, errno_: str) -> dict[str, Any]:
+    found = [r for r in doc["rows"] if r["pid"] == pid and r["errno"] == errno_]
+    assert len(found) == 1, doc["rows"]
+    return dict(found[0])
+
+
+@root_only
+def test_trace_names_each_failing_process_its_errno_and_limit(netns: str) -> None:
+    """A process at nofile 64 and a client out of its 10 ports, failing for 1.5 s
+    inside a 3 s trace: each is named with its errno and limit, and the counts agree
+    with the processes' own within 10 %; the client's destination too."""
+    netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60009")
+    a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1.5"])
+    b = start(["ip", "netns", "exec", netns, sys.executable, "-c", PORTS, "1.5"])
+    bpid = b.pid  # ip netns exec execs the command: the same pid
+    tr = subprocess.Popen([*TCPCEILING, "trace", "3", "--json"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.7)  # the instance is on
+    for p in (a, b):
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    counts = [int(p.communicate(timeout=30)[0].strip()) for p in (a, b)]
+    out, _ = tr.communicate(timeout=30)
+    assert tr.returncode == 1, out
+    doc = json.loads(out)
+    emfile = row(doc, a.pid, "EMFILE")
+    assert emfile["limit"] == "nofile" and emfile["call"] == "socket"
+    assert abs(emfile["count"] - counts[0]) <= 0.1 * counts[0], (emfile, counts)
+    ports = row(doc, bpid, "EADDRNOTAVAIL")
+    assert ports["limit"] == "ports" and ports["call"] == "connect"
+    assert abs(ports["count"] - counts[1]) <= 0.1 * counts[1], (ports, counts)
+    assert ports["destination"].startswith("127.0.0.1:9500")
+    assert ours() == []
+
+
+@root_only
+def test_a_killed_trace_leaves_an_instance_the_next_run_removes() -> None:
+    tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL)
+    for _ in range(50):
+        if f"{trace.PREFIX}{tr.pid}" in ours():
+            break
+        time.sleep(0.1)
+    assert f"{trace.PREFIX}{tr.pid}" in ours()
+    os.kill(tr.pid, signal.SIGKILL)
+    tr.wait()
+    code, out, _err = run_cli("trace", "0.2", "--json")
+    assert code in (0, 1) and ours() == []
+    assert any("stale" in n for n in json.loads(out)["notes"])
+
+
+@root_only
+def test_sigterm_removes_the_instance() -> None:
+    tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for _ in range(50):
+        if ours():
+            break
+        time.sleep(0.1)
+    tr.send_signal(signal.SIGTERM)
+    _out, err = tr.communicate(timeout=10)
+    assert tr.returncode == 130 and len(err.strip().splitlines()) == 1
+    assert ours() == []
+
+
+def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "sys").mkdir()
+    code, _out, err = run_cli(
+        "trace", "1", "--procfs", str(tmp_path / "proc"), "--sysfs", str(tmp_path / "sys")
+    )
+    assert code == 3 and "tracefs" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "event"),
+    [
+        ("          python-4242    [001] ..... 1234.567890: sys_connect -> 0xfffffffffffffff5",
+         trace.Event("python", 4242, "syscall", "connect", 11)),
+        ("     nginx: worker-88      [000] d..1. 99.000001: sys_accept4 -> 0xffffffffffffffe8",
+         trace.Event("nginx: worker", 88, "syscall", "accept4", 24)),
+        ("          <...>-7 [000] ..... 1.0: sys_socket -> 0x3", None),
+        ("  curl-99 [001] ..s1. 5.5: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP "
+         "sport=40000 dport=443 saddr=10.0.0.1 daddr=10.0.0.5 saddrv6=::ffff:10.0.0.1 "
+         "daddrv6=::ffff:10.0.0.5 oldstate=TCP_SYN_SENT newstate=TCP_CLOSE",
+         trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")),
+        ("# tracer: nop", None),
+    ],
+)  # fmt: skip
+def test_trace_lines(line: str, event: trace.Event | None) -> None:
+    assert trace.parse_line(line) == event
+
+
+def test_counting_joins_a_refused_connect_to_its_destination() -> None:
+    refused = trace.Event("curl", 99, "syscall", "connect", 111)
+    state = trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")
+    async_only = trace.Event("java", 7, "connect_failed", "connect", 0, "10.0.0.6:80")
+    rows = trace.count([refused, state, refused, state, async_only])
+    assert rows == (
+        trace.Row("curl", 99, "connect", "ECONNREFUSED", "refused", 2, "10.0.0.5:443"),
+        trace.Row("java", 7, "connect", "refused or timed out", "server", 1, "10.0.0.6:80"),
+    )
+    clone = trace.count([trace.Event("java", 7, "syscall", "clone3", 11)])
+    assert clone[0].limit == "threads"
