@@ -1302,9 +1302,7 @@ def trace_cmd(
     """Who is hitting a ceiling right now: every process's failing socket, connect,
     accept, bind, epoll_ctl and clone calls for SECONDS, with the limit each errno
     means, and connects refused or timed out with their destination. A tracefs
-    instance of its own, removed on every exit path (root).
-
-    Exit codes: 0 no failure seen, 1 failures seen, 3 no tracefs or not root."""
+    instance of its own, removed on every exit path (root)."""
     from tcpceiling.observe.trace import trace
     from tcpceiling.report.watch import render_trace
 
@@ -1439,6 +1437,7 @@ USAGE: dict[str, tuple[tuple[str, ...], str]] = {
             "tcpceiling analyze --role client --connect 10.0.0.5:5432 --source-ip 10.0.1.0/28",
             "tcpceiling analyze --role server --io-model threads --pid 1234",
             "tcpceiling analyze --role server --set nofile=1048576 --report ceiling.html",
+            "tcpceiling analyze --role nat --netns nat --connect 198.18.6.2:9000",
         ),
         "0 predicted, 2 bad input, 3 the host could not be read",
     ),
@@ -1490,6 +1489,11 @@ USAGE: dict[str, tuple[tuple[str, ...], str]] = {
     "watch": (
         ("tcpceiling watch", "tcpceiling watch --port 443 --warn 0.7", "tcpceiling watch --once"),
         "0 left with q or Ctrl-C, 2 bad input, 3 the host could not be read",
+    ),
+    "trace": (
+        ("tcpceiling trace", "tcpceiling trace 10 --json"),
+        "0 no failure seen, 1 failures seen, 2 bad input, 3 no tracefs or not root, "
+        "130 interrupted (the instance is removed)",
     ),
     "doctor": (
         (
