@@ -172,6 +172,12 @@ def reply_addresses(ns: str) -> Counter[str]:
     return found
 
 
+def flush_conntrack(ns: str) -> None:
+    """Empty the conntrack table of a namespace this test made (conntrack -F)."""
+    subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-F"], check=True,
+                   capture_output=True)  # fmt: skip
+
+
 def two_sources(p: Path3, rule: nat.NatRule) -> tuple[str, str]:
     """Two client addresses the NAT hashes to different NAT addresses (added to the
     client namespace)."""
@@ -225,9 +231,7 @@ def test_nat_ports_are_the_first_limit_on_the_path(
         assert code == 1 and r["established"] == expected, (r["established"], r["stop"])
         assert r["stop"]["reason"] == "snat_ports" and r["stop"]["side"] == "path", r["stop"]
         assert r["stop"]["evidence"]["conntrack"]["insert_failed"] > 0
-        # the probe's reset flows linger in the NAT's table (CLOSE, 10 s) holding tuples
-        subprocess.run(["ip", "netns", "exec", p.nat, "conntrack", "-F"], check=True,
-                       capture_output=True)  # fmt: skip
+        flush_conntrack(p.nat)  # the probe's reset flows linger (CLOSE, 10 s) on tuples
         held, failed = hold_connections(p.client, expected + 5, sources)
         try:
             assert (len(held), failed) == (expected, 5)  # a plain client's count
@@ -244,8 +248,9 @@ def test_nat_ports_are_the_first_limit_on_the_path(
 
 def test_a_firewall_connection_cap_names_the_rule() -> None:
     """The server's namespace caps connections to its port at 50 and rejects the rest
-    with a reset: analyze there predicts 50 (firewall); the probe from the client is
-    served 50 and names the firewall and its rule."""
+    with a reset: analyze there predicts 50 (firewall); the probe from the client holds
+    50 and names the firewall and its rule; with a plain client holding 50, doctor in
+    the server's namespace exits 2 naming the cap."""
     with three_namespaces() as p, server(p.server):
         nft(
             p.server,
@@ -266,6 +271,16 @@ def test_a_firewall_connection_cap_names_the_rule() -> None:
         assert code == 1 and r["stop"]["reason"] == "firewall", r["stop"]
         assert "ct count over 50" in r["stop"]["detail"]
         assert r["outcomes"]["established"] == 50
+        flush_conntrack(p.server)  # the probe's reset flows are still in the cap's count
+        held, failed = hold_connections(p.client, 55)
+        try:
+            assert (len(held), failed) == (50, 5)  # a plain client's count
+            code, out, _err = run_cli("doctor", "--netns", p.server, "--interval", "0.2")
+            first = out.splitlines()[0]
+            assert code == 2 and "firewall" in first and f"port {PORT}" in first, out
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_nft_rules_parse_from_real_json() -> None:

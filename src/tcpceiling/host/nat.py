@@ -389,6 +389,9 @@ class PathView:
 
     ruleset: Ruleset | None = None
     nat_in_use: dict[tuple[str, str, int], int] | None = None  # nat_flows
+    #: live flows per destination port (not TIME_WAIT or CLOSE, which nf_conncount
+    #: no longer counts): what a `ct count` cap on that port sees
+    live_by_port: dict[int, int] | None = None
 
     def in_use_toward(self, host: str, port: int) -> int:
         """NATed flows toward host:port, over every NAT address."""
@@ -437,9 +440,8 @@ def read_ruleset(roots: Roots, netns: str | None) -> Ruleset | None:
     return parse_ruleset(out.stdout or '{"nftables": []}')
 
 
-def read_nat_in_use(roots: Roots, netns: str | None) -> dict[tuple[str, str, int], int] | None:
-    """NATed flows per (NAT address, destination ip, port) from the namespace's
-    conntrack table; None when conntrack is not loaded there."""
+def read_flows(roots: Roots, netns: str | None) -> list[Flow] | None:
+    """The namespace's tracked TCP flows; None when conntrack is not loaded there."""
     path = roots.procfs / "thread-self" / "net" / "nf_conntrack"
     if not roots.live:
         path = roots.procfs / "net" / "nf_conntrack"
@@ -448,11 +450,40 @@ def read_nat_in_use(roots: Roots, netns: str | None) -> dict[tuple[str, str, int
             text = path.read_text()
         except OSError:
             return None
-    return dict(nat_flows(parse_conntrack(text)))
+    return parse_conntrack(text)
+
+
+def live_by_port(flows: Iterable[Flow]) -> dict[int, int]:
+    return dict(Counter(f.dport for f in flows if f.state not in ("TIME_WAIT", "CLOSE")))
 
 
 def read_path(roots: Roots, netns: str | None) -> PathView:
     """The rules, and the NATed flows when there is a NAT rule to count them for."""
     ruleset = read_ruleset(roots, netns)
-    in_use = read_nat_in_use(roots, netns) if ruleset is not None and ruleset.nat else None
-    return PathView(ruleset, in_use)
+    if ruleset is None or not (ruleset.nat or ruleset.caps):
+        return PathView(ruleset)
+    flows = read_flows(roots, netns)
+    if flows is None:
+        return PathView(ruleset)
+    return PathView(ruleset, dict(nat_flows(flows)), live_by_port(flows))
+
+
+@dataclass(frozen=True)
+class CapUse:
+    """A `ct count over N` cap on a port against the live flows to that port."""
+
+    dport: int
+    used: int
+    capacity: int
+    rule: str
+
+
+def cap_uses(view: PathView) -> tuple[CapUse, ...]:
+    """One row per global (not per-source) connection cap on a destination port."""
+    if view.ruleset is None or view.live_by_port is None:
+        return ()
+    return tuple(
+        CapUse(c.match.dport, view.live_by_port.get(c.match.dport, 0), c.limit, c.text)
+        for c in view.ruleset.caps
+        if c.match.dport is not None and not c.per_source
+    )

@@ -17,7 +17,7 @@ from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read, sockets
 from tcpceiling.host.cgroups import read_cgroup
-from tcpceiling.host.nat import NatUse, nat_uses
+from tcpceiling.host.nat import CapUse, NatUse, cap_uses, nat_uses
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import registry
@@ -116,6 +116,7 @@ class Sample:
     destinations: int = 0  # (src, dst, dport) tuples seen, before the top K
     servers: tuple[AppLimit, ...] = ()  # listeners of servers the registry knows
     nat: tuple[NatUse, ...] = ()  # NATed flows per destination (host.nat)
+    caps: tuple[CapUse, ...] = ()  # firewall connection caps per port (host.nat)
 
 
 def counters(roots: Roots) -> dict[str, int]:
@@ -312,6 +313,7 @@ def take(scope: Scope) -> Sample:
         destinations=len(client.toward),
         servers=servers,
         nat=nat_uses(snap.path),
+        caps=cap_uses(snap.path),
     )
 
 

@@ -149,6 +149,15 @@ def nat_usages(s: Sample) -> list[Usage]:
     ]  # fmt: skip
 
 
+def cap_usages(s: Sample) -> list[Usage]:
+    """A firewall's connection cap on a port against the live flows to it."""
+    return [
+        Usage("firewall", f"port {c.dport} ({c.rule})", c.used, c.capacity, "connections",
+              "raise the rule's count (nft replace rule), or spread the clients")
+        for c in s.caps
+    ]  # fmt: skip
+
+
 def usages(s: Sample) -> list[Usage]:
     """Every row, the smallest headroom first."""
     rows = (
@@ -157,6 +166,7 @@ def usages(s: Sample) -> list[Usage]:
         + listener_usages(s)
         + port_usages(s)
         + nat_usages(s)
+        + cap_usages(s)
         + host_usages(s)
     )
     return sorted(rows, key=lambda u: u.headroom)
