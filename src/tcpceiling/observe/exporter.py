@@ -150,7 +150,12 @@ def nat_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
     for u in s.nat:
         use.add_metric([u.dst, str(u.dport)], u.used)
         cap.add_metric([u.dst, str(u.dport)], u.capacity)
-    yield from (use, cap)
+    fw = _gauge("firewall_connections", "Live flows to a port a ct count cap guards.", ["port"])
+    fw_cap = _gauge("firewall_connections_limit", "The cap: ct count over N.", ["port"])
+    for c in s.caps:
+        fw.add_metric([str(c.dport)], c.used)
+        fw_cap.add_metric([str(c.dport)], c.capacity)
+    yield from (use, cap, fw, fw_cap)
 
 
 def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
