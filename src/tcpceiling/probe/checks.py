@@ -34,6 +34,12 @@ FORMS = (
     "none, echo, http, redis, memcached, tls, postgres, websocket[:PATH], "
     "mqtt[:KEEPALIVE], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
+#: Line protocols: the reply prefixes that serve and those that are the server's error
+#: (the RESP simple string and error; memcached's protocol.txt error lines).
+LINE_REPLIES: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {
+    "redis": ((b"+PONG",), (b"-",)),
+    "memcached": ((b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR")),
+}
 _FIELD = re.compile(r",(?=(?:send|expect|refuse):)")
 
 
@@ -97,13 +103,8 @@ class Check:
 
     def _first_verdict(self, data: bytes, sent: bytes) -> Verdict:
         k = self.kind
-        if k in ("redis", "memcached"):
-            ok, bad = (
-                ((b"+PONG",), (b"-",))
-                if k == "redis"
-                else ((b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR"))
-            )
-            return p.line_reply(data, ok, bad)
+        if k in LINE_REPLIES:
+            return p.line_reply(data, *LINE_REPLIES[k])
         judges = {
             "websocket": p.websocket_handshake,
             "mqtt": p.mqtt_connack,
@@ -154,7 +155,7 @@ class Check:
         if self.kind == "send" and self.refuse:
             v = p.expect_reply(words, None, _regex(self.refuse))
             return v.text if v.outcome == "error" else None
-        errors = {"redis": (b"-",), "memcached": (b"SERVER_ERROR", b"ERROR")}.get(self.kind)
+        errors = LINE_REPLIES[self.kind][1] if self.kind in LINE_REPLIES else ()
         if errors and b"\n" in words and words.startswith(errors):
             return first_line(words)
         return None

@@ -60,7 +60,6 @@ class Run:
         self.budget: budget.MemoryBudget | None = None
         self.server_limit: AppLimit | None = None
         self.path_before: path.PathSample | None = None
-        self.plan_endpoints: tuple[Endpoint, ...] = ()
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
         self.active_window: outcome.ActiveWindow | None = None
@@ -335,7 +334,6 @@ class Run:
         try:
             server_before = None
             if server_mode:
-                self.plan_endpoints = plan.endpoints
                 if self.cfg.path_netns:
                     self.path_before = path.sample(self.cfg.path_netns)
                 server_before = self._server_sample(plan)
@@ -387,7 +385,7 @@ class Run:
                 kids.sink_states,
                 server_mode,
                 self._task_limit(),
-                partial(self._server_stop, server_before, server_after),
+                partial(self._server_stop, server_before, server_after, plan.endpoints),
                 served,
             )
             stop = self._with_guard_evidence(stop)
@@ -435,6 +433,7 @@ class Run:
         self,
         before: evidence.ServerSample | None,
         after: evidence.ServerSample | None,
+        endpoints: tuple[Endpoint, ...],
         stop: Stop,
     ) -> Stop:
         """Attribute a server-side stop with the evidence read before and after."""
@@ -445,7 +444,7 @@ class Run:
         server = self.server_limit
         if self.path_before is not None and self.cfg.path_netns:
             after_path = path.sample(self.cfg.path_netns)
-            found = path.attribute(stop.detail, self.path_before, after_path, self.plan_endpoints)
+            found = path.attribute(stop.detail, self.path_before, after_path, endpoints)
             if found is not None:
                 return found
         return evidence.attribute(
