@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 from rich.console import Console
 
 from tcpceiling.errors import InputError
-from tcpceiling.host.nat import NatUse
+from tcpceiling.host.nat import CapUse, NatUse
 from tcpceiling.host.sockets import Listener
 from tcpceiling.observe import exporter, kmsg
 from tcpceiling.observe.doctor import diagnose
@@ -207,6 +207,7 @@ def test_a_services_processes_from_its_cgroup(tmp_path: Path) -> None:
         service_pids(roots, "ghost")
 
 
+CAP_FULL = CapUse(9000, 50, 50, "ct count over 50 reject with tcp reset (table inet filter)")
 NAT_FULL = NatUse("198.18.6.2", 9000, 100, 100, "masquerade to :60000-60099 (table ip nat)")
 ORPHANS = HostLimit("orphans", 130_000, 131_072, "sockets", "sockstat")
 PRESSURE = HostLimit("tcp_mem_pressure", 200_000, 190_000, "pages", "sockstat, tcp_mem[1]")
@@ -236,6 +237,9 @@ NEIGH = HostLimit("neighbours", 1_020, 1_024, "entries", "arp_cache, gc_thresh3"
          "200,000 of 190,000 pages"),
         (replace(sample(2), host=(*HOST, NEIGH)), "critical", "neighbours", "host",
          "1,020 of 1,024 entries"),
+        (replace(sample(2), caps=(CAP_FULL,)), "critical", "firewall",
+         "port 9000 (ct count over 50 reject with tcp reset (table inet filter))",
+         "50 of 50 connections"),
     ],
 )  # fmt: skip
 def test_doctor_names_the_quieter_limits(
