@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tcpceiling.observe import trace
+from tcpceiling.host.parse import parse_netstat
+from tcpceiling.observe import listen_drops, trace
 from tests.conftest import IS_ROOT, netns_sysctl, run_cli
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
@@ -66,6 +67,21 @@ while time.monotonic() < end:
 print(failed, flush=True)
 """
 
+#: A listener with backlog 2 that never accepts; between "go" and "stop" 30 clients
+#: connect without blocking; prints how many never got into its accept queue.
+FLOOD = """
+import socket, sys, time
+ls = socket.socket(); ls.bind(("127.0.0.1", 9700)); ls.listen(2)
+print("ready", flush=True)
+sys.stdin.readline()
+clients = []
+for _ in range(30):
+    c = socket.socket(); c.setblocking(False); c.connect_ex(("127.0.0.1", 9700))
+    clients.append(c)
+time.sleep(float(sys.argv[1]))
+print(sum(c.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 8)[0] == 2 for c in clients), flush=True)
+"""
+
 
 def ours() -> list[str]:
     inst = TRACEFS / "instances"
@@ -110,6 +126,30 @@ def test_trace_names_each_failing_process_its_errno_and_limit(netns: str) -> Non
     assert ports["limit"] == "ports" and ports["call"] == "connect"
     assert abs(ports["count"] - counts[1]) <= 0.1 * counts[1], (ports, counts)
     assert ports["destination"].startswith("127.0.0.1:9500")
+    assert ours() == []
+
+
+@root_only
+def test_a_flooded_listener_that_never_accepts_is_named_with_its_syn_drops(netns: str) -> None:
+    """Every client left in SYN_SENT had its SYN dropped at least once during the
+    trace: the listener's port, pid and queue are named, with at least that many drops
+    and no more than its namespace's ListenOverflows (a fresh namespace: all ours)."""
+    flood = start(["ip", "netns", "exec", netns, sys.executable, "-c", FLOOD, "4"])
+    tr = subprocess.Popen([*TCPCEILING, "trace", "3", "--json"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    assert flood.stdin is not None
+    flood.stdin.write("go\n")
+    flood.stdin.flush()
+    waiting = int(flood.communicate(timeout=30)[0].strip())
+    out, _ = tr.communicate(timeout=30)
+    netstat = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/netstat"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    total = parse_netstat(netstat)["TcpExt.ListenOverflows"]
+    found = row(json.loads(out), flood.pid, "SYN dropped: accept queue full")
+    assert found["limit"] == "backlog" and found["call"] == "listen"
+    assert found["destination"] == "127.0.0.1:9700 (accept queue 3/3)"
+    assert waiting == 27 and waiting <= found["count"] <= total, (found, waiting, total)
+    assert any("ListenOverflows" in n for n in json.loads(out)["notes"])
     assert ours() == []
 
 
@@ -164,6 +204,13 @@ def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
          "daddrv6=::ffff:10.0.0.5 oldstate=TCP_SYN_SENT newstate=TCP_CLOSE",
          trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")),
         ("# tracer: nop", None),
+        ("  <idle>-0 [001] ..s2. 7.0: tcp_retransmit_synack: family=AF_INET sport=9700 "
+         "dport=40000 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 "
+         "daddrv6=::ffff:127.0.0.1",
+         trace.Event("kernel", 0, "synack_retransmit", "synack", 0, "127.0.0.1:9700")),
+        ("  <idle>-0 [000] ..s2. 8.0: kfree_skb: skbaddr=0000 rx_sk=0000 protocol=2048 "
+         "location=tcp_v4_rcv+0x1 reason: TCP_LISTEN_OVERFLOW",
+         trace.Event("kernel", 0, "listen_overflow", "listen", 0)),
     ],
 )  # fmt: skip
 def test_trace_lines(line: str, event: trace.Event | None) -> None:
@@ -181,3 +228,30 @@ def test_counting_joins_a_refused_connect_to_its_destination() -> None:
     )
     clone = trace.count([trace.Event("java", 7, "syscall", "clone3", 11)])
     assert clone[0].limit == "threads"
+
+
+def test_the_kernels_own_events_are_rows_per_listening_address() -> None:
+    synack = trace.Event("kernel", 0, "synack_retransmit", "synack", 0, "10.0.0.1:443")
+    drop = trace.Event("kernel", 0, "listen_overflow", "listen", 0)
+    assert trace.count([synack, synack, drop]) == (
+        trace.Row("kernel", 0, "synack", "SYN-ACK retransmitted", "backlog", 2, "10.0.0.1:443"),
+        trace.Row("kernel", 0, "listen", "ACK dropped (TCP_LISTEN_OVERFLOW)", "backlog", 1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "number"),
+    [
+        ('print fmt: "reason: %s", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, '
+         '{ 40, "TCP_LISTEN_OVERFLOW" }, { 41, "TCP_OLD_SEQUENCE" })', 40),
+        ('print fmt: "skbaddr=%p protocol=%u location=%p", REC->skbaddr', None),  # before 5.17
+    ],
+)  # fmt: skip
+def test_the_drop_reasons_number_is_read_from_the_format(fmt: str, number: int | None) -> None:
+    assert trace.reason_number(fmt, "TCP_LISTEN_OVERFLOW") == number
+
+
+def test_namespaces_whose_overflows_rose() -> None:
+    before = {"net:[1]": 5, "net:[2]": 9}
+    after = {"net:[1]": 5, "net:[2]": 12, "net:[3]": 4}
+    assert listen_drops.moved(before, after) == {"net:[2]": 3, "net:[3]": 4}

@@ -36,6 +36,7 @@ from tcpceiling.host import diag
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import socket_inodes
 from tcpceiling.host.roots import Roots
+from tcpceiling.observe.listen_drops import ListenDrop, Overflows
 from tcpceiling.probe.errnos import constraint_for, name
 
 PREFIX = "tcpceiling-"
@@ -62,7 +63,9 @@ TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
 PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
 PORT_ERRNOS = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
 STATE_FILTER = f"oldstate == {TCP_SYN_SENT} && newstate == {TCP_CLOSE}"
-Kind = Literal["syscall", "connect_failed"]
+Kind = Literal["syscall", "connect_failed", "synack_retransmit", "listen_overflow"]
+KERNEL = "kernel"  # the comm of a row counted in softirq, for no process
+DROP_REASON = "TCP_LISTEN_OVERFLOW"  # include/net/dropreason-core.h
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ def parse_line(line: str) -> Event | None:
         if f.get("family") == "AF_INET6":
             host = f"[{f.get('daddrv6', '?')}]"
         return Event(comm, pid, "connect_failed", "connect", 0, f"{host}:{f.get('dport', '?')}")
+    if rest.startswith("tcp_retransmit_synack:"):
+        f = dict(_FIELD.findall(rest))
+        host = f.get("saddr", "?")
+        if f.get("family") == "AF_INET6":
+            host = f"[{f.get('saddrv6', '?')}]"
+        return Event(KERNEL, 0, "synack_retransmit", "synack", 0, f"{host}:{f.get('sport', '?')}")
+    if rest.startswith("kfree_skb:"):
+        return Event(KERNEL, 0, "listen_overflow", "listen", 0)
     return None
 
 
@@ -130,12 +141,15 @@ def count(events: list[Event]) -> tuple[Row, ...]:
     sync: Counter[tuple[str, int, str, int]] = Counter()
     toward: dict[int, Counter[str]] = {}
     comms: dict[int, str] = {}
+    kernel: Counter[tuple[Kind, str | None]] = Counter()
     for e in events:
         if e.kind == "syscall":
             sync[(e.comm, e.pid, e.call, e.errno)] += 1
-        else:
+        elif e.kind == "connect_failed":
             toward.setdefault(e.pid, Counter())[e.destination or "?"] += 1
             comms[e.pid] = e.comm
+        else:
+            kernel[(e.kind, e.destination)] += 1
     rows = []
     for (comm, pid, call, num), n in sync.items():
         dst = None
@@ -145,7 +159,19 @@ def count(events: list[Event]) -> tuple[Row, ...]:
     for pid, dests in toward.items():
         for dst, n in dests.items():
             rows.append(Row(comms[pid], pid, "connect", "refused or timed out", "server", n, dst))
+    for (kind, dst), n in kernel.items():
+        call, what = KERNEL_ROWS[kind]
+        rows.append(Row(KERNEL, 0, call, what, "backlog", n, dst))
     return tuple(sorted(rows, key=lambda r: -r.count))
+
+
+#: The kernel's own events -> (call, what happened): a SYN-ACK sent again (the final
+#: ACK did not make it into the accept queue, or was lost) per listening address, and
+#: a final ACK dropped at a full accept queue (its drop reason; the port is not in it).
+KERNEL_ROWS: dict[Kind, tuple[str, str]] = {
+    "synack_retransmit": ("synack", "SYN-ACK retransmitted"),
+    "listen_overflow": ("listen", f"ACK dropped ({DROP_REASON})"),
+}
 
 
 def _limit(call: str, num: int) -> str:
@@ -217,6 +243,7 @@ class Tracer:
         self.port_dest: dict[int, str | None] = {}
         self.inst = base / "instances" / f"{PREFIX}{os.getpid()}"
         self.notes: list[str] = []
+        self.drop_reasons = False
 
     def __enter__(self) -> Tracer:
         stale = remove_stale(self.base, self.procfs)
@@ -250,7 +277,23 @@ class Tracer:
         if state.is_dir():
             (state / "filter").write_text(STATE_FILTER)
             (state / "enable").write_text("1")
+        synack = events / "tcp" / "tcp_retransmit_synack"
+        if synack.is_dir():
+            (synack / "enable").write_text("1")
+        self._enable_drops(events / "skb" / "kfree_skb")
         (self.inst / "tracing_on").write_text("1")
+
+    def _enable_drops(self, kfree: Path) -> None:
+        """skb:kfree_skb filtered to the listen-overflow drop reason, where the kernel
+        has drop reasons (its number is read from the event's own format)."""
+        try:
+            number = reason_number((kfree / "format").read_text(), DROP_REASON)
+        except OSError:
+            number = None
+        self.drop_reasons = number is not None
+        if number is not None:
+            (kfree / "filter").write_text(f"reason == {number}")
+            (kfree / "enable").write_text("1")
 
     def read(self, seconds: float) -> tuple[list[Event], int]:
         """Events for `seconds`, at most EVENTS_PER_SECOND a second; (events, skipped)."""
@@ -308,18 +351,47 @@ class Tracer:
         return total
 
 
+def reason_number(fmt: str, reason: str) -> int | None:
+    """A drop reason's number in skb:kfree_skb's format ({ 40, "TCP_LISTEN_OVERFLOW" })."""
+    m = re.search(rf'\{{ (\d+), "{reason}" \}}', fmt)
+    return int(m[1]) if m else None
+
+
 def trace(seconds: float, roots: Roots | None = None) -> TraceResult:
     roots = roots or Roots()
     base = tracefs(roots)
     with mounted(base), Tracer(base, roots) as t:
+        queues = Overflows(roots)
         events, skipped = t.read(seconds)
         lost = skipped + t.overruns()
         notes = list(t.notes)
         where = t.port_dest
+        drops = queues.drops()
     if skipped:
         notes.append(f"more than {EVENTS_PER_SECOND:,} events a second: {skipped:,} not counted")
-    rows = tuple(_with_destination(r, where) for r in count(events))
-    return TraceResult(seconds, rows, len(events), lost, tuple(notes))
+    rows = [_with_destination(r, where) for r in count(events)]
+    rows += [_drop_row(d) for d in drops]
+    if drops:
+        notes.append(_drop_note(t.drop_reasons))
+    rows.sort(key=lambda r: -r.count)
+    return TraceResult(seconds, tuple(rows), len(events), lost, tuple(notes))
+
+
+def _drop_row(d: ListenDrop) -> Row:
+    where = f"{d.host}:{d.port} (accept queue {d.queue}/{d.backlog + 1})" if d.port else None
+    return Row(d.comm, d.pid, "listen", "SYN dropped: accept queue full", "backlog", d.drops, where)
+
+
+def _drop_note(reasons: bool) -> str:
+    how = (
+        "this kernel gives them no drop reason (tcp_conn_request() consumes the SYN)"
+        if reasons
+        else "this kernel has no drop reasons in skb:kfree_skb"
+    )
+    return (
+        f"SYNs dropped at a full accept queue: {how}, so they are ListenOverflows of the "
+        "listener's network namespace over the trace, given to its full listener"
+    )
 
 
 def _with_destination(row: Row, where: dict[int, str | None]) -> Row:
