@@ -18,6 +18,7 @@ from tcpceiling.host.nat import CapUse, NatUse
 from tcpceiling.host.sockets import Listener
 from tcpceiling.observe import exporter, kmsg
 from tcpceiling.observe.doctor import diagnose
+from tcpceiling.observe.feed import FailureTotals
 from tcpceiling.observe.sample import Ceiling, HostLimit, PortUse, ProcessUse, Sample
 from tcpceiling.observe.usage import rates, usages
 from tcpceiling.report.watch import frame
@@ -178,6 +179,7 @@ def test_shipped_rules_and_dashboard_use_exported_names() -> None:
             re.M,
         )
     )
+    names |= {m.name for m in exporter.failure_metrics(FailureTotals())}  # exporter --trace
     names |= {n + "_total" for n in names}
     rules = (DEPLOY / "prometheus" / "tcpceiling-alerts.yml").read_text()
     dashboard = json.loads((DEPLOY / "grafana" / "tcpceiling.json").read_text())

@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tcpceiling.host.parse import parse_netstat
-from tcpceiling.observe import listen_drops, trace
+from tcpceiling.observe import exporter, listen_drops, trace
+from tcpceiling.observe.feed import FailureTotals
 from tests.conftest import IS_ROOT, netns_sysctl, run_cli
+from tests.test_observe import series
+from tests.test_observe_live import wait_for
+from tests.test_patterns import free_port
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 TRACEFS = Path("/sys/kernel/tracing")
+FIXTURES = Path(__file__).parent / "fixtures"
 root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root: tracefs instances")
 
 #: Opens sockets until EMFILE (nofile 64), then keeps trying between "go" and "stop"
@@ -153,6 +160,97 @@ def test_a_flooded_listener_that_never_accepts_is_named_with_its_syn_drops(netns
     assert ours() == []
 
 
+def go(p: subprocess.Popen[str]) -> int:
+    """Let a failing process fail; its own count of failures."""
+    assert p.stdin is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    return int(p.communicate(timeout=30)[0].strip())
+
+
+def traced_count(evidence: list[str]) -> int:
+    m = next(re.search(r"EMFILE x([\d,]+)", e) for e in evidence if "trace:" in e)
+    assert m is not None
+    return int(m[1].replace(",", ""))
+
+
+@root_only
+def test_doctor_trace_names_the_failing_process_with_its_count() -> None:
+    """doctor --trace 3: the process failing at nofile 64 is a critical nofile finding,
+    its count within 10 % of its own."""
+    a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1.5"])
+    doc = subprocess.Popen([*TCPCEILING, "doctor", "--trace", "3", "--kmsg", "/dev/null",
+                            "--json"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.0)  # the first sample taken, the trace on
+    failed = go(a)
+    out, _ = doc.communicate(timeout=60)
+    assert doc.returncode == 2, out
+    found = [f for f in json.loads(out)["findings"] if f["subject"] == f"python (pid {a.pid})"]
+    assert found and found[0]["limit"] == "nofile" and found[0]["severity"] == "critical"
+    assert abs(traced_count(found[0]["evidence"]) - failed) <= 0.1 * failed, (found, failed)
+    assert ours() == []
+
+
+def test_doctor_goes_on_without_a_trace(tmp_path: Path) -> None:
+    code, out, _err = run_cli(
+        "doctor", "--procfs", str(FIXTURES / "stock-distro" / "proc"), "--sysfs", str(tmp_path),
+        "--trace", "1", "--interval", "0.1", "--kmsg", "/dev/null", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["notes"] == [
+        f"no trace: no tracefs under {tmp_path}/kernel/tracing (a fixture root has none)"
+    ]
+
+
+@root_only
+def test_watch_trace_shows_a_panel_of_the_failures() -> None:
+    a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1"])
+    w = subprocess.Popen([*TCPCEILING, "watch", "--trace", "--once", "--interval", "3"],
+                         stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    time.sleep(1.0)
+    go(a)
+    _out, err = w.communicate(timeout=60)
+    assert w.returncode == 0, err
+    panel = err[err.index("failing since the last frame") :]
+    line = next(ln for ln in panel.splitlines() if f"pid {a.pid}" in ln)
+    assert "socket" in line and "EMFILE" in line and "nofile" in line
+    assert ours() == []
+
+
+@root_only
+def test_exporter_trace_counts_failures_and_leaves_nothing_on_sigterm() -> None:
+    """exporter --trace: tcpceiling_failures_total of the failing comm within 10 % of
+    its own count; SIGTERM ends it with exit 0 and the instance removed."""
+    port = free_port()
+    exp = subprocess.Popen([*TCPCEILING, "exporter", "--trace", "--listen",
+                            f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        metrics = wait_for(lambda: scrape(port), 30, "the exporter to serve")
+        assert "tcpceiling_failures_total" in metrics
+        a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1.5"])
+        failed = go(a)
+        time.sleep(1.0)  # the trace thread's last read
+        counted = sum(v for k, v in series(scrape(port)).items()
+                      if k.startswith("tcpceiling_failures_total{") and 'errno="EMFILE"' in k
+                      and 'process="python"' in k)  # fmt: skip
+        assert abs(counted - failed) <= 0.1 * failed, (counted, failed)
+    finally:
+        exp.send_signal(signal.SIGTERM)
+        exp.communicate(timeout=30)
+    assert exp.returncode == 0 and ours() == []
+
+
+def test_exporter_trace_with_a_textfile_is_bad_input(tmp_path: Path) -> None:
+    code, _out, err = run_cli("exporter", "--trace", "--textfile", str(tmp_path / "m.prom"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
 @root_only
 def test_a_killed_trace_leaves_an_instance_the_next_run_removes() -> None:
     tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL)
@@ -249,6 +347,26 @@ def test_the_kernels_own_events_are_rows_per_listening_address() -> None:
 )  # fmt: skip
 def test_the_drop_reasons_number_is_read_from_the_format(fmt: str, number: int | None) -> None:
     assert trace.reason_number(fmt, "TCP_LISTEN_OVERFLOW") == number
+
+
+def test_failure_counters_keep_a_bounded_label_set() -> None:
+    """The first `most` comms are series of their own; every later one is other."""
+    totals = FailureTotals(most=2)
+    totals.add([trace.Row("java", 1, "connect", "EADDRNOTAVAIL", "ports", 500),
+                trace.Row("nginx", 2, "accept4", "EMFILE", "nofile", 40)])  # fmt: skip
+    totals.add([trace.Row("curl", 3, "connect", "EADDRNOTAVAIL", "ports", 7),
+                trace.Row("java", 9, "connect", "EADDRNOTAVAIL", "ports", 5)])  # fmt: skip
+    assert totals.totals == {
+        ("ports", "java", "EADDRNOTAVAIL"): 505,
+        ("nofile", "nginx", "EMFILE"): 40,
+        ("ports", "other", "EADDRNOTAVAIL"): 7,
+    }
+    text = "".join(
+        f"{s.name} {s.labels} {s.value}\n"
+        for m in exporter.failure_metrics(totals)
+        for s in m.samples
+    )
+    assert "tcpceiling_failures_total {'limit': 'ports', 'process': 'other'" in text
 
 
 def test_namespaces_whose_overflows_rose() -> None:

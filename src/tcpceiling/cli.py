@@ -6,6 +6,8 @@ Exit codes: 0 success (probe: target reached), 1 a limit or guard stopped a prob
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -93,6 +95,8 @@ def roots_options(fn: F) -> F:
 
 
 if TYPE_CHECKING:  # generic in click >= 8.2 only; plain at run time
+    from tcpceiling.observe.trace import TraceResult
+
     _Param = click.ParamType[Any]
 else:
     _Param = click.ParamType
@@ -1276,6 +1280,12 @@ def thresholds(fn: F) -> F:
     "--count", type=click.IntRange(min=1), default=None, help="Stop after this many frames."
 )
 @click.option("--once", is_flag=True, help="Print one frame (rates over --interval) and exit.")
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="A panel of the kernel's failures per process since the last frame, from a "
+    "tracefs instance of its own (root).",
+)
 @errors_to_exit
 def watch_cmd(**o: Any) -> None:
     """A live view of every limit on this host, the smallest headroom first: each
@@ -1283,12 +1293,15 @@ def watch_cmd(**o: Any) -> None:
     toward each destination, and the host-wide limits; rows turn yellow at --warn and
     red at --crit. q or Ctrl-C leaves."""
     from tcpceiling.observe import live
+    from tcpceiling.observe.feed import Feed
 
     scope = scope_from(o)
-    if o["once"]:
-        live.once(scope, o["interval"], o["warn"], o["crit"], stderr)
-        return
-    live.loop(scope, o["interval"], o["count"], o["warn"], o["crit"], stderr)
+    with contextlib.ExitStack() as stack:
+        feed = stack.enter_context(Feed(scope.roots)) if o["trace"] else None
+        if o["once"]:
+            live.once(scope, o["interval"], o["warn"], o["crit"], stderr, feed)
+            return
+        live.loop(scope, o["interval"], o["count"], o["warn"], o["crit"], stderr, feed)
 
 
 @main.command("trace")
@@ -1342,6 +1355,15 @@ def trace_cmd(
     help="Kernel messages of the last this many seconds count.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON on stdout.")
+@click.option(
+    "--trace",
+    type=FiniteRange(min=0.1, max=3600),
+    default=None,
+    metavar="SECONDS",
+    help="Between the samples, trace the kernel's failures per process for SECONDS (the "
+    "interval becomes the trace's): who fails, on what errno, toward where (root; without "
+    "tracefs doctor goes on without it).",
+)
 @errors_to_exit
 def doctor_cmd(**o: Any) -> None:
     """Why are connections failing right now? Samples the counters twice, reads the
@@ -1362,16 +1384,36 @@ def doctor_cmd(**o: Any) -> None:
         before = take(scope)
     except InputError as exc:
         fail(str(exc), UNKNOWN)
-    time.sleep(o["interval"])
+    traced, note = between_samples(o["interval"], o["trace"], scope.roots)
     after = take(scope)
     since = kmsg.uptime(scope.roots.procfs) - o["since"]
     hits = kmsg.hits(kmsg.read(o["kmsg"]), since)
-    d = diagnose(before, after, hits, o["warn"], o["crit"])
+    d = diagnose(before, after, hits, o["warn"], o["crit"], traced)
+    if note:
+        d = dataclasses.replace(d, notes=(*d.notes, note))
     if o["as_json"]:
         click.echo(results.dumps(results.document("doctor", d, {})))
     else:
         render_diagnosis(d, Console(width=200))
     sys.exit(d.exit_code)
+
+
+def between_samples(
+    interval: float, seconds: float | None, roots: Roots
+) -> tuple[TraceResult | None, str | None]:
+    """The wait between doctor's samples: a trace of `seconds` when asked for (and
+    then the interval is the trace's), else a sleep. A trace that cannot run is a
+    note, and doctor goes on without it."""
+    from tcpceiling.observe.trace import trace
+
+    if seconds is None:
+        time.sleep(interval)
+        return None, None
+    try:
+        return trace(seconds, roots), None
+    except HostError as exc:
+        time.sleep(interval)
+        return None, f"no trace: {exc}"
 
 
 @main.command("exporter")
@@ -1389,29 +1431,41 @@ def doctor_cmd(**o: Any) -> None:
     default=None,
     help="Write the metrics once to this file (node_exporter's textfile collector) and exit.",
 )
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Also count the kernel's failures per limit and process (tcpceiling_failures_total) "
+    "from a tracefs instance of its own (root).",
+)
 @errors_to_exit
 def exporter_cmd(**o: Any) -> None:
     """Prometheus metrics of every limit: analyze's ceilings, host-wide limits and use,
     each process's fds, each destination's ephemeral ports (the top K), listeners'
     accept queues, and the kernel's counters. Runs until SIGINT or SIGTERM."""
     from tcpceiling.observe import exporter
+    from tcpceiling.observe.feed import Feed
     from tcpceiling.observe.sample import take
 
     scope = scope_from(o)
-    reg = exporter.registry(lambda: take(scope))
     if o["textfile"]:
+        if o["trace"]:
+            raise InputError("--trace counts failures while serving: not with --textfile")
         if not o["textfile"].parent.is_dir():
             raise InputError(f"--textfile: no directory {o['textfile'].parent}")
-        exporter.textfile(reg, o["textfile"])
+        exporter.textfile(exporter.registry(lambda: take(scope)), o["textfile"])
         return
     host, port = listen_address(o["listen"])
-    try:
-        stop = exporter.serve(reg, host, port)
-    except OSError as exc:
-        raise InputError(f"--listen {o['listen']}: {exc.strerror or exc}") from exc
-    stderr.print(f"serving http://{host or '0.0.0.0'}:{port}/metrics (Ctrl-C stops)")
-    wait_for_signal()
-    stop()
+    block_signals()  # before any thread starts: every thread inherits the mask
+    with contextlib.ExitStack() as stack:
+        feed = stack.enter_context(Feed(scope.roots)) if o["trace"] else None
+        reg = exporter.registry(lambda: take(scope), feed)
+        try:
+            stop = exporter.serve(reg, host, port)
+        except OSError as exc:
+            raise InputError(f"--listen {o['listen']}: {exc.strerror or exc}") from exc
+        stderr.print(f"serving http://{host or '0.0.0.0'}:{port}/metrics (Ctrl-C stops)")
+        wait_for_signal()
+        stop()
 
 
 def listen_address(text: str) -> tuple[str, int]:
@@ -1421,11 +1475,19 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def block_signals() -> None:
+    """SIGINT and SIGTERM blocked in this thread and every thread it starts after, so
+    that they wait for wait_for_signal() instead of reaching another thread."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def wait_for_signal() -> None:
     """Until SIGINT or SIGTERM (both end the exporter cleanly, exit 0)."""
     import signal
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    block_signals()
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from tcpceiling.observe.kmsg import Hit
 from tcpceiling.observe.sample import Sample
-from tcpceiling.observe.usage import SEVERITIES, Severity, Usage, rates, usages
+from tcpceiling.observe.trace import Row, TraceResult
+from tcpceiling.observe.usage import HOST_FIX, SEVERITIES, Severity, Usage, rates, usages
 
 SYMPTOMS = ("backlog", "syn_retransmits")
 
@@ -154,6 +155,33 @@ def _kernel_findings(found: list[Hit]) -> list[Finding]:
     ]
 
 
+#: What to do about a failure trace saw, by the limit its errno names.
+TRACE_FIX = {
+    **HOST_FIX,
+    "nofile": "raise the process's RLIMIT_NOFILE (LimitNOFILE= for a service; tcpceiling tune)",
+    "ports": "widen ip_local_port_range, add source IPs or destination ports (tcpceiling tune)",
+    "threads": "raise pids.max / kernel.threads-max (TasksMax= for a service), or use an "
+    "event loop",
+    "epoll_watches": "raise fs.epoll.max_user_watches",
+    "memory": "raise the memory limit or net.ipv4.tcp_mem (tcpceiling tune)",
+    "backlog": "raise net.core.somaxconn and the listen() backlog; accept faster",
+}
+#: Failures that are the peer's answer, not a limit of this host.
+PEER_LIMITS = ("server", "refused", "reset", "unknown")
+
+
+def _trace_finding(r: Row, seconds: float) -> Finding:
+    """A process failing at a limit, as trace saw it: critical (connections are failing
+    now) unless it is the peer's answer. A listener's drops join its queue's row."""
+    subject = f"{r.comm} (pid {r.pid})" if r.pid else "host"
+    if r.call == "listen" and r.destination:
+        subject = f"listener {r.destination.split(' ')[0]}"
+    toward = f" toward {r.destination}" if r.destination and r.call != "listen" else ""
+    ev = f"trace: {r.call}() {r.errno} x{r.count:,} in {seconds:g} s{toward}"
+    severity: Severity = "warning" if r.limit in PEER_LIMITS else "critical"
+    return Finding(r.limit, severity, subject, (ev,), TRACE_FIX.get(r.limit, ""))
+
+
 def _merge(findings: list[Finding]) -> list[Finding]:
     """One finding per (limit, subject); evidence joined, the worse severity kept.
     Host-wide evidence (counters, the kernel log) joins the finding of its limit."""
@@ -194,12 +222,21 @@ def perfdata(rows: list[Usage], warn: float, crit: float, most: int = 12) -> tup
 
 
 def diagnose(
-    before: Sample, after: Sample, kernel: list[Hit], warn: float = 0.8, crit: float = 0.95
+    before: Sample,
+    after: Sample,
+    kernel: list[Hit],
+    warn: float = 0.8,
+    crit: float = 0.95,
+    traced: TraceResult | None = None,
 ) -> Diagnosis:
+    """The findings of two samples, the kernel's log and (doctor --trace) a trace
+    taken between the samples, merged per (limit, subject) and ranked."""
     rows = usages(after)
     r = rates(before, after)
     found = [_usage_finding(u, warn, crit) for u in rows]
     found = [f for f in found if f.severity != "ok"] + _rate_findings(r, after)
+    if traced is not None:
+        found += [_trace_finding(row, traced.seconds) for row in traced.rows]
     found = sorted(_merge(found + _kernel_findings(kernel)), key=_rank, reverse=True)
     status = found[0].severity if found else "ok"
     return Diagnosis(
@@ -211,4 +248,5 @@ def diagnose(
         interval=after.time - before.time,
         warn=warn,
         crit=crit,
+        notes=traced.notes if traced is not None else (),
     )

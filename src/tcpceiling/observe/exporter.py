@@ -9,6 +9,7 @@ the top K destinations by ports in use."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tcpceiling.observe.feed import FailureTotals, Feed
 from tcpceiling.observe.sample import Sample
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -166,11 +168,27 @@ def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
             yield c
 
 
-class SampleCollector(Collector):
-    """Reads a Sample on each scrape and yields every family."""
+def failure_metrics(totals: FailureTotals) -> Iterator[CounterMetricFamily]:
+    """What `exporter --trace` saw fail since it started (tcpceiling.observe.trace)."""
+    c = CounterMetricFamily(
+        "tcpceiling_failures",
+        "Failed socket calls and connects per limit the errno names, process (comm; the "
+        "first few named, the rest as other) and errno, from a trace of the kernel.",
+        labels=["limit", "process", "errno"],
+    )
+    for (limit, process, err), n in sorted(totals.totals.items()):
+        c.add_metric([limit, process, err], n)
+    yield c
 
-    def __init__(self, sampler: Callable[[], Sample]) -> None:
-        self.sampler = sampler
+
+class SampleCollector(Collector):
+    """Reads a Sample on each scrape and yields every family; with a feed, the
+    failures it traced since the last scrape are added to the totals."""
+
+    def __init__(self, sampler: Callable[[], Sample], feed: Feed | None = None) -> None:
+        self.sampler, self.feed = sampler, feed
+        self.totals = FailureTotals()
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         t0 = time.perf_counter()
@@ -186,14 +204,18 @@ class SampleCollector(Collector):
             counter_metrics,
         ):
             yield from family(s)
+        if self.feed is not None:
+            with self._lock:
+                self.totals.add(self.feed.take())
+                yield from failure_metrics(self.totals)
         took = _gauge("scrape_duration_seconds", "How long reading the host took.", [])
         took.add_metric([], time.perf_counter() - t0)
         yield took
 
 
-def registry(sampler: Callable[[], Sample]) -> CollectorRegistry:
+def registry(sampler: Callable[[], Sample], feed: Feed | None = None) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(SampleCollector(sampler))
+    reg.register(SampleCollector(sampler, feed))
     return reg
 
 

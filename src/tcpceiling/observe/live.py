@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.live import Live
 
+from tcpceiling.observe.feed import Feed
 from tcpceiling.observe.sample import Sample, Scope, take
+from tcpceiling.observe.trace import Row
 from tcpceiling.observe.usage import rates
 from tcpceiling.report.watch import frame
 
@@ -48,28 +50,47 @@ def quit_pressed(keys: bool, seconds: float) -> bool:
     return False
 
 
-def once(scope: Scope, interval: float, warn: float, crit: float, console: Console) -> Sample:
-    """One frame, its rates over `interval`."""
+def _failures(feed: Feed | None) -> tuple[Row, ...] | None:
+    return feed.take() if feed is not None else None
+
+
+def once(
+    scope: Scope,
+    interval: float,
+    warn: float,
+    crit: float,
+    console: Console,
+    feed: Feed | None = None,
+) -> Sample:
+    """One frame, its rates (and with a feed its failures) over `interval`."""
     before = take(scope)
+    _failures(feed)
     time.sleep(interval)
     after = take(scope)
-    console.print(frame(after, rates(before, after), warn, crit))
+    console.print(frame(after, rates(before, after), warn, crit, failures=_failures(feed)))
     return after
 
 
 def loop(
-    scope: Scope, interval: float, count: int | None, warn: float, crit: float, console: Console
+    scope: Scope,
+    interval: float,
+    count: int | None,
+    warn: float,
+    crit: float,
+    console: Console,
+    feed: Feed | None = None,
 ) -> None:
     prev = take(scope)
     shown = 0
+    first = frame(prev, {}, warn, crit, failures=_failures(feed))
     with (
         keyboard() as keys,
-        Live(frame(prev, {}, warn, crit), console=console) as live,
+        Live(first, console=console) as live,
         contextlib.suppress(KeyboardInterrupt),
     ):
         while count is None or shown < count:
             if quit_pressed(keys, interval):
                 break
             cur = take(scope)
-            live.update(frame(cur, rates(prev, cur), warn, crit))
+            live.update(frame(cur, rates(prev, cur), warn, crit, failures=_failures(feed)))
             prev, shown = cur, shown + 1

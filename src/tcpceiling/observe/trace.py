@@ -3,9 +3,9 @@
 A tracefs instance of our own (Documentation/trace/ftrace.rst, "Instances": its own
 buffer and event switches, so the global trace is never touched) with filters so
 that only failures arrive: the syscall exits of socket, connect, accept/accept4, bind,
-epoll_ctl and clone/clone3 with an errno that names a limit (EINPROGRESS, EALREADY,
-EISCONN of a non-blocking connect and EAGAIN of a non-blocking accept are not
-failures), and sock:inet_sock_set_state for a connect that went SYN_SENT -> CLOSE
+epoll_ctl and clone/clone3 with an errno that names a limit (SYSCALL_FILTERS lists
+them; EINPROGRESS of a non-blocking connect or EAGAIN of a non-blocking accept is not a
+failure), and sock:inet_sock_set_state for a connect that went SYN_SENT -> CLOSE
 (refused or timed out, with its 4-tuple). The kernel here has no hist triggers, so
 events are counted in the reader; the filters keep them few.
 
@@ -41,23 +41,33 @@ from tcpceiling.probe.errnos import constraint_for, name
 
 PREFIX = "tcpceiling-"
 EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost
-EINPROGRESS, EALREADY, EISCONN, EAGAIN = (
-    errno.EINPROGRESS,
-    errno.EALREADY,
-    errno.EISCONN,
-    errno.EAGAIN,
-)
-#: event -> filter (ret is the negative errno): only failures that name a limit.
+EAGAIN = errno.EAGAIN
+#: Errnos that mean a limit was reached (probe.errnos), for the calls that create fds.
+FD_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: A connect's: out of ports, the fds and memory above, and a blocking connect refused
+#: or timed out. Not EINPROGRESS, EALREADY or EISCONN (a non-blocking connect under
+#: way), nor a unix socket's ENOENT or EAGAIN (its listener's backlog).
+CONNECT_ERRNOS = (
+    errno.EADDRNOTAVAIL, errno.EADDRINUSE, *FD_ERRNOS,
+    errno.ECONNREFUSED, errno.ETIMEDOUT,
+)  # fmt: skip
+
+
+def ret_in(errnos: tuple[int, ...]) -> str:
+    """A syscall-exit filter for these errnos (ret is the negative errno)."""
+    return " || ".join(f"ret == -{n}" for n in errnos)
+
+
+#: event -> filter: only failures that name a limit (or a peer's answer to connect).
 SYSCALL_FILTERS = {
-    "sys_exit_socket": "ret < 0",
-    "sys_exit_connect": f"ret < 0 && ret != -{EINPROGRESS} && ret != -{EALREADY} "
-    f"&& ret != -{EISCONN}",
-    "sys_exit_accept": f"ret < 0 && ret != -{EAGAIN}",
-    "sys_exit_accept4": f"ret < 0 && ret != -{EAGAIN}",
-    "sys_exit_bind": "ret < 0",
-    "sys_exit_epoll_ctl": f"ret == -{errno.ENOSPC}",
-    "sys_exit_clone": f"ret == -{EAGAIN}",
-    "sys_exit_clone3": f"ret == -{EAGAIN}",
+    "sys_exit_socket": ret_in(FD_ERRNOS),
+    "sys_exit_connect": ret_in(CONNECT_ERRNOS),
+    "sys_exit_accept": ret_in(FD_ERRNOS),
+    "sys_exit_accept4": ret_in(FD_ERRNOS),
+    "sys_exit_bind": ret_in((errno.EADDRINUSE,)),  # bind(port 0) out of ports
+    "sys_exit_epoll_ctl": ret_in((errno.ENOSPC,)),
+    "sys_exit_clone": ret_in((EAGAIN,)),
+    "sys_exit_clone3": ret_in((EAGAIN,)),
 }
 TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
 PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
@@ -237,8 +247,9 @@ def _remove(inst: Path) -> None:
 class Tracer:
     """One instance for one run: created, filtered, read, removed."""
 
-    def __init__(self, base: Path, roots: Roots) -> None:
+    def __init__(self, base: Path, roots: Roots, destinations: bool = True) -> None:
         self.base, self.roots, self.procfs = base, roots, roots.procfs
+        self.destinations = destinations
         self.comms: dict[int, str] = {}
         self.port_dest: dict[int, str | None] = {}
         self.inst = base / "instances" / f"{PREFIX}{os.getpid()}"
@@ -328,7 +339,9 @@ class Tracer:
         one the process holds the most sockets toward, in its own network namespace,
         read at its first such failure (while it is alive), is the tuple whose ports
         ran out."""
-        if e.call == "connect" and e.errno in PORT_ERRNOS and e.pid not in self.port_dest:
+        if not self.destinations or e.call != "connect" or e.errno not in PORT_ERRNOS:
+            return
+        if e.pid not in self.port_dest:
             self.port_dest[e.pid] = destination_of(e.pid, self.roots)
 
     def _named(self, e: Event) -> Event:

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from tcpceiling.observe.doctor import Diagnosis
 from tcpceiling.observe.sample import Sample
-from tcpceiling.observe.trace import TraceResult
+from tcpceiling.observe.trace import Row, TraceResult
 from tcpceiling.observe.usage import Usage, usages
 from tcpceiling.report.analysis import human
 from tcpceiling.units import format_bytes
@@ -51,11 +51,35 @@ def rates_table(rates: dict[str, float]) -> Table:
     return table
 
 
-def frame(s: Sample, rates: dict[str, float], warn: float, crit: float, most: int = 40) -> Group:
+def frame(
+    s: Sample,
+    rates: dict[str, float],
+    warn: float,
+    crit: float,
+    most: int = 40,
+    failures: tuple[Row, ...] | None = None,
+) -> Group:
+    """One frame; with `failures` (watch --trace) a panel of what failed since the
+    last frame, the most first."""
     parts: list[Table] = [usage_table(s, warn, crit, most)]
     if rates:
         parts.append(rates_table(rates))
+    if failures is not None:
+        parts.append(failure_table(failures, "failing since the last frame (trace)"))
     return Group(*parts)
+
+
+def failure_table(rows: tuple[Row, ...], title: str, most: int = 10) -> Table:
+    """Who failed, on which call, with which errno and the limit it means."""
+    table = Table(title=title, title_justify="left")
+    for col in ("process", "call", "errno", "limit", "count", "destination"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for r in rows[:most]:
+        who = f"{r.comm} (pid {r.pid})" if r.pid else r.comm
+        table.add_row(who, r.call, r.errno, r.limit, f"{r.count:,}", r.destination or "")
+    if not rows:
+        table.add_row("none", "", "", "", "0", "")
+    return table
 
 
 def render_diagnosis(d: Diagnosis, console: Console) -> None:
@@ -72,19 +96,14 @@ def render_diagnosis(d: Diagnosis, console: Console) -> None:
             console.print(f"    fix: {f.fix}", highlight=False, markup=False, soft_wrap=True)
     shown = ", ".join(f"{k} {v:,.1f}/s" for k, v in d.rates.items())
     console.print(f"rates over {d.interval:.1f} s: {shown}", highlight=False, soft_wrap=True)
+    for note in d.notes:
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 def render_trace(t: TraceResult, console: Console) -> None:
     """The failures, the most first: who, which call, which errno, what limit."""
-    table = Table(title=f"failures over {t.seconds:g} s ({t.events:,} events)")
-    for col in ("process", "call", "errno", "limit", "count", "destination"):
-        table.add_column(col, justify="right" if col == "count" else "left")
-    for r in t.rows:
-        table.add_row(
-            f"{r.comm} (pid {r.pid})", r.call, r.errno, r.limit, f"{r.count:,}",
-            r.destination or "",
-        )  # fmt: skip
-    console.print(table if t.rows else "no failures seen")
+    title = f"failures over {t.seconds:g} s ({t.events:,} events)"
+    console.print(failure_table(t.rows, title, len(t.rows)) if t.rows else "no failures seen")
     for note in t.notes:
         console.print(f"note: {note}")
     if t.lost:
