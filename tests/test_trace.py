@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,21 @@ for _ in range(30):
 time.sleep(float(sys.argv[1]))
 print(sum(c.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 8)[0] == 2 for c in clients), flush=True)
 """
+
+
+@pytest.fixture(autouse=True)
+def global_trace_untouched() -> Iterator[None]:
+    """Every test here leaves no instance of ours and the global trace's switches
+    (tracing_on, the enabled events) as they were."""
+
+    def switches() -> tuple[str, str]:
+        if not IS_ROOT or not (TRACEFS / "set_event").exists():
+            return ("", "")
+        return ((TRACEFS / "tracing_on").read_text(), (TRACEFS / "set_event").read_text())
+
+    before = switches()
+    yield
+    assert switches() == before and ours() == []
 
 
 def ours() -> list[str]:
@@ -278,6 +294,25 @@ def test_sigterm_removes_the_instance() -> None:
     _out, err = tr.communicate(timeout=10)
     assert tr.returncode == 130 and len(err.strip().splitlines()) == 1
     assert ours() == []
+
+
+#: The CLI run as nobody: imported as root (the package may be under /root), then every
+#: uid and gid dropped before main() runs.
+AS_NOBODY = """
+import os, sys
+from tcpceiling.cli import main
+os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+sys.argv = ["tcpceiling", *sys.argv[1:]]
+main()
+"""
+
+
+@root_only
+def test_without_root_one_line_exit_3() -> None:
+    done = subprocess.run([sys.executable, "-c", AS_NOBODY, "trace", "1"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 3 and "root" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and ours() == []
 
 
 def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
