@@ -6,8 +6,10 @@ quick)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 
 from tcpceiling import __version__
 from tests.conftest import IS_ROOT
+from tests.test_deploy import UNIT, unit_caps
 
 REPO = Path(__file__).parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")  # the user's python, not root's (under /root)
@@ -76,10 +79,59 @@ def test_a_wheel_builds_with_an_spdx_licence(home: Path) -> None:
     assert "tcpceiling/cli/probe.py" in names and "tcpceiling/py.typed" in names
 
 
-def test_pipx_installs_the_clone_for_a_user_who_is_not_root(home: Path) -> None:
+@pytest.fixture(scope="module")
+def installed(home: Path) -> str:
+    """tcpceiling pipx-installed by nobody from the copy of the clone."""
     as_nobody([str(home / "tools/bin/pipx"), "install", str(home / "clone")], home)
-    tool = str(home / "bin" / "tcpceiling")
+    return str(home / "bin" / "tcpceiling")
+
+
+def test_pipx_installs_the_clone_for_a_user_who_is_not_root(home: Path, installed: str) -> None:
+    tool = installed
     assert as_nobody([tool, "--version"], home).strip().endswith(__version__)
     # a real run as that user: analyze reads this host without root
     out = as_nobody([tool, "analyze", "--role", "server", "--json"], home, timeout=60)
     assert '"kind": "analyze"' in out
+
+
+#: A root process holding sockets: the exporter must see its fds to count them.
+HOLDER = """
+import socket, sys
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(8)
+held = [socket.create_connection(ls.getsockname()) for _ in range(5)]
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def exported_fds(tool: str, home: Path, caps: set[str], pid: int) -> float | None:
+    """Run the exporter once as nobody with only these capabilities (ambient, as the
+    unit's AmbientCapabilities gives them); the fds it saw of process pid."""
+    out = home / "metrics.prom"
+    out.unlink(missing_ok=True)
+    cap_list = ",".join(f"+{c.lower()}" for c in sorted(caps)) or "-all"
+    bounding = "-all," + cap_list if caps else "-all"
+    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+           f"--inh-caps={cap_list}", f"--ambient-caps={cap_list}", f"--bounding-set={bounding}",
+           tool, "exporter", "--textfile", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    m = re.search(rf'^tcpceiling_process_open_fds{{comm="\w+",pid="{pid}"}} (\S+)$',
+                  out.read_text(), re.M)  # fmt: skip
+    return float(m[1]) if m else None
+
+
+def test_the_units_capabilities_are_enough_and_needed(home: Path, installed: str) -> None:
+    """The exporter as a user who is not root, with exactly the unit's capabilities,
+    counts a root process's fds (as /proc says); with none it cannot see them."""
+    caps = unit_caps(UNIT.read_text())
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        fds = len(os.listdir(f"/proc/{holder.pid}/fd"))
+        assert exported_fds(installed, home, caps, holder.pid) == fds
+        assert exported_fds(installed, home, set(), holder.pid) is None
+    finally:
+        holder.communicate("\n", timeout=10)
