@@ -341,9 +341,6 @@ def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
          "dport=40000 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 "
          "daddrv6=::ffff:127.0.0.1",
          trace.Event("kernel", 0, "synack_retransmit", "synack", 0, "127.0.0.1:9700")),
-        ("  <idle>-0 [000] ..s2. 8.0: kfree_skb: skbaddr=0000 rx_sk=0000 protocol=2048 "
-         "location=tcp_v4_rcv+0x1 reason: TCP_LISTEN_OVERFLOW",
-         trace.Event("kernel", 0, "listen_overflow", "listen", 0)),
     ],
 )  # fmt: skip
 def test_trace_lines(line: str, event: trace.Event | None) -> None:
@@ -365,23 +362,9 @@ def test_counting_joins_a_refused_connect_to_its_destination() -> None:
 
 def test_the_kernels_own_events_are_rows_per_listening_address() -> None:
     synack = trace.Event("kernel", 0, "synack_retransmit", "synack", 0, "10.0.0.1:443")
-    drop = trace.Event("kernel", 0, "listen_overflow", "listen", 0)
-    assert trace.count([synack, synack, drop]) == (
+    assert trace.count([synack, synack]) == (
         trace.Row("kernel", 0, "synack", "SYN-ACK retransmitted", "backlog", 2, "10.0.0.1:443"),
-        trace.Row("kernel", 0, "listen", "ACK dropped (TCP_LISTEN_OVERFLOW)", "backlog", 1),
     )
-
-
-@pytest.mark.parametrize(
-    ("fmt", "number"),
-    [
-        ('print fmt: "reason: %s", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, '
-         '{ 40, "TCP_LISTEN_OVERFLOW" }, { 41, "TCP_OLD_SEQUENCE" })', 40),
-        ('print fmt: "skbaddr=%p protocol=%u location=%p", REC->skbaddr', None),  # before 5.17
-    ],
-)  # fmt: skip
-def test_the_drop_reasons_number_is_read_from_the_format(fmt: str, number: int | None) -> None:
-    assert trace.reason_number(fmt, "TCP_LISTEN_OVERFLOW") == number
 
 
 def test_failure_counters_keep_a_bounded_label_set() -> None:

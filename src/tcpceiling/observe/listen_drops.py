@@ -4,8 +4,10 @@ A SYN that finds its listener's accept queue full is counted in ListenOverflows 
 ListenDrops and then consumed, not freed with a drop reason: tcp_conn_request()
 (net/ipv4/tcp_input.c) takes `goto drop` after sk_acceptq_is_full(), and
 tcp_rcv_state_process() calls consume_skb() when conn_request() returns 0. So
-`skb:kfree_skb` with TCP_LISTEN_OVERFLOW (include/net/dropreason-core.h) fires for
-the final ACK of a handshake the queue cannot take, not for the SYNs of a flood.
+`skb:kfree_skb` with the reason TCP_LISTEN_OVERFLOW does not see them (a listener of
+backlog 2 flooded by 30 clients: ListenOverflows +135, that event 0 times), and it
+has no port; and its probe would run on every skb freed on the host. trace does not
+enable it.
 What counts the SYNs is the counter, per network namespace; the port is the
 listener of that namespace whose queue is full (sock_diag: idiag_rqueue is the
 accept queue, idiag_wqueue its backlog), and the process is the one that holds it.

@@ -73,9 +73,8 @@ TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
 PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
 PORT_ERRNOS = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
 STATE_FILTER = f"oldstate == {TCP_SYN_SENT} && newstate == {TCP_CLOSE}"
-Kind = Literal["syscall", "connect_failed", "synack_retransmit", "listen_overflow"]
+Kind = Literal["syscall", "connect_failed", "synack_retransmit"]
 KERNEL = "kernel"  # the comm of a row counted in softirq, for no process
-DROP_REASON = "TCP_LISTEN_OVERFLOW"  # include/net/dropreason-core.h
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,6 @@ def parse_line(line: str) -> Event | None:
         if f.get("family") == "AF_INET6":
             host = f"[{f.get('saddrv6', '?')}]"
         return Event(KERNEL, 0, "synack_retransmit", "synack", 0, f"{host}:{f.get('sport', '?')}")
-    if rest.startswith("kfree_skb:"):
-        return Event(KERNEL, 0, "listen_overflow", "listen", 0)
     return None
 
 
@@ -176,11 +173,9 @@ def count(events: list[Event]) -> tuple[Row, ...]:
 
 
 #: The kernel's own events -> (call, what happened): a SYN-ACK sent again (the final
-#: ACK did not make it into the accept queue, or was lost) per listening address, and
-#: a final ACK dropped at a full accept queue (its drop reason; the port is not in it).
+#: ACK did not make it into the accept queue, or was lost), per listening address.
 KERNEL_ROWS: dict[Kind, tuple[str, str]] = {
     "synack_retransmit": ("synack", "SYN-ACK retransmitted"),
-    "listen_overflow": ("listen", f"ACK dropped ({DROP_REASON})"),
 }
 
 
@@ -254,7 +249,6 @@ class Tracer:
         self.port_dest: dict[int, str | None] = {}
         self.inst = base / "instances" / f"{PREFIX}{os.getpid()}"
         self.notes: list[str] = []
-        self.drop_reasons = False
 
     def __enter__(self) -> Tracer:
         stale = remove_stale(self.base, self.procfs)
@@ -291,20 +285,7 @@ class Tracer:
         synack = events / "tcp" / "tcp_retransmit_synack"
         if synack.is_dir():
             (synack / "enable").write_text("1")
-        self._enable_drops(events / "skb" / "kfree_skb")
         (self.inst / "tracing_on").write_text("1")
-
-    def _enable_drops(self, kfree: Path) -> None:
-        """skb:kfree_skb filtered to the listen-overflow drop reason, where the kernel
-        has drop reasons (its number is read from the event's own format)."""
-        try:
-            number = reason_number((kfree / "format").read_text(), DROP_REASON)
-        except OSError:
-            number = None
-        self.drop_reasons = number is not None
-        if number is not None:
-            (kfree / "filter").write_text(f"reason == {number}")
-            (kfree / "enable").write_text("1")
 
     def read(self, seconds: float) -> tuple[list[Event], int]:
         """Events for `seconds`, at most EVENTS_PER_SECOND a second; (events, skipped)."""
@@ -364,12 +345,6 @@ class Tracer:
         return total
 
 
-def reason_number(fmt: str, reason: str) -> int | None:
-    """A drop reason's number in skb:kfree_skb's format ({ 40, "TCP_LISTEN_OVERFLOW" })."""
-    m = re.search(rf'\{{ (\d+), "{reason}" \}}', fmt)
-    return int(m[1]) if m else None
-
-
 def trace(seconds: float, roots: Roots | None = None) -> TraceResult:
     roots = roots or Roots()
     base = tracefs(roots)
@@ -385,7 +360,7 @@ def trace(seconds: float, roots: Roots | None = None) -> TraceResult:
     rows = [_with_destination(r, where) for r in count(events)]
     rows += [_drop_row(d) for d in drops]
     if drops:
-        notes.append(_drop_note(t.drop_reasons))
+        notes.append(DROP_NOTE)
     rows.sort(key=lambda r: -r.count)
     return TraceResult(seconds, tuple(rows), len(events), lost, tuple(notes))
 
@@ -395,16 +370,11 @@ def _drop_row(d: ListenDrop) -> Row:
     return Row(d.comm, d.pid, "listen", "SYN dropped: accept queue full", "backlog", d.drops, where)
 
 
-def _drop_note(reasons: bool) -> str:
-    how = (
-        "this kernel gives them no drop reason (tcp_conn_request() consumes the SYN)"
-        if reasons
-        else "this kernel has no drop reasons in skb:kfree_skb"
-    )
-    return (
-        f"SYNs dropped at a full accept queue: {how}, so they are ListenOverflows of the "
-        "listener's network namespace over the trace, given to its full listener"
-    )
+DROP_NOTE = (
+    "SYNs dropped at a full accept queue carry no drop reason (tcp_conn_request() "
+    "consumes them): counted from ListenOverflows of the listener's network namespace "
+    "over the trace, given to its full listener"
+)
 
 
 def _with_destination(row: Row, where: dict[int, str | None]) -> Row:
