@@ -19,7 +19,9 @@ from tcpceiling.errors import InputError
 
 #: The JSON schema: bumped whenever a field that readers use changes meaning or place.
 SCHEMA_VERSION = 1
-Kind = Literal["analyze", "probe", "compare-io", "rate", "tune", "doctor", "probe-hosts", "trace"]
+Kind = Literal[
+    "analyze", "probe", "compare-io", "rate", "tune", "doctor", "probe-hosts", "trace", "tour"
+]
 
 
 def to_data(obj: Any) -> Any:

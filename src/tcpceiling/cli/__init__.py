@@ -18,6 +18,7 @@ from tcpceiling.cli import (  # noqa: F401
     report,
     serve,
     snapshot,
+    tour,
     trace,
     tune,
     watch,

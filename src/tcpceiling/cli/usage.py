@@ -61,6 +61,11 @@ USAGE: dict[str, tuple[tuple[str, ...], str]] = {
         ("tcpceiling serve --listen 0.0.0.0:9000 --shards 4",),
         "0 stopped (Ctrl-C or --duration), 2 bad input",
     ),
+    "tour": (
+        ("tcpceiling tour", "tcpceiling tour --json --report tour.html"),
+        "0 every proof agreed with its prediction, 1 one did not, 3 not root or the host "
+        "could not be read",
+    ),
     "watch": (
         ("tcpceiling watch", "tcpceiling watch --port 443 --warn 0.7", "tcpceiling watch --once"),
         "0 left with q or Ctrl-C, 2 bad input, 3 the host could not be read",

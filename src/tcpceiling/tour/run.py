@@ -1,0 +1,61 @@
+"""The tour's order and its safety: every step in a namespace or cgroup of the
+tour's own, removed on the way out whatever happens; the churn of the last step
+runs its minute in a child while the others go on."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.read import read_net, read_system
+from tcpceiling.host.roots import Roots
+from tcpceiling.tour import cpu, fds, memory, ports, rate, threads
+from tcpceiling.tour.model import Step, TourResult
+from tcpceiling.tour.table import HostFacts, resources
+
+
+def timed(fn: Callable[[], Step]) -> Step:
+    t0 = time.monotonic()
+    s = fn()
+    return replace(s, seconds=round(time.monotonic() - t0, 2))
+
+
+def facts(roots: Roots) -> HostFacts:
+    system = read_system(roots)
+    return HostFacts(read_net(roots).port_range, system.threads_max, system.pid_max,
+                     system.meminfo.mem_available, system.cpus)  # fmt: skip
+
+
+def tour(
+    roots: Roots | None = None, on_step: Callable[[Step], None] = lambda _s: None
+) -> TourResult:
+    """Every step, in order; on_step is called as each one ends (the CLI prints it)."""
+    roots = roots or Roots()
+    netns_mod.require_root("tour")
+    name = f"tcpceiling-tour-{os.getpid()}"
+    t0 = time.monotonic()
+    churn = rate.start()
+    steps: list[Step] = []
+    try:
+        for fn in (ports.step, lambda: fds.step(roots), lambda: _threads(roots, name),
+                   lambda: memory.step(roots, f"{name}-memory"), cpu.step):  # fmt: skip
+            steps.append(timed(fn))
+            on_step(steps[-1])
+        held = steps[0].trials[0]
+        steps.append(timed(lambda: rate.step(churn, held)))
+        on_step(steps[-1])
+    finally:
+        churn.cancel()
+    done = tuple(steps)
+    return TourResult(done, resources(done, facts(roots)), round(time.monotonic() - t0, 2))
+
+
+def _threads(roots: Roots, name: str) -> Step:
+    netns_mod.create(name)
+    try:
+        return threads.step(roots, name)
+    finally:
+        netns_mod.remove(name)
