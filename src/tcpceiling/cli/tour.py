@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tcpceiling.cli.common import (
     report_target,
     stderr,
 )
+from tcpceiling.errors import HostError
 from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
 
@@ -33,10 +35,12 @@ def tour_cmd(report_path: Path | None, as_json: bool) -> None:
     predicted by analyze and proven with real connections, in namespaces and cgroups
     of its own that it removes (root; about 80 s, the last minute waiting out
     TIME_WAIT)."""
+    report_target(report_path)
+    if os.geteuid() != 0:  # before the probe's modules load
+        raise HostError("tour needs root: namespaces and cgroups of its own")
     from tcpceiling.report.tour import render_step, render_table
     from tcpceiling.tour.run import tour
 
-    report_target(report_path)
     result = tour(on_step=lambda s: render_step(s, stderr))
     render_table(result, stderr)
     host = results.host_block(read_identity(Roots()), None)
