@@ -13,6 +13,12 @@ from typing import Any
 
 import pytest
 
+from tcpceiling.report.html import (
+    MIN_CURVE_POINTS,
+    _latency_figure,
+    _rate_figure,
+    _timeline_figure,
+)
 from tests.conftest import FIXTURES, IS_ROOT, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -30,12 +36,17 @@ class Dom(HTMLParser):
         self.figures: list[dict[str, Any]] = []
         self.binding: list[str] = []
         self.sections: list[str] = []
+        #: in document order: ("h2", title), ("div", class), ("figure", plot)
+        self.order: list[tuple[str, str]] = []
         self._in: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "figure":
             self.figures.append({"plot": a.get("data-plot"), "svg": False})
+            self.order.append(("figure", a.get("data-plot") or ""))
+        elif tag == "div":
+            self.order.append(("div", a.get("class") or ""))
         elif tag == "svg" and self.figures:
             self.figures[-1]["svg"] = True
         elif tag == "strong" and a.get("class") == "binding":
@@ -48,6 +59,7 @@ class Dom(HTMLParser):
             self.binding.append(data)
         elif self._in == "h2":
             self.sections.append(data)
+            self.order.append(("h2", data))
         self._in = None
 
 
@@ -123,11 +135,6 @@ def test_probe_compare_and_rate_reports(tmp_path: Path) -> None:
         "compare-io": ["compare-io", "--connections", "1000", "--wake-samples", "50"],
         "rate": ["rate", "--duration", "2"],
     }
-    plots = {
-        "probe": ["timeline", "memory", "slab-breakdown", "open-rate", "latency"],
-        "compare-io": ["compare"],
-        "rate": ["rate", "rate-latency"],
-    }
     saved = []
     for kind, args in runs.items():
         page = tmp_path / f"{kind}.html"
@@ -136,17 +143,44 @@ def test_probe_compare_and_rate_reports(tmp_path: Path) -> None:
         saved.append(tmp_path / f"{kind}.json")
         saved[-1].write_text(out)
         dom = chromium(page, tmp_path / f"{kind}.png")
-        assert [f["plot"] for f in dom.figures] == plots[kind] and all(
-            f["svg"] for f in dom.figures
-        )
+        assert [f["plot"] for f in dom.figures] == expected_plots(kind, json.loads(out))
+        assert all(f["svg"] for f in dom.figures)
+        if kind != "compare-io":  # the prediction beside the proof comes first
+            assert dom.order[1] == ("div", "versus"), dom.order
     code, _o, err = run_cli("report", *map(str, saved), "-o", str(tmp_path / "all.html"))
     assert code == 0, err
     dom = chromium(tmp_path / "all.html", tmp_path / "all.png")
     assert dom.sections == [
-        "The proof (probe)",
+        "Predicted and proven (probe)",
         "Threads vs epoll (compare-io)",
-        "New connections per second (rate)",
+        "New connections per second: predicted and proven (rate)",
     ]
+
+
+def expected_plots(kind: str, doc: dict[str, Any]) -> list[str]:
+    """Curves only where there are enough samples to be curves (MIN_CURVE_POINTS);
+    latency always as its distribution."""
+    enough = MIN_CURVE_POINTS
+    if kind == "probe":
+        timeline = ["timeline"] if len(doc["timeline"]) >= enough else []
+        memory = ["memory"] if len(doc["memory_curve"]) >= enough else []
+        rate = ["open-rate"] if len(doc["timeline"]) - 1 >= enough else []
+        return [*timeline, *memory, "slab-breakdown", *rate, "latency"]
+    if kind == "rate":
+        return [*(["rate"] if len(doc["per_second"]) >= enough else []), "rate-latency"]
+    return ["compare"]
+
+
+def test_curves_need_enough_points_and_latency_is_a_distribution() -> None:
+    """A short run's two samples are a table, not a curve; the histogram is drawn."""
+    doc = {"timeline": [[0.0, 0, None], [0.5, 900, None]], "memory_curve": [],
+           "connect_latency_histogram": [[10.5, 3], [11.0, 90], [40.2, 7]],
+           "connect_latency_us": {"p50": 11.0, "p95": 40.2, "p99": 40.2}}  # fmt: skip
+    html = _timeline_figure([("short", doc)])
+    assert html.startswith('<div class="timeline-table">') and "900" in html
+    assert _rate_figure([("short", doc)]) == ""
+    latency = _latency_figure([("short", doc)], "c", "latency")
+    assert 'data-plot="latency"' in latency and "p99 40.2" in latency
 
 
 @needs_chromium

@@ -7,8 +7,10 @@ holds 63 threads, 10 ports per 60 s. The summary table is table-tested."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +21,12 @@ import pytest
 from tcpceiling.tour.model import Measure, Step, Trial
 from tcpceiling.tour.table import HostFacts, resources
 from tests.conftest import IS_ROOT, run_cli
+from tests.test_report import chromium, needs_chromium
 from tests.test_trace import AS_NOBODY
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 Toured = tuple[int, dict[str, Any], float, set[str]]
+REPORT = Path(tempfile.gettempdir()) / f"tcx-tour-{os.getpid()}.html"
 CGROUPS = Path("/sys/fs/cgroup")
 
 
@@ -41,11 +45,14 @@ def toured() -> Iterator[Toured]:
         pytest.skip("needs root: namespaces and cgroups")
     before = leftovers()
     t0 = time.monotonic()
-    done = subprocess.run([*TCPCEILING, "tour", "--json"], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run([*TCPCEILING, "tour", "--json", "--report", str(REPORT)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     wall = time.monotonic() - t0
     assert done.stdout, done.stderr
-    yield done.returncode, json.loads(done.stdout), wall, leftovers() - before
+    try:
+        yield done.returncode, json.loads(done.stdout), wall, leftovers() - before
+    finally:
+        REPORT.unlink(missing_ok=True)
 
 
 def steps(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -92,6 +99,13 @@ def test_capacity_against_rate(toured: Toured) -> None:
     assert held["proven"]["value"] == 10
     assert rate["predicted"]["value"] == pytest.approx(10 / 60, abs=0.001)
     assert rate["proven"]["value"] == pytest.approx(10 / 60, rel=0.10)
+
+
+@needs_chromium
+def test_the_report_leads_with_prediction_and_proof(toured: Toured, tmp_path: Path) -> None:
+    dom = chromium(REPORT, tmp_path / "tour.png")
+    assert dom.order[0][0] == "h2" and dom.order[1] == ("div", "versus"), dom.order
+    assert [f["plot"] for f in dom.figures] == ["tour"] and dom.figures[0]["svg"]
 
 
 def test_bad_report_path_leaves_nothing(tmp_path: Path) -> None:

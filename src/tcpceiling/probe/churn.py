@@ -27,7 +27,7 @@ from typing import Literal
 import psutil
 
 from tcpceiling.analysis.analyze import analyze, sources_here
-from tcpceiling.analysis.model import Endpoint, build_scenarios
+from tcpceiling.analysis.model import Endpoint, ScenarioResult, build_scenarios
 from tcpceiling.errors import InputError
 from tcpceiling.host import diag, sockets
 from tcpceiling.host import netns as netns_mod
@@ -115,6 +115,11 @@ class ChurnResult:
     #: completed cycles per second of the run, summed over the workers
     per_second: tuple[int, ...]
     connect_latency_us: dict[str, float | None]
+    #: connect() latency as (bucket's upper edge in µs, count): the distribution
+    connect_latency_histogram: tuple[tuple[float, int], ...]
+    #: analyze's rate ceiling for the run's namespace and the limit it names
+    predicted_per_s: float | None
+    predicted_binding: str | None
     #: connect latency percentiles of every second (p50, p95, p99)
     latency_per_second_us: tuple[dict[str, float | None], ...]
     #: once the ports ran out: the cycles after / the time after, when the run went on
@@ -578,6 +583,7 @@ class ChurnRun:
         steady = _steady(progress, cfg.duration)
         short = any(p.exhausted_at is not None for p in progress)
         sustained, source = long_run(burst, steady, predicted_rate(cfg, ns) if short else None)
+        predicted_per_s, predicted_binding = prediction(cfg, ns)
         return ChurnResult(
             close=cfg.close,
             rate_asked=cfg.rate,
@@ -588,6 +594,9 @@ class ChurnRun:
             burst_per_s=burst,
             per_second=per_second,
             connect_latency_us=hist.summary(),
+            connect_latency_histogram=hist.buckets(),
+            predicted_per_s=predicted_per_s,
+            predicted_binding=predicted_binding,
             latency_per_second_us=tuple(h.summary() for h in seconds_hist),
             steady_per_s=steady,
             errno_counts={errnos.name(k): v for k, v in errors.items()},
@@ -618,18 +627,29 @@ def long_run(
     return run, "run"
 
 
-def predicted_rate(cfg: ChurnConfig, ns: str | None) -> float | None:
-    """analyze's time_wait rate for the run's destinations in its namespace (None:
-    TIME_WAIT does not bind there, e.g. tcp_tw_reuse applies)."""
+def _client_analysis(cfg: ChurnConfig, ns: str | None) -> ScenarioResult:
+    """analyze's client scenario for the run's destinations in its namespace."""
     dests = (
         (str(cfg.connect),)
         if cfg.connect
         else tuple(f"127.0.0.1:{SINK_PORT + i}" for i in range(cfg.workers))
     )
     scenarios = build_scenarios("client", connect=dests, source_ip=cfg.sources)
-    result = analyze(scenarios, Roots(), netns=ns).scenarios[0]
-    ceiling = result.constraint("time_wait").ceiling
+    return analyze(scenarios, Roots(), netns=ns).scenarios[0]
+
+
+def predicted_rate(cfg: ChurnConfig, ns: str | None) -> float | None:
+    """analyze's time_wait rate for the run's destinations in its namespace (None:
+    TIME_WAIT does not bind there, e.g. tcp_tw_reuse applies)."""
+    ceiling = _client_analysis(cfg, ns).constraint("time_wait").ceiling
     return None if ceiling is None else float(ceiling)
+
+
+def prediction(cfg: ChurnConfig, ns: str | None) -> tuple[float | None, str | None]:
+    """analyze's rate ceiling for the run and the limit it names (report beside the
+    proof: what the run sustained)."""
+    r = _client_analysis(cfg, ns)
+    return r.rate_ceiling, r.rate_binding
 
 
 def run_churn(cfg: ChurnConfig, progress: Progress = ignore) -> ChurnResult:

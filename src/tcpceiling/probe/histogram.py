@@ -49,5 +49,10 @@ class Histogram:
                 return round(upper(b), 1)
         return round(upper(max(self.counts)), 1)
 
+    def buckets(self) -> tuple[tuple[float, int], ...]:
+        """(upper edge in µs, count) of every bucket that holds anything, in order:
+        the distribution the percentiles come from (the report draws it)."""
+        return tuple((round(upper(b), 1), self.counts[b]) for b in sorted(self.counts))
+
     def summary(self) -> dict[str, float | None]:
         return {f"p{p}": self.percentile(p) for p in (50, 95, 99)}

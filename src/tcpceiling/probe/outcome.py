@@ -129,11 +129,24 @@ def prediction(i: Inputs, meminfo: parse.Meminfo) -> Predicted:
         )
         snap = replace(snap, process=proc)
     processes = len(i.clients) if i.cfg.workers or i.cfg.target else 10_000
-    res = evaluate(snap, client_scenario(i.cfg, plan, max(1, processes)), plan.routes)
+    scenario = client_scenario(i.cfg, plan, max(1, processes))
+    res = evaluate(snap, scenario, plan.routes)
+    per = _kernel_bytes(evaluate(snap, replace(scenario, peer_local=True), plan.routes)
+                        if not i.cfg.server_mode else res)  # fmt: skip
     srv = i.server_prediction
     if srv and srv.ceiling is not None and (res.ceiling is None or srv.ceiling < res.ceiling):
-        return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"))
-    return Predicted(res.ceiling, res.binding, res.runners_up)
+        return Predicted(srv.ceiling, srv.binding, (*srv.runners_up, "client"), per)
+    return Predicted(res.ceiling, res.binding, res.runners_up, per)
+
+
+def _kernel_bytes(res: ScenarioResult) -> float | None:
+    """analyze's kernel memory per connection (the memory constraint's cost): both
+    ends for the built-in sink (evaluated with the peer local), the client's own
+    against a server."""
+    try:
+        return res.constraint("memory").per_connection
+    except KeyError:
+        return None
 
 
 def traffic(i: Inputs) -> tuple[Traffic | None, dict[str, float | None] | None]:
@@ -247,6 +260,7 @@ def build(i: Inputs) -> ProbeResult:
         traffic=traffic_,
         wake_latency_us=wake,
         memory_guard=memory_guard(i.budget),
+        connect_latency_histogram=hist.buckets(),
     )
 
 

@@ -51,6 +51,9 @@ class Predicted:
     ceiling: int | None
     binding: str | None
     runners_up: tuple[str, ...] = ()
+    #: analyze's kernel memory per connection for the run (both ends when the peer is
+    #: on this host), to set beside the measured per_connection.kernel_bytes
+    bytes_per_connection: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class ProbeResult:
     traffic: Traffic | None = None
     wake_latency_us: dict[str, float | None] | None = None
     memory_guard: MemoryGuard | None = None
+    #: connect() latency as (bucket's upper edge in µs, count): the distribution
+    connect_latency_histogram: tuple[tuple[float, int], ...] = ()
 
     @property
     def target_reached(self) -> bool:

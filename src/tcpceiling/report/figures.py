@@ -5,6 +5,7 @@ result, so several results overlay (two machines, before and after `tune`)."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import matplotlib
@@ -161,4 +162,60 @@ def panels(
         ax.set_ylabel(unit, fontsize=8)
     if len(charts[0][3]) > 1:
         axes[0].legend(fontsize=7)
+    return svg(fig)
+
+
+def _percentile(buckets: Sequence[tuple[float, int]], p: float) -> float | None:
+    """The p-th percentile of (upper edge, count) buckets: the edge of its bucket."""
+    total = sum(n for _, n in buckets)
+    if not total:
+        return None
+    rank, seen = math.ceil(total * p / 100), 0
+    for edge, n in buckets:
+        seen += n
+        if seen >= rank:
+            return edge
+    return buckets[-1][0]
+
+
+def distribution(series: Sequence[tuple[str, Sequence[tuple[float, int]]]], xlabel: str) -> str:
+    """Each run's latency histogram (log-spaced buckets, as the probe merges them) as
+    the share of samples per bucket on a log axis, its p50 (dashed) and p99 (dotted)
+    marked and labelled."""
+    fig = figure(7.5, 3.2)
+    ax = fig.add_subplot()
+    for i, (label, buckets) in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        total = sum(n for _, n in buckets) or 1
+        ax.step([e for e, _ in buckets], [n / total for _, n in buckets], where="pre",
+                color=color, label=f"{label} ({total:,})")  # fmt: skip
+        for p, style in ((50, "--"), (99, ":")):
+            x = _percentile(buckets, p)
+            if x is not None:
+                ax.axvline(x, color=color, linestyle=style, linewidth=0.9)
+                ax.text(x, ax.get_ylim()[1] * 0.95, f" p{p} {number(x)}", color=color,
+                        fontsize=7, va="top")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share of samples")
+    ax.legend(fontsize=8)
+    return svg(fig)
+
+
+def versus(names: Sequence[str], predicted: Sequence[float], proven: Sequence[float]) -> str:
+    """Each prediction and its proof as a pair of horizontal bars on a log axis, the
+    trial's name beside them (long names stay readable), the values at the ends."""
+    fig = figure(7.5, 0.5 * len(names) + 1.0)
+    ax = fig.add_subplot()
+    ys = list(range(len(names)))
+    for k, (label, values) in enumerate((("predicted", predicted), ("proven", proven))):
+        pos = [y + k * 0.4 for y in ys]
+        ax.barh(pos, values, height=0.38, color=COLORS[k], label=label)
+        for y, v in zip(pos, values, strict=True):
+            ax.text(v, y, f" {number(v)}", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yticks([y + 0.2 for y in ys], names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("connections (log scale)")
+    ax.legend(fontsize=8, loc="lower right")
     return svg(fig)

@@ -9,43 +9,11 @@ import itertools
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
 
 from tcpceiling.report import figures
+from tcpceiling.report.html_parts import STYLE, Doc, Run, fig, label, table
+from tcpceiling.report.html_tour import tour_section
 from tcpceiling.units import format_bytes
-
-Doc = dict[str, Any]
-Run = tuple[str, Doc]  # (label, document)
-STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; }
-h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
-td, th { border: 1px solid #ddd; padding: .25rem .5rem; vertical-align: top; text-align: left; }
-tr.binding td { background: #fde2e2; } .binding { color: #b00; }
-figure { margin: 1rem 0; } figcaption { font-size: .85rem; color: #555; }
-svg { max-width: 100%; height: auto; }
-"""
-
-
-def label(doc: Doc, name: str = "") -> str:
-    host = doc.get("host") or {}
-    when = (host.get("time") or "")[:16].replace("T", " ")
-    return name or f"{host.get('hostname') or 'host'} {when}".strip()
-
-
-def fig(svg: str, caption: str, kind: str) -> str:
-    text = f"<figcaption>{escape(caption)}</figcaption>"
-    return f'<figure class="plot" data-plot="{kind}">{svg}{text}</figure>'
-
-
-def table(head: Sequence[str], rows: Sequence[tuple[Sequence[str], str]]) -> str:
-    """rows: (cells, css class of the row)."""
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join(
-        f'<tr class="{cls}">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
-        for cells, cls in rows
-    )
-    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 # -- analyze ----------------------------------------------------------------------------
@@ -102,6 +70,8 @@ def _memory_figure(runs: list[Run]) -> str:
     series = []
     for name, doc in runs:
         curve = doc.get("memory_curve") or []
+        if len(curve) < MIN_CURVE_POINTS:
+            continue
         for what, col in (("Slab", 2), ("RSS", 3)):
             pts = [(float(p[1]), float(p[col])) for p in curve]
             k = slope(pts)
@@ -116,6 +86,10 @@ def _memory_figure(runs: list[Run]) -> str:
     return fig(figures.fitted(series), caption, "memory")
 
 
+#: Fewer points than this draw a table, not a curve (two points are not a curve).
+MIN_CURVE_POINTS = 5
+
+
 def _timeline_figure(runs: list[Run]) -> str:
     series: list[figures.Series] = []
     for name, doc in runs:
@@ -123,9 +97,24 @@ def _timeline_figure(runs: list[Run]) -> str:
         series.append((f"{name} established", [p[0] for p in t], [p[1] for p in t]))
         if any(p[2] is not None for p in t):
             series.append((f"{name} served", [p[0] for p in t], [p[2] or 0 for p in t]))
+    if max((len(s[1]) for s in series), default=0) < MIN_CURVE_POINTS:
+        return _timeline_table(runs)
     return fig(
         figures.lines(series, "seconds", "connections"), "Connections over the run", "timeline"
     )
+
+
+def _timeline_table(runs: list[Run]) -> str:
+    """A short run's few samples, as they are."""
+    rows = [
+        ((name, f"{p[0]:.1f} s", f"{p[1]:,}", "" if p[2] is None else f"{p[2]:,}"), "")
+        for name, doc in runs
+        for p in doc.get("timeline") or []
+    ]
+    if not rows:
+        return ""
+    head = ("run", "time", "established", "served")
+    return '<div class="timeline-table">' + table(head, rows) + "</div>"
 
 
 def _rate_figure(runs: list[Run]) -> str:
@@ -136,6 +125,8 @@ def _rate_figure(runs: list[Run]) -> str:
             (b[1], (b[1] - a[1]) / (b[0] - a[0])) for a, b in itertools.pairwise(t) if b[0] > a[0]
         ]
         series.append((name, [p[0] for p in pairs], [p[1] for p in pairs]))
+    if max((len(s[1]) for s in series), default=0) < MIN_CURVE_POINTS:
+        return ""
     return fig(
         figures.lines(series, "connections established", "opened per second", "o"),
         "Where the open rate bends",
@@ -160,13 +151,20 @@ def _breakdown_figure(runs: list[Run]) -> str:
     )
 
 
-def _latency_figure(runs: list[Run], key: str, caption: str, kind: str) -> str:
-    data = [(n, d.get(key) or {}) for n, d in runs]
-    if not any(v for _, v in data):
-        return ""
-    pcts = ["p50", "p95", "p99"]
-    bars = [(n, [v.get(p) or 0 for p in pcts]) for n, v in data]
-    return fig(figures.grouped(pcts, bars, "µs (log scale)", logy=True), caption, kind)
+def _latency_figure(runs: list[Run], caption: str, kind: str) -> str:
+    """connect() latency as a distribution (the probe's merged histogram), its p50
+    and p99 marked; a result without one (older) gives its percentiles as a table."""
+    hists = [(n, [(float(e), int(c)) for e, c in d.get("connect_latency_histogram") or []])
+             for n, d in runs]  # fmt: skip
+    if any(h for _, h in hists):
+        svg = figures.distribution([(n, h) for n, h in hists if h], "connect() µs (log scale)")
+        return fig(svg, caption, kind)
+    rows = [
+        ((n, *(f"{(d.get('connect_latency_us') or {}).get(p) or 0:,.1f}"
+               for p in ("p50", "p95", "p99"))), "")
+        for n, d in runs
+    ]  # fmt: skip
+    return table(("run", "p50 µs", "p95 µs", "p99 µs"), rows)
 
 
 def _errno_figure(runs: list[Run]) -> str:
@@ -180,33 +178,79 @@ def _errno_figure(runs: list[Run]) -> str:
     return fig(figures.grouped(names, bars, "count"), "errno counts of failed connects", "errno")
 
 
+def _versus(predicted: float | None, proven: float | None) -> str:
+    if not predicted or proven is None:
+        return ""
+    share = (proven - predicted) / predicted
+    return "exact" if share == 0 else f"{share:+.1%}"
+
+
+def _probe_lead(runs: list[Run]) -> str:
+    """What analyze predicted beside what the probe proved: the ceiling and its
+    limit, then kernel memory per connection."""
+    rows = []
+    for name, d in runs:
+        pred, stop, per = (
+            d.get("predicted") or {},
+            d.get("stop") or {},
+            d.get("per_connection") or {},
+        )
+        proven = d["served"] if d.get("served") is not None else d["established"]
+        what = "served" if d.get("served") is not None else "established"
+        side = f" ({stop['side']} side)" if stop.get("side") else ""
+        target = stop.get("reason") == "target"
+        rows.append(
+            (
+                (
+                    name,
+                    "ceiling",
+                    f"{pred['ceiling']:,} ({pred.get('binding')})" if pred.get("ceiling") else "—",
+                    f"{proven:,} {what}, stopped by {stop.get('reason', '')}{side}",
+                    "target reached first" if target else _versus(pred.get("ceiling"), proven),
+                ),
+                "" if target else "binding",
+            )
+        )
+        pb, kb = pred.get("bytes_per_connection"), per.get("kernel_bytes")
+        rows.append(
+            (
+                (
+                    name,
+                    "kernel memory per connection",
+                    format_bytes(pb) if pb else "—",
+                    format_bytes(kb) if kb else "—",
+                    _versus(pb, kb),
+                ),
+                "",
+            )
+        )
+    head = ("run", "", "predicted (analyze)", "proven (probe)", "proven vs predicted")
+    return '<div class="versus">' + table(head, rows) + "</div>"
+
+
 def _probe_rows(runs: list[Run]) -> str:
     rows = []
     for name, d in runs:
-        stop, per = d.get("stop") or {}, d.get("per_connection") or {}
-        reason = stop.get("reason", "") + (f" ({stop['side']} side)" if stop.get("side") else "")
         served = d.get("served")
         rows.append((
-            (name, f"{d['established']:,}", "" if served is None else f"{served:,}", reason,
-             format_bytes(per.get("kernel_bytes") or 0), f"{d.get('rate_per_s', 0):,.0f}/s"),
-            "binding" if stop.get("reason") != "target" else "",
+            (name, f"{d['established']:,}", "" if served is None else f"{served:,}",
+             f"{d.get('rate_per_s', 0):,.0f}/s", f"{d.get('open_seconds', 0):.2f} s"), "",
         ))  # fmt: skip
-    return table(
-        ("run", "established", "served", "stopped by", "kernel memory/conn", "open rate"), rows
-    )
+    return table(("run", "established", "served", "open rate", "opening took"), rows)
 
 
 def probe_section(runs: list[Run]) -> str:
     parts = [
+        _probe_lead(runs),
         _probe_rows(runs),
         _timeline_figure(runs),
         _memory_figure(runs),
         _breakdown_figure(runs),
         _rate_figure(runs),
-        _latency_figure(runs, "connect_latency_us", "connect() latency percentiles", "latency"),
+        _latency_figure(runs, "connect() latency: the distribution, p50 and p99", "latency"),
         _errno_figure(runs),
     ]
-    return "<h2>The proof (probe)</h2>" + "".join(parts)
+    return "<h2>Predicted and proven (probe)</h2>" + "".join(parts)
 
 
 # -- compare-io and rate ---------------------------------------------------------------
@@ -240,28 +284,37 @@ def compare_section(runs: list[Run]) -> str:
     )
 
 
+def _rate_lead(runs: list[Run]) -> str:
+    rows = []
+    for n, d in runs:
+        pred = d.get("predicted_per_s")
+        binding = d.get("predicted_binding") or "no rate limit found"
+        rows.append(((
+            n, f"{pred:,.3g}/s ({binding})" if pred else f"— ({binding})",
+            f"{d['sustained_per_s']:,.3g}/s ({d.get('sustained_from', 'run')}), stopped by "
+            f"{d['stop']['reason']}",
+            _versus(pred, d["sustained_per_s"]), d["stop"].get("detail", ""),
+        ), ""))  # fmt: skip
+    head = ("run", "predicted (analyze)", "proven (rate)", "proven vs predicted", "detail")
+    return '<div class="versus">' + table(head, rows) + "</div>"
+
+
 def rate_section(runs: list[Run]) -> str:
     series: list[figures.Series] = [
         (n, list(range(1, len(d["per_second"]) + 1)), d["per_second"]) for n, d in runs
     ]
-    rows = [
-        (
-            (n, f"{d['sustained_per_s']:,.0f}/s", d["stop"]["reason"], d["stop"].get("detail", "")),
-            "",
-        )
-        for n, d in runs
-    ]
+    cycles = (
+        fig(figures.lines(series, "second", "connections completed", "o"), "Cycles per second",
+            "rate")
+        if max(len(d["per_second"]) for _, d in runs) >= MIN_CURVE_POINTS
+        else table(("run", "cycles per second"),
+                   [((n, ", ".join(str(c) for c in d["per_second"])), "") for n, d in runs])
+    )  # fmt: skip
     return (
-        "<h2>New connections per second (rate)</h2>"
-        + table(("run", "sustained", "stopped by", "detail"), rows)
-        + fig(
-            figures.lines(series, "second", "connections completed", "o"),
-            "Cycles per second",
-            "rate",
-        )
-        + _latency_figure(
-            runs, "connect_latency_us", "connect() latency percentiles", "rate-latency"
-        )
+        "<h2>New connections per second: predicted and proven (rate)</h2>"
+        + _rate_lead(runs)
+        + cycles
+        + _latency_figure(runs, "connect() latency: the distribution, p50 and p99", "rate-latency")
     )
 
 
@@ -309,6 +362,7 @@ SECTIONS = {
     "compare-io": compare_section,
     "rate": rate_section,
     "tune": tune_section,
+    "tour": tour_section,
 }
 
 

@@ -7,12 +7,16 @@ from rich.console import Console
 from rich.table import Table
 
 from tcpceiling.tour.model import Measure, Step, TourResult, Trial
+from tcpceiling.units import format_bytes
 
 
 def number(m: Measure) -> str:
     if m.value is None:
         return "—"
-    text = f"{m.value:,.3f}".rstrip("0").rstrip(".") if m.value % 1 else f"{m.value:,.0f}"
+    if m.unit == "bytes":
+        return format_bytes(m.value)
+    whole = m.value % 1 == 0 or abs(m.value) >= 100
+    text = f"{m.value:,.0f}" if whole else f"{m.value:,.3f}".rstrip("0").rstrip(".")
     unit = "" if m.unit == "connections" else f" {m.unit}"
     return f"{text}{unit}"
 
