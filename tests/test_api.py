@@ -1,4 +1,4 @@
-"""The library's pinned public API: every name in __all__ exists, and the README's
+"""The library's pinned public API: every name in __all__ exists, and docs/python.md's
 Python example runs (on a fixture tree, so it needs nothing of the machine)."""
 
 from __future__ import annotations

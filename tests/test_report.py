@@ -128,7 +128,7 @@ def test_analyze_reports_overlay_two_machines(tmp_path: Path) -> None:
 @needs_chromium
 @pytest.mark.skipif(not IS_ROOT, reason="needs root: the probe runs in a namespace")
 def test_probe_compare_and_rate_reports(tmp_path: Path) -> None:
-    """The README's probe, compare-io and rate examples (smaller), each its own report,
+    """The probe, compare-io and rate examples of docs/ (smaller), each its own report,
     then all of them in one."""
     runs = {
         "probe": ["probe", "--target", "60000"],
