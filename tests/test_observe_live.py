@@ -349,6 +349,10 @@ def test_exporter_port_in_use_is_one_line() -> None:
         s.listen(1)
         got, _out, err = run_cli("exporter", "--listen", f"127.0.0.1:{s.getsockname()[1]}")
     assert got == 2 and "in use" in err and len(err.strip().splitlines()) == 1
+    # the serving path blocks SIGINT/SIGTERM for sigwait: a failed start must unblock
+    # them, or every process this one starts later inherits them blocked
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert signal.SIGINT not in blocked and signal.SIGTERM not in blocked
 
 
 def test_textfile_for_node_exporter(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,8 @@ def exporter_cmd(**o: Any) -> None:
         exporter.textfile(exporter.registry(lambda: take(scope)), o["textfile"])
         return
     host, port = listen_address(o["listen"])
-    block_signals()  # before any thread starts: every thread inherits the mask
     with contextlib.ExitStack() as stack:
+        stack.enter_context(signals_blocked())  # before any thread: each inherits the mask
         feed = stack.enter_context(Feed(scope.roots)) if o["trace"] else None
         reg = exporter.registry(lambda: take(scope), feed)
         try:
@@ -72,17 +74,20 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def block_signals() -> None:
-    """SIGINT and SIGTERM blocked in this thread and every thread it starts after, so
-    that they wait for wait_for_signal() instead of reaching another thread."""
-    import signal
-
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread and every thread it starts, so that
+    they wait for wait_for_signal() instead of reaching another thread; the mask as
+    it was restored on the way out (a process that goes on, e.g. after bad input,
+    and the processes it starts later must not inherit it)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def wait_for_signal() -> None:
-    """Until SIGINT or SIGTERM (both end the exporter cleanly, exit 0)."""
-    import signal
-
-    block_signals()
+    """Until SIGINT or SIGTERM (both end the exporter cleanly, exit 0); they are
+    blocked by signals_blocked()."""
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
