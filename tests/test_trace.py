@@ -176,6 +176,11 @@ def test_a_flooded_listener_that_never_accepts_is_named_with_its_syn_drops(netns
     assert ours() == []
 
 
+def comm(pid: int) -> str:
+    """The process's comm (python or python3, as the interpreter was named)."""
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def go(p: subprocess.Popen[str]) -> int:
     """Let a failing process fail; its own count of failures."""
     assert p.stdin is not None
@@ -198,10 +203,11 @@ def test_doctor_trace_names_the_failing_process_with_its_count() -> None:
     doc = subprocess.Popen([*TCPCEILING, "doctor", "--trace", "3", "--kmsg", "/dev/null",
                             "--json"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(1.0)  # the first sample taken, the trace on
+    name = comm(a.pid)
     failed = go(a)
     out, _ = doc.communicate(timeout=60)
     assert doc.returncode == 2, out
-    found = [f for f in json.loads(out)["findings"] if f["subject"] == f"python (pid {a.pid})"]
+    found = [f for f in json.loads(out)["findings"] if f["subject"] == f"{name} (pid {a.pid})"]
     assert found and found[0]["limit"] == "nofile" and found[0]["severity"] == "critical"
     assert abs(traced_count(found[0]["evidence"]) - failed) <= 0.1 * failed, (found, failed)
     assert ours() == []
@@ -244,11 +250,12 @@ def test_exporter_trace_counts_failures_and_leaves_nothing_on_sigterm() -> None:
         metrics = wait_for(lambda: scrape(port), 30, "the exporter to serve")
         assert "tcpceiling_failures_total" in metrics
         a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1.5"])
+        name = comm(a.pid)
         failed = go(a)
         time.sleep(1.0)  # the trace thread's last read
         counted = sum(v for k, v in series(scrape(port)).items()
                       if k.startswith("tcpceiling_failures_total{") and 'errno="EMFILE"' in k
-                      and 'process="python"' in k)  # fmt: skip
+                      and f'process="{name}"' in k)  # fmt: skip
         assert abs(counted - failed) <= 0.1 * failed, (counted, failed)
     finally:
         exp.send_signal(signal.SIGTERM)
