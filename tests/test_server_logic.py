@@ -10,6 +10,7 @@ from tcpceiling.host.sockets import Listener
 from tcpceiling.probe import checks, pacing
 from tcpceiling.probe import protocols as wire
 from tcpceiling.probe.evidence import ServerProcess, ServerSample, attribute
+from tcpceiling.servers import postgresql
 
 ECHO = checks.parse("echo").request("h")
 
@@ -31,7 +32,7 @@ def test_websocket_accept_is_rfc_6455s_example() -> None:
 
 def test_mqtt_connect_and_pg_startup_bytes() -> None:
     assert wire.mqtt_connect().hex() == "100c00044d515454040200000000"
-    startup = wire.pg_startup()
+    startup = postgresql.pg_startup()
     assert int.from_bytes(startup[:4], "big") == len(startup)
     assert startup[4:8] == (196608).to_bytes(4, "big") and startup.endswith(b"postgres\0\0")
 

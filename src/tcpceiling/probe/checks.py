@@ -9,7 +9,8 @@ SPEC is a kind with an optional argument:
   send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
                              \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
                              when the reply matches `expect`, refused when `refuse` does.
-The wire formats are in tcpceiling.probe.protocols.
+The wire formats are in tcpceiling.probe.protocols; a server's own (redis, memcached,
+PostgreSQL) in its module of tcpceiling.servers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Literal, get_args
 from tcpceiling.errors import InputError
 from tcpceiling.probe import protocols as p
 from tcpceiling.probe.protocols import MAX_REPLY, Verdict, first_line
+from tcpceiling.servers import memcached, postgresql, redis
+from tcpceiling.servers.model import LineCheck
 
 __all__ = ["MAX_REPLY", "Check", "Held", "Kind", "Verdict", "first_line", "parse"]
 
@@ -34,12 +37,9 @@ FORMS = (
     "none, echo, http, redis, memcached, tls, postgres, websocket[:PATH], "
     "mqtt[:KEEPALIVE], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
-#: Line protocols: the reply prefixes that serve and those that are the server's error
-#: (the RESP simple string and error; memcached's protocol.txt error lines).
-LINE_REPLIES: dict[str, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {
-    "redis": ((b"+PONG",), (b"-",)),
-    "memcached": ((b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR")),
-}
+#: Line protocols, each given by its server's module: the request, the reply prefixes
+#: that serve and those that are the server's error.
+LINE_CHECKS: dict[str, LineCheck] = {"redis": redis.CHECK, "memcached": memcached.CHECK}
 _FIELD = re.compile(r",(?=(?:send|expect|refuse):)")
 
 
@@ -64,22 +64,14 @@ class Check:
     @property
     def served_means(self) -> str:
         """What this check counts as served, where that is not a plain reply."""
-        if self.kind == "postgres":
-            return (
-                "postgres: an authentication request counts as served: the postmaster forks "
-                "a backend for the connection before it asks for a password (none is sent)"
-            )
-        return ""
+        return postgresql.SERVED_MEANS if self.kind == "postgres" else ""
 
     # -- a new connection -------------------------------------------------------------
     def request(self, host: str) -> bytes:
         """What to send on a new connection ("none" and a banner check: nothing)."""
-        fixed = {
-            "echo": b"tcpceiling echo check\n",
-            "redis": b"*1\r\n$4\r\nPING\r\n",
-            "memcached": b"version\r\n",
-            "send": self.send,
-        }
+        fixed = {"echo": b"tcpceiling echo check\n", "send": self.send}
+        if self.kind in LINE_CHECKS:
+            return LINE_CHECKS[self.kind].request
         if self.kind in fixed:
             return fixed[self.kind]
         if self.kind == "http":
@@ -89,7 +81,7 @@ class Check:
         if self.kind == "mqtt":
             return p.mqtt_connect(self.keep_alive)
         if self.kind == "postgres":
-            return p.pg_startup()
+            return postgresql.pg_startup()
         return p.tls_client_hello() if self.kind == "tls" else b""
 
     def verdict(self, data: bytes, sent: bytes, again: bool = False) -> Verdict:
@@ -103,12 +95,13 @@ class Check:
 
     def _first_verdict(self, data: bytes, sent: bytes) -> Verdict:
         k = self.kind
-        if k in LINE_REPLIES:
-            return p.line_reply(data, *LINE_REPLIES[k])
+        if k in LINE_CHECKS:
+            line = LINE_CHECKS[k]
+            return p.line_reply(data, line.served, line.refused)
         judges = {
             "websocket": p.websocket_handshake,
             "mqtt": p.mqtt_connack,
-            "postgres": p.postgres_reply,
+            "postgres": postgresql.postgres_reply,
             "http": p.http_status,
             "tls": p.tls_server_hello,
         }
@@ -155,7 +148,7 @@ class Check:
         if self.kind == "send" and self.refuse:
             v = p.expect_reply(words, None, _regex(self.refuse))
             return v.text if v.outcome == "error" else None
-        errors = LINE_REPLIES[self.kind][1] if self.kind in LINE_REPLIES else ()
+        errors = LINE_CHECKS[self.kind].refused if self.kind in LINE_CHECKS else ()
         if errors and b"\n" in words and words.startswith(errors):
             return first_line(words)
         return None

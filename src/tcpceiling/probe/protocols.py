@@ -3,7 +3,7 @@ on what the server sent back. Pure functions on bytes, table-tested with literal
 replies (tests/test_server_logic.py).
 
 A verdict is "ok" (the server served the request), "error" (the server answered
-but refused: redis "-ERR max number of clients reached", memcached "SERVER_ERROR",
+but refused: a line protocol's error line (the servers' modules give theirs),
 an HTTP 5xx, a TLS alert, a WebSocket close frame) or "more" (keep reading).
 """
 
@@ -179,32 +179,6 @@ def mqtt_pingresp(data: bytes) -> Verdict:
     if data.startswith(MQTT_PINGRESP):
         return Verdict("ok")
     return Verdict("error", f"not a PINGRESP (packet type {data[0] >> 4})")
-
-
-# -- PostgreSQL (protocol 3.0) -----------------------------------------------------------
-def pg_startup(user: str = "postgres", database: str = "postgres") -> bytes:
-    """StartupMessage: length, 196608 (3.0), then user and database."""
-    params = f"user\0{user}\0database\0{database}\0\0".encode()
-    return struct.pack(">II", 8 + len(params), 196608) + params
-
-
-def postgres_reply(data: bytes) -> Verdict:
-    """'R' (AuthenticationOk, or a request for a password: either way a backend took
-    the connection) is served; 'E' is an ErrorResponse, its severity and message the
-    server's words."""
-    if len(data) < 5:
-        return Verdict("more")
-    kind, length = data[0:1], struct.unpack(">I", data[1:5])[0]
-    if kind == b"R":
-        return Verdict("ok") if len(data) >= 9 else Verdict("more")
-    if kind != b"E":
-        return Verdict("error", f"unexpected message {kind!r}")
-    if len(data) < 1 + length:
-        return Verdict("more")
-    fields = {
-        f[:1]: f[1:].decode("utf-8", "replace") for f in data[5 : 1 + length].split(b"\0") if f
-    }
-    return Verdict("error", f"{fields.get(b'S', 'ERROR')}: {fields.get(b'M', '')}".strip())
 
 
 # -- line protocols ----------------------------------------------------------------------

@@ -13,7 +13,11 @@ import socket
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found
+from tcpceiling.servers.model import AppLimit, Found, LineCheck
+
+#: `--check memcached`: the text protocol's `version`; "VERSION x" is served, its
+#: error lines (protocol.txt: ERROR, CLIENT_ERROR, SERVER_ERROR) are its refusal.
+CHECK = LineCheck(b"version\r\n", (b"VERSION ",), (b"SERVER_ERROR", b"ERROR", b"CLIENT_ERROR"))
 
 NAME = "memcached"
 DEFAULT = 1024

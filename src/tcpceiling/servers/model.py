@@ -26,6 +26,17 @@ class ServerProcess:
 
 
 @dataclass(frozen=True)
+class LineCheck:
+    """A server's line protocol as `probe --check` speaks it: the request sent on a
+    new connection, the reply prefixes that mean served and those that are the
+    server's own error (its refusal)."""
+
+    request: bytes
+    served: tuple[bytes, ...]
+    refused: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Found:
     """A listening server: its main process (the oldest owner), every process that
     owns the listener (nginx's workers), and the endpoint asked about."""

@@ -14,9 +14,42 @@ import socket
 import struct
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.protocols import pg_startup
+from tcpceiling.probe.protocols import Verdict
 from tcpceiling.servers import text
 from tcpceiling.servers.model import AppLimit, Found, Source
+
+#: What `--check postgres` counts as served, said beside its result.
+SERVED_MEANS = (
+    "postgres: an authentication request counts as served: the postmaster forks "
+    "a backend for the connection before it asks for a password (none is sent)"
+)
+
+
+# -- PostgreSQL (protocol 3.0) -----------------------------------------------------------
+def pg_startup(user: str = "postgres", database: str = "postgres") -> bytes:
+    """StartupMessage: length, 196608 (3.0), then user and database."""
+    params = f"user\0{user}\0database\0{database}\0\0".encode()
+    return struct.pack(">II", 8 + len(params), 196608) + params
+
+
+def postgres_reply(data: bytes) -> Verdict:
+    """'R' (AuthenticationOk, or a request for a password: either way a backend took
+    the connection) is served; 'E' is an ErrorResponse, its severity and message the
+    server's words."""
+    if len(data) < 5:
+        return Verdict("more")
+    kind, length = data[0:1], struct.unpack(">I", data[1:5])[0]
+    if kind == b"R":
+        return Verdict("ok") if len(data) >= 9 else Verdict("more")
+    if kind != b"E":
+        return Verdict("error", f"unexpected message {kind!r}")
+    if len(data) < 1 + length:
+        return Verdict("more")
+    fields = {
+        f[:1]: f[1:].decode("utf-8", "replace") for f in data[5 : 1 + length].split(b"\0") if f
+    }
+    return Verdict("error", f"{fields.get(b'S', 'ERROR')}: {fields.get(b'M', '')}".strip())
+
 
 NAME = "postgresql"
 DEFAULTS = {"max_connections": 100, "superuser_reserved_connections": 3, "reserved_connections": 0}

@@ -10,7 +10,11 @@ import socket
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found, Source
+from tcpceiling.servers.model import AppLimit, Found, LineCheck, Source
+
+#: `--check redis`: PING as a RESP array; +PONG (a simple string) is served, a RESP
+#: error ("-ERR max number of clients reached") is redis refusing.
+CHECK = LineCheck(b"*1\r\n$4\r\nPING\r\n", (b"+PONG",), (b"-",))
 
 NAME = "redis"
 DEFAULT = 10_000
