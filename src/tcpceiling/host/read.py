@@ -324,6 +324,14 @@ def read_net_counters(roots: Roots) -> tuple[dict[str, int], dict[str, int]]:
     return netstat, conntrack
 
 
+def read_comm(roots: Roots, pid: int) -> str | None:
+    """A process's name (/proc/PID/comm); None once it is gone or not ours to read."""
+    try:
+        return (roots.procfs / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def socket_owners(inodes: Iterable[int], roots: Roots) -> list[int]:
     """Pids holding any of these socket inodes: a scan of /proc/*/fd, as ss -p does
     (the only way from a socket to its process), stopping at each process's first

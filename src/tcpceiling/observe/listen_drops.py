@@ -25,7 +25,7 @@ from pathlib import Path
 from tcpceiling.errors import HostError, ParseError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, sockets
-from tcpceiling.host.read import socket_inodes
+from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 
 COUNTER = "TcpExt.ListenOverflows"
@@ -105,18 +105,12 @@ class Overflows:
         except (OSError, HostError):
             full = []
         if not full:
-            return [ListenDrop("?", 0, n, 0, 0, *self._comm(pids[0]))]
+            return [ListenDrop("?", 0, n, 0, 0, read_comm(self.roots, pids[0]) or "?", pids[0])]
         owners = owners_in(pids, {ln.inode for ln in full}, self.roots)
         return [
             ListenDrop(ln.host, ln.port, n, ln.queue, ln.backlog, *owners.get(ln.inode, ("?", 0)))
             for ln in full
         ]
-
-    def _comm(self, pid: int) -> tuple[str, int]:
-        try:
-            return (self.roots.procfs / str(pid) / "comm").read_text().strip(), pid
-        except OSError:
-            return "?", pid
 
 
 def owners_in(pids: list[int], inodes: set[int], roots: Roots) -> dict[int, tuple[str, int]]:
@@ -126,9 +120,8 @@ def owners_in(pids: list[int], inodes: set[int], roots: Roots) -> dict[int, tupl
         held = inodes.intersection(socket_inodes(roots.procfs / str(pid) / "fd"))
         if not held:
             continue
-        try:
-            comm = (roots.procfs / str(pid) / "comm").read_text().strip()
-        except OSError:
+        comm = read_comm(roots, pid)
+        if comm is None:
             continue
         for inode in held - out.keys():
             out[inode] = (comm, pid)

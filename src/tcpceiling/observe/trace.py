@@ -34,7 +34,7 @@ from typing import Literal
 from tcpceiling.errors import HostError
 from tcpceiling.host import diag
 from tcpceiling.host import netns as netns_mod
-from tcpceiling.host.read import socket_inodes
+from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
 from tcpceiling.probe.errnos import constraint_for, name
@@ -330,10 +330,7 @@ class Tracer:
         if e.comm != "<...>":
             return e
         if e.pid not in self.comms:
-            try:
-                self.comms[e.pid] = (self.procfs / str(e.pid) / "comm").read_text().strip()
-            except OSError:
-                self.comms[e.pid] = "<...>"
+            self.comms[e.pid] = read_comm(self.roots, e.pid) or "<...>"
         return replace(e, comm=self.comms[e.pid])
 
     def overruns(self) -> int:

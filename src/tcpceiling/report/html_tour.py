@@ -8,19 +8,15 @@ from typing import Any
 
 from tcpceiling.report import figures
 from tcpceiling.report.html_parts import Run, fig, table
-from tcpceiling.units import format_bytes
+from tcpceiling.report.tour import number
+from tcpceiling.tour.model import Measure
 
 Doc = dict[str, Any]
 
 
 def _value(m: Doc) -> str:
-    v = m.get("value")
-    if v is None:
-        return "—"
-    if m["unit"] == "bytes":
-        return format_bytes(v)
-    unit = "" if m["unit"] == "connections" else f" {m['unit']}"
-    return (f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.3g}") + unit
+    """A measure of the document, written as the terminal writes it."""
+    return number(Measure(**m))
 
 
 def _agreement(t: Doc) -> str:
