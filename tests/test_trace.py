@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tcpceiling.host.parse import parse_netstat
+from tcpceiling.host.roots import Roots
 from tcpceiling.observe import exporter, listen_drops, trace
 from tcpceiling.observe.feed import FailureTotals
 from tests.conftest import IS_ROOT, netns_sysctl, run_cli
@@ -301,6 +302,36 @@ def test_sigterm_removes_the_instance() -> None:
     _out, err = tr.communicate(timeout=10)
     assert tr.returncode == 130 and len(err.strip().splitlines()) == 1
     assert ours() == []
+
+
+@root_only
+@pytest.mark.parametrize("delay", [0.025 * i for i in range(24)])
+def test_a_signal_at_any_moment_of_the_start_leaves_no_instance(delay: float) -> None:
+    """SIGTERM or SIGINT anywhere in the start (before the handler, between creating the
+    instance and enabling its events, while reading): the run ends and removes it."""
+    tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(delay)
+    tr.send_signal(signal.SIGTERM if round(delay * 40) % 2 else signal.SIGINT)
+    tr.wait(timeout=10)
+    assert ours() == []
+
+
+class SignalledWhileEnabling(trace.Tracer):
+    """A real SIGTERM to this process once the instance exists and its events are on,
+    before __enter__ returns: the moment a `with` statement cannot clean up by itself."""
+
+    def _enable(self) -> None:
+        super()._enable()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@root_only
+def test_a_sigterm_inside_the_start_removes_the_instance_and_ends_the_run() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), SignalledWhileEnabling(TRACEFS, Roots()):
+        pytest.fail("the run went on after SIGTERM")
+    assert ours() == [] and signal.getsignal(signal.SIGTERM) is before
 
 
 #: The CLI run as nobody: imported as root (the package may be under /root), then every

@@ -251,25 +251,38 @@ class Tracer:
         self.notes: list[str] = []
 
     def __enter__(self) -> Tracer:
-        stale = remove_stale(self.base, self.procfs)
-        if stale:
-            self.notes.append(f"removed a stale instance of a run that ended: {stale[0]}")
-        self.inst.mkdir()
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
+        """The SIGTERM handler goes in before the instance exists, and a signal (or an
+        error) at any point after leaves through __exit__: a SIGTERM between mkdir and
+        the handler would otherwise end the run by the default action, instance left."""
+        self._cleaning = self._pending = False
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            stale = remove_stale(self.base, self.procfs)
+            if stale:
+                self.notes.append(f"removed a stale instance of a run that ended: {stale[0]}")
+            self.inst.mkdir()
             self._enable()
-        except OSError:
+        except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """SIGTERM ends the run as SIGINT does; during the removal either waits for its end."""
+        if self._cleaning:
+            self._pending = True
+            return
         raise KeyboardInterrupt
 
     def __exit__(self, *_exc: object) -> None:
-        _remove(self.inst)
-        for s, h in getattr(self, "_old", {}).items():
-            signal.signal(s, h)
+        self._cleaning = True
+        try:
+            _remove(self.inst)
+        finally:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+        if self._pending:
+            raise KeyboardInterrupt
 
     def _enable(self) -> None:
         events = self.inst / "events"
