@@ -77,6 +77,26 @@ def test_sigkill_of_the_coordinator_leaves_nothing_running() -> None:
     assert our_namespaces() == []
 
 
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_rate_ended_by_a_signal_removes_its_namespace_and_workers(sig: int) -> None:
+    """`rate` holds nothing worth a result; a signal ends it (exit 130, one line) with
+    its namespace deleted and its workers gone, SIGTERM as Ctrl-C."""
+    proc = subprocess.Popen([sys.executable, "-m", "tcpceiling", "rate", "--duration", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    ns = f"tcpceiling-{proc.pid}"
+    for _ in range(200):  # 20 s
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        if ns in our_namespaces() and kids:
+            break
+        time.sleep(0.1)
+    assert ns in our_namespaces() and kids
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "tcpceiling: interrupted"
+    assert ns not in our_namespaces() and not _alive(kids)
+
+
 def test_killed_worker_is_named_and_the_others_results_kept() -> None:
     proc = _start_slow_probe()
     kids = _children_when_opening(proc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from tcpceiling.host.roots import Roots
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.run import sweep_stale
 from tcpceiling.tour.table import HostFacts, resources
 from tests.conftest import IS_ROOT, run_cli
 from tests.test_report import chromium, needs_chromium
@@ -34,15 +37,35 @@ def leftovers() -> set[str]:
     """Namespaces, cgroups and processes of tcpceiling's that exist now."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found = {f"netns {ln.split()[0]}" for ln in ns.splitlines() if "tcpceiling" in ln}
-    found |= {f"cgroup {p}" for p in CGROUPS.glob("**/tcpceiling-tour-*") if p.is_dir()}
+    found |= {f"cgroup {p}" for p in CGROUPS.glob("*/tcpceiling-*") if p.is_dir()}
     ps = subprocess.run(["pgrep", "-f", "tcpceiling tour"], capture_output=True, text=True)
     return found | {f"pid {p}" for p in ps.stdout.split()}
+
+
+def dead_pid() -> int:
+    """A pid that no longer exists: a process of ours that has ended."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def plant_leftovers(pid: int) -> set[str]:
+    """What a tour killed with SIGKILL leaves, as its names say: its namespace and its
+    cgroups (one of them with a task still in it), pid the dead tour's."""
+    name = f"tcpceiling-{pid}-tour"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    for controller in ("memory", "pids"):
+        (CGROUPS / controller / f"{name}-{controller}").mkdir()
+    sleeper = subprocess.Popen(["sleep", "300"])
+    (CGROUPS / "pids" / f"{name}-pids" / "cgroup.procs").write_text(str(sleeper.pid))
+    return {x for x in leftovers() if f"tcpceiling-{pid}-" in x}
 
 
 @pytest.fixture(scope="module")
 def toured() -> Iterator[Toured]:
     if not IS_ROOT:
         pytest.skip("needs root: namespaces and cgroups")
+    planted = plant_leftovers(dead_pid())
     before = leftovers()
     t0 = time.monotonic()
     done = subprocess.run([*TCPCEILING, "tour", "--json", "--report", str(REPORT)],
@@ -50,9 +73,11 @@ def toured() -> Iterator[Toured]:
     wall = time.monotonic() - t0
     assert done.stdout, done.stderr
     try:
-        yield done.returncode, json.loads(done.stdout), wall, leftovers() - before
+        left = leftovers()
+        yield done.returncode, json.loads(done.stdout), wall, (left - before) | (left & planted)
     finally:
         REPORT.unlink(missing_ok=True)
+        sweep_stale(Roots())  # the planted ones, were the tour's own sweep to fail
 
 
 def steps(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -106,6 +131,57 @@ def test_the_report_leads_with_prediction_and_proof(toured: Toured, tmp_path: Pa
     dom = chromium(REPORT, tmp_path / "tour.png")
     assert dom.order[0][0] == "h2" and dom.order[1] == ("div", "versus"), dom.order
     assert [f["plot"] for f in dom.figures] == ["tour"] and dom.figures[0]["svg"]
+
+
+def started(cmd: list[str], ready: Path) -> subprocess.Popen[str]:
+    """The tour started; returned once `ready` (a path with {pid}) exists."""
+    tour = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    path = Path(str(ready).format(pid=tour.pid))
+    for _ in range(1800):  # 90 s
+        if path.exists() or tour.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+    return tour
+
+
+def gone(before: set[str]) -> set[str]:
+    """What is left that was not there before, once the tour's children have ended."""
+    for _ in range(300):  # 30 s: a child ends its probe's clean-up
+        left = leftovers() - before
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: namespaces and cgroups")
+def test_sigterm_mid_tour_removes_everything_it_made() -> None:
+    """SIGTERM in the memory step (a probe in a child, in a cgroup of the tour's own,
+    the rate's churn running in another child): exit 130, one line, nothing left."""
+    before = leftovers()
+    tour = started([*TCPCEILING, "tour"], CGROUPS / "memory" / "tcpceiling-{pid}-tour-memory")
+    tour.send_signal(signal.SIGTERM)
+    _out, err = tour.communicate(timeout=60)
+    assert tour.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "tcpceiling: interrupted"
+    assert gone(before) == set()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: namespaces and cgroups")
+def test_what_a_sigkilled_tour_left_is_removed_by_the_next() -> None:
+    """SIGKILL while the thread server is in its pids cgroup: the tour's namespace and
+    cgroup stay (the server dies with the tour); the next tour's sweep removes them."""
+    before = leftovers()
+    tour = started([*TCPCEILING, "tour"], CGROUPS / "pids" / "tcpceiling-{pid}-tour-pids")
+    tour.kill()
+    tour.communicate(timeout=10)
+    time.sleep(1)  # the children's PR_SET_PDEATHSIG clean-up
+    left = leftovers() - before
+    assert f"cgroup {CGROUPS}/pids/tcpceiling-{tour.pid}-tour-pids" in left
+    swept = sweep_stale(Roots())
+    assert f"tcpceiling-{tour.pid}-tour-pids" in swept
+    assert gone(before) == set()
 
 
 def test_bad_report_path_leaves_nothing(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tcpceiling.host import owned
 from tcpceiling.host.parse import parse_netstat
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe import exporter, listen_drops, trace
@@ -109,7 +110,7 @@ def global_trace_untouched() -> Iterator[None]:
 
 def ours() -> list[str]:
     inst = TRACEFS / "instances"
-    return sorted(p.name for p in inst.glob(f"{trace.PREFIX}*")) if inst.is_dir() else []
+    return sorted(p.name for p in inst.glob(f"{owned.PREFIX}*")) if inst.is_dir() else []
 
 
 def start(cmd: list[str]) -> subprocess.Popen[str]:
@@ -279,10 +280,10 @@ def scrape(port: int) -> str:
 def test_a_killed_trace_leaves_an_instance_the_next_run_removes() -> None:
     tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL)
     for _ in range(50):
-        if f"{trace.PREFIX}{tr.pid}" in ours():
+        if f"{owned.PREFIX}{tr.pid}" in ours():
             break
         time.sleep(0.1)
-    assert f"{trace.PREFIX}{tr.pid}" in ours()
+    assert f"{owned.PREFIX}{tr.pid}" in ours()
     os.kill(tr.pid, signal.SIGKILL)
     tr.wait()
     code, out, _err = run_cli("trace", "0.2", "--json")

@@ -34,12 +34,12 @@ from typing import Literal
 from tcpceiling.errors import HostError
 from tcpceiling.host import diag
 from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.owned import PREFIX, own_name, owner_gone
 from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
 from tcpceiling.probe.errnos import constraint_for, name
 
-PREFIX = "tcpceiling-"
 EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost
 EAGAIN = errno.EAGAIN
 #: Errnos that mean a limit was reached (probe.errnos), for the calls that create fds.
@@ -219,8 +219,7 @@ def remove_stale(base: Path, procfs: Path) -> list[str]:
     """Remove our instances whose run is gone (a run SIGKILLed leaves one)."""
     removed = []
     for inst in (base / "instances").glob(f"{PREFIX}*"):
-        pid = inst.name[len(PREFIX) :]
-        if pid.isdigit() and not (procfs / pid).exists():
+        if owner_gone(inst.name, procfs):
             _remove(inst)
             removed.append(inst.name)
     return removed
@@ -247,7 +246,7 @@ class Tracer:
         self.destinations = destinations
         self.comms: dict[int, str] = {}
         self.port_dest: dict[int, str | None] = {}
-        self.inst = base / "instances" / f"{PREFIX}{os.getpid()}"
+        self.inst = base / "instances" / own_name()
         self.notes: list[str] = []
 
     def __enter__(self) -> Tracer:

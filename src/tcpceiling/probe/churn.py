@@ -44,6 +44,7 @@ from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import Stop
 from tcpceiling.probe.sink import listener
 from tcpceiling.probe.worker import LINGER_RST, raise_nofile
+from tcpceiling.signals import ended_by_signal
 
 CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
@@ -485,6 +486,7 @@ class ChurnRun:
         if self.cfg.sysctls and not self.cfg.isolated:
             raise InputError("--sysctl needs the run's own namespace (root, --isolate)")
         with ExitStack() as stack:
+            stack.enter_context(ended_by_signal())  # SIGTERM too: the namespace goes
             ns = self.cfg.netns
             if self.cfg.isolated:
                 ns = stack.enter_context(isolate.private_netns(self.cfg.sysctls))

@@ -93,12 +93,15 @@ def compare_io(
     progress: Progress = ignore,
     base: ProbeConfig | None = None,
 ) -> Comparison:
-    """Run the probe once per model at the same N, and compare."""
+    """Run the probe once per model at the same N, and compare. A run interrupted
+    (SIGINT, SIGTERM) ends the comparison there: the next model is not started."""
     cfg = base or ProbeConfig()
     runs = []
     for model in MODELS:
         one = replace(cfg, target=connections, io_model=model, wake_samples=wake_samples)
         runs.append(_model_run(run(one, partial(_labelled, progress, model))))
+        if runs[-1].stop == "interrupted":
+            break
     models = tuple(runs)
     if any(m.stop != "target" for m in models):
         stops = ", ".join(f"{m.io_model}: {m.stop}" for m in models)

@@ -4,15 +4,13 @@ set inside it only, deleted at the end (and stale ones of dead runs swept first)
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 from tcpceiling.errors import InputError
 from tcpceiling.host import netns
+from tcpceiling.host.owned import own_name, owner_gone
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.config import check_sysctl_key
-
-PREFIX = "tcpceiling-"
 
 
 def sweep_stale(roots: Roots | None = None) -> list[str]:
@@ -22,10 +20,7 @@ def sweep_stale(roots: Roots | None = None) -> list[str]:
     if not netns.NETNS_RUN_DIR.is_dir():
         return removed
     for entry in netns.NETNS_RUN_DIR.iterdir():
-        if not entry.name.startswith(PREFIX):
-            continue
-        pid = entry.name[len(PREFIX) :].split("-")[0]
-        if pid.isdigit() and not (procfs / pid).exists():
+        if owner_gone(entry.name, procfs):
             netns.remove(entry.name)
             removed.append(entry.name)
     return removed
@@ -47,7 +42,7 @@ def private_netns(sysctls: tuple[tuple[str, str], ...]) -> Iterator[str]:
     """Create it and set its sysctls; delete it at the end. Enter it with
     tcpceiling.host.netns.inside(name) (forked workers inherit the thread's netns)."""
     sweep_stale()
-    name = f"{PREFIX}{os.getpid()}"
+    name = own_name()
     netns.create(name)
     try:
         with netns.inside(name):

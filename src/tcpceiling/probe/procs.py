@@ -43,6 +43,11 @@ class Reporter:
             data = data[os.write(self.fd, data) :]
 
 
+def die_with_parent(signum: int) -> None:
+    """prctl(2) PR_SET_PDEATHSIG: this process gets `signum` when its parent ends."""
+    _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
 def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
     """fork(); the child runs target(reporter) and exits; the parent gets a Child."""
     r, w = os.pipe()
@@ -54,7 +59,7 @@ def spawn(role: str, index: int, target: Callable[[Reporter], None]) -> Child:
             os.close(r)
             os.closerange(3, w)  # nothing of the coordinator's (other pipes, netlink) leaks
             os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            die_with_parent(signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,9 +15,11 @@ from typing import Literal
 
 from tcpceiling.errors import HostError
 from tcpceiling.host import parse
+from tcpceiling.host.owned import owner_gone
 from tcpceiling.host.roots import Roots
 
 Controller = Literal["memory", "pids"]
+CONTROLLERS: tuple[Controller, ...] = ("memory", "pids")
 LIMIT_FILE = {("memory", 1): "memory.limit_in_bytes", ("memory", 2): "memory.max",
               ("pids", 1): "pids.max", ("pids", 2): "pids.max"}  # fmt: skip
 REMOVE_TRIES, REMOVE_WAIT_S = 100, 0.05
@@ -68,6 +70,22 @@ def throwaway(roots: Roots, controller: Controller, limit: int, name: str) -> It
         yield group
     finally:
         _remove(group)
+
+
+def sweep_stale(roots: Roots) -> list[str]:
+    """Remove the cgroups a tour killed with SIGKILL left (tcpceiling-PID-..., PID
+    gone) under each controller's mount, the tasks still in them killed first."""
+    removed = []
+    for controller in CONTROLLERS:
+        found = mount(roots, controller)
+        if found is None:
+            continue
+        base, version = found
+        for path in sorted(base.glob("tcpceiling-*")):
+            if path.is_dir() and owner_gone(path.name, roots.procfs):
+                _remove(Group(path, version, controller))
+                removed.append(path.name)
+    return removed
 
 
 def _remove(group: Group) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Generic, TypeVar
 
 from tcpceiling.errors import HostError
+from tcpceiling.probe.procs import die_with_parent
 from tcpceiling.tour.cgroup import Group
 
 T = TypeVar("T")
@@ -70,11 +72,16 @@ class Child(Generic[T]):
 
 
 def _main(conn: Connection, fn: Callable[[], object], groups: tuple[Group, ...]) -> None:
+    """The child's run: a tour killed with SIGKILL sends it SIGTERM (prctl(2)
+    PR_SET_PDEATHSIG), so its probe removes what it made instead of running on."""
+    die_with_parent(signal.SIGTERM)
     for g in groups:
         g.add(os.getpid())
     try:
         conn.send(Done(fn()))
     except Exception as exc:  # the reason crosses back; the tour says it in one line
         conn.send(Failed(f"{type(exc).__name__}: {exc}"))
+    except KeyboardInterrupt:  # cancelled (SIGTERM) or Ctrl-C: its clean-up has run
+        pass
     finally:
         conn.close()

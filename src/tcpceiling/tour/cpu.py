@@ -10,12 +10,14 @@ from tcpceiling.analysis.model import build_scenarios
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.signals import unless_interrupted
 
 CONNECTIONS, RATE, HOLD_S = 1000, 20.0, 3.0
 
 
 def step() -> Step:
     r = run_probe(ProbeConfig(target=CONNECTIONS, message_rate=RATE, hold=HOLD_S, isolate=True))
+    unless_interrupted(r.stop.reason)
     t = r.traffic
     us = t.cpu_us_per_message if t else None
     result = analyze(build_scenarios("server", message_rate=RATE, cpu_us_per_message=us))

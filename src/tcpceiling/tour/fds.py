@@ -11,6 +11,7 @@ from tcpceiling.host.roots import Roots
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.signals import unless_interrupted
 
 NOFILE = 100
 
@@ -27,6 +28,7 @@ def levels(roots: Roots) -> tuple[tuple[str, str], ...]:
 
 def step(roots: Roots) -> Step:
     r = run_probe(ProbeConfig(target=None, worker_nofile=NOFILE, workers=1, isolate=True))
+    unless_interrupted(r.stop.reason)
     held_before = NOFILE - (r.predicted.ceiling or 0)
     how = f"analyze: nofile {NOFILE} less the worker's {held_before} open fds"
     predicted = Measure(r.predicted.ceiling, "connections", r.predicted.binding, how)

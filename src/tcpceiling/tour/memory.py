@@ -16,6 +16,7 @@ from tcpceiling.probe.result import ProbeResult
 from tcpceiling.tour.cgroup import Group, throwaway
 from tcpceiling.tour.child import Child
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.signals import unless_interrupted
 from tcpceiling.units import format_bytes
 
 MIB = 1 << 20
@@ -49,6 +50,7 @@ def step(roots: Roots, name: str) -> Step:
     with throwaway(roots, "memory", LIMIT, name) as group:
         cfg = ProbeConfig(target=None, cgroup_floor=FLOOR, workers=1, isolate=True)
         r = Child(partial(run_probe, cfg), (group,)).result(STEP_TIMEOUT_S)
+        unless_interrupted(r.stop.reason)
         oom = group.oom_kills()
         how = how_charged(group)
     per = charged(r)

@@ -10,6 +10,7 @@ from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
 from tcpceiling.probe.result import ProbeResult
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.signals import unless_interrupted
 
 LOW, HIGH = 60000, 60009
 PORT_RANGE = ("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")
@@ -28,6 +29,7 @@ def trial(name: str, sources: tuple[str, ...], ports: int) -> tuple[Trial, Probe
     cfg = ProbeConfig(target=None, sysctls=(PORT_RANGE,), sources=sources, sink_ports=ports,
                       isolate=True, workers=1)  # fmt: skip
     r = run_probe(cfg)
+    unless_interrupted(r.stop.reason)
     predicted = Measure(r.predicted.ceiling, "connections", r.predicted.binding,
                         "analyze, in the run's namespace")  # fmt: skip
     proven = Measure(r.established, "connections", r.stop.reason,

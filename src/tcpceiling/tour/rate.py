@@ -15,6 +15,7 @@ from tcpceiling.probe.churn import ChurnConfig, ChurnResult, run_churn
 from tcpceiling.tour.child import Child
 from tcpceiling.tour.model import Measure, Step, Trial
 from tcpceiling.tour.ports import PORT_RANGE
+from tcpceiling.tour.signals import unless_interrupted
 
 TW_REUSE = ("net.ipv4.tcp_tw_reuse", "0")  # 1 would let a client reuse after 1 s
 SECONDS = 62.0  # one TIME_WAIT period (60 s, TCP_TIMEWAIT_LEN) and a margin
@@ -30,6 +31,7 @@ def start() -> Child[ChurnResult]:
 
 def step(child: Child[ChurnResult], held: Trial) -> Step:
     r = child.result(TIMEOUT_S)
+    unless_interrupted(r.stop.reason)
     settings = [whatif.parse_setting(f"{k}={v}") for k, v in (PORT_RANGE, TW_REUSE)]
     s = analyze(build_scenarios("client"), settings=settings).scenarios[0]
     rate = Trial(

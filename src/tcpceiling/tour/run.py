@@ -4,15 +4,17 @@ runs its minute in a child while the others go on."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from tcpceiling.host import netns as netns_mod
+from tcpceiling.host.owned import own_name
 from tcpceiling.host.read import read_net, read_system
 from tcpceiling.host.roots import Roots
-from tcpceiling.tour import cpu, fds, memory, ports, rate, threads
+from tcpceiling.probe import isolate
+from tcpceiling.signals import ended_by_signal
+from tcpceiling.tour import cgroup, cpu, fds, memory, ports, rate, threads
 from tcpceiling.tour.model import Step, TourResult
 from tcpceiling.tour.table import HostFacts, resources
 
@@ -32,10 +34,17 @@ def facts(roots: Roots) -> HostFacts:
 def tour(
     roots: Roots | None = None, on_step: Callable[[Step], None] = lambda _s: None
 ) -> TourResult:
-    """Every step, in order; on_step is called as each one ends (the CLI prints it)."""
+    """Every step, in order; on_step is called as each one ends (the CLI prints it).
+    SIGINT or SIGTERM ends it (KeyboardInterrupt) with everything it made removed."""
     roots = roots or Roots()
     netns_mod.require_root("tour")
-    name = f"tcpceiling-tour-{os.getpid()}"
+    with ended_by_signal():
+        sweep_stale(roots)
+        return _tour(roots, on_step)
+
+
+def _tour(roots: Roots, on_step: Callable[[Step], None]) -> TourResult:
+    name = own_name("tour")
     t0 = time.monotonic()
     churn = rate.start()
     steps: list[Step] = []
@@ -51,6 +60,11 @@ def tour(
         churn.cancel()
     done = tuple(steps)
     return TourResult(done, resources(done, facts(roots)), round(time.monotonic() - t0, 2))
+
+
+def sweep_stale(roots: Roots) -> list[str]:
+    """What a tour (or a probe) killed with SIGKILL left: its namespaces, its cgroups."""
+    return isolate.sweep_stale(roots) + cgroup.sweep_stale(roots)
 
 
 def _threads(roots: Roots, name: str) -> Step:

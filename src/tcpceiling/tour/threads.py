@@ -19,14 +19,19 @@ from tcpceiling.probe.compare import Comparison, compare_io
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.tour.cgroup import throwaway
 from tcpceiling.tour.model import Measure, Step, Trial
+from tcpceiling.tour.signals import unless_interrupted
 
 CONNECTIONS = 2000
 PIDS_MAX = 64
 #: A thread per connection, each blocked in recv(); prints its port once it listens,
-#: then "thread N" per thread started, and "EAGAIN N" when one cannot be.
+#: then "thread N" per thread started, and "EAGAIN N" when one cannot be. It dies with
+#: the tour (prctl(2) PR_SET_PDEATHSIG, SIGKILL), and without its "go" (the tour gone
+#: before the prctl: end of file) it never listens.
 THREAD_SERVER = """
-import socket, sys, threading
-sys.stdin.readline()
+import ctypes, socket, sys, threading
+ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)
+if sys.stdin.readline() != "go\\n":
+    sys.exit(1)
 ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(256)
 print(ls.getsockname()[1], flush=True)
 n = 0
@@ -135,6 +140,8 @@ def _fill(server: subprocess.Popen[str], netns: str, port: int, most: int) -> tu
 
 def step(roots: Roots, netns: str) -> Step:
     c = compare_io(CONNECTIONS, wake_samples=100, base=ProbeConfig(isolate=True))
+    for m in c.models:
+        unless_interrupted(m.stop)
     return Step(
         "threads",
         "A thread per connection against one event loop, and the task limit",

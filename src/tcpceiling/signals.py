@@ -1,0 +1,28 @@
+"""SIGTERM ends a run as Ctrl-C does: both raise KeyboardInterrupt, so every `finally`
+and context manager on the way out runs (namespaces, cgroups, children removed). By
+default SIGTERM ends a Python process on the spot, leaving all of that behind."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ended_by_signal() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the body; as they were after.
+    Installed before anything is made, so no signal falls between the two."""
+    old = {s: signal.signal(s, _raise) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
