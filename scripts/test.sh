@@ -8,21 +8,25 @@ cd "$(dirname "$0")/.."
 # prometheus (it scrapes the exporter) and postgresql (its initdb lives in
 # /usr/lib/postgresql/VERSION/bin, where the tests find it; pg_ctlcluster, from
 # postgresql-common, says it is installed), and chromium, which renders the HTML
-# reports headless for the report tests; nftables and conntrack for the path tests
-# (NAT and firewall rules in namespaces the tests make; conntrack(8) is the reference);
+# reports headless for the report tests; nftables, iptables (its legacy backend) and
+# conntrack for the path tests (NAT and firewall rules in namespaces the tests make;
+# conntrack(8) is the reference);
 # systemd for systemd-analyze, which checks the shipped unit.
 # Packages install without starting their services (no systemd here; policy-rc.d
 # forbids it elsewhere): the tests start their own instances on free ports.
 # The servers live in /usr/sbin, which a minimal PATH lacks (their tests would skip).
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 need=()
-for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy memcached:memcached pgbouncer:pgbouncer sshd:openssh-server mariadbd:mariadb-server pg_ctlcluster:postgresql prometheus:prometheus chromium:chromium script:bsdutils nft:nftables conntrack:conntrack systemd-analyze:systemd; do
+for pair in ip:iproute2 prlimit:util-linux cc:gcc nginx:nginx redis-server:redis-server mosquitto:mosquitto haproxy:haproxy memcached:memcached pgbouncer:pgbouncer sshd:openssh-server mariadbd:mariadb-server pg_ctlcluster:postgresql prometheus:prometheus chromium:chromium script:bsdutils nft:nftables iptables-legacy:iptables conntrack:conntrack systemd-analyze:systemd; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
-  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  ours=""  # a policy-rc.d already there is the machine's: used, never removed
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && ours=1
+  fi
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  rm -f /usr/sbin/policy-rc.d
+  if [ -n "$ours" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "Running pip as the 'root'" || true
 ruff check .

@@ -24,7 +24,7 @@ import pytest
 from pyroute2 import netns as pyns
 
 from tcpceiling.errors import ParseError
-from tcpceiling.host import nat
+from tcpceiling.host import nat, rules
 from tcpceiling.host.roots import Roots
 from tests.conftest import IS_ROOT, cli_json, constraint, netns_sysctl, probe, run_cli
 
@@ -80,8 +80,12 @@ def three_namespaces() -> Iterator[Path3]:
 
 
 def masquerade(p: Path3, to: str) -> None:
-    """The NAT's rule toward the server side: `masquerade to :A-B` or `snat to ...`."""
+    """The NAT's rule toward the server side: `masquerade to :A-B` or `snat to ...`;
+    given as iptables words (`-j MASQUERADE ...`), a legacy iptables rule instead."""
     dev = next(d for d in _links(p.nat) if d.startswith("ns"))
+    if to.startswith("-j "):
+        legacy(p.nat, "-t", "nat", "-A", "POSTROUTING", "-o", dev, "-p", "tcp", *to.split())
+        return
     nft(
         p.nat,
         f"""table ip nat {{
@@ -90,6 +94,13 @@ def masquerade(p: Path3, to: str) -> None:
   }}
 }}""",
     )
+
+
+def legacy(ns: str, *rule: str) -> None:
+    """A legacy iptables rule (x_tables, which nft does not list) in namespace ns."""
+    if shutil.which("iptables-legacy") is None:
+        pytest.skip("needs iptables-legacy (`.ci/run` installs iptables)")
+    subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy", *rule], check=True)
 
 
 def _links(ns: str) -> list[str]:
@@ -178,7 +189,7 @@ def flush_conntrack(ns: str) -> None:
                    capture_output=True)  # fmt: skip
 
 
-def two_sources(p: Path3, rule: nat.NatRule) -> tuple[str, str]:
+def two_sources(p: Path3, rule: rules.NatRule) -> tuple[str, str]:
     """Two client addresses the NAT hashes to different NAT addresses (added to the
     client namespace)."""
     first = "198.18.5.2"
@@ -197,6 +208,7 @@ def two_sources(p: Path3, rule: nat.NatRule) -> tuple[str, str]:
     [
         ("masquerade to :60000-60099", (), 100),
         ("snat to 198.18.6.10-198.18.6.11:60000-60099", ("198.18.6.10", "198.18.6.11"), 200),
+        ("-j MASQUERADE --to-ports 60000-60099", (), 100),  # legacy iptables
     ],
 )
 def test_nat_ports_are_the_first_limit_on_the_path(
@@ -246,21 +258,31 @@ def test_nat_ports_are_the_first_limit_on_the_path(
                 sock.close()
 
 
-def test_a_firewall_connection_cap_names_the_rule() -> None:
+@pytest.mark.parametrize(
+    ("syntax", "words"),
+    [("nft", "ct count over 50"), ("iptables", "-m connlimit --connlimit-above 50")],
+)
+def test_a_firewall_connection_cap_names_the_rule(syntax: str, words: str) -> None:
     """The server's namespace caps connections to its port at 50 and rejects the rest
-    with a reset: analyze there predicts 50 (firewall); the probe from the client holds
-    50 and names the firewall and its rule. (doctor's row for the cap is tested on a
-    literal sample: a plain client right after the probe held 35 to 50 here, some of
-    the probe's flows still counted by the cap after conntrack -F, not understood.)"""
+    with a reset (nftables `ct count`, or legacy iptables' connlimit): analyze there
+    predicts 50 (firewall); the probe from the client holds 50 and names the firewall
+    and its rule. (doctor's row for the cap is tested on a literal sample: a plain
+    client right after the probe held 35 to 50 here, some of the probe's flows still
+    counted by the cap after conntrack -F, not understood.)"""
     with three_namespaces() as p, server(p.server):
-        nft(
-            p.server,
-            f"""table inet filter {{
+        if syntax == "iptables":
+            legacy(p.server, "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-m",
+                   "connlimit", "--connlimit-above", "50", "--connlimit-mask", "0", "-j",
+                   "REJECT", "--reject-with", "tcp-reset")  # fmt: skip
+        else:
+            nft(
+                p.server,
+                f"""table inet filter {{
   chain input {{ type filter hook input priority filter; policy accept;
     tcp dport {PORT} ct state new ct count over 50 reject with tcp reset
   }}
 }}""",
-        )
+            )
         a = cli_json("analyze", "--netns", p.server, "--role", "server", "--listen",
                      f"{SERVER}:{PORT}")  # fmt: skip
         s = a["scenarios"][0]
@@ -270,7 +292,7 @@ def test_a_firewall_connection_cap_names_the_rule() -> None:
             "--path-netns", p.server, "--check", "none", "--check-timeout", "0.5",
         )  # fmt: skip
         assert code == 1 and r["stop"]["reason"] == "firewall", r["stop"]
-        assert "ct count over 50" in r["stop"]["detail"]
+        assert words in r["stop"]["detail"]
         assert r["outcomes"]["established"] == 50
 
 
@@ -366,9 +388,9 @@ KERNEL_CHOSE = {
 def test_the_nat_address_is_the_kernels_hash() -> None:
     """find_best_ips_proto's jhash2 of the source, seeded by the destination: the same
     choice the kernel made for ten client addresses; `persistent` drops the seed."""
-    rule = nat.NatRule("snat", nat.Match(), ("198.18.6.10", "198.18.6.11"), (60000, 60099), (),
+    rule = rules.NatRule("snat", rules.Match(), ("198.18.6.10", "198.18.6.11"), (60000, 60099), (),
                        "table ip nat")  # fmt: skip
     got = {src: nat.nat_address_for(rule, src, SERVER) for src in KERNEL_CHOSE}
     assert got == KERNEL_CHOSE
-    masq = nat.NatRule("masquerade", nat.Match(), (), None, (), "")
+    masq = rules.NatRule("masquerade", rules.Match(), (), None, (), "")
     assert nat.nat_address_for(masq, "198.18.5.3", SERVER) is None

@@ -3,7 +3,8 @@ connection caps, and the conntrack flows that use them.
 
 The rules come from `nft -j list ruleset` (libnftables' JSON, nft(8) and
 libnftables-json(5); iptables-nft rules are nftables rules too), read in the
-namespace analysed; with a fixture root, from NFT_FIXTURE beside its proc tree. The
+namespace analysed; with a fixture root, from NFT_FIXTURE beside its proc tree; then
+legacy iptables' (tcpceiling.host.iptables). The
 flows come from /proc/thread-self/net/nf_conntrack of the namespace (one line per flow, its
 original and reply tuples; net/netfilter/nf_conntrack_standalone.c).
 
@@ -26,108 +27,15 @@ import subprocess
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tcpceiling.errors import ParseError
+from tcpceiling.host import iptables
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
+from tcpceiling.host.rules import ConnCap, Match, NatRule, Ruleset, expand_addresses
 
 NFT_FIXTURE = "nft.json"
-DEFAULT_NAT_PORTS = 65535 - 1024 + 1  # the search range for a client port >= 1024
-NatKind = Literal["masquerade", "snat"]
-
-
-@dataclass(frozen=True)
-class Match:
-    """What a rule's matches select (None: anything)."""
-
-    oifname: str | None = None
-    daddr: str | None = None  # an address or a prefix
-    dport: int | None = None
-    tcp: bool = True  # l4proto tcp, or no protocol match at all
-
-    def covers(self, host: str, port: int, oifname: str | None = None) -> bool:
-        """Does a TCP flow to host:port (leaving by oifname, when known) match?"""
-        if not self.tcp or (self.dport is not None and self.dport != port):
-            return False
-        if self.oifname is not None and oifname is not None and self.oifname != oifname:
-            return False
-        if self.daddr is None:
-            return True
-        try:
-            return ipaddress.ip_address(host) in ipaddress.ip_network(self.daddr, strict=False)
-        except ValueError:
-            return False
-
-
-@dataclass(frozen=True)
-class NatRule:
-    kind: NatKind
-    match: Match
-    addresses: tuple[str, ...]  # snat's; () for masquerade (the interface's address)
-    ports: tuple[int, int] | None  # an explicit `to :A-B`
-    flags: tuple[str, ...]
-    where: str  # "table ip nat chain postrouting handle 4"
-
-    @property
-    def ports_per_address(self) -> int:
-        if self.ports is None:
-            return DEFAULT_NAT_PORTS
-        return self.ports[1] - self.ports[0] + 1
-
-    @property
-    def address_count(self) -> int:
-        return max(1, len(self.addresses))
-
-    @property
-    def text(self) -> str:
-        to = ""
-        if self.addresses:
-            to = " to " + (
-                self.addresses[0]
-                if len(self.addresses) == 1
-                else f"{self.addresses[0]}-{self.addresses[-1]}"
-            )
-        if self.ports is not None:
-            to += f"{' to ' if not to else ''}:{self.ports[0]}-{self.ports[1]}"
-        flags = (" " + ",".join(self.flags)) if self.flags else ""
-        return f"{self.kind}{to}{flags} ({self.where})"
-
-
-@dataclass(frozen=True)
-class ConnCap:
-    """A firewall rule that caps connections: nftables `ct count over N`."""
-
-    limit: int
-    match: Match
-    verdict: str  # "reject with tcp reset", "drop"...
-    per_source: bool  # inside a meter or set keyed by the source address
-    where: str
-
-    @property
-    def text(self) -> str:
-        per = " per source address" if self.per_source else ""
-        return f"ct count over {self.limit}{per} {self.verdict} ({self.where})"
-
-
-@dataclass(frozen=True)
-class Ruleset:
-    nat: tuple[NatRule, ...] = ()
-    caps: tuple[ConnCap, ...] = ()
-
-    def nat_for(self, host: str, port: int, oifname: str | None = None) -> NatRule | None:
-        """The first source-NAT rule a TCP flow to host:port meets (nftables evaluates
-        postrouting rules in order; the first NAT verdict wins)."""
-        return next((r for r in self.nat if r.match.covers(host, port, oifname)), None)
-
-    def caps_for(self, port: int, host: str | None = None) -> tuple[ConnCap, ...]:
-        return tuple(
-            c
-            for c in self.caps
-            if c.match.covers(host or "0.0.0.0", port) or (host is None and c.match.dport == port)
-        )
-
-
 # -- which NAT address a flow gets ------------------------------------------------------
 
 
@@ -274,26 +182,6 @@ def _ports(value: Any) -> tuple[int, int] | None:
     return None
 
 
-def _addresses(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, dict) and "range" in value:
-        low, high = (ipaddress.ip_address(a) for a in value["range"])
-        if int(high) - int(low) > 65536:
-            raise ParseError(f"nft: a NAT address range of {int(high) - int(low) + 1} addresses")
-        return tuple(
-            str(ipaddress.ip_address(int(low) + i)) for i in range(int(high) - int(low) + 1)
-        )
-    if isinstance(value, dict) and "prefix" in value:  # nft lists A-B as a prefix when it is one
-        net = ipaddress.ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", False)
-        if net.num_addresses > 65536:
-            raise ParseError(f"nft: a NAT address prefix of {net.num_addresses} addresses")
-        return tuple(str(a) for a in net)
-    if isinstance(value, dict) and "set" in value:
-        return tuple(a for a in value["set"] if isinstance(a, str))
-    return ()
-
-
 def _nat(exprs: list[dict[str, Any]], match: Match, where: str) -> NatRule | None:
     for e in exprs:
         for kind in ("masquerade", "snat"):
@@ -302,7 +190,7 @@ def _nat(exprs: list[dict[str, Any]], match: Match, where: str) -> NatRule | Non
                 return NatRule(
                     kind=kind,
                     match=match,
-                    addresses=_addresses(body.get("addr")) if kind == "snat" else (),
+                    addresses=expand_addresses(body.get("addr")) if kind == "snat" else (),
                     ports=_ports(body.get("port")),
                     flags=_flags(body.get("flags")),
                     where=where,
@@ -385,7 +273,7 @@ def nat_flows(flows: Iterable[Flow]) -> Counter[tuple[str, str, int]]:
 
 @dataclass(frozen=True)
 class PathView:
-    """The NAT and firewall state of one namespace (None: nft is not there to ask)."""
+    """The NAT and firewall state of one namespace (None: no rules could be read)."""
 
     ruleset: Ruleset | None = None
     nat_in_use: dict[tuple[str, str, int], int] | None = None  # nat_flows
@@ -426,7 +314,16 @@ def nat_uses(view: PathView) -> tuple[NatUse, ...]:
 
 
 def read_ruleset(roots: Roots, netns: str | None) -> Ruleset | None:
-    """The namespace's ruleset; None when nft is not installed (or no fixture)."""
+    """The namespace's rules: nftables', then legacy iptables' (both hooks run, so
+    both count); None when neither can be read."""
+    nft, legacy = read_nft(roots, netns), iptables.read_legacy(roots, netns)
+    if nft is None or legacy is None:
+        return nft or legacy
+    return nft + legacy
+
+
+def read_nft(roots: Roots, netns: str | None) -> Ruleset | None:
+    """The namespace's nftables ruleset; None when nft is not installed (or no fixture)."""
     if not roots.live:
         path = roots.procfs.parent / NFT_FIXTURE
         return parse_ruleset(path.read_text()) if path.exists() else None

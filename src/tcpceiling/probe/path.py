@@ -12,6 +12,7 @@ from tcpceiling.host import nat
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import read_net_counters
 from tcpceiling.host.roots import Roots
+from tcpceiling.host.rules import NatRule
 from tcpceiling.probe.result import Stop
 
 CONNTRACK_KEYS = ("insert_failed", "drop", "early_drop", "clash_resolve")
@@ -60,7 +61,7 @@ def attribute(
     return None
 
 
-def _snat(rule: nat.NatRule, e: Endpoint, after: PathSample, d: dict[str, int]) -> Stop | None:
+def _snat(rule: NatRule, e: Endpoint, after: PathSample, d: dict[str, int]) -> Stop | None:
     capacity = rule.ports_per_address * rule.address_count
     used = after.view.in_use_toward(e.host, e.port)
     if used < capacity and not d.get("insert_failed") and not d.get("drop"):

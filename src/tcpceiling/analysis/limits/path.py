@@ -20,7 +20,8 @@ from typing import Any
 
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint, Endpoint
-from tcpceiling.host.nat import ConnCap, NatRule, Ruleset, nat_address_for
+from tcpceiling.host.nat import nat_address_for
+from tcpceiling.host.rules import ConnCap, NatRule, Ruleset
 
 
 def _destinations(ctx: Context) -> tuple[Endpoint, ...]:
