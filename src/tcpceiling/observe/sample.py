@@ -152,10 +152,12 @@ def service_pids(roots: Roots, service: str) -> tuple[int, ...]:
 def _process(roots: Roots, pid: int, threads_max: int) -> ProcessUse | None:
     try:
         view = read.read_process(roots, str(pid))
-        comm = (roots.procfs / str(pid) / "comm").read_text().strip()
         cg = read_cgroup(roots, view)
     except (OSError, ParseError, InputError):
         return None  # gone since it was listed
+    comm = read.read_comm(roots, pid)
+    if comm is None:
+        return None
     limit, name = (cg.pids_max, "pids.max") if cg.pids_max else (threads_max, "threads-max")
     return ProcessUse(
         pid, comm, view.open_fds, view.limits.nofile.soft, view.status.threads, limit, name

@@ -16,7 +16,7 @@ from typing import Any
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import ParseError
 from tcpceiling.host import sockets
-from tcpceiling.host.read import read_net_counters, read_process, socket_owners
+from tcpceiling.host.read import read_comm, read_net_counters, read_process, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.result import Stop, StopReason
 from tcpceiling.servers.model import AppLimit
@@ -65,8 +65,10 @@ def _counters(roots: Roots) -> dict[str, int]:
 def _process(pid: int, roots: Roots) -> ServerProcess | None:
     try:
         view = read_process(roots, str(pid))
-        name = (roots.procfs / str(pid) / "comm").read_text().strip()
     except (OSError, ParseError):
+        return None
+    name = read_comm(roots, pid)
+    if name is None:
         return None
     nofile = view.limits.nofile
     return ServerProcess(pid, name, view.open_fds, nofile.soft, nofile.hard)
