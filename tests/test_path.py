@@ -312,9 +312,34 @@ def test_nft_rules_parse_from_real_json() -> None:
 
 
 def test_conntrack_lines_count_the_nated_flows() -> None:
-    flows = nat.parse_conntrack(CONNTRACK)
-    assert len(flows) == 3  # the udp line is not a TCP flow
-    assert nat.nat_flows(flows) == {("198.18.6.1", SERVER, PORT): 2}
+    flows = nat.count_flows(CONNTRACK)
+    assert flows.total == 6  # the udp line is not a TCP flow
+    # NATed: the reply goes to 198.18.6.1, not to the source; the IPv6 flow is not NATed
+    assert flows.nat == {("198.18.6.1", SERVER, PORT): 4}
+    # a cap counts every flow to the port but those in TIME_WAIT or CLOSE
+    assert flows.live_by_port == {PORT: 4, 443: 1}
+
+
+@pytest.mark.parametrize(
+    ("line", "counted"),
+    [
+        ("ipv4 2 tcp 6 300 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 "
+         "src=10.0.0.2 dst=10.0.0.9 sport=80 dport=1 [ASSURED] mark=0 use=1", 1),
+        ("ipv4 2 tcp 6 300 SYN_SENT src=10.0.0.1 dst=10.0.0.2 sport=1 dport=80 "
+         "packets=1 bytes=60 [UNREPLIED] src=10.0.0.2 dst=10.0.0.9 sport=80 dport=1 "
+         "packets=0 bytes=0 mark=0 zone=3 use=1", 1),
+        ("ipv4 2 udp 17 30 src=10.0.0.1 dst=10.0.0.2 sport=1 dport=53 "
+         "src=10.0.0.2 dst=10.0.0.9 sport=53 dport=1 mark=0 use=1", 0),
+        ("ipv4 2 tcp 6 300 ESTABLISHED src=10.0.0.1 dst=10.0.0.2", 0),  # cut short
+        ("", 0),
+    ],
+)  # fmt: skip
+def test_conntrack_line_forms(line: str, counted: int) -> None:
+    """What the kernel prints between the tuples (nf_conntrack_acct's packets= bytes=,
+    [UNREPLIED]) and after them (zone=, [ASSURED]) does not hide a flow."""
+    flows = nat.count_flows(line + "\n")
+    assert flows.total == counted
+    assert flows.nat == ({("10.0.0.9", "10.0.0.2", 80): 1} if counted else {})
 
 
 CONNTRACK = """\
@@ -326,6 +351,12 @@ ipv4     2 tcp      6 431998 ESTABLISHED src=198.18.6.1 dst=198.18.6.2 sport=500
 src=198.18.6.2 dst=198.18.6.1 sport=9000 dport=50000 [ASSURED] mark=0 zone=0 use=2
 ipv4     2 udp      17 29 src=198.18.5.2 dst=198.18.6.2 sport=5353 dport=53 \
 src=198.18.6.2 dst=198.18.6.1 sport=53 dport=5353 mark=0 zone=0 use=2
+ipv4     2 tcp      6 116 SYN_SENT src=198.18.5.3 dst=198.18.6.2 sport=41003 dport=9000 \
+[UNREPLIED] src=198.18.6.2 dst=198.18.6.1 sport=9000 dport=60002 mark=0 zone=0 use=2
+ipv4     2 tcp      6 117 TIME_WAIT src=198.18.5.3 dst=198.18.6.2 sport=41004 dport=9000 \
+src=198.18.6.2 dst=198.18.6.1 sport=9000 dport=60003 [ASSURED] mark=0 zone=0 use=2
+ipv6     10 tcp      6 431999 ESTABLISHED src=2001:db8::1 dst=2001:db8::2 sport=40000 \
+dport=443 src=2001:db8::2 dst=2001:db8::1 sport=443 dport=40000 [ASSURED] mark=0 zone=0 use=2
 """
 
 #: `nft -j list ruleset` of nft 1.0.6, captured: the rules of the two live tests above;

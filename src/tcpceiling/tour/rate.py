@@ -21,9 +21,9 @@ TW_REUSE = ("net.ipv4.tcp_tw_reuse", "0")  # 1 would let a client reuse after 1 
 #: One TIME_WAIT period and what the timer adds: TCP_TIMEWAIT_LEN is 60 s, but the
 #: timer wheel fires a timer that far out at the next multiple of its level's
 #: granularity, 512 jiffies (2.048 s at HZ 250; kernel/time/timer.c,
-#: calc_wheel_index). Measured here: a port came back 61.44 to 62.01 s after its
-#: close, so a 62 s run sometimes saw no port come back at all. 64 s leaves the first
-#: cycles about 2 s to start on a loaded host.
+#: calc_wheel_index). Measured here: a port came back 61.43 to 62.01 s after its
+#: close (benchmarks/time_wait_length.py), so a 62 s run sometimes saw no port come
+#: back at all. 64 s leaves the first cycles about 2 s to start on a loaded host.
 SECONDS = 64.0
 TIMEOUT_S = SECONDS + 60
 
