@@ -77,6 +77,25 @@ def test_nat_rules_in_order_with_their_ports_and_addresses() -> None:
     assert not udp.match.tcp and not udp.match.covers("10.0.0.1", 80)
 
 
+def test_legacy_rules_are_shown_and_raised_in_their_own_words() -> None:
+    snat, masq, *_ = iptables.parse_save(SAVED_V4).nat
+    assert snat.text == (
+        "-j SNAT --to-source 198.18.1.1-198.18.1.2:1024-1033 --persistent "
+        "(iptables-legacy table nat chain POSTROUTING rule 1)"
+    )
+    assert masq.text.startswith("-j MASQUERADE --to-ports 60000-60099 --random-fully (")
+    assert rules.range_words("iptables", 100) == (
+        "-j MASQUERADE --to-ports 65436-65535 --random-fully"
+    )
+    assert rules.range_words("nft", 100) == "masquerade to :65436-65535 fully-random"
+    assert rules.addresses_words("iptables").startswith("-j SNAT --to-source A-B:1024-65535")
+    web, _ssh = iptables.parse_save(SAVED_V4).caps
+    assert web.raised(200) == (
+        "iptables-legacy table filter chain INPUT rule 1: a count of 200 or more "
+        "(iptables-legacy -R: the same rule with the new count)"
+    )
+
+
 def test_connlimit_caps_global_and_per_source() -> None:
     web, ssh = iptables.parse_save(SAVED_V4).caps  # --connlimit-upto ... ACCEPT caps nothing
     assert (web.limit, web.per_source, web.verdict, web.match.dport) == (

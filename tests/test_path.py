@@ -235,6 +235,10 @@ def test_nat_ports_are_the_first_limit_on_the_path(
         c = constraint(s, "snat_ports")
         assert s["binding"] == "snat_ports" and s["ceiling"] == expected, s["summary"]
         assert c["details"]["destinations"][0]["addresses"] == expected // 100
+        if to.startswith("-j "):  # a legacy rule: named, read and raised in its own words
+            assert c["source"].startswith("iptables-legacy-save"), c["source"]
+            assert "-j MASQUERADE --to-ports 60000-60099" in c["note"], c["note"]
+            assert "-j MASQUERADE --to-ports 1024-65535 --random-fully" in c["raise"]
         picks = [a for src in sources for a in ("--source-ip", src)]
         code, r = probe(
             "--netns", p.client, "--connect", f"{SERVER}:{PORT}", "--target", str(expected + 60),

@@ -110,10 +110,10 @@ def _nat(opts: dict[str, str], match: Match, where: str) -> NatRule | None:
     flags = tuple(f for f in ("random", "random-fully", "persistent") if f in opts)
     if opts.get("j") == "MASQUERADE":
         ports = port_range(opts["to-ports"]) if opts.get("to-ports") else None
-        return NatRule("masquerade", match, (), ports, flags, where)
+        return NatRule("masquerade", match, (), ports, flags, where, "iptables")
     if opts.get("j") == "SNAT" and opts.get("to-source"):
         addresses, ports = to_source(opts["to-source"])
-        return NatRule("snat", match, addresses, ports, flags, where)
+        return NatRule("snat", match, addresses, ports, flags, where, "iptables")
     return None
 
 

@@ -13,6 +13,32 @@ from tcpceiling.errors import ParseError
 
 DEFAULT_NAT_PORTS = 65535 - 1024 + 1  # the search range for a client port >= 1024
 NatKind = Literal["masquerade", "snat"]
+#: The language a rule is written in: nftables, or legacy iptables (x_tables)
+Syntax = Literal["nft", "iptables"]
+#: Where each syntax's rules are read (a constraint's source)
+SOURCE: dict[Syntax, str] = {"nft": "nft -j list ruleset", "iptables": "iptables-legacy-save"}
+LOWEST_EPHEMERAL, HIGHEST_PORT = 1024, 65535
+#: How a rule's count is raised, in each syntax
+REPLACE_HOW: dict[Syntax, str] = {
+    "nft": "nft replace rule ... handle",
+    "iptables": "iptables-legacy -R: the same rule with the new count",
+}
+
+
+def range_words(syntax: Syntax, ports: int) -> str:
+    """A source-NAT rule with a range of `ports` ports, at the top of the port space,
+    as written in `syntax` (random: against clashes between NATed flows)."""
+    low = HIGHEST_PORT - ports + 1
+    if syntax == "iptables":
+        return f"-j MASQUERADE --to-ports {low}-{HIGHEST_PORT} --random-fully"
+    return f"masquerade to :{low}-{HIGHEST_PORT} fully-random"
+
+
+def addresses_words(syntax: Syntax) -> str:
+    """A source-NAT rule over several NAT addresses A-B, each with every port."""
+    if syntax == "iptables":
+        return f"-j SNAT --to-source A-B:{LOWEST_EPHEMERAL}-{HIGHEST_PORT} --random-fully"
+    return f"snat to A-B:{LOWEST_EPHEMERAL}-{HIGHEST_PORT} fully-random"
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,7 @@ class NatRule:
     ports: tuple[int, int] | None  # an explicit `to :A-B`
     flags: tuple[str, ...]
     where: str  # "table ip nat chain postrouting handle 4"
+    syntax: Syntax = "nft"
 
     @property
     def ports_per_address(self) -> int:
@@ -59,6 +86,8 @@ class NatRule:
 
     @property
     def text(self) -> str:
+        if self.syntax == "iptables":
+            return f"{self._iptables_words()} ({self.where})"
         to = ""
         if self.addresses:
             to = " to " + (
@@ -71,6 +100,16 @@ class NatRule:
         flags = (" " + ",".join(self.flags)) if self.flags else ""
         return f"{self.kind}{to}{flags} ({self.where})"
 
+    def _iptables_words(self) -> str:
+        ports = f"{self.ports[0]}-{self.ports[1]}" if self.ports else ""
+        if self.kind == "masquerade":
+            words = "-j MASQUERADE" + (f" --to-ports {ports}" if ports else "")
+        else:
+            first, last = self.addresses[0], self.addresses[-1]
+            to = first if first == last else f"{first}-{last}"
+            words = f"-j SNAT --to-source {to}" + (f":{ports}" if ports else "")
+        return words + "".join(f" --{f}" for f in self.flags)
+
 
 @dataclass(frozen=True)
 class ConnCap:
@@ -82,7 +121,7 @@ class ConnCap:
     verdict: str  # "reject with tcp reset", "drop"...
     per_source: bool  # inside a meter or set keyed by the source address
     where: str
-    syntax: Literal["nft", "iptables"] = "nft"
+    syntax: Syntax = "nft"
 
     @property
     def text(self) -> str:
@@ -90,6 +129,10 @@ class ConnCap:
         words = (f"ct count over {self.limit}" if self.syntax == "nft"
                  else f"-m connlimit --connlimit-above {self.limit}")  # fmt: skip
         return f"{words}{per} {self.verdict} ({self.where})"
+
+    def raised(self, n: int) -> str:
+        """How to let `n` through: the same rule with the larger count."""
+        return f"{self.where}: a count of {n:,} or more ({REPLACE_HOW[self.syntax]})"
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,18 @@ from collections.abc import Callable
 
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint, ConstraintId
+from tcpceiling.host.rules import (
+    HIGHEST_PORT,
+    LOWEST_EPHEMERAL,
+    REPLACE_HOW,
+    addresses_words,
+    range_words,
+)
 from tcpceiling.tune.model import Change, Option, Raise, Requirement
 from tcpceiling.units import format_bytes
 
 #: PID_MAX_LIMIT on 64-bit (include/linux/threads.h): pid_max cannot go above it.
 PID_MAX_LIMIT = 4_194_304
-LOWEST_EPHEMERAL = 1024  # below it are the well-known ports
-HIGHEST_PORT = 65535
 Raiser = Callable[[Context, Constraint, int, int], Raise]
 
 
@@ -209,15 +214,13 @@ def snat_ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
         addresses = max(1, row["addresses"])
         ports = math.ceil(need / addresses)
         widest = HIGHEST_PORT - LOWEST_EPHEMERAL + 1
+        syntax = row.get("syntax", "nft")
         if ports <= widest:
-            how = (
-                f"a range of {ports:,} ports per NAT address, e.g. `masquerade to "
-                f":{HIGHEST_PORT - ports + 1}-{HIGHEST_PORT} fully-random`"
-            )
+            how = f"a range of {ports:,} ports per NAT address, e.g. `{range_words(syntax, ports)}`"
         else:
             how = (
                 f"{math.ceil(need / widest)} NAT addresses of {widest:,} ports each "
-                f"(`snat to A-B:{LOWEST_EPHEMERAL}-{HIGHEST_PORT} fully-random`)"
+                f"(`{addresses_words(syntax)}`)"
             )
         out.append(
             Requirement(
@@ -229,9 +232,11 @@ def snat_ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
 
 
 def firewall(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
-    """A `ct count over N` cap lets N through: N must be the goal at least."""
+    """A `ct count over N` (or connlimit) cap lets N through: N must be the goal at
+    least; the words in the rule's own syntax."""
     rule = c.details.get("rule", "the rule")
-    text = f"{rule}: raise the count to {nice(goal):,} or more (nft replace rule ... handle)"
+    how = REPLACE_HOW[c.details.get("syntax", "nft")]
+    text = f"{rule}: raise the count to {nice(goal):,} or more ({how})"
     return Raise(requirements=(Requirement("firewall", text),))
 
 

@@ -21,7 +21,15 @@ from typing import Any
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint, Endpoint
 from tcpceiling.host.nat import nat_address_for
-from tcpceiling.host.rules import ConnCap, NatRule, Ruleset
+from tcpceiling.host.rules import (
+    SOURCE,
+    ConnCap,
+    NatRule,
+    Ruleset,
+    Syntax,
+    addresses_words,
+    range_words,
+)
 
 
 def _destinations(ctx: Context) -> tuple[Endpoint, ...]:
@@ -44,6 +52,7 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
             {
                 "destination": str(d),
                 "rule": rule.text,
+                "syntax": rule.syntax,
                 "ports_per_address": rule.ports_per_address,
                 "addresses": addresses,
                 "rule_addresses": rule.address_count,
@@ -56,6 +65,7 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         return None
     capacity = sum(r["capacity"] for r in rows)
     used = sum(r["in_use"] for r in rows)
+    syntax: Syntax = rows[0]["syntax"]
     return Constraint(
         id="snat_ports",
         capacity=capacity,
@@ -64,10 +74,10 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         ceiling=sum(r["ceiling"] for r in rows),
         symptom="connect timeouts (SYNs dropped at the NAT); its conntrack stats count "
         "insert_failed and drop",
-        raise_="a wider port range in the NAT rule (`masquerade to :1024-65535`) or more NAT "
-        "addresses (`snat to A-B`), `fully-random` against clashes; or fewer flows per "
-        "destination (connection reuse, more destination addresses or ports)",
-        source=f"nft -j list ruleset; {ctx.proc('net/nf_conntrack')}",
+        raise_=f"a wider port range in the NAT rule (`{range_words(syntax, 64_512)}`) or more "
+        f"NAT addresses (`{addresses_words(syntax)}`); or fewer flows per destination "
+        "(connection reuse, more destination addresses or ports)",
+        source=f"{SOURCE[syntax]}; {ctx.proc('net/nf_conntrack')}",
         capacity_unit="NAT tuples",
         note=_note(rows[0], bool(ctx.scenario.sources)),
         details={"destinations": rows},
@@ -118,11 +128,18 @@ def firewall(ctx: Context, rules: Ruleset) -> Constraint | None:
         ceiling=capacity,
         symptom="past it the rule's verdict: "
         + ("a reset at connect (ECONNREFUSED)" if "reset" in cap.verdict else cap.verdict),
-        raise_=f"raise the rule's count (nft: replace the rule at {cap.where})",
-        source="nft -j list ruleset",
-        capacity_unit="connections (ct count)",
+        raise_=f"raise the rule's count: {cap.raised(capacity + 1)}",
+        source=SOURCE[cap.syntax],
+        capacity_unit="connections (ct count)"
+        if cap.syntax == "nft"
+        else "connections (connlimit)",
         note=note,
-        details={"rule": cap.text, "destination": str(dest), "per_source": cap.per_source},
+        details={
+            "rule": cap.text,
+            "destination": str(dest),
+            "per_source": cap.per_source,
+            "syntax": cap.syntax,
+        },
     )
 
 
