@@ -15,10 +15,19 @@ import shlex
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
-from tcpceiling.host.rules import ConnCap, Match, NatRule, Ruleset, expand_addresses
+from tcpceiling.host.rules import (
+    ConnCap,
+    Found,
+    Match,
+    NatRule,
+    Ruleset,
+    collect,
+    expand_addresses,
+)
 
 #: A fixture root's saved rules, beside its proc tree (both families in one file).
 FIXTURE = "iptables-legacy-save.txt"
@@ -32,8 +41,12 @@ REJECT_WITH = {"tcp-reset": "reject with tcp reset"}
 def parse_save(text: str, family: str = "ip") -> Ruleset:
     """iptables-save output -> the NAT rules of nat/POSTROUTING, in order, and the
     connlimit caps (`--connlimit-above N` with DROP or REJECT) of every chain."""
-    nat: list[NatRule] = []
-    caps: list[ConnCap] = []
+    return collect(_rules(text, family))
+
+
+def _rules(text: str, family: str) -> Iterator[Found]:
+    """What each `-A CHAIN ...` line is, numbered per chain as `iptables -L
+    --line-numbers` does."""
     table, numbers = "", Counter[str]()
     for line in text.splitlines():
         if line.startswith("*"):
@@ -46,13 +59,8 @@ def parse_save(text: str, family: str = "ip") -> Ruleset:
         where = f"{family}tables-legacy table {table} chain {chain} rule {numbers[chain]}"
         opts = options(words[2:])
         match = _match(opts)
-        found = _nat(opts, match, where) if (table, chain) == ("nat", "POSTROUTING") else None
-        if found is not None:
-            nat.append(found)
-        cap = _cap(opts, match, where)
-        if cap is not None:
-            caps.append(cap)
-    return Ruleset(tuple(nat), tuple(caps))
+        nat = _nat(opts, match, where) if (table, chain) == ("nat", "POSTROUTING") else None
+        yield nat, _cap(opts, match, where)
 
 
 def options(words: list[str]) -> dict[str, str]:

@@ -33,7 +33,15 @@ from tcpceiling.errors import ParseError
 from tcpceiling.host import iptables
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
-from tcpceiling.host.rules import ConnCap, Match, NatRule, Ruleset, expand_addresses
+from tcpceiling.host.rules import (
+    ConnCap,
+    Found,
+    Match,
+    NatRule,
+    Ruleset,
+    collect,
+    expand_addresses,
+)
 
 NFT_FIXTURE = "nft.json"
 # -- which NAT address a flow gets ------------------------------------------------------
@@ -121,23 +129,19 @@ def parse_ruleset(text: str) -> Ruleset:
         (c["family"], c["table"], c["name"]): c.get("hook")
         for c in (i["chain"] for i in items if "chain" in i)
     }
-    nat: list[NatRule] = []
-    caps: list[ConnCap] = []
-    for rule in (i["rule"] for i in items if "rule" in i):
-        hook = hooks.get((rule["family"], rule["table"], rule["chain"]))
-        where = (
-            f"table {rule['family']} {rule['table']} chain {rule['chain']} "
-            f"handle {rule.get('handle')}"
-        )
-        exprs: list[dict[str, Any]] = rule.get("expr", [])
-        match = _match(exprs)
-        found = _nat(exprs, match, where) if hook == "postrouting" else None
-        if found is not None:
-            nat.append(found)
-        cap = _cap(exprs, match, where)
-        if cap is not None:
-            caps.append(cap)
-    return Ruleset(tuple(nat), tuple(caps))
+    return collect(_rule(r, hooks) for r in (i["rule"] for i in items if "rule" in i))
+
+
+def _rule(rule: dict[str, Any], hooks: dict[tuple[str, str, str], str | None]) -> Found:
+    """One nft rule: a NAT rule when its chain hooks postrouting, and/or a cap."""
+    hook = hooks.get((rule["family"], rule["table"], rule["chain"]))
+    where = (
+        f"table {rule['family']} {rule['table']} chain {rule['chain']} handle {rule.get('handle')}"
+    )
+    exprs: list[dict[str, Any]] = rule.get("expr", [])
+    match = _match(exprs)
+    return (_nat(exprs, match, where) if hook == "postrouting" else None,
+            _cap(exprs, match, where))  # fmt: skip
 
 
 def _match(exprs: list[dict[str, Any]]) -> Match:

@@ -6,6 +6,7 @@ caps. The nftables reader (tcpceiling.host.nat) and the legacy iptables reader
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -175,3 +176,15 @@ def expand_addresses(value: Any) -> tuple[str, ...]:
     if isinstance(value, dict) and "set" in value:
         return tuple(a for a in value["set"] if isinstance(a, str))
     return ()
+
+
+#: What one rule of a ruleset is: a source-NAT rule, a connection cap, both or neither
+Found = tuple["NatRule | None", "ConnCap | None"]
+
+
+def collect(found: Iterable[Found]) -> Ruleset:
+    """A ruleset from what each of its rules is, in the rules' order."""
+    pairs = list(found)
+    return Ruleset(
+        tuple(n for n, _c in pairs if n is not None), tuple(c for _n, c in pairs if c is not None)
+    )
