@@ -33,7 +33,7 @@ def tour_cmd(report_path: Path | None, as_json: bool) -> None:
     here step by step: the 4-tuple and its ports, file descriptors, a thread per
     connection against epoll, memory, CPU, and capacity against rate. Each step is
     predicted by analyze and proven with real connections, in namespaces and cgroups
-    of its own that it removes (root; about 80 s, the last minute waiting out
+    of its own that it removes (root; about 65 s, the last minute waiting out
     TIME_WAIT)."""
     report_target(report_path)
     if os.geteuid() != 0:  # before the probe's modules load
