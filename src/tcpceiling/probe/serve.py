@@ -71,13 +71,13 @@ def serve(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     kids = Children()
     lines = budget.cgroup_lines(Roots(), None)
-    for i in range(shards):
-        plan = SinkPlan(i, eps, backlog, mode, cgroup_lines=lines)
-        kids.spawn("sink", partial(run_sink, plan))
-    t0 = time.monotonic()
-    report(RunProgress("serving", 0, None, 0.0))
     guard = ""
-    try:
+    try:  # a shard that failed to start still releases those that did
+        for i in range(shards):
+            plan = SinkPlan(i, eps, backlog, mode, cgroup_lines=lines)
+            kids.spawn("sink", partial(run_sink, plan))
+        t0 = time.monotonic()
+        report(RunProgress("serving", 0, None, 0.0))
         while not stop["flag"] and (duration is None or time.monotonic() - t0 < duration):
             kids.pump()
             if kids.died is not None:  # a shard crashed or exited
