@@ -108,6 +108,19 @@ def test_connlimit_caps_global_and_per_source() -> None:
     assert (ssh.limit, ssh.per_source, ssh.verdict, ssh.match.dport) == (3, True, "drop", 22)
 
 
+def test_rules_are_numbered_per_table_and_chain() -> None:
+    """INPUT of nat and INPUT of filter are two chains: each rule's number is its place
+    in its own (what `iptables -t TABLE -L CHAIN --line-numbers` shows)."""
+    saved = (
+        "*nat\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n-A INPUT -s 10.0.0.2/32 -j ACCEPT\nCOMMIT\n"
+        "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n"
+        "-A INPUT -p tcp -m tcp --dport 80 -m connlimit --connlimit-above 9 "
+        "--connlimit-mask 0 --connlimit-saddr -j DROP\nCOMMIT\n"
+    )
+    (cap,) = iptables.parse_save(saved).caps
+    assert cap.where == "iptables-legacy table filter chain INPUT rule 2"
+
+
 def test_ipv6_rules() -> None:
     rules = iptables.parse_save(SAVED_V6, "ip6")
     (snat,) = rules.nat

@@ -45,21 +45,25 @@ def parse_save(text: str, family: str = "ip") -> Ruleset:
 
 
 def _rules(text: str, family: str) -> Iterator[Found]:
-    """What each `-A CHAIN ...` line is, numbered per chain as `iptables -L
-    --line-numbers` does."""
-    table, numbers = "", Counter[str]()
+    """What each `-A CHAIN ...` line is, numbered per table and chain as `iptables -L
+    --line-numbers` does. Only a line that can be a NAT rule or a cap is split into
+    words (kube-proxy's 20,000 rules: 0.8 s when each was)."""
+    table, numbers = "", Counter[tuple[str, str]]()
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
         if not line.startswith("-A "):
             continue
-        words = shlex.split(line)
-        chain = words[1]
-        numbers[chain] += 1
-        where = f"{family}tables-legacy table {table} chain {chain} rule {numbers[chain]}"
-        opts = options(words[2:])
+        chain = line.split(None, 2)[1]
+        numbers[(table, chain)] += 1
+        nat_chain = (table, chain) == ("nat", "POSTROUTING")
+        if not nat_chain and "--connlimit-above" not in line:
+            continue
+        where = (f"{family}tables-legacy table {table} chain {chain} "
+                 f"rule {numbers[(table, chain)]}")  # fmt: skip
+        opts = options(shlex.split(line)[2:])
         match = _match(opts)
-        nat = _nat(opts, match, where) if (table, chain) == ("nat", "POSTROUTING") else None
+        nat = _nat(opts, match, where) if nat_chain else None
         yield nat, _cap(opts, match, where)
 
 
