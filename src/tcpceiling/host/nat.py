@@ -233,7 +233,7 @@ def _cap(exprs: list[dict[str, Any]], match: Match, where: str) -> ConnCap | Non
 #: nf_conntrack_acct, `[UNREPLIED]`), and the reply tuple. Groups: state, source,
 #: destination, destination port, reply destination (the NAT's address when the flow
 #: is source-NATed). One C-level pass: 1,000,000 lines in about 1.5 s, where a split
-#: per line and a dict per flow took 7 s (benchmarks/conntrack_parse.py).
+#: per line and a dict per flow took 7 s (benchmarks/path_readers.py).
 FLOW = re.compile(
     r"^ipv[46]\s+\d+\s+tcp\s+\d+\s+\d+\s+(\S+)"
     r"\s+src=(\S+)\s+dst=(\S+)\s+sport=\d+\s+dport=(\d+)"

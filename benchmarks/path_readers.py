@@ -1,12 +1,15 @@
-"""How fast the NAT and firewall readers count a conntrack table of 1,000,000 flows.
+"""How fast the NAT and firewall readers are at production sizes: a conntrack table of
+1,000,000 flows, and a legacy iptables ruleset of 20,000 rules (kube-proxy's size on a
+large cluster).
 
-One command:  python benchmarks/conntrack_parse.py [--flows 1000000]
+One command:  python benchmarks/path_readers.py [--flows 1000000] [--rules 20000]
 
 A table that size cannot be made here without raising the host's
 nf_conntrack_max (262,144, global), so the text is built from lines of the form
 /proc/net/nf_conntrack prints (ESTABLISHED and NATed, SYN_SENT [UNREPLIED] with
 nf_conntrack_acct's counters, TIME_WAIT, UDP). Reference, in the same run: the
-least any line-by-line reader does, `line.split()` on every line. Not a test.
+least any line-by-line reader does, `line.split()` on every line. The ruleset is
+kube-proxy-like `-A KUBE-SEP-...` lines, with the same reference. Not a test.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import time
 from collections.abc import Callable
 
+from tcpceiling.host.iptables import parse_save
 from tcpceiling.host.nat import count_flows
 
 LINES = (
@@ -40,6 +44,17 @@ def table(n: int) -> str:
     )
 
 
+def ruleset(n: int) -> str:
+    rules = (
+        f"-A KUBE-SEP-{i:06X} -s 10.244.{(i >> 8) & 255}.{i & 255}/32 -m comment "
+        f'--comment "ns/svc{i}:http" -j KUBE-MARK-MASQ'
+        for i in range(n)
+    )
+    head = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+    tail = "-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"
+    return head + "\n".join(rules) + "\n" + tail
+
+
 def best(fn: Callable[[str], object], text: str, repeat: int = 3) -> float:
     times = []
     for _ in range(repeat):
@@ -56,7 +71,12 @@ def split_lines(text: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flows", type=int, default=1_000_000)
+    ap.add_argument("--rules", type=int, default=20_000)
     args = ap.parse_args()
+    rules = ruleset(args.rules)
+    ours, floor = best(parse_save, rules), best(split_lines, rules)
+    print(f"{args.rules:,} iptables rules: parse_save {ours * 1000:.0f} ms, "
+          f"split per line {floor * 1000:.0f} ms, ratio {ours / floor:.2f}")  # fmt: skip
     text = table(args.flows)
     ours, floor = best(count_flows, text), best(split_lines, text)
     counted = count_flows(text)
