@@ -10,12 +10,13 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tcpceiling.host import iptables, nat, rules
 from tcpceiling.host.roots import Roots
-from tests.conftest import IS_ROOT
+from tests.conftest import IS_ROOT, cli_json
 
 #: `iptables-legacy-save` (comment lines left out) after the rules it shows were added
 #: with iptables-legacy in a fresh namespace.
@@ -94,6 +95,38 @@ def test_legacy_rules_are_shown_and_raised_in_their_own_words() -> None:
         "iptables-legacy table filter chain INPUT rule 1: a count of 200 or more "
         "(iptables-legacy -R: the same rule with the new count)"
     )
+
+
+#: `nft -j list ruleset` (nft 1.0.6, captured) of Docker's rule on the nftables backend:
+#: `ip saddr 172.17.0.0/16 oifname != "docker0" masquerade`
+NFT_DOCKER = (
+    '{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", '
+    '"json_schema_version": 1}}, {"table": {"family": "ip", "name": "nat", "handle": 1}}, '
+    '{"chain": {"family": "ip", "table": "nat", "name": "postrouting", "handle": 1, '
+    '"type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}, {"rule": '
+    '{"family": "ip", "table": "nat", "chain": "postrouting", "handle": 2, "expr": [{"match": '
+    '{"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": '
+    '{"prefix": {"addr": "172.17.0.0", "len": 16}}}}, {"match": {"op": "!=", "left": {"meta": '
+    '{"key": "oifname"}}, "right": "docker0"}}, {"masquerade": null}]}}]}'
+)
+
+
+@pytest.mark.parametrize(
+    "ruleset",
+    [iptables.parse_save(SAVED_V4).nat[2:3], nat.parse_ruleset(NFT_DOCKER).nat],
+    ids=["iptables-legacy", "nft"],
+)
+def test_dockers_masquerade_covers_its_containers_flows_only(
+    ruleset: tuple[rules.NatRule, ...],
+) -> None:
+    """`-s 172.17.0.0/16` (`ip saddr`): a flow from a container is NATed by it, one
+    from the host's own address is not, one from an unknown source may be."""
+    (docker,) = ruleset
+    assert docker.match.saddr == "172.17.0.0/16"
+    found = rules.Ruleset(ruleset)
+    assert found.nat_for("198.18.0.7", 443, src="172.17.0.5") == docker
+    assert found.nat_for("198.18.0.7", 443, src="198.18.5.2") is None
+    assert found.nat_for("198.18.0.7", 443) == docker
 
 
 def test_connlimit_caps_global_and_per_source() -> None:
@@ -205,3 +238,22 @@ NFT_CAP = """table inet filter {
     tcp dport 9000 ct count over 5 reject with tcp reset
   }
 }"""
+
+
+def test_a_nat_rule_for_other_sources_does_not_bind_these_clients(legacy_netns: str) -> None:
+    """analyze --role nat in a namespace whose only NAT rule is for 10.99.0.0/16: the
+    rule's 10 ports bind clients from there, not clients from elsewhere; with the
+    clients unknown, it may apply and is counted."""
+    run = ["ip", "netns", "exec", legacy_netns, "iptables-legacy"]
+    subprocess.run([*run, "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-p", "tcp",
+                    "-j", "MASQUERADE", "--to-ports", "3000-3009"], check=True)  # fmt: skip
+
+    def snat(*sources: str) -> list[dict[str, Any]]:
+        picks = [a for s in sources for a in ("--source-ip", s)]
+        a = cli_json("analyze", "--netns", legacy_netns, "--role", "nat", "--connect",
+                     "198.18.6.2:9000", *picks)  # fmt: skip
+        return [c for c in a["scenarios"][0]["constraints"] if c["id"] == "snat_ports"]
+
+    assert [c["ceiling"] for c in snat()] == [10]
+    assert [c["ceiling"] for c in snat("10.99.0.5")] == [10]
+    assert snat("198.18.5.2") == []

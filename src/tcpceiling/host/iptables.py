@@ -94,6 +94,7 @@ def _match(opts: dict[str, str]) -> Match:
         daddr=opts.get("d") or None,
         dport=int(dport) if dport.isdigit() else None,
         tcp=opts.get("p", "all") in ("tcp", "6", "all"),
+        saddr=opts.get("s") or None,
     )
 
 

@@ -158,17 +158,22 @@ def _match(exprs: list[dict[str, Any]]) -> Match:
             fields[payload.get("field", "")] = right
             if payload.get("field") in ("sport", "dport"):
                 fields.setdefault("l4proto", payload.get("protocol"))
-    daddr = fields.get("daddr")
-    if isinstance(daddr, dict) and "prefix" in daddr:
-        daddr = f"{daddr['prefix']['addr']}/{daddr['prefix']['len']}"
     proto = fields.get("l4proto", fields.get("protocol"))
     dport = fields.get("dport")
     return Match(
         oifname=fields.get("oifname") if isinstance(fields.get("oifname"), str) else None,
-        daddr=daddr if isinstance(daddr, str) else None,
+        daddr=_prefix(fields.get("daddr")),
         dport=dport if isinstance(dport, int) else None,
         tcp=proto in (None, "tcp", 6),
+        saddr=_prefix(fields.get("saddr")),
     )
+
+
+def _prefix(value: Any) -> str | None:
+    """An address match's right side: an address, or {"prefix": {addr, len}}."""
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    return value if isinstance(value, str) else None
 
 
 def _flags(value: Any) -> tuple[str, ...]:

@@ -50,19 +50,30 @@ class Match:
     daddr: str | None = None  # an address or a prefix
     dport: int | None = None
     tcp: bool = True  # l4proto tcp, or no protocol match at all
+    saddr: str | None = None  # Docker's `-s 172.17.0.0/16`: only its containers' flows
 
-    def covers(self, host: str, port: int, oifname: str | None = None) -> bool:
-        """Does a TCP flow to host:port (leaving by oifname, when known) match?"""
+    def covers(
+        self, host: str, port: int, oifname: str | None = None, src: str | None = None
+    ) -> bool:
+        """Does a TCP flow to host:port (leaving by oifname, from src: each when known)
+        match?"""
         if not self.tcp or (self.dport is not None and self.dport != port):
             return False
         if self.oifname is not None and oifname is not None and self.oifname != oifname:
             return False
-        if self.daddr is None:
-            return True
-        try:
-            return ipaddress.ip_address(host) in ipaddress.ip_network(self.daddr, strict=False)
-        except ValueError:
+        if src is not None and not within(src, self.saddr):
             return False
+        return within(host, self.daddr)
+
+
+def within(address: str, prefix: str | None) -> bool:
+    """address in prefix (an address or a network); any address when prefix is None."""
+    if prefix is None:
+        return True
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(prefix, strict=False)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -145,10 +156,12 @@ class Ruleset:
         """Both rulesets' rules, this one's first (nftables, then legacy iptables)."""
         return Ruleset(self.nat + other.nat, self.caps + other.caps)
 
-    def nat_for(self, host: str, port: int, oifname: str | None = None) -> NatRule | None:
-        """The first source-NAT rule a TCP flow to host:port meets (nftables evaluates
-        postrouting rules in order; the first NAT verdict wins)."""
-        return next((r for r in self.nat if r.match.covers(host, port, oifname)), None)
+    def nat_for(
+        self, host: str, port: int, oifname: str | None = None, src: str | None = None
+    ) -> NatRule | None:
+        """The first source-NAT rule a TCP flow to host:port (from src, when known)
+        meets (postrouting rules are evaluated in order; the first NAT verdict wins)."""
+        return next((r for r in self.nat if r.match.covers(host, port, oifname, src)), None)
 
     def caps_for(self, port: int, host: str | None = None) -> tuple[ConnCap, ...]:
         return tuple(

@@ -42,7 +42,7 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         return None
     rows: list[dict[str, Any]] = []
     for d in ctx.scenario.connect:
-        rule = rules.nat_for(d.host, d.port)
+        rule = rules.nat_for(d.host, d.port, src=_source_toward(ctx, d))
         if rule is None:
             continue
         addresses = _addresses_used(rule, ctx.scenario.sources, d.host)
@@ -82,6 +82,15 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         note=_note(rows[0], bool(ctx.scenario.sources)),
         details={"destinations": rows},
     )
+
+
+def _source_toward(ctx: Context, d: Endpoint) -> str | None:
+    """The flows' source address toward d, when known: the clients behind a NAT
+    (--source-ip), or this client's own; a rule that matches other sources only
+    (Docker's `-s 172.17.0.0/16`) does not apply to them."""
+    if ctx.scenario.role == "nat":
+        return ctx.scenario.sources[0] if ctx.scenario.sources else None
+    return next((src for src, dst in ctx.tuples if dst == d and src), None)
 
 
 def _note(row: dict[str, Any], sources: bool) -> str:
