@@ -12,6 +12,9 @@ alone would call a container full whenever its page cache has grown to the limit
 
 from __future__ import annotations
 
+import functools
+import os
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,13 +59,56 @@ def _ancestors(path: str) -> list[str]:
 def _controller_dir(roots: Roots, process: ProcessView, name: str) -> tuple[Path, str, int] | None:
     """Mount directory, path inside it, and version for controller `name`."""
     if name in process.cgroups and (roots.cgroup / name).is_dir():
-        return roots.cgroup / name, process.cgroups[name], 1
+        mount = roots.cgroup / name
+        return mount, in_mount(roots, mount, name, process.cgroups[name]), 1
     v2_path = process.cgroups.get("")
     for mount in (roots.cgroup, roots.cgroup / "unified"):
         controllers = mount / "cgroup.controllers"
         if v2_path is not None and controllers.exists() and name in controllers.read_text().split():
-            return mount, v2_path, 2
+            return mount, in_mount(roots, mount, "", v2_path), 2
     return None
+
+
+def in_mount(roots: Roots, mount: Path, key: str, path: str) -> str:
+    """A process's cgroup path as /proc/PID/cgroup gives it (`key`: the v1 controller,
+    "" for v2), as a path inside `mount`. A reader in a cgroup namespace of its own
+    (a container's; cgroup_namespaces(7)) is given other processes' paths relative
+    to its namespace's root, `/../../kubepods/...`; in the host's hierarchy
+    (`--cgroupfs`, as the DaemonSet mounts it) they are under that root, which is
+    found once: where this process sits in the mount, less its own path."""
+    if not path.startswith("/..") or not roots.live:
+        return path
+    root = namespace_root(mount, key, roots.procfs)
+    return path if root is None else posixpath.normpath(posixpath.join(root, path.lstrip("/")))
+
+
+@functools.lru_cache(maxsize=8)
+def namespace_root(mount: Path, key: str, procfs: Path) -> str | None:
+    """This process's cgroup namespace's root as a path in `mount`: the directory
+    whose cgroup.procs lists our pid (the reader shares the host's pid namespace:
+    hostPID), less our own path as /proc/self/cgroup shows it. None when we are
+    not in the mount (another hierarchy)."""
+    own = parse.parse_proc_cgroup((procfs / "self" / "cgroup").read_text()).get(key)
+    pid = str(os.getpid())
+    for procs in mount.rglob("cgroup.procs"):
+        try:
+            if pid not in procs.read_text().split():
+                continue
+        except OSError:
+            continue
+        here = "/" + str(procs.parent.relative_to(mount)).removeprefix(".").strip("/")
+        return strip_suffix(here, own or "/")
+    return None
+
+
+def strip_suffix(here: str, own: str) -> str | None:
+    """`here` less the trailing `own` (both absolute cgroup paths); None when `own` is
+    not its tail. ("/k/pod/ctr", "/") -> "/k/pod/ctr"; ("/k/pod/ctr", "/ctr") -> "/k/pod"."""
+    if own == "/":
+        return here
+    if here != own and not here.endswith(own):
+        return None
+    return here[: -len(own)] or "/"
 
 
 def headroom(roots: Roots, process: ProcessView, name: str) -> tuple[Headroom, int] | None:
