@@ -18,16 +18,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 from tcpceiling.host import netns as netns_mod
+from tcpceiling.host import rules
 from tcpceiling.host.roots import Roots
-from tcpceiling.host.rules import (
-    ConnCap,
-    Found,
-    Match,
-    NatRule,
-    Ruleset,
-    collect,
-    expand_addresses,
-)
+from tcpceiling.host.rules import Found, Ruleset
 
 #: A fixture root's saved rules, beside its proc tree (both families in one file).
 FIXTURE = "iptables-legacy-save.txt"
@@ -41,7 +34,7 @@ REJECT_WITH = {"tcp-reset": "reject with tcp reset"}
 def parse_save(text: str, family: str = "ip") -> Ruleset:
     """iptables-save output -> the NAT rules of nat/POSTROUTING, in order, and the
     connlimit caps (`--connlimit-above N` with DROP or REJECT) of every chain."""
-    return collect(_rules(text, family))
+    return rules.collect(_rules(text, family))
 
 
 def _rules(text: str, family: str) -> Iterator[Found]:
@@ -87,9 +80,9 @@ def options(words: list[str]) -> dict[str, str]:
     return opts
 
 
-def _match(opts: dict[str, str]) -> Match:
+def _match(opts: dict[str, str]) -> rules.Match:
     dport = opts.get("dport", "")
-    return Match(
+    return rules.Match(
         oifname=opts.get("o") or None,
         daddr=opts.get("d") or None,
         dport=int(dport) if dport.isdigit() else None,
@@ -116,22 +109,22 @@ def to_source(text: str) -> tuple[tuple[str, ...], tuple[int, int] | None]:
     else:
         addr, ports = text, ""
     low, _, high = addr.partition("-")
-    addresses = expand_addresses({"range": [low, high]} if high else low)
+    addresses = rules.expand_addresses({"range": [low, high]} if high else low)
     return addresses, port_range(ports) if ports else None
 
 
-def _nat(opts: dict[str, str], match: Match, where: str) -> NatRule | None:
+def _nat(opts: dict[str, str], match: rules.Match, where: str) -> rules.NatRule | None:
     flags = tuple(f for f in ("random", "random-fully", "persistent") if f in opts)
     if opts.get("j") == "MASQUERADE":
         ports = port_range(opts["to-ports"]) if opts.get("to-ports") else None
-        return NatRule("masquerade", match, (), ports, flags, where, "iptables")
+        return rules.NatRule("masquerade", match, (), ports, flags, where, "iptables")
     if opts.get("j") == "SNAT" and opts.get("to-source"):
         addresses, ports = to_source(opts["to-source"])
-        return NatRule("snat", match, addresses, ports, flags, where, "iptables")
+        return rules.NatRule("snat", match, addresses, ports, flags, where, "iptables")
     return None
 
 
-def _cap(opts: dict[str, str], match: Match, where: str) -> ConnCap | None:
+def _cap(opts: dict[str, str], match: rules.Match, where: str) -> rules.ConnCap | None:
     """A cap: over N connections the rule drops or rejects. Grouped by source address
     (--connlimit-mask 32 or 128, the default) it caps each client; mask 0 (or grouped
     by destination) caps the port as a whole."""
@@ -140,7 +133,7 @@ def _cap(opts: dict[str, str], match: Match, where: str) -> ConnCap | None:
         return None
     verdict = "drop" if target == "DROP" else REJECT_WITH.get(opts.get("reject-with", ""), "reject")
     per_source = opts.get("connlimit-mask", "32") != "0" and "connlimit-daddr" not in opts
-    return ConnCap(int(above), match, verdict, per_source, where, "iptables")
+    return rules.ConnCap(int(above), match, verdict, per_source, where, "iptables")
 
 
 def read_legacy(roots: Roots, netns: str | None) -> Ruleset | None:
