@@ -9,8 +9,8 @@ SPEC is a kind with an optional argument:
   send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
                              \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
                              when the reply matches `expect`, refused when `refuse` does.
-The wire formats are in tcpceiling.probe.protocols; a server's own (redis, memcached,
-PostgreSQL) in its module of tcpceiling.servers.
+The wire formats are in tcpceiling.probe.protocols; a server's own in its module of
+tcpceiling.servers (registered in tcpceiling.servers.checks).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Literal, get_args
 from tcpceiling.errors import InputError
 from tcpceiling.probe import protocols as p
 from tcpceiling.probe.protocols import MAX_REPLY, Verdict, first_line
-from tcpceiling.servers import memcached, postgresql, redis
-from tcpceiling.servers.model import LineCheck
+from tcpceiling.servers.checks import LINE_CHECKS, WIRE_CHECKS
 
 __all__ = ["MAX_REPLY", "Check", "Held", "Kind", "Verdict", "first_line", "parse"]
 
@@ -37,9 +36,6 @@ FORMS = (
     "none, echo, http, redis, memcached, tls, postgres, websocket[:PATH], "
     "mqtt[:KEEPALIVE], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
-#: Line protocols, each given by its server's module: the request, the reply prefixes
-#: that serve and those that are the server's error.
-LINE_CHECKS: dict[str, LineCheck] = {"redis": redis.CHECK, "memcached": memcached.CHECK}
 _FIELD = re.compile(r",(?=(?:send|expect|refuse):)")
 
 
@@ -64,7 +60,7 @@ class Check:
     @property
     def served_means(self) -> str:
         """What this check counts as served, where that is not a plain reply."""
-        return postgresql.SERVED_MEANS if self.kind == "postgres" else ""
+        return WIRE_CHECKS[self.kind].served_means if self.kind in WIRE_CHECKS else ""
 
     # -- a new connection -------------------------------------------------------------
     def request(self, host: str) -> bytes:
@@ -72,6 +68,8 @@ class Check:
         fixed = {"echo": b"tcpceiling echo check\n", "send": self.send}
         if self.kind in LINE_CHECKS:
             return LINE_CHECKS[self.kind].request
+        if self.kind in WIRE_CHECKS:
+            return WIRE_CHECKS[self.kind].request
         if self.kind in fixed:
             return fixed[self.kind]
         if self.kind == "http":
@@ -80,8 +78,6 @@ class Check:
             return p.websocket_upgrade(host, self.path)
         if self.kind == "mqtt":
             return p.mqtt_connect(self.keep_alive)
-        if self.kind == "postgres":
-            return postgresql.pg_startup()
         return p.tls_client_hello() if self.kind == "tls" else b""
 
     def verdict(self, data: bytes, sent: bytes, again: bool = False) -> Verdict:
@@ -98,10 +94,11 @@ class Check:
         if k in LINE_CHECKS:
             line = LINE_CHECKS[k]
             return p.line_reply(data, line.served, line.refused)
+        if k in WIRE_CHECKS:
+            return WIRE_CHECKS[k].judge(data)
         judges = {
             "websocket": p.websocket_handshake,
             "mqtt": p.mqtt_connack,
-            "postgres": postgresql.postgres_reply,
             "http": p.http_status,
             "tls": p.tls_server_hello,
         }
@@ -116,12 +113,13 @@ class Check:
     # -- a held connection --------------------------------------------------------------
     def recheck(self, host: str) -> bytes | None:
         """What --check-every sends on a held connection; None when the check is a
-        one-time handshake (TLS, PostgreSQL startup, a banner)."""
+        one-time handshake (TLS, a server's own, a banner)."""
         if self.kind == "websocket":
             return p.ws_frame(p.WS_PING, b"tcpceiling")
         if self.kind == "mqtt":
             return p.MQTT_PINGREQ
-        if self.kind in ("tls", "postgres", "none") or (self.kind == "send" and not self.send):
+        one_time = self.kind in ("tls", "none") or self.kind in WIRE_CHECKS
+        if one_time or (self.kind == "send" and not self.send):
             return None
         return self.request(host)
 

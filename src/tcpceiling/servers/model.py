@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tcpceiling.host.roots import Roots
+from tcpceiling.probe.protocols import Verdict
 
 #: Where the limit was read: the running server, its command line, its config
 #: file, or the server's compiled-in default.
@@ -34,6 +36,18 @@ class LineCheck:
     request: bytes
     served: tuple[bytes, ...]
     refused: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class WireCheck:
+    """A server's own handshake as `probe --check` speaks it: the request sent once
+    on a new connection, the judge of the reply, and what counts as served where that
+    is not a plain reply. A one-time handshake: nothing is re-sent on a held
+    connection."""
+
+    request: bytes
+    judge: Callable[[bytes], Verdict]
+    served_means: str
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,7 @@ import struct
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.protocols import Verdict
 from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found, Source
-
-#: What `--check postgres` counts as served, said beside its result.
-SERVED_MEANS = (
-    "postgres: an authentication request counts as served: the postmaster forks "
-    "a backend for the connection before it asks for a password (none is sent)"
-)
+from tcpceiling.servers.model import AppLimit, Found, Source, WireCheck
 
 
 # -- PostgreSQL (protocol 3.0) -----------------------------------------------------------
@@ -49,6 +43,15 @@ def postgres_reply(data: bytes) -> Verdict:
         f[:1]: f[1:].decode("utf-8", "replace") for f in data[5 : 1 + length].split(b"\0") if f
     }
     return Verdict("error", f"{fields.get(b'S', 'ERROR')}: {fields.get(b'M', '')}".strip())
+
+
+#: `--check postgres`: a StartupMessage; an authentication request counts as served.
+CHECK = WireCheck(
+    pg_startup(),
+    postgres_reply,
+    "postgres: an authentication request counts as served: the postmaster forks "
+    "a backend for the connection before it asks for a password (none is sent)",
+)
 
 
 NAME = "postgresql"
