@@ -26,3 +26,18 @@ def ended_by_signal() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held off for the body, a clean-up that must finish; one
+    that came is raised after it as KeyboardInterrupt. The handlers as they were."""
+    came: list[int] = []
+    old = {s: signal.signal(s, lambda signum, _f: came.append(signum)) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if came:
+        raise KeyboardInterrupt

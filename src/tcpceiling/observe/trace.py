@@ -21,14 +21,12 @@ import errno
 import os
 import re
 import select
-import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
 from tcpceiling.errors import HostError
@@ -39,6 +37,7 @@ from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
 from tcpceiling.probe.errnos import constraint_for, name
+from tcpceiling.signals import deferred, ended_by_signal
 
 EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost
 EAGAIN = errno.EAGAIN
@@ -250,11 +249,12 @@ class Tracer:
         self.notes: list[str] = []
 
     def __enter__(self) -> Tracer:
-        """The SIGTERM handler goes in before the instance exists, and a signal (or an
-        error) at any point after leaves through __exit__: a SIGTERM between mkdir and
-        the handler would otherwise end the run by the default action, instance left."""
-        self._cleaning = self._pending = False
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        """SIGTERM ends the run as SIGINT does, from before the instance exists, and a
+        signal (or an error) at any point after leaves through __exit__: a SIGTERM
+        between mkdir and a handler would end the run by the default action, the
+        instance left behind."""
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(ended_by_signal())
         try:
             stale = remove_stale(self.base, self.procfs)
             if stale:
@@ -266,22 +266,13 @@ class Tracer:
             raise
         return self
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """SIGTERM ends the run as SIGINT does; during the removal either waits for its end."""
-        if self._cleaning:
-            self._pending = True
-            return
-        raise KeyboardInterrupt
-
     def __exit__(self, *_exc: object) -> None:
-        self._cleaning = True
+        """The instance removed, a signal during the removal waiting for its end."""
         try:
-            _remove(self.inst)
+            with deferred():
+                _remove(self.inst)
         finally:
-            for s, h in self._old.items():
-                signal.signal(s, h)
-        if self._pending:
-            raise KeyboardInterrupt
+            self._signals.close()
 
     def _enable(self) -> None:
         events = self.inst / "events"
