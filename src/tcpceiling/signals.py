@@ -41,3 +41,10 @@ def deferred() -> Iterator[None]:
             signal.signal(s, h)
     if came:
         raise KeyboardInterrupt
+
+
+def unless_interrupted(stop: str) -> None:
+    """A run inside another (a probe in a tour step) takes SIGINT and SIGTERM for
+    itself: it stops, cleans up and reports "interrupted". Its caller ends there too."""
+    if stop == "interrupted":
+        raise KeyboardInterrupt

@@ -9,8 +9,8 @@ from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import build_scenarios
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
-from tcpceiling.tour.signals import unless_interrupted
 
 CONNECTIONS, RATE, HOLD_S = 1000, 20.0, 3.0
 

@@ -10,8 +10,8 @@ from tcpceiling.host.read import read_process, read_system
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
-from tcpceiling.tour.signals import unless_interrupted
 
 NOFILE = 100
 

@@ -13,10 +13,10 @@ from tcpceiling.host.roots import Roots
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
 from tcpceiling.probe.result import ProbeResult
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.cgroup import Group, throwaway
 from tcpceiling.tour.child import Child
 from tcpceiling.tour.model import Measure, Step, Trial
-from tcpceiling.tour.signals import unless_interrupted
 from tcpceiling.units import format_bytes
 
 MIB = 1 << 20

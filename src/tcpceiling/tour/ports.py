@@ -9,8 +9,8 @@ from __future__ import annotations
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.coordinator import run as run_probe
 from tcpceiling.probe.result import ProbeResult
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
-from tcpceiling.tour.signals import unless_interrupted
 
 LOW, HIGH = 60000, 60009
 PORT_RANGE = ("net.ipv4.ip_local_port_range", f"{LOW} {HIGH}")

@@ -12,10 +12,10 @@ from tcpceiling.analysis import whatif
 from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import build_scenarios
 from tcpceiling.probe.churn import ChurnConfig, ChurnResult, run_churn
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.child import Child
 from tcpceiling.tour.model import Measure, Step, Trial
 from tcpceiling.tour.ports import PORT_RANGE
-from tcpceiling.tour.signals import unless_interrupted
 
 TW_REUSE = ("net.ipv4.tcp_tw_reuse", "0")  # 1 would let a client reuse after 1 s
 #: One TIME_WAIT period and what the timer adds: TCP_TIMEWAIT_LEN is 60 s, but the

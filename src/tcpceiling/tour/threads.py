@@ -17,9 +17,9 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.compare import Comparison, compare_io
 from tcpceiling.probe.config import ProbeConfig
+from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.cgroup import throwaway
 from tcpceiling.tour.model import Measure, Step, Trial
-from tcpceiling.tour.signals import unless_interrupted
 
 CONNECTIONS = 2000
 PIDS_MAX = 64
