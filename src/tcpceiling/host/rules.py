@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 from tcpceiling.errors import ParseError
 
-DEFAULT_NAT_PORTS = 65535 - 1024 + 1  # the search range for a client port >= 1024
 NatKind = Literal["masquerade", "snat"]
 #: The language a rule is written in: nftables, or legacy iptables (x_tables)
 Syntax = Literal["nft", "iptables"]
 #: Where each syntax's rules are read (a constraint's source)
 SOURCE: dict[Syntax, str] = {"nft": "nft -j list ruleset", "iptables": "iptables-legacy-save"}
 LOWEST_EPHEMERAL, HIGHEST_PORT = 1024, 65535
+#: The search range for a client port >= 1024, and the widest range a NAT rule can give
+DEFAULT_NAT_PORTS = HIGHEST_PORT - LOWEST_EPHEMERAL + 1
 #: How a rule's count is raised, in each syntax
 REPLACE_HOW: dict[Syntax, str] = {
     "nft": "nft replace rule ... handle",

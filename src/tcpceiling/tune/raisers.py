@@ -14,8 +14,7 @@ from collections.abc import Callable
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint, ConstraintId
 from tcpceiling.host.rules import (
-    HIGHEST_PORT,
-    LOWEST_EPHEMERAL,
+    DEFAULT_NAT_PORTS,
     REPLACE_HOW,
     addresses_words,
     range_words,
@@ -213,14 +212,13 @@ def snat_ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
         need = row["in_use"] + math.ceil(goal / max(1, len(c.details["destinations"])))
         addresses = max(1, row["addresses"])
         ports = math.ceil(need / addresses)
-        widest = HIGHEST_PORT - LOWEST_EPHEMERAL + 1
         syntax = row.get("syntax", "nft")
-        if ports <= widest:
+        if ports <= DEFAULT_NAT_PORTS:
             how = f"a range of {ports:,} ports per NAT address, e.g. `{range_words(syntax, ports)}`"
         else:
             how = (
-                f"{math.ceil(need / widest)} NAT addresses of {widest:,} ports each "
-                f"(`{addresses_words(syntax)}`)"
+                f"{math.ceil(need / DEFAULT_NAT_PORTS)} NAT addresses of "
+                f"{DEFAULT_NAT_PORTS:,} ports each (`{addresses_words(syntax)}`)"
             )
         out.append(
             Requirement(

@@ -22,6 +22,7 @@ from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint, Endpoint
 from tcpceiling.host.nat import nat_address_for
 from tcpceiling.host.rules import (
+    DEFAULT_NAT_PORTS,
     SOURCE,
     ConnCap,
     NatRule,
@@ -74,8 +75,9 @@ def snat_ports(ctx: Context, rules: Ruleset) -> Constraint | None:
         ceiling=sum(r["ceiling"] for r in rows),
         symptom="connect timeouts (SYNs dropped at the NAT); its conntrack stats count "
         "insert_failed and drop",
-        raise_=f"a wider port range in the NAT rule (`{range_words(syntax, 64_512)}`) or more "
-        f"NAT addresses (`{addresses_words(syntax)}`); or fewer flows per destination "
+        raise_="a wider port range in the NAT rule "
+        f"(`{range_words(syntax, DEFAULT_NAT_PORTS)}`) or more NAT addresses "
+        f"(`{addresses_words(syntax)}`); or fewer flows per destination "
         "(connection reuse, more destination addresses or ports)",
         source=f"{SOURCE[syntax]}; {ctx.proc('net/nf_conntrack')}",
         capacity_unit="NAT tuples",
