@@ -1,6 +1,12 @@
 """SIGTERM ends a run as Ctrl-C does: both raise KeyboardInterrupt, so every `finally`
 and context manager on the way out runs (namespaces, cgroups, children removed). By
-default SIGTERM ends a Python process on the spot, leaving all of that behind."""
+default SIGTERM ends a Python process on the spot, leaving all of that behind.
+
+The KeyboardInterrupt can be lost: raised where Python ignores exceptions (an
+at-fork hook such as logging's, a __del__), it is printed and dropped. Seen: a
+SIGTERM that landed while the tour forked a step's child, and the tour went on. So
+the signal is also remembered, and a run checks `raise_if_caught()` between its
+steps."""
 
 from __future__ import annotations
 
@@ -10,10 +16,19 @@ from collections.abc import Iterator
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals taken by ended_by_signal() in its body so far (process-wide, as handlers are)
+_caught: list[int] = []
 
 
-def _raise(_signum: int, _frame: FrameType | None) -> None:
+def _raise(signum: int, _frame: FrameType | None) -> None:
+    _caught.append(signum)
     raise KeyboardInterrupt
+
+
+def raise_if_caught() -> None:
+    """KeyboardInterrupt again for a signal whose first one was lost."""
+    if _caught:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -26,6 +41,7 @@ def ended_by_signal() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        _caught.clear()
 
 
 @contextlib.contextmanager
@@ -45,6 +61,8 @@ def deferred() -> Iterator[None]:
 
 def unless_interrupted(stop: str) -> None:
     """A run inside another (a probe in a tour step) takes SIGINT and SIGTERM for
-    itself: it stops, cleans up and reports "interrupted". Its caller ends there too."""
+    itself: it stops, cleans up and reports "interrupted". Its caller ends there too
+    (and for a signal of its own whose interrupt was lost)."""
     if stop == "interrupted":
         raise KeyboardInterrupt
+    raise_if_caught()

@@ -37,7 +37,7 @@ from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
 from tcpceiling.probe.errnos import constraint_for, name
-from tcpceiling.signals import deferred, ended_by_signal
+from tcpceiling.signals import deferred, ended_by_signal, raise_if_caught
 
 EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost
 EAGAIN = errno.EAGAIN
@@ -299,6 +299,7 @@ class Tracer:
         try:
             end = time.monotonic() + seconds
             while (now := time.monotonic()) < end:
+                raise_if_caught()
                 select.select([fd], [], [], min(0.2, end - now))
                 try:
                     chunk = os.read(fd, 1 << 16)

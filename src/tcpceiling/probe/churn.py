@@ -44,7 +44,7 @@ from tcpceiling.probe.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.result import Stop
 from tcpceiling.probe.sink import listener
 from tcpceiling.probe.worker import LINGER_RST, raise_nofile
-from tcpceiling.signals import ended_by_signal
+from tcpceiling.signals import ended_by_signal, raise_if_caught
 
 CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
@@ -472,7 +472,8 @@ class ChurnRun:
 
     def _tick(self, cfg: ChurnConfig, t0: float) -> None:
         """Cycles so far, against the run's duration (one step of a ramp at a time);
-        the memory guard."""
+        the memory guard; a signal whose interrupt was lost (in a fork) ends it here."""
+        raise_if_caught()
         self._guard()
         done = sum(w.churn.completed for w in self.kids.client_states if w.churn is not None)
         elapsed = time.monotonic() - t0

@@ -13,15 +13,17 @@ from tcpceiling.host.owned import own_name
 from tcpceiling.host.read import read_net, read_system
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import isolate
-from tcpceiling.signals import ended_by_signal
+from tcpceiling.signals import ended_by_signal, raise_if_caught
 from tcpceiling.tour import cgroup, cpu, fds, memory, ports, rate, threads
 from tcpceiling.tour.model import Step, TourResult
 from tcpceiling.tour.table import HostFacts, resources
 
 
 def timed(fn: Callable[[], Step]) -> Step:
+    """A step, timed; a signal whose interrupt was lost in it ends the tour here."""
     t0 = time.monotonic()
     s = fn()
+    raise_if_caught()
     return replace(s, seconds=round(time.monotonic() - t0, 2))
 
 
