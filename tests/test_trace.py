@@ -291,6 +291,57 @@ def test_a_killed_trace_leaves_an_instance_the_next_run_removes() -> None:
     assert any("stale" in n for n in json.loads(out)["notes"])
 
 
+#: Run in a private mount namespace where tracefs is not mounted (as on a new machine,
+#: whatever the host has): a trace that mounted it and was SIGKILLed leaves it mounted,
+#: the next run unmounts it; of two runs, the one that ends last unmounts.
+UNMOUNTED = """
+import subprocess, sys, time
+from pathlib import Path
+T = Path("/sys/kernel/tracing")
+subprocess.run(["umount", str(T)], capture_output=True)
+def mounted():
+    return any(l.split()[4] == str(T) for l in open("/proc/self/mountinfo"))
+def trace(seconds):
+    return subprocess.Popen([sys.executable, "-m", "tcpceiling", "trace", seconds],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def started(p):
+    for _ in range(100):
+        if (T / "instances" / f"tcpceiling-{p.pid}").is_dir():
+            return True
+        time.sleep(0.05)
+    return False
+print("before", mounted())
+killed = trace("30")
+print("started", started(killed))
+killed.kill(); killed.wait()
+print("after kill", mounted())
+print("next run", trace("0.2").wait(), mounted())
+first = trace("30")
+started(first)
+second = trace("1.5")
+started(second)
+first.terminate(); first.wait()
+print("first ended", mounted())
+print("second ended", second.wait(), mounted())
+"""
+
+
+@root_only
+def test_a_run_that_mounted_tracefs_leaves_it_unmounted_even_killed() -> None:
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", UNMOUNTED],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == [
+        "before False",
+        "started True",
+        "after kill True",  # SIGKILL: nothing could unmount
+        "next run 0 False",  # the next run removed its instance, then the mount
+        "first ended True",  # the mounter ended while another run of ours used it
+        "second ended 0 False",
+    ], done.stderr
+
+
 @root_only
 def test_sigterm_removes_the_instance() -> None:
     tr = subprocess.Popen([*TCPCEILING, "trace", "30"], stdout=subprocess.DEVNULL,
@@ -330,7 +381,12 @@ class SignalledWhileEnabling(trace.Tracer):
 @root_only
 def test_a_sigterm_inside_the_start_removes_the_instance_and_ends_the_run() -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), SignalledWhileEnabling(TRACEFS, Roots()):
+    roots = Roots()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        trace.mounted(TRACEFS, roots.procfs),  # a new machine has no tracefs mounted
+        SignalledWhileEnabling(TRACEFS, roots),
+    ):
         pytest.fail("the run went on after SIGTERM")
     assert ours() == [] and signal.getsignal(signal.SIGTERM) is before
 

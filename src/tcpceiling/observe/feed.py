@@ -36,7 +36,7 @@ class Feed:
     def __enter__(self) -> Feed:
         base = tracefs(self.roots)
         with self._stack as stack:
-            stack.enter_context(mounted(base))
+            stack.enter_context(mounted(base, self.roots.procfs))
             self.tracer = stack.enter_context(Tracer(base, self.roots, destinations=False))
             self._thread.start()
             self._stack = stack.pop_all()

@@ -32,7 +32,7 @@ from typing import Literal
 from tcpceiling.errors import HostError
 from tcpceiling.host import diag
 from tcpceiling.host import netns as netns_mod
-from tcpceiling.host.owned import PREFIX, own_name, owner_gone
+from tcpceiling.host.owned import PREFIX, own_name, owner, owner_gone
 from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
@@ -199,26 +199,71 @@ def tracefs(roots: Roots) -> Path:
     return path
 
 
+#: The last part of the name of an empty instance that marks a tracefs mount as made by
+#: a run of ours (tcpceiling-PID-mount): tracefs holds no file of ours but instances.
+MOUNT_MARK = "mount"
+
+
 @contextlib.contextmanager
-def mounted(path: Path) -> Iterator[None]:
-    """tracefs mounted at path for the body; unmounted after only if we mounted it."""
-    if (path / "instances").is_dir():
-        yield
-        return
+def mounted(path: Path, procfs: Path) -> Iterator[None]:
+    """tracefs mounted at `path` for the body, and unmounted after if a run of ours
+    mounted it. A run SIGKILLed cannot unmount, so our mount carries a mark (an
+    instance named tcpceiling-PID-mount, made at once after the mount); whichever run
+    of ours ends with no other of ours still running unmounts a marked mount, its
+    mark's run alive or not, and the host is as it was before the first. Signals
+    end the body as Ctrl-C does from before the mount (signals.ended_by_signal)."""
+    with ended_by_signal():
+        try:
+            if not (path / "instances").is_dir():
+                with deferred():
+                    _mount(path)
+            yield
+        finally:
+            with deferred():
+                unmount_if_last(path, procfs)
+
+
+def _mount(path: Path) -> None:
     done = subprocess.run(["mount", "-t", "tracefs", "nodev", str(path)], capture_output=True)
     if done.returncode != 0 or not (path / "instances").is_dir():
         raise HostError(f"tracefs is not mounted at {path} and could not be mounted")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(path)], capture_output=True)
+    (path / "instances" / own_name(MOUNT_MARK)).mkdir()
+
+
+def is_mark(name: str) -> bool:
+    return owner(name) is not None and name.split("-")[-1] == MOUNT_MARK
+
+
+def unmount_if_last(path: Path, procfs: Path) -> bool:
+    """Unmount tracefs when a run of ours mounted it (a mark is there) and no other
+    run of ours is still using it (no instance of ours whose run is alive, other
+    than this run's mark). An unmount that fails (busy: someone else reads it)
+    leaves a mark of this run's, for the next run to try again. True if unmounted."""
+    inst = path / "instances"
+    if not inst.is_dir():
+        return False
+    names = [p.name for p in inst.glob(f"{PREFIX}*")]
+    marks = [n for n in names if is_mark(n)]
+    mine = own_name(MOUNT_MARK)
+    live = [n for n in names if n != mine and not owner_gone(n, procfs)]
+    if not marks or live:
+        return False
+    for n in marks:
+        with contextlib.suppress(OSError):
+            (inst / n).rmdir()
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+        return True
+    with contextlib.suppress(OSError):
+        (inst / mine).mkdir()
+    return False
 
 
 def remove_stale(base: Path, procfs: Path) -> list[str]:
-    """Remove our instances whose run is gone (a run SIGKILLed leaves one)."""
+    """Remove our instances whose run is gone (a run SIGKILLed leaves one); a mount's
+    mark stays for `unmount_if_last`."""
     removed = []
     for inst in (base / "instances").glob(f"{PREFIX}*"):
-        if owner_gone(inst.name, procfs):
+        if owner_gone(inst.name, procfs) and not is_mark(inst.name):
             _remove(inst)
             removed.append(inst.name)
     return removed
@@ -349,7 +394,7 @@ class Tracer:
 def trace(seconds: float, roots: Roots | None = None) -> TraceResult:
     roots = roots or Roots()
     base = tracefs(roots)
-    with mounted(base), Tracer(base, roots) as t:
+    with mounted(base, roots.procfs), Tracer(base, roots) as t:
         queues = Overflows(roots)
         events, skipped = t.read(seconds)
         lost = skipped + t.overruns()
