@@ -64,6 +64,47 @@ class Found:
 
 
 @dataclass(frozen=True)
+class UpstreamServer:
+    """One address a proxy connects to for an upstream: an nginx `server` of an
+    `upstream {}` block (or a proxy_pass address), an HAProxy backend's `server` line,
+    resolved as the server resolved it (every address a name gives is a peer)."""
+
+    host: str
+    port: int
+    weight: int = 1
+    max_conns: int | None = None  # nginx max_conns, HAProxy per-server maxconn
+    #: the proxy's own source for this server: addresses it binds (() = the kernel's
+    #: choice), the port range it hands out itself (HAProxy source ADDR:LO-HI), and
+    #: whether bind() leaves the port to connect() (IP_BIND_ADDRESS_NO_PORT): then
+    #: each (source, server) has its own ports; else one pool per source address
+    sources: tuple[str, ...] = ()
+    port_range: tuple[int, int] | None = None
+    bind_no_port: bool = True
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a proxying listener sends its clients: a named group of servers (nginx
+    `upstream`, HAProxy `backend`) or one address, with the proxy's words for it."""
+
+    name: str
+    servers: tuple[UpstreamServer, ...]
+    #: idle connections kept open toward it per worker (nginx `keepalive N` with
+    #: HTTP/1.1 and no Connection: close; HAProxy http-reuse other than never):
+    #: 0 means each request opens a connection and the proxy closes it, leaving a
+    #: TIME_WAIT on the proxy's port
+    keepalive: int = 0
+    directive: str = ""  # how the configuration names it: "proxy_pass http://app"
+    #: 'split': the source addresses are chosen per client over a map (nginx
+    #: proxy_bind $var with split_clients), as opposed to one fixed address
+    sources_from: str = ""
+
+
+@dataclass(frozen=True)
 class AppLimit:
     """The server's own cap: how many connections it serves at once, and why."""
 
@@ -84,14 +125,17 @@ class AppLimit:
     nofile: int | None = None  # the serving process's soft RLIMIT_NOFILE
     known: bool = True  # False: no module of the registry recognised it
     evidence: str = ""  # the server's own words that it reached its cap (a log line...)
-    #: the arithmetic, for planning: capacity_at(value) = per_setting x (value - value //
-    #: kept_free_share) + offset (kept_free_share 0: none), and the fds it needs =
-    #: nofile_per_setting x value + nofile_offset
+    #: the arithmetic, for planning: capacity_at(value) = per_setting x ((value - value //
+    #: kept_free_share - own) // per_client) + offset (kept_free_share 0: none), and
+    #: the fds it needs = nofile_per_setting x value + nofile_offset. A proxy spends
+    #: per_client 2 of the setting on a client: its own connection and the upstream's
     per_setting: int = 1
     offset: int = 0
     kept_free_share: int = 0
     nofile_per_setting: int = 1
     nofile_offset: int = 0
+    own: int = 0
+    per_client: int = 1
 
     @property
     def fds_short(self) -> bool:
@@ -105,13 +149,14 @@ class AppLimit:
 
     def capacity_at(self, value: int) -> int:
         kept = value // self.kept_free_share if self.kept_free_share else 0
-        return self.per_setting * (value - kept) + self.offset
+        return self.per_setting * ((value - kept - self.own) // self.per_client) + self.offset
 
     def setting_for(self, connections: int) -> int:
         """The smallest setting that serves `connections` at once: the linear estimate,
-        then the steps the kept-free share's rounding asks for."""
+        then the steps the kept-free share's and per-client rounding ask for."""
         share = 1 - (1 / self.kept_free_share if self.kept_free_share else 0)
-        value = max(1, math.ceil((connections - self.offset) / (self.per_setting * share)))
+        linear = (connections - self.offset) * self.per_client / (self.per_setting * share)
+        value = max(1, math.ceil(linear + self.own / share))
         while value > 1 and self.capacity_at(value - 1) >= connections:
             value -= 1
         while self.capacity_at(value) < connections:
@@ -122,6 +167,10 @@ class AppLimit:
         return math.ceil(self.nofile_per_setting * value + self.nofile_offset)
 
     per_process: dict[int, int] = field(default_factory=dict)
+    #: a proxy: where this listener's clients are sent, each costing one connection
+    #: (and one port) toward it; the proxy's own words when it could not connect
+    upstreams: tuple[Upstream, ...] = ()
+    upstream_words: str = ""
 
 
 class ServerModule(Protocol):

@@ -5,8 +5,13 @@ worker_connections/16 are free it closes idle keep-alive connections to admit ne
 ones (ngx_drain_connections, src/core/ngx_connection.c: "worker_connections are not
 enough, reusing connections"). So each worker serves worker_connections - listeners
 - 1 - worker_connections/16 idle clients at once, and the server that many times its
-running workers. Each connection is an fd (two when proxying): the worker's nofile
-(worker_rlimit_nofile) must be at least worker_connections."""
+running workers. Each connection is an fd: the worker's nofile (worker_rlimit_nofile)
+must be at least worker_connections.
+
+A listener that proxies (servers.nginx_proxy) spends two connections on each client,
+its own and the one toward the upstream, and nothing is drained (a proxied request's
+connections are not idle keep-alive ones): a worker serves (worker_connections -
+listeners - 1) // 2 proxied clients at once."""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.servers import text
-from tcpceiling.servers.model import AppLimit, Found, Source
+from tcpceiling.servers import nginx_proxy, text
+from tcpceiling.servers.model import AppLimit, Found, Source, Upstream
 
 NAME = "nginx"
 DEFAULT_CONNECTIONS = 512  # src/event/ngx_event.c, ngx_event_core_init_conf
@@ -76,6 +81,14 @@ def master_args(cmdline: tuple[str, ...]) -> list[str]:
     return out
 
 
+def conf_path(args: list[str]) -> str:
+    """The -c file as the master was started with it (relative to -p's prefix)."""
+    conf = text.flag(args, "-c") or "/etc/nginx/nginx.conf"
+    if not conf.startswith("/"):
+        conf = (text.flag(args, "-p") or "/usr/share/nginx/").rstrip("/") + "/" + conf
+    return conf
+
+
 def dump_config(found: Found, roots: Roots) -> tuple[str, Source, str]:
     """`nginx -T` of the running binary with the master's options (the server reading
     its own configuration, includes and all); else the -c file as it is."""
@@ -90,9 +103,7 @@ def dump_config(found: Found, roots: Roots) -> tuple[str, Source, str]:
                 return done.stdout, "server", f"{exe} -T {' '.join(args)}".strip()
         except (OSError, subprocess.TimeoutExpired):
             pass
-    conf = text.flag(args, "-c") or "/etc/nginx/nginx.conf"
-    if not conf.startswith("/"):
-        conf = (text.flag(args, "-p") or "/usr/share/nginx/").rstrip("/") + "/" + conf
+    conf = conf_path(args)
     return text.host_file(roots, conf), "config", conf
 
 
@@ -100,10 +111,15 @@ def dump_config(found: Found, roots: Roots) -> tuple[str, Source, str]:
 LOG_TAIL = 1 << 16
 
 
-def last_complaint(log: str) -> str:
-    """The last 'worker_connections are not enough' line of an error log."""
-    lines = [ln for ln in log.splitlines() if "worker_connections are not enough" in ln]
+def last_complaint(log: str, words: str = "worker_connections are not enough") -> str:
+    """The last line of an error log that holds `words` (nginx's own at a limit)."""
+    lines = [ln for ln in log.splitlines() if words in ln]
     return lines[-1].strip() if lines else ""
+
+
+#: nginx's words when it cannot connect to an upstream (ngx_event_connect_peer logs
+#: connect()'s errno at crit; ngx_http_upstream_next "no live upstreams" at error)
+UPSTREAM_WORDS = "while connecting to upstream"
 
 
 def _tail(roots: Roots, path: str) -> str:
@@ -116,12 +132,24 @@ def _tail(roots: Roots, path: str) -> str:
         return ""
 
 
-def words(conf: str, roots: Roots) -> str:
+def words(conf: str, roots: Roots, about: str = "worker_connections are not enough") -> str:
     """nginx's own words at its cap, from the end of its error_log (the top-level
     one: the first error_log directive of the configuration). nginx logs them at
     warn (ngx_drain_connections): the default level, error, hides them."""
     path = _directive_first(conf, "error_log")
-    return last_complaint(_tail(roots, path.split()[0])) if path else ""
+    return last_complaint(_tail(roots, path.split()[0]), about) if path else ""
+
+
+def proxied(body: str, port: int, prefix: str) -> tuple[Upstream, ...]:
+    """Where the server listening on `port` sends its requests (its location `/`
+    first), each upstream once; () when it serves them itself."""
+    root = nginx_proxy.tree(body, prefix)
+    listener = nginx_proxy.listeners(root).get(port)
+    if listener is None:
+        return ()
+    ups = (nginx_proxy.upstream_for(root, loc) for loc in listener.locations)
+    unique = {u.name: u for u in ups if u is not None and u.servers}
+    return tuple(unique.values())
 
 
 def _directive_first(conf: str, name: str) -> str | None:
@@ -137,7 +165,16 @@ def read(found: Found, roots: Roots) -> AppLimit:
     if conf.worker_connections is None:
         source, detail = "default", "nginx default worker_connections"
     workers = [p for p in found.owners if p.ppid == found.main.pid] or [found.main]
-    per = max(0, wc - found.listeners - 1 - wc // DRAIN_SHARE)
+    prefix = conf_path(master_args(found.main.cmdline)).rpartition("/")[0] or "/etc/nginx"
+    upstreams = proxied(body, found.port, prefix)
+    own = found.listeners + 1
+    if upstreams:
+        per = max(0, (wc - own) // 2)
+        how = f"({wc} - {found.listeners} listener(s) - 1 channel) // 2 connections per " \
+            f"proxied client (its own and the upstream's)"
+    else:
+        per = max(0, wc - own - wc // DRAIN_SHARE)
+        how = f"({wc} - {found.listeners} listener(s) - 1 channel - {wc}/{DRAIN_SHARE} kept free)"
     nofile = min((w.nofile for w in workers if w.nofile is not None), default=None)
     return AppLimit(
         server=NAME,
@@ -149,18 +186,44 @@ def read(found: Found, roots: Roots) -> AppLimit:
         source_detail=detail,
         capacity=per * len(workers),
         in_use=found.established,
-        arithmetic=f"{len(workers)} worker(s) x ({wc} - {found.listeners} listener(s) - 1 "
-        f"channel - {wc}/{DRAIN_SHARE} kept free) = {per * len(workers)} "
-        "(ngx_drain_connections, src/core/ngx_connection.c)",
-        symptom=f"{wc} worker_connections are not enough, reusing connections",
+        arithmetic=f"{len(workers)} worker(s) x {how} = {per * len(workers)} "
+        + ("(ngx_event_connect_peer, src/event/ngx_event_connect.c)" if upstreams
+           else "(ngx_drain_connections, src/core/ngx_connection.c)"),
+        symptom=f"{wc} worker_connections are not enough"
+        + ("" if upstreams else ", reusing connections"),
         raise_=f"events {{ worker_connections {wc * 2}; }} and worker_rlimit_nofile "
-        f"{wc * 4} (2 fds per connection when proxying)",
+        f"{wc * 2}" + (" (each proxied client is 2 connections and 2 fds)" if upstreams else ""),
         check="http",
         nofile_needed=wc,
         nofile=nofile,
         per_setting=len(workers),
-        offset=-len(workers) * (found.listeners + 1),
-        kept_free_share=DRAIN_SHARE,
+        own=own,
+        per_client=2 if upstreams else 1,
+        kept_free_share=0 if upstreams else DRAIN_SHARE,
         evidence=words(body, roots),
         per_process={w.pid: per for w in workers},
+        upstreams=upstreams,
+        upstream_words=words(body, roots, UPSTREAM_WORDS) if upstreams else "",
+    )
+
+
+def upstream_fix(limit: AppLimit, up: Upstream) -> str:
+    """More ports toward `up`, in nginx's words: keep connections alive (a port per
+    busy connection, not per request), or bind more source addresses (each brings a
+    whole range toward every upstream address; nginx spreads clients over them with
+    split_clients)."""
+    sources = max(2, 2 * len(up.servers[0].sources)) if up.servers else 2
+    name = up.name if up.directive.endswith(f"//{up.name}") else "backend"
+    keepalive = (
+        f"upstream {name} {{ server {up.servers[0].address if up.servers else 'ADDR'}; "
+        "keepalive 64; } with proxy_http_version 1.1; and proxy_set_header Connection \"\";"
+        if not up.keepalive else ""
+    )
+    bind = (
+        "split_clients $remote_addr$remote_port $proxy_source { "
+        + " ".join(f"{100 // sources}% SRC{i};" for i in range(1, sources))
+        + f" * SRC{sources}; }} and proxy_bind $proxy_source; with {sources} local addresses"
+    )
+    return "; ".join(t for t in (keepalive, bind) if t) + (
+        "; or widen net.ipv4.ip_local_port_range"
     )
