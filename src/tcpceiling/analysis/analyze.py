@@ -249,7 +249,20 @@ def prepare(
     if roots.live:
         listens = tuple(dict.fromkeys(e for s in scenarios for e in s.listen))
         snap = replace(snap, servers=servers_behind(roots, pid, listens, netns))
+        snap = replace(snap, upstream_sockets=upstream_sockets(snap.servers, netns))
     return scenarios, snap, routes
+
+
+def upstream_sockets(
+    servers: tuple[AppLimit, ...], netns: str | None
+) -> sockets.SocketTable | None:
+    """The proxies' sockets toward their upstreams' addresses, selected by the kernel
+    (one condition per address), in the namespace the proxies run in."""
+    dests = sorted({(u.host, u.port) for s in servers for up in s.upstreams for u in up.servers})
+    if not dests:
+        return None
+    with netns_mod.inside(netns):
+        return sockets.read_live(dests)
 
 
 def servers_behind(

@@ -29,6 +29,8 @@ ConstraintId = Literal[
     "cpu",
     "cpu_churn",
     "app_limit",
+    "upstream_ports",
+    "upstream_time_wait",
     "snat_ports",
     "firewall",
 ]

@@ -16,6 +16,7 @@ from tcpceiling.analysis.limits import (
     ports,
     queues,
     tasks,
+    upstream,
 )
 from tcpceiling.analysis.model import Constraint
 
@@ -30,6 +31,7 @@ FAMILIES: tuple[tuple[str, Family], ...] = (
     ("conntrack", conntrack.evaluate),
     ("cpu", cpu.evaluate),
     ("app", app.evaluate),
+    ("upstream", upstream.evaluate),
     ("path", path.evaluate),
 )
 #: A host that forwards (a NAT, a firewall): only what it keeps per forwarded flow.

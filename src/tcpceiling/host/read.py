@@ -126,6 +126,8 @@ class HostSnapshot:
     servers: tuple[AppLimit, ...] = ()
     #: the namespace's NAT rules, connection caps and NATed flows (host.nat)
     path: PathView = field(default_factory=PathView)
+    #: a proxy's sockets toward its upstreams (read for their addresses only)
+    upstream_sockets: SocketTable | None = None
 
 
 def _read(path: Path, parser: Callable[[str], T]) -> T:

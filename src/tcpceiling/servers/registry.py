@@ -19,7 +19,7 @@ from tcpceiling.servers import (
     redis,
     sshd,
 )
-from tcpceiling.servers.model import AppLimit, Found, ServerModule
+from tcpceiling.servers.model import AppLimit, Found, ServerModule, Upstream
 
 MODULES: tuple[ServerModule, ...] = (
     nginx,
@@ -65,6 +65,19 @@ def unknown(found: Found) -> AppLimit:
 def app_limit(found: Found, roots: Roots) -> AppLimit:
     module = module_for(found)
     return module.read(found, roots) if module is not None else unknown(found)
+
+
+def raise_upstream(limit: AppLimit, up: Upstream) -> str:
+    """More ports toward an upstream, in the proxy's own words (its module's
+    `upstream_fix`), else in the kernel's."""
+    module = next((m for m in MODULES if limit.server == m.NAME), None)
+    fix = getattr(module, "upstream_fix", None)
+    if fix is not None:
+        return str(fix(limit, up))
+    return (
+        "widen net.ipv4.ip_local_port_range, give the proxy more source addresses "
+        "toward the upstream, or keep its upstream connections alive"
+    )
 
 
 def knows(comm: str) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.model import Constraint
-from tcpceiling.host.read import HostSnapshot
+from tcpceiling.host.read import HostSnapshot, NetView
 
 TIME_WAIT_SECONDS = 60  # TCP_TIMEWAIT_LEN, fixed (include/net/tcp.h)
 WIDE_RANGE = "net.ipv4.ip_local_port_range='1024 65535'"
@@ -26,21 +26,30 @@ def usable_ports(
 ) -> tuple[int, int, int, int]:
     """(range size, reserved in range, bind-held in range, usable) for one tuple, in
     ip_local_port_range or in another `port_range` (what a wider range would give)."""
-    net = snap.net
+    return usable_in(snap.net, snap.sockets.listen_ports, port_range)
+
+
+def usable_in(
+    net: NetView, listen_ports: frozenset[int], port_range: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """usable_ports from a namespace's values and its listeners' ports."""
     low, high = port_range or net.port_range
 
     def inside(ports: frozenset[int]) -> int:
         return sum(1 for p in ports if low <= p <= high)
 
     reserved = inside(net.reserved_ports)
-    held = inside(snap.sockets.listen_ports - net.reserved_ports)
+    held = inside(listen_ports - net.reserved_ports)
     size = high - low + 1
     return size, reserved, held, size - reserved - held
 
 
 def tw_reusable(ctx: Context, dst: str) -> bool:
     """tcp_tw_reuse 1 (any address) or 2 (loopback only) lets connect() reuse TIME_WAIT."""
-    mode = ctx.snap.net.tw_reuse
+    return tw_reusable_at(ctx.snap.net.tw_reuse, dst)
+
+
+def tw_reusable_at(mode: int, dst: str) -> bool:
     return mode == 1 or (mode == 2 and ipaddress.ip_address(dst).is_loopback)
 
 
