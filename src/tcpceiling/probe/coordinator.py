@@ -22,6 +22,7 @@ from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import attribution, budget, evidence, isolate, measure, outcome, path
+from tcpceiling.probe import upstream as proxy
 from tcpceiling.probe.children import Children
 from tcpceiling.probe.client import ClientPlan, run_client
 from tcpceiling.probe.config import ProbeConfig
@@ -59,6 +60,7 @@ class Run:
         self.slab_limit = 0
         self.budget: budget.MemoryBudget | None = None
         self.server_limit: AppLimit | None = None
+        self.proxy_at: proxy.Where | None = None  # the server, found in its namespace
         self.path_before: path.PathSample | None = None
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
@@ -336,8 +338,8 @@ class Run:
             if server_mode:
                 if self.cfg.path_netns:
                     self.path_before = path.sample(self.cfg.path_netns)
-                server_before = self._server_sample(plan)
                 self.server_limit = self._known_server(plan)
+                server_before = self._server_sample(plan)
             else:
                 self.start_sinks(plan)
                 self.server_prediction = self._predict_server(plan)
@@ -418,13 +420,30 @@ class Run:
 
     def _known_server(self, plan: Plan) -> AppLimit | None:
         """The server behind the first local endpoint, as tcpceiling.servers reads it
-        (its own setting and words explain a server-side stop)."""
+        (its own setting and words explain a server-side stop); else the server in
+        another network namespace of this host that holds the address."""
         local = [e for e in plan.endpoints if plan.routes.get(e, (None, False))[1]]
         found = find_listener(Roots(), local[0].host, local[0].port) if local else None
-        return app_limit(found, Roots()) if found is not None else None
+        if found is not None:
+            self.proxy_at = proxy.Where(None, local[0])
+            return app_limit(found, Roots())
+        elsewhere = None if local else proxy.locate(plan.endpoints, Roots())
+        if elsewhere is None:
+            return None
+        self.proxy_at, limit = elsewhere
+        self.notes.append(
+            f"the server on {self.proxy_at.endpoint} runs in another network namespace of "
+            f"this host ({limit.server}, pid {limit.pid}): its side was read there"
+        )
+        return limit
 
     def _server_sample(self, plan: Plan) -> evidence.ServerSample | None:
-        """The server side as this host sees it; None when no destination is local."""
+        """The server side as this host sees it, in the server's namespace; None when
+        no destination is on this host."""
+        where = self.proxy_at
+        if where is not None and where.pid is not None:
+            with proxy.entered(where, Roots()):
+                return evidence.sample((where.endpoint,), self.cfg.server_pid)
         if not any(local for _src, local in plan.routes.values()):
             return None
         return evidence.sample(plan.endpoints, self.cfg.server_pid)
@@ -447,9 +466,16 @@ class Run:
             found = path.attribute(stop.detail, self.path_before, after_path, endpoints)
             if found is not None:
                 return found
-        return evidence.attribute(
+        found = evidence.attribute(
             stop.detail, replies, before or empty, after or empty, silent, server
         )
+        reply = found.evidence.get("reply") or ""
+        if self.proxy_at is not None:
+            return proxy.attribute(found, reply, proxy.view(self.proxy_at, Roots()))
+        note = proxy.remote_note(reply, endpoints[0]) if endpoints else None
+        if note:
+            self.notes.append(note)
+        return found
 
     def _predict_server(self, plan: Plan) -> ScenarioResult | None:
         """The thread sink's own ceiling: analyze's server scenario with the sink

@@ -9,7 +9,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tcpceiling.host import diag, parse, sockets
+from tcpceiling.host import diag, parse, route, sockets
+from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import socket_inodes, socket_owners
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers.model import Found, ServerProcess
@@ -144,3 +145,40 @@ def found_all(
         mine = _endpoints(by_inode, (i for i, ps in holders.items() if main.pid in ps))
         groups[(main.pid, ln.port)] = Found(main, tuple(owners), ln.host, ln.port, mine)
     return list(groups.values())
+
+
+def namespaces(roots: Roots) -> dict[str, int]:
+    """One process per network namespace of the host, keyed by the namespace's link
+    (`net:[INODE]` of /proc/PID/ns/net): the lowest pid in each."""
+    seen: dict[str, int] = {}
+    for entry in os.scandir(roots.procfs):
+        if entry.name.isdigit():
+            try:
+                link = os.readlink(Path(entry.path) / "ns" / "net")
+            except OSError:
+                continue
+            seen.setdefault(link, int(entry.name))
+    return seen
+
+
+def find_elsewhere(roots: Roots, host: str, port: int) -> tuple[int, Found] | None:
+    """The server listening on host:port in another network namespace of this host
+    (a namespace where `host` is a local address), and a pid in that namespace to
+    enter it by; None when no namespace here holds it (a remote server)."""
+    try:
+        own = os.readlink(roots.procfs / "thread-self" / "ns" / "net")
+    except OSError:
+        own = ""
+    for link, pid in sorted(namespaces(roots).items(), key=lambda kv: kv[1]):
+        if link == own:
+            continue
+        try:
+            with netns_mod.of_process(pid, roots):
+                if not route.is_local(host):
+                    continue
+                found = find_listener(roots, host, port)
+        except OSError:
+            continue
+        if found is not None:
+            return pid, found
+    return None
