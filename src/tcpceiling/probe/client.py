@@ -36,6 +36,11 @@ REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
 TOP_UP_MOST = 64  # connections added one by one after a stop by evictions
+#: after a stop by refusals, the pause before adding one at a time: the server's
+#: answers to the last refused ones land and their connections close first
+FRONTIER_SETTLE = 0.5
+#: the failures that end adding one at a time after a stop by refusals (watch.py)
+REFUSALS = ("error_reply", "closed", "reset", "refused", "silent", "timeout", "evicted")
 FAST_BATCH = 256
 POLL_BAD = select.POLLERR | select.POLLHUP
 STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -453,6 +458,7 @@ class ClientWorker:
         at its top rather than just after a wave."""
         w = self._watch
         if not w.totals["evicted"]:
+            self._frontier()
             return
         self._add_one_by_one(lambda held: None)
         goal = w.best
@@ -463,21 +469,41 @@ class ClientWorker:
 
         self._add_one_by_one(lower_goal, lambda held: held >= goal)
 
+    def _frontier(self) -> None:
+        """After the server refused (or reset, or closed), what it holds at once, found
+        as a careful client would: its own traffic no longer competing with the cap
+        (connections opened while others were still being answered, or its refusals
+        still lingering in the server), settle, then add one connection at a time,
+        each settled and swept, until the first refusal. The most served at once is
+        then what the server holds, not what it held while the probe was still
+        opening (`best` keeps the higher of the two)."""
+        w = self._watch
+        refused = sum(w.totals[k] for k in REFUSALS)
+        if not refused or self.stopping or self.releasing:
+            return
+        time.sleep(FRONTIER_SETTLE)
+        self.drain(0)
+        self._add_one_by_one(lambda held: None, kinds=REFUSALS)
+
     def _add_one_by_one(
-        self, evicted: Callable[[int], None], enough: Callable[[int], bool] | None = None
+        self,
+        evicted: Callable[[int], None],
+        enough: Callable[[int], bool] | None = None,
+        kinds: tuple[str, ...] = ("evicted",),
     ) -> None:
         """One connection at a time, settled and swept, until `enough` (None: the
-        first eviction) or TOP_UP_MOST; `evicted` hears the count an addition evicted at."""
+        first failure of `kinds`) or TOP_UP_MOST; `evicted` hears the count an
+        addition failed at."""
         w = self._watch
         for _ in range(TOP_UP_MOST):
             held = w.verify()
             if self.releasing or (enough is not None and enough(held)):
                 return
-            before = w.totals["evicted"]
+            before = sum(w.totals[k] for k in kinds)
             if not self.open_one():
                 return
             self.finish_in_flight()
-            if w.totals["evicted"] > before:
+            if sum(w.totals[k] for k in kinds) > before:
                 evicted(held)
                 if enough is None:
                     return
