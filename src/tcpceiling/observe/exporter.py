@@ -160,6 +160,37 @@ def nat_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
     yield from (use, cap, fw, fw_cap)
 
 
+def upstream_metrics(s: Sample) -> Iterator[GaugeMetricFamily]:
+    """A known proxy's ports toward each server of its listeners' upstreams."""
+    labels = ["server", "listen", "upstream", "address"]
+    use = _gauge(
+        "upstream_ports_in_use",
+        "A proxy's sockets toward an upstream server (TIME_WAIT included): each holds a port.",
+        labels,
+    )
+    cap = _gauge(
+        "upstream_ports_limit",
+        "Ports the proxy may use toward that upstream server: source addresses x usable "
+        "ports (or its own range), capped by the server's max_conns/maxconn.",
+        labels,
+    )
+    tw = _gauge("upstream_ports_time_wait", "Of which in TIME_WAIT.", labels)
+    rate = _gauge(
+        "upstream_time_wait_rate_limit",
+        "Requests per second toward the upstream server that TIME_WAIT lets through "
+        "when the proxy closes each connection (ports / 60 s); absent with keep-alive.",
+        labels,
+    )
+    for u in s.upstreams:
+        key = [u.server, u.listen, u.upstream, u.address]
+        use.add_metric(key, u.used)
+        cap.add_metric(key, u.allowed)
+        tw.add_metric(key, u.time_wait)
+        if not u.keepalive:
+            rate.add_metric(key, u.time_wait_rate)
+    yield from (use, cap, tw, rate)
+
+
 def counter_metrics(s: Sample) -> Iterator[CounterMetricFamily]:
     for name, keys in COUNTERS.items():
         if all(k in s.counters for k in keys):
@@ -200,6 +231,7 @@ class SampleCollector(Collector):
             port_metrics,
             listener_metrics,
             server_metrics,
+            upstream_metrics,
             nat_metrics,
             counter_metrics,
         ):

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field, replace
 
 from tcpceiling.analysis.analyze import evaluate, prepare
-from tcpceiling.analysis.limits.ports import usable_ports
+from tcpceiling.analysis.limits.ports import TIME_WAIT_SECONDS, usable_ports
+from tcpceiling.analysis.limits.upstream import rows_for
 from tcpceiling.analysis.model import build_scenarios, total_ceiling
 from tcpceiling.errors import InputError, ParseError
+from tcpceiling.host import diag, parse, read, sockets
 from tcpceiling.host import netns as netns_mod
-from tcpceiling.host import parse, read, sockets
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.nat import CapUse, NatUse, cap_uses, nat_uses
 from tcpceiling.host.read import HostSnapshot
@@ -79,6 +80,34 @@ class PortUse:
     in_use: int  # TIME_WAIT included: it holds the port toward this tuple
     time_wait: int
     usable: int  # per tuple (analysis.limits.ports.usable_ports)
+    #: the process holding them, named for a tuple at OWNER_AT of its ports or more
+    #: ("caddy (pid 812)"), and the ports it listens on (a proxy: a server and a client)
+    owner: str | None = None
+    listens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamUse:
+    """A known proxy's ports toward one server of the upstream a listener sends its
+    clients to (analysis.limits.upstream.rows_for): used of allowed, TIME_WAIT of
+    them, and the TIME_WAIT rate that would keep them all busy without keep-alive."""
+
+    server: str
+    pid: int
+    listen: str
+    upstream: str
+    address: str
+    used: int
+    allowed: int
+    time_wait: int
+    keepalive: int
+    fix: str
+    words: str = ""
+
+    @property
+    def time_wait_rate(self) -> float:
+        """Requests per second toward it that TIME_WAIT alone lets through (ports / 60 s)."""
+        return self.allowed / TIME_WAIT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -117,6 +146,7 @@ class Sample:
     servers: tuple[AppLimit, ...] = ()  # listeners of servers the registry knows
     nat: tuple[NatUse, ...] = ()  # NATed flows per destination (host.nat)
     caps: tuple[CapUse, ...] = ()  # firewall connection caps per port (host.nat)
+    upstreams: tuple[UpstreamUse, ...] = ()  # known proxies' ports toward their upstreams
 
 
 def counters(roots: Roots) -> dict[str, int]:
@@ -174,13 +204,65 @@ def _pids(scope: Scope, listeners: list[sockets.Listener], inodes: frozenset[int
     return read.socket_owners(wanted, scope.roots)
 
 
-def _ports(snap: HostSnapshot, client: sockets.ClientSockets, top: int) -> tuple[PortUse, ...]:
+#: A destination tuple this full (of its usable ports) has its process named.
+OWNER_AT = 0.5
+
+
+def _ports(
+    scope: Scope,
+    snap: HostSnapshot,
+    client: sockets.ClientSockets,
+    listeners: list[sockets.Listener],
+) -> tuple[PortUse, ...]:
     usable = usable_ports(snap)[3]
-    ranked = client.toward.most_common(top)
-    return tuple(
+    ranked = client.toward.most_common(scope.top_destinations)
+    rows = [
         PortUse(src, dst, dport, n, client.time_wait.get((src, dst, dport), 0), usable)
         for (src, dst, dport), n in ranked
-    )
+    ]
+    if scope.roots.live:
+        rows = [_owned(scope, r, listeners) if r.in_use >= OWNER_AT * usable else r for r in rows]
+    return tuple(rows)
+
+
+def _owned(scope: Scope, row: PortUse, listeners: list[sockets.Listener]) -> PortUse:
+    """The process that holds a nearly full tuple (the first whose fds hold one of its
+    sockets: /proc/*/fd, as ss -p), and the ports it listens on. Read only for such
+    tuples: a scan of every process's fds costs what ss -p does."""
+    with netns_mod.inside(scope.netns):
+        rows = diag.dump(sockets.CONNECTED, (diag.Destination(row.dst, row.dport),))
+    inodes = {r[diag.INODE] for r in rows if diag.address(r[diag.FAMILY], r[diag.SRC]) == row.src}
+    pids = read.socket_owners(inodes - {0}, scope.roots)
+    if not pids:
+        return row
+    pid = pids[0]
+    comm = read.read_comm(scope.roots, pid) or "?"
+    mine = set(read.socket_inodes(scope.roots.procfs / str(pid) / "fd", 1024))
+    listens = tuple(sorted({ln.port for ln in listeners if ln.inode in mine}))
+    return replace(row, owner=f"{comm} (pid {pid})", listens=listens)
+
+
+def _upstreams(scope: Scope, servers: tuple[AppLimit, ...]) -> tuple[UpstreamUse, ...]:
+    """Each known proxy's ports toward the servers of its listeners' upstreams, from
+    the sockets toward those addresses only (sock_diag filters in the kernel)."""
+    proxies = [a for a in servers if a.upstreams]
+    if not proxies or not scope.roots.live:
+        return ()
+    dests = sorted({(u.host, u.port) for a in proxies for up in a.upstreams for u in up.servers})
+    with netns_mod.inside(scope.netns):
+        table = sockets.read_live(dests)
+        net = read.read_net(scope.roots)
+    out = []
+    for a in proxies:
+        for up in a.upstreams:
+            rows, _allowed = rows_for(up, net, table)
+            fix = registry.raise_upstream(a, up)
+            out += [
+                UpstreamUse(a.server, a.pid, a.listen, up.name, r.address, r.used, r.allowed,
+                            r.time_wait, up.keepalive, fix, a.upstream_words)
+                for r in rows
+            ]  # fmt: skip
+    return tuple(out)
 
 
 def _host(snap: HostSnapshot) -> tuple[HostLimit, ...]:
@@ -306,7 +388,7 @@ def take(scope: Scope) -> Sample:
         time=time.monotonic(),
         processes=tuple(p for p in procs if p is not None),
         listeners=tuple(listeners),
-        ports=_ports(snap, client, scope.top_destinations),
+        ports=_ports(scope, snap, client, listeners),
         host=_host(snap),
         counters=counted,
         ceilings=ceilings,
@@ -316,6 +398,7 @@ def take(scope: Scope) -> Sample:
         servers=servers,
         nat=nat_uses(snap.path),
         caps=cap_uses(snap.path),
+        upstreams=_upstreams(scope, servers),
     )
 
 

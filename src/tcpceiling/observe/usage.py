@@ -73,16 +73,51 @@ def listener_usages(s: Sample) -> list[Usage]:
 
 
 def port_usages(s: Sample) -> list[Usage]:
+    """Ports per destination tuple; a known proxy's upstreams are upstream_usages'."""
+    known = {u.address for u in s.upstreams}
     out = []
     for t in s.ports:
+        if _address(t.dst, t.dport) in known:
+            continue
         target = nice(2 * t.in_use)
         fix = (
             f"widen the range, add source IPs or destination ports: "
             f"{_tune('--role client', f'--connect {t.dst}:{t.dport}', f'--target {target}')}"
         )
         subject = f"{t.src} -> {t.dst}:{t.dport} ({t.time_wait} TIME_WAIT)"
+        if t.owner:
+            subject = f"{t.owner} {subject}"
+            if t.listens:
+                listens = ", ".join(f":{p}" for p in t.listens)
+                subject += f", a proxy: it listens on {listens} and its clients pay"
+                fix += "; or keep its connections toward the destination alive"
         out.append(Usage("ports", subject, t.in_use, t.usable, "ports", fix))
     return out
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def upstream_usages(s: Sample) -> list[Usage]:
+    """A known proxy's ports toward each server of its upstream: its listener's
+    clients get its error (nginx 502, HAProxy 503) when they are all in use."""
+    return [
+        Usage(
+            "upstream_ports",
+            f"{u.server} (pid {u.pid}) {u.listen} -> "
+            + (u.address if u.upstream == u.address else f"{u.upstream} {u.address}")
+            + f" ({u.time_wait} TIME_WAIT)",
+            u.used,
+            u.allowed,
+            "ports",
+            f"its clients on {u.listen} pay: {u.fix}",
+            u.pid,
+            f"{u.server} says: {u.words}" if u.words else "",
+        )
+        for u in s.upstreams
+        if u.allowed
+    ]
 
 
 HOST_FIX = {
@@ -165,6 +200,7 @@ def usages(s: Sample) -> list[Usage]:
         + server_usages(s)
         + listener_usages(s)
         + port_usages(s)
+        + upstream_usages(s)
         + nat_usages(s)
         + cap_usages(s)
         + host_usages(s)

@@ -106,7 +106,8 @@ def attribute(stop: Stop, reply: str, after: ProxyView | None) -> Stop:
         return stop
     limit, up = after.limit, after.upstream
     full = after.allowed > 0 and after.used >= after.allowed
-    said = limit.upstream_words if any(w in limit.upstream_words for w in OUT_OF_PORTS) else ""
+    words = limit.upstream_words
+    said = words if full or any(w in words for w in OUT_OF_PORTS) else ""
     failed = _gateway(reply) or stop.reason in ("server_reset", "server_closed", "server_reply")
     if failed and (full or said):
         return Stop(

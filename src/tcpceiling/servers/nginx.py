@@ -207,23 +207,35 @@ def read(found: Found, roots: Roots) -> AppLimit:
     )
 
 
-def upstream_fix(limit: AppLimit, up: Upstream) -> str:
+def upstream_fix(limit: AppLimit, up: Upstream, sources: int = 0) -> str:
     """More ports toward `up`, in nginx's words: keep connections alive (a port per
-    busy connection, not per request), or bind more source addresses (each brings a
-    whole range toward every upstream address; nginx spreads clients over them with
-    split_clients)."""
-    sources = max(2, 2 * len(up.servers[0].sources)) if up.servers else 2
-    name = up.name if up.directive.endswith(f"//{up.name}") else "backend"
-    keepalive = (
-        f"upstream {name} {{ server {up.servers[0].address if up.servers else 'ADDR'}; "
-        "keepalive 64; } with proxy_http_version 1.1; and proxy_set_header Connection \"\";"
-        if not up.keepalive else ""
-    )
-    bind = (
-        "split_clients $remote_addr$remote_port $proxy_source { "
-        + " ".join(f"{100 // sources}% SRC{i};" for i in range(1, sources))
-        + f" * SRC{sources}; }} and proxy_bind $proxy_source; with {sources} local addresses"
-    )
-    return "; ".join(t for t in (keepalive, bind) if t) + (
-        "; or widen net.ipv4.ip_local_port_range"
+    busy connection, not per request), or bind `sources` source addresses (each brings
+    a whole range toward every upstream address; split_clients spreads the clients
+    over them; nginx binds with IP_BIND_ADDRESS_NO_PORT), or a wider kernel range."""
+    first = up.servers[0].address if up.servers else "ADDR"
+    name = "backend" if ":" in up.name else up.name
+    n = sources or (max(2, 2 * len(up.servers[0].sources)) if up.servers else 2)
+    ways = []
+    if not up.keepalive and not sources:
+        ways.append(
+            f"keep upstream connections alive: upstream {name} {{ server {first}; "
+            f"keepalive 64; }} with proxy_pass http://{name}; proxy_http_version 1.1; "
+            'proxy_set_header Connection "";'
+        )
+    ways.append(f"bind {n} source addresses: {split_sources(n)}")
+    if not sources:
+        ways.append("widen net.ipv4.ip_local_port_range")
+    return " | or ".join(ways)
+
+
+def split_sources(n: int, names: tuple[str, ...] = ()) -> str:
+    """nginx lines that spread the clients over n source addresses (SRC1..SRCn when
+    none are named): a split_clients block in http {} and proxy_bind in the location.
+    split_clients takes percentages with at most two decimals, `*` the rest."""
+    addrs = names or tuple(f"SRC{i}" for i in range(1, n + 1))
+    share = f"{100 / n:.2f}".rstrip("0").rstrip(".")
+    shares = " ".join(f"{share}% {a};" for a in addrs[:-1])
+    return (
+        f"split_clients $remote_addr$remote_port $proxy_source {{ {shares} * {addrs[-1]}; }} "
+        "with proxy_bind $proxy_source;"
     )

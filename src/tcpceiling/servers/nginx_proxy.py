@@ -25,7 +25,6 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -147,15 +146,6 @@ def parse_target(arg: str) -> Target | None:
         host, colon, p = hostport.rpartition(":")
         host, port = (host, text.to_int(p)) if colon else (hostport, None)
     return Target(host, port, scheme)
-
-
-def resolve(host: str, port: int) -> list[str]:
-    """Every address of a name, as nginx takes them at start (each one a peer)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        return []
-    return list(dict.fromkeys(str(i[4][0]) for i in infos))
 
 
 @dataclass(frozen=True)
@@ -290,7 +280,7 @@ def _server_line(args: list[str], port: int, resolver: Resolver) -> list[Upstrea
 
 
 def upstream_for(
-    root: Block, loc: Location, resolver: Resolver = resolve
+    root: Block, loc: Location, resolver: Resolver = text.resolve
 ) -> Upstream | None:
     """The upstream a location passes to: its `upstream {}` block, else its address."""
     target = parse_target(loc.target)

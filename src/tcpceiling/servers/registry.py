@@ -67,13 +67,14 @@ def app_limit(found: Found, roots: Roots) -> AppLimit:
     return module.read(found, roots) if module is not None else unknown(found)
 
 
-def raise_upstream(limit: AppLimit, up: Upstream) -> str:
+def raise_upstream(limit: AppLimit, up: Upstream, sources: int = 0) -> str:
     """More ports toward an upstream, in the proxy's own words (its module's
-    `upstream_fix`), else in the kernel's."""
+    `upstream_fix`; with `sources`, the lines for that many source addresses), else
+    in the kernel's."""
     module = next((m for m in MODULES if limit.server == m.NAME), None)
     fix = getattr(module, "upstream_fix", None)
     if fix is not None:
-        return str(fix(limit, up))
+        return str(fix(limit, up, sources))
     return (
         "widen net.ipv4.ip_local_port_range, give the proxy more source addresses "
         "toward the upstream, or keep its upstream connections alive"

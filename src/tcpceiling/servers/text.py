@@ -3,6 +3,7 @@ whitespace-separated 'key value' configuration lines."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -81,3 +82,13 @@ def host_file(roots: Roots, path: str) -> str:
 def reachable(listen_host: str) -> str:
     """An address to reach a listener on: loopback for a wildcard listener."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen_host, listen_host)
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address of a name, as a proxy takes them when it starts (libc's
+    getaddrinfo, each address a peer: nginx's ngx_parse_url, HAProxy's init-addr libc)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return []
+    return list(dict.fromkeys(str(i[4][0]) for i in infos))

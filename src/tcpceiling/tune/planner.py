@@ -22,7 +22,7 @@ from tcpceiling.tune import ports, raisers
 from tcpceiling.tune.model import Change, Option, Raise, Requirement, Row, TunePlan, settings
 
 MAX_ROUNDS = 8
-RAISERS = raisers.RAISERS | {"ports": ports.ports}
+RAISERS = raisers.RAISERS | {"ports": ports.ports, "upstream_ports": ports.upstream_ports}
 SOMAXCONN = 4096  # the kernel's default since Linux 5.4 (include/linux/socket.h)
 
 

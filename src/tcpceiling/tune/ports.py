@@ -12,6 +12,7 @@ import math
 from tcpceiling.analysis.context import Context
 from tcpceiling.analysis.limits.ports import usable_ports
 from tcpceiling.analysis.model import Constraint
+from tcpceiling.servers.registry import raise_upstream
 from tcpceiling.tune.model import Change, Option, Raise
 
 LOWEST = 1024  # below it are the well-known ports
@@ -113,3 +114,51 @@ def ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
     changes = [Change("ports", "net.ipv4.ip_local_port_range", now, f"{low} {high}", why)]
     reserve = _reserve(ctx, low, high)
     return Raise(tuple(changes + ([reserve] if reserve else [])), options)
+
+
+def upstream_ports(ctx: Context, c: Constraint, goal: int, target: int) -> Raise:
+    """A proxy's ports toward its upstream (analysis.limits.upstream): the kernel's
+    range first, if the proxy takes its ports from it, then more source addresses in
+    the proxy's own words (each brings a whole range toward every upstream address),
+    or keep-alive toward the upstream."""
+    rows = c.details.get("servers", [])
+    if not rows:
+        return Raise()
+    per_server = math.ceil(goal / len(rows)) + max(int(r["used"]) for r in rows)
+    sources = max(len([s for s in rows[0]["sources"] if s != "kernel's choice"]), 1)
+    own_range = any("own range" in r["how"] for r in rows)
+    changes: list[Change] = []
+    if not own_range:
+        found = widest_needed(ctx, math.ceil(per_server / sources))
+        low, high = found or (LOWEST, HIGHEST)
+        if (low, high) != ctx.snap.net.port_range:
+            now = "{} {}".format(*ctx.snap.net.port_range)
+            why = f"{math.ceil(per_server / sources):,} ports per (source, upstream server)"
+            changes.append(Change("upstream_ports", "net.ipv4.ip_local_port_range", now,
+                                  f"{low} {high}", why))  # fmt: skip
+            if (reserve := _reserve(ctx, low, high)) is not None:
+                changes.append(reserve)
+    per_source = max(1, int(rows[0]["allowed"]) // sources)
+    count = math.ceil(per_server / per_source)
+    text = (
+        f"or keep the range: {count} source addresses toward each upstream server "
+        f"({per_source:,} ports each): {_in_proxy_words(ctx, c, count)}"
+    )
+    dst = str(rows[0]["address"]).rpartition(":")[0].strip("[]")
+    loopback = ipaddress.ip_address(dst).is_loopback if dst else False
+    commands = tuple(
+        f"ip addr add 127.0.0.{i}/32 dev lo" if loopback else f"ip addr add <address {i}>/32 dev lo"
+        for i in range(3, count + 3)
+    )
+    option = Option("upstream_ports", "sources", count, count, text, commands)
+    return Raise(tuple(changes), (option,))
+
+
+def _in_proxy_words(ctx: Context, c: Constraint, sources: int) -> str:
+    """The proxy's own lines for `sources` source addresses (its servers module)."""
+    for s in ctx.snap.servers:
+        if s.pid == c.details.get("pid"):
+            for up in s.upstreams:
+                if up.name == c.details.get("upstream"):
+                    return raise_upstream(s, up, sources)
+    return c.raise_
