@@ -226,6 +226,10 @@ class Pair:
 
 #: A reply that is not the check's: counted with this errno (protocol error).
 BAD_REPLY = errno.EPROTO
+#: What marks the first shortage, after which the long-run rate is measured: out of
+#: ports here, or the server's refusal (a proxy out of ports toward its upstream
+#: answers 502 while its TIME_WAITs give the ports back one period later)
+SHORT = (*PORTS_GONE, BAD_REPLY)
 
 
 class Remote:
@@ -308,7 +312,7 @@ def churn_worker(
             tally.cycling_cpu += time.process_time() - cpu0
         if err:
             tally.errors[err] += 1
-            if err in PORTS_GONE:
+            if err in SHORT:
                 if tally.exhausted_at is None:
                     tally.exhausted_at = time.perf_counter() - t0
                 time.sleep(0.01)  # each attempt scans the whole range: do not spin
