@@ -117,6 +117,7 @@ class ClientWorker:
         self.exhausted: set[int] = set()
         self.live = self._live()
         self.stopping = self.releasing = self.go = False
+        self.opened = 0  # connections the opening started (open_all)
         self.guard: Literal["memory"] | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
@@ -433,6 +434,7 @@ class ClientWorker:
                 last = time.perf_counter()
                 self.progress()
         self.finish_in_flight()
+        self.opened = opened
 
     def finish_in_flight(self) -> None:
         """Let handshakes (and checks) under way end in a verdict or a timeout, and
@@ -479,25 +481,29 @@ class ClientWorker:
         opening (`best` keeps the higher of the two)."""
         w = self._watch
         refused = sum(w.totals[k] for k in REFUSALS)
-        if not refused or self.stopping or self.releasing:
+        left = self.plan.share - self.opened  # never more than the target's share
+        if not refused or left <= 0 or self.stopping or self.releasing:
             return
         time.sleep(FRONTIER_SETTLE)
         self.drain(0)
-        self._add_one_by_one(lambda held: None, kinds=REFUSALS)
+        self._add_one_by_one(lambda held: None, kinds=REFUSALS, most=left)
 
     def _add_one_by_one(
         self,
         evicted: Callable[[int], None],
         enough: Callable[[int], bool] | None = None,
         kinds: tuple[str, ...] = ("evicted",),
+        most: int = TOP_UP_MOST,
     ) -> None:
         """One connection at a time, settled and swept, until `enough` (None: the
-        first failure of `kinds`) or TOP_UP_MOST; `evicted` hears the count an
-        addition failed at."""
+        first failure of `kinds`) or `most` (at most TOP_UP_MOST); `evicted` hears
+        the count an addition failed at."""
         w = self._watch
-        for _ in range(TOP_UP_MOST):
+        for _ in range(min(most, TOP_UP_MOST)):
             held = w.verify()
             if self.releasing or (enough is not None and enough(held)):
+                return
+            if kinds is REFUSALS and self.stopping:  # the run ended it: add nothing more
                 return
             before = sum(w.totals[k] for k in kinds)
             if not self.open_one():

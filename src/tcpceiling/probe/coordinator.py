@@ -470,7 +470,9 @@ class Run:
             stop.detail, replies, before or empty, after or empty, silent, server
         )
         reply = found.evidence.get("reply") or ""
-        if self.proxy_at is not None:
+        if self.proxy_at is not None and server is not None and server.upstreams:
+            # read again only a proxy: reading a server at its cap can cost it a slot
+            # (redis counts our own query among its rejected connections)
             return proxy.attribute(found, reply, proxy.view(self.proxy_at, Roots()))
         note = proxy.remote_note(reply, endpoints[0]) if endpoints else None
         if note:
