@@ -158,10 +158,11 @@ def nginx_conf(
     return ["nginx", "-p", str(directory), "-c", str(conf), "-g", "daemon off;"]
 
 
-def ss_count(ns: str, dst: str, state: str = "established") -> int:
-    """Sockets in `ns` toward `dst` (HOST:PORT) in `state`: the independent count."""
+def ss_count(ns: str, dst: str, state: str = "established", src: str | None = None) -> int:
+    """Sockets in `ns` toward `dst` (HOST:PORT) in `state` (from `src`): ss(8)'s count."""
+    where = f"dst {dst}" + (f" and src {src}" if src else "")
     out = subprocess.run(
-        ["ip", "netns", "exec", ns, "ss", "-Htn", "state", state, f"dst {dst}"],
+        ["ip", "netns", "exec", ns, "ss", "-Htn", "state", state, where],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return len(out.splitlines())

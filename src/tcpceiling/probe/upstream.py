@@ -120,7 +120,7 @@ def attribute(stop: Stop, reply: str, after: ProxyView | None) -> Stop:
         extra = (
             f"; {limit.server} spends {limit.per_client} {limit.setting} on each proxied "
             f"client (its own and one toward {up.name}: {after.used} open now)"
-        )
+        ) + (f'; {limit.server} said: "{limit.evidence}"' if limit.evidence else "")
         return replace(stop, detail=stop.detail + extra,
                        evidence=stop.evidence | {"upstream": _evidence(after, said)})  # fmt: skip
     return stop
