@@ -258,10 +258,11 @@ def listeners(root: Block) -> dict[int, Listener]:
 
 
 def _register(out: dict[int, Listener], srv: Block, locs: list[Location]) -> None:
-    for lst in srv.children("listen"):
-        port = listen_port(lst.args)
-        if port is not None:
-            out.setdefault(port, Listener(port)).locations.extend(locs)
+    """The server block's locations under each port it listens on (once per port:
+    `listen 80` and `listen [::]:80` are one port for a client's request)."""
+    ports = {listen_port(lst.args) for lst in srv.children("listen")}
+    for port in sorted(p for p in ports if p is not None):
+        out.setdefault(port, Listener(port)).locations.extend(locs)
 
 
 def _server_line(args: list[str], port: int, resolver: Resolver) -> list[UpstreamServer]:
