@@ -359,3 +359,50 @@ def test_the_probe_says_where_to_look_for_a_remote_proxy() -> None:
     assert note is not None and "tcpceiling doctor" in note and "192.0.2.7:80" in note
     assert remote_note("HTTP/1.1 200 OK", Endpoint("192.0.2.7", 80)) is None
 
+
+
+#: A proxy the registry does not know: it listens, and holds N connections toward the
+#: upstream (as any proxy does for its clients); prints "ready" once they are open.
+UNKNOWN_PROXY = r"""
+import socket, sys, time
+n = int(sys.argv[1])
+ln = socket.socket(); ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ln.bind(("198.18.8.1", 8000)); ln.listen(64)
+out = [socket.create_connection(("127.0.0.2", 8080)) for _ in range(n)]
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+@contextmanager
+def unknown_proxy(ns: str, n: int) -> Iterator[int]:
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", UNKNOWN_PROXY, str(n)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        yield p.pid
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_any_proxy_is_named_with_the_ports_it_holds_and_listens_on() -> None:
+    """A process the registry does not know that listens on :8000 and holds 97 of the
+    100 ports toward 127.0.0.2:8080: doctor names it (its comm and pid, as ss -p would)
+    and says it listens, so its clients pay."""
+    with ph.two_hosts() as h:
+        ph.sysctl(h.proxy, "net.ipv4.ip_local_port_range", NARROW)
+        with ph.upstream(h.proxy, UPSTREAM), unknown_proxy(h.proxy, 97):
+            in_ss = ph.ss_count(h.proxy, UPSTREAM_AT)
+            owners = subprocess.run(
+                ["ip", "netns", "exec", h.proxy, "ss", "-Htnp", "state", "established",
+                 f"dst {UPSTREAM_AT}"], capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            code, out, _err = run_cli("doctor", "--netns", h.proxy, "--interval", "0.2")
+            pid = int(re.findall(r"pid=(\d+)", owners)[0])  # ss -p: the independent owner
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    first = out.splitlines()[0]
+    assert code == 2 and in_ss == 97
+    assert first.startswith(f"TCPCEILING CRITICAL - ports: {comm} (pid {pid}) ")
+    assert f"-> {UPSTREAM_AT}" in first and "it listens on :8000" in first
+    assert "97 of 100 ports" in first
