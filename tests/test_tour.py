@@ -84,12 +84,22 @@ def steps(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["id"]: s for s in doc["steps"]}
 
 
+def test_the_proxy_step_answers_the_articles_open_question(toured: Toured) -> None:
+    """nginx toward one upstream port in the 10-port range serves 10; with proxy_bind
+    over two source addresses, 20: a proxy can reach one upstream port from several
+    sources, each with its own ports. Predicted by analyze, proven by the probe."""
+    one, two = steps(toured[1])["proxy"]["trials"]
+    assert (one["predicted"]["value"], one["proven"]["value"]) == (10, 10)
+    assert (two["predicted"]["value"], two["proven"]["value"]) == (20, 20)
+    assert one["predicted"]["limit"] == two["proven"]["limit"] == "upstream_ports"
+
+
 def test_every_step_is_predicted_and_proven(
     toured: Toured,
 ) -> None:
     code, doc, _wall, left = toured
     assert code == 0 and doc["kind"] == "tour"
-    assert list(steps(doc)) == ["ports", "fds", "threads", "memory", "cpu", "rate"]
+    assert list(steps(doc)) == ["ports", "fds", "threads", "memory", "cpu", "proxy", "rate"]
     for s in doc["steps"]:
         for t in s["trials"]:
             assert t["predicted"]["value"] is not None and t["proven"]["value"] is not None, t

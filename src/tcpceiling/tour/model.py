@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-StepId = Literal["ports", "fds", "threads", "memory", "cpu", "rate"]
+StepId = Literal["ports", "fds", "threads", "memory", "cpu", "proxy", "rate"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tcpceiling.host.read import read_net, read_system
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe import isolate
 from tcpceiling.signals import ended_by_signal, raise_if_caught
-from tcpceiling.tour import cgroup, cpu, fds, memory, ports, rate, threads
+from tcpceiling.tour import cgroup, cpu, fds, memory, ports, proxy, rate, threads
 from tcpceiling.tour.model import Step, TourResult
 from tcpceiling.tour.table import HostFacts, resources
 
@@ -52,7 +52,8 @@ def _tour(roots: Roots, on_step: Callable[[Step], None]) -> TourResult:
     steps: list[Step] = []
     try:
         for fn in (ports.step, lambda: fds.step(roots), lambda: _threads(roots, name),
-                   lambda: memory.step(roots, f"{name}-memory"), cpu.step):  # fmt: skip
+                   lambda: memory.step(roots, f"{name}-memory"), cpu.step,
+                   lambda: _in_namespace(proxy.step, f"{name}-proxy")):  # fmt: skip
             steps.append(timed(fn))
             on_step(steps[-1])
         held = steps[0].trials[0]
@@ -67,6 +68,15 @@ def _tour(roots: Roots, on_step: Callable[[Step], None]) -> TourResult:
 def sweep_stale(roots: Roots) -> list[str]:
     """What a tour (or a probe) killed with SIGKILL left: its namespaces, its cgroups."""
     return isolate.sweep_stale(roots) + cgroup.sweep_stale(roots)
+
+
+def _in_namespace(fn: Callable[[str], Step], name: str) -> Step:
+    """A step in a network namespace of its own, removed after (lo up)."""
+    netns_mod.create(name)
+    try:
+        return fn(name)
+    finally:
+        netns_mod.remove(name)
 
 
 def _threads(roots: Roots, name: str) -> Step:
