@@ -403,6 +403,6 @@ def test_any_proxy_is_named_with_the_ports_it_holds_and_listens_on() -> None:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
     first = out.splitlines()[0]
     assert code == 2 and in_ss == 97
-    assert first.startswith(f"TCPCEILING CRITICAL - ports: {comm} (pid {pid}) ")
-    assert f"-> {UPSTREAM_AT}" in first and "it listens on :8000" in first
+    assert first.startswith(f"TCPCEILING CRITICAL - ports: 127.0.0.1 -> {UPSTREAM_AT} ")
+    assert f"held by {comm} (pid {pid}), a proxy: it listens on :8000" in first
     assert "97 of 100 ports" in first

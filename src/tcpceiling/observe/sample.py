@@ -242,16 +242,30 @@ def _owned(scope: Scope, row: PortUse, listeners: list[sockets.Listener]) -> Por
     return replace(row, owner=f"{comm} (pid {pid})", listens=listens)
 
 
-def _upstreams(scope: Scope, servers: tuple[AppLimit, ...]) -> tuple[UpstreamUse, ...]:
-    """Each known proxy's ports toward the servers of its listeners' upstreams, from
-    the sockets toward those addresses only (sock_diag filters in the kernel)."""
+def _outside(own: tuple[int, int] | None, kernel: tuple[int, int]) -> bool:
+    """A range of the proxy's own reaching outside the kernel's ephemeral range."""
+    return own is not None and not (kernel[0] <= own[0] and own[1] <= kernel[1])
+
+
+def _upstreams(
+    scope: Scope, servers: tuple[AppLimit, ...], net: read.NetView, client: sockets.SocketTable
+) -> tuple[UpstreamUse, ...]:
+    """Each known proxy's ports toward the servers of its listeners' upstreams. A
+    proxy that takes its ports from the kernel's range holds client sockets, which the
+    sample counted already in its one walk (`client`); only servers the proxy binds
+    ports of its own range for, outside the kernel's, are read apart (sock_diag,
+    filtered by their addresses)."""
     proxies = [a for a in servers if a.upstreams]
     if not proxies or not scope.roots.live:
         return ()
-    dests = sorted({(u.host, u.port) for a in proxies for up in a.upstreams for u in up.servers})
-    with netns_mod.inside(scope.netns):
-        table = sockets.read_live(dests)
-        net = read.read_net(scope.roots)
+    apart = sorted({(u.host, u.port) for a in proxies for up in a.upstreams for u in up.servers
+                    if _outside(u.port_range, net.port_range)})  # fmt: skip
+    table = client
+    if apart:
+        with netns_mod.inside(scope.netns):
+            more = sockets.read_live(apart)
+        table = replace(client, toward=client.toward + more.toward,
+                        time_wait=client.time_wait + more.time_wait)  # fmt: skip
     out = []
     for a in proxies:
         for up in a.upstreams:
@@ -398,7 +412,7 @@ def take(scope: Scope) -> Sample:
         servers=servers,
         nat=nat_uses(snap.path),
         caps=cap_uses(snap.path),
-        upstreams=_upstreams(scope, servers),
+        upstreams=_upstreams(scope, servers, snap.net, table),
     )
 
 

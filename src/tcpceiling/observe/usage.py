@@ -86,7 +86,7 @@ def port_usages(s: Sample) -> list[Usage]:
         )
         subject = f"{t.src} -> {t.dst}:{t.dport} ({t.time_wait} TIME_WAIT)"
         if t.owner:
-            subject = f"{t.owner} {subject}"
+            subject += f" held by {t.owner}"
             if t.listens:
                 listens = ", ".join(f":{p}" for p in t.listens)
                 subject += f", a proxy: it listens on {listens} and its clients pay"
