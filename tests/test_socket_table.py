@@ -66,6 +66,32 @@ def test_decode_runs_of_any_length(buffer: bytes, states: list[int], done: bool)
         assert (r[diag.RQUEUE], r[diag.WQUEUE], r[diag.INODE]) == (3, 128, 4242)
 
 
+MIXED = (
+    msg(1, 1, 80, "10.0.0.1", "10.0.0.2", 36)
+    + msg(6, 2, 80, "10.0.0.1", "10.0.0.2")
+    + msg(1, 3, 81, "10.0.0.1", "10.0.0.2", 36) * 20
+    + msg(6, 4, 80, "10.0.0.3", "10.0.0.2") * 3
+    + msg(1, 5, 80, "10.0.0.1", "10.0.0.2", 36) * 300
+    + DONE
+)
+
+
+def test_counting_equals_decoding_then_counting() -> None:
+    """diag.counts's per-buffer counter gives what decode() and a count of its rows
+    give, runs of alternating lengths included (TIME_WAIT entries carry no attributes)."""
+    rows: list[diag.Row] = []
+    keys: Counter[diag.Key] = Counter()
+    assert diag.decode(MIXED, rows) is diag.count_into(MIXED, keys) is True
+    every, tw = sockets._tuple_counts(rows)
+    assert sockets._key_counts(keys) == (every, tw)
+    assert every == {
+        ("10.0.0.1", "10.0.0.2", 80): 302,  # 1 + 1 TIME_WAIT + 300
+        ("10.0.0.1", "10.0.0.2", 81): 20,
+        ("10.0.0.3", "10.0.0.2", 80): 3,
+    }
+    assert tw == {("10.0.0.1", "10.0.0.2", 80): 1, ("10.0.0.3", "10.0.0.2", 80): 3}
+
+
 def test_decode_raises_the_kernels_error() -> None:
     err = struct.pack("=IHHIIi", 20, diag.NLMSG_ERROR, 0, 1, 0, -22)
     with pytest.raises(OSError, match="Invalid argument"):

@@ -145,8 +145,20 @@ def read_live(toward: Iterable[tuple[str, int]] | None = None) -> SocketTable:
     listen = frozenset(diag.port(r[diag.SPORT]) for r in _listen_rows())
     if scope is not None and not scope:
         return SocketTable(listen, source=SOURCE, scope=())
-    every, tw = _tuple_counts(diag.dump(CONNECTED, _conditions(scope)))
+    every, tw = _key_counts(diag.counts(CONNECTED, _conditions(scope)))
     return SocketTable(listen, every, tw, SOURCE, scope)
+
+
+def _key_counts(keys: Counter[diag.Key]) -> tuple[Counter[Tuple3], Counter[Tuple3]]:
+    """_tuple_counts of sockets the kernel counted by diag.Key (no row per socket)."""
+    every: Counter[Tuple3] = Counter()
+    tw: Counter[Tuple3] = Counter()
+    for (_len, _kind, fam, state, dport, src, dst), n in keys.items():
+        key = (diag.address(fam, src), diag.address(fam, dst), diag.port(dport))
+        every[key] += n
+        if state == TIME_WAIT:
+            tw[key] += n
+    return every, tw
 
 
 def _conditions(
