@@ -4,6 +4,7 @@ print them, the ports toward an upstream, and the probe's attribution (pure)."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -297,3 +298,34 @@ def test_nginx_fix_in_its_own_words() -> None:
         "split_clients $remote_addr$remote_port $proxy_source { 33.33% a; 33.33% b; * c; } "
         "with proxy_bind $proxy_source;"
     )
+
+
+TRANSPARENT = """# configuration file /etc/nginx/nginx.conf:
+http {
+  server { listen 80; location / { proxy_pass http://10.0.0.5:8080;
+                                   proxy_bind $remote_addr transparent; } }
+  server { listen 81; location / { proxy_pass http://$upstream_host; } }
+}
+"""
+
+
+@pytest.mark.parametrize("port", [80, 81])
+def test_transparent_and_per_request_targets_pass_on_but_count_no_ports(port: int) -> None:
+    """proxy_bind transparent connects from each client's own address (its ports, not
+    the proxy's); a target in a variable is chosen per request: both still spend two
+    connections per client, and neither is counted as the proxy's ports."""
+    passes, ups = nginx.proxied(TRANSPARENT, port, "/etc/nginx")
+    assert passes and ups == ()
+
+
+def test_doctor_gives_the_time_wait_rate_without_keepalive() -> None:
+    from tcpceiling.observe.sample import UpstreamUse
+    from tcpceiling.observe.usage import upstream_usages
+    from tests.test_observe import sample
+
+    use = UpstreamUse("nginx", 7, "198.18.8.1:8000", "app", "10.0.0.5:8080", 90, 100, 40, 0,
+                      "keepalive")  # fmt: skip
+    (row,) = upstream_usages(replace(sample(1), upstreams=(use,)))
+    assert row.limit == "upstream_ports" and (row.used, row.capacity) == (90, 100)
+    assert "1.7 requests/s through" in row.fix and "198.18.8.1:8000 pay" in row.fix
+    assert row.subject == "nginx (pid 7) 198.18.8.1:8000 -> app 10.0.0.5:8080 (40 TIME_WAIT)"

@@ -140,16 +140,17 @@ def words(conf: str, roots: Roots, about: str = "worker_connections are not enou
     return last_complaint(_tail(roots, path.split()[0]), about) if path else ""
 
 
-def proxied(body: str, port: int, prefix: str) -> tuple[Upstream, ...]:
-    """Where the server listening on `port` sends its requests (its location `/`
-    first), each upstream once; () when it serves them itself."""
+def proxied(body: str, port: int, prefix: str) -> tuple[bool, tuple[Upstream, ...]]:
+    """Whether the server listening on `port` passes its requests on (location `/`
+    first), and where to, each upstream once (none counted for a target chosen per
+    request or a transparent proxy_bind: the ports are not the proxy's own)."""
     root = nginx_proxy.tree(body, prefix)
     listener = nginx_proxy.listeners(root).get(port)
-    if listener is None:
-        return ()
+    if listener is None or not listener.locations:
+        return False, ()
     ups = (nginx_proxy.upstream_for(root, loc) for loc in listener.locations)
     unique = {u.name: u for u in ups if u is not None and u.servers}
-    return tuple(unique.values())
+    return True, tuple(unique.values())
 
 
 def _directive_first(conf: str, name: str) -> str | None:
@@ -166,9 +167,9 @@ def read(found: Found, roots: Roots) -> AppLimit:
         source, detail = "default", "nginx default worker_connections"
     workers = [p for p in found.owners if p.ppid == found.main.pid] or [found.main]
     prefix = conf_path(master_args(found.main.cmdline)).rpartition("/")[0] or "/etc/nginx"
-    upstreams = proxied(body, found.port, prefix)
+    passes, upstreams = proxied(body, found.port, prefix)
     own = found.listeners + 1
-    if upstreams:
+    if passes:
         per = max(0, (wc - own) // 2)
         how = f"({wc} - {found.listeners} listener(s) - 1 channel) // 2 connections per " \
             f"proxied client (its own and the upstream's)"
@@ -187,19 +188,19 @@ def read(found: Found, roots: Roots) -> AppLimit:
         capacity=per * len(workers),
         in_use=found.established,
         arithmetic=f"{len(workers)} worker(s) x {how} = {per * len(workers)} "
-        + ("(ngx_event_connect_peer, src/event/ngx_event_connect.c)" if upstreams
+        + ("(ngx_event_connect_peer, src/event/ngx_event_connect.c)" if passes
            else "(ngx_drain_connections, src/core/ngx_connection.c)"),
         symptom=f"{wc} worker_connections are not enough"
-        + ("" if upstreams else ", reusing connections"),
+        + ("" if passes else ", reusing connections"),
         raise_=f"events {{ worker_connections {wc * 2}; }} and worker_rlimit_nofile "
-        f"{wc * 2}" + (" (each proxied client is 2 connections and 2 fds)" if upstreams else ""),
+        f"{wc * 2}" + (" (each proxied client is 2 connections and 2 fds)" if passes else ""),
         check="http",
         nofile_needed=wc,
         nofile=nofile,
         per_setting=len(workers),
         own=own,
-        per_client=2 if upstreams else 1,
-        kept_free_share=0 if upstreams else DRAIN_SHARE,
+        per_client=2 if passes else 1,
+        kept_free_share=0 if passes else DRAIN_SHARE,
         evidence=words(body, roots),
         per_process={w.pid: per for w in workers},
         upstreams=upstreams,

@@ -154,7 +154,7 @@ class Location:
 
     directive: str
     target: str
-    bind: tuple[str, ...] = ()
+    bind: tuple[str, ...] | None = ()  # None: transparent (each client's own address)
     http11: bool = False
     clears_connection: bool = False
     stream: bool = False
@@ -186,14 +186,17 @@ def _values(http: Block, var: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in out if v and not v.startswith("$") and v != "off"))
 
 
-def _bind(blocks: list[Block], http: Block) -> tuple[str, ...]:
-    """The innermost proxy_bind: a fixed address, the values of a variable, or none."""
+def _bind(blocks: list[Block], http: Block) -> tuple[str, ...] | None:
+    """The innermost proxy_bind: a fixed address, the values of a variable, or none;
+    None for `transparent` (the client's own address: its ports, not the proxy's)."""
     for b in reversed(blocks):
         d = b.first("proxy_bind")
         if d is not None and d.args:
             arg = d.args[0]
             if arg == "off":
                 return ()
+            if "transparent" in d.args[1:]:
+                return None
             return _values(http, arg) if arg.startswith("$") else (arg,)
     return ()
 
@@ -285,8 +288,8 @@ def upstream_for(
 ) -> Upstream | None:
     """The upstream a location passes to: its `upstream {}` block, else its address."""
     target = parse_target(loc.target)
-    if target is None:
-        return None
+    if target is None or loc.bind is None:
+        return None  # chosen per request, or transparent: not the proxy's own ports
     default = DEFAULT_PORTS.get(target.scheme, 80)
     blocks = [u for c in root.children("stream" if loc.stream else "http")
               for u in c.children("upstream")]  # fmt: skip
