@@ -10,13 +10,13 @@ import contextlib
 import re
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.test_servers import running
 
 HERE = Path(__file__).parent
 UPSTREAM = HERE / "servers" / "upstream.py"
@@ -103,24 +103,11 @@ def listening(ns: str, port: int) -> bool:
 
 @contextlib.contextmanager
 def server(ns: str, cmd: list[str], port: int = LISTEN_PORT) -> Iterator[int]:
-    """A server started in `ns` (in the foreground), once it listens on `port`; its
-    pid (that of `ip netns exec`, which execs it). Stopped by pid."""
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 15
-            while not listening(ns, port):
-                assert proc.poll() is None, log.seek(0) or log.read()
-                assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port}"
-                time.sleep(0.05)
-            yield proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """A server started in `ns` (in the foreground), once it listens there on `port`;
+    its pid (that of `ip netns exec`, which execs it). Stopped by pid."""
+    inside = ["ip", "netns", "exec", ns, *cmd]
+    with running(inside, port, listens=lambda p: listening(ns, p)) as pid:
+        yield pid
 
 
 NGINX_PROXY = """

@@ -121,12 +121,12 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
 
 
 @contextmanager
-def prometheus_scraping(port: int) -> Iterator[str]:
-    """The exporter (--port PORT) scraped every second by a real Prometheus loading
-    the shipped rules: yields Prometheus' base URL."""
+def prometheus_scraping(*scope: str) -> Iterator[str]:
+    """The exporter (its scope: --port PORT, --netns NS) scraped every second by a real
+    Prometheus loading the shipped rules: yields Prometheus' base URL."""
     eport, pport = free_port(), free_port()
     rules = RULES
-    exporter = [*TCPCEILING, "exporter", "--listen", f"127.0.0.1:{eport}", "--port", str(port)]
+    exporter = [*TCPCEILING, "exporter", "--listen", f"127.0.0.1:{eport}", *scope]
     with tempfile.TemporaryDirectory(prefix="tcx-prom-") as tmp:
         cfg = Path(tmp) / "prometheus.yml"
         cfg.write_text(
@@ -146,7 +146,7 @@ def test_prometheus_scrapes_the_exporter(nginx_at_its_fd_limit: tuple[int, int])
     """A real Prometheus scrapes the exporter every second; its HTTP API returns the
     nginx worker's open fds within 5 of /proc/PID/fd, and loads the shipped rules."""
     port, worker = nginx_at_its_fd_limit
-    with prometheus_scraping(port) as base:
+    with prometheus_scraping("--port", str(port)) as base:
         got = wait_for(
             lambda: query(base, f'tcpceiling_process_open_fds{{pid="{worker}"}}'), 60,
             "Prometheus to scrape the exporter",
@@ -258,7 +258,7 @@ def test_watch_shows_a_server_at_its_own_cap_red(nginx_at_its_own_cap: tuple[int
 def test_prometheus_scrapes_a_servers_own_cap(nginx_at_its_own_cap: tuple[int, int]) -> None:
     """A real Prometheus: the server's connections (against ss's count) and its cap."""
     port, master = nginx_at_its_own_cap
-    with prometheus_scraping(port) as base:
+    with prometheus_scraping("--port", str(port)) as base:
         key = f'{{server="nginx",pid="{master}"}}'
         got = wait_for(lambda: query(base, f"tcpceiling_app_connections{key}"), 60, "a scrape")
         assert abs(float(got[0]["value"][1]) - established(port)) <= 2

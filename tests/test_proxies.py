@@ -22,8 +22,8 @@ import pytest
 
 from tests import proxy_hosts as ph
 from tests.conftest import IS_ROOT, cli_json, constraint, probe, run_cli
-from tests.test_observe_live import query, wait_for
-from tests.test_servers import free_port, haproxy_stats, needs, running
+from tests.test_observe_live import prometheus_scraping, query, wait_for
+from tests.test_servers import haproxy_stats, needs
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: network namespaces")
 UPSTREAM = ("127.0.0.2", 8080)
@@ -230,7 +230,7 @@ def test_prometheus_scrapes_the_per_upstream_series() -> None:
     per-upstream series equal `ss` in that namespace, and the allowed is 100."""
     with nginx_proxy() as (h, up, _d), held(h, 60, 40):
         assert settled(up, 60) == 60
-        with scraping(h.proxy) as base:
+        with prometheus_scraping("--netns", h.proxy) as base:
             got = wait_for(
                 lambda: query(base, f'tcpceiling_upstream_ports_in_use{{address="{UPSTREAM_AT}"}}'),
                 60, "Prometheus to scrape the exporter",
@@ -242,26 +242,6 @@ def test_prometheus_scrapes_the_per_upstream_series() -> None:
     assert labels["upstream"] == UPSTREAM_AT
     assert float(got[0]["value"][1]) == in_ss == 60
     assert float(limit[0]["value"][1]) == 100
-
-
-@contextmanager
-def scraping(ns: str) -> Iterator[str]:
-    eport, pport = free_port(), free_port()
-    rules = Path(__file__).parent.parent / "deploy" / "prometheus" / "tcpceiling-alerts.yml"
-    exporter = [sys.executable, "-m", "tcpceiling", "exporter", "--listen",
-                f"127.0.0.1:{eport}", "--netns", ns]  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="tcx-prom-") as tmp:
-        cfg = Path(tmp) / "prometheus.yml"
-        cfg.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"rule_files: [{rules}]\n"
-            "scrape_configs:\n  - job_name: tcpceiling\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{eport}']}}]\n"
-        )
-        prom = ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
-                f"--web.listen-address=127.0.0.1:{pport}"]  # fmt: skip
-        with running(exporter, eport), running(prom, pport):
-            yield f"http://127.0.0.1:{pport}"
 
 
 def tuned(ns: str, target: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,14 @@ def needs(binary: str) -> pytest.MarkDecorator:
 
 
 @contextmanager
-def running(cmd: list[str], port: int, ready_line: bool = False) -> Iterator[int]:
-    """Start a server, wait until it listens on port, yield its pid; stop it by pid.
+def running(
+    cmd: list[str],
+    port: int,
+    ready_line: bool = False,
+    listens: Callable[[int], bool] = lambda port: bool(sockets.listeners(port)),
+) -> Iterator[int]:
+    """Start a server, wait until it listens on port (`listens`: here, or where the
+    caller looks), yield its pid; stop it by pid.
     Its stderr goes to a file: a server logging every failed accept() would fill a
     pipe nobody reads and freeze (asyncio logs each EMFILE with a traceback)."""
     with tempfile.TemporaryFile("w+") as log:
@@ -61,7 +67,7 @@ def running(cmd: list[str], port: int, ready_line: bool = False) -> Iterator[int
             deadline = time.monotonic() + 15
             if ready_line:
                 assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            while not ready_line and not sockets.listeners(port):
+            while not ready_line and not listens(port):
                 assert proc.poll() is None, log.seek(0) or log.read()
                 assert time.monotonic() < deadline, f"{cmd[0]} did not listen on {port}"
                 time.sleep(0.05)

@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Final
@@ -138,13 +138,14 @@ def request(states: int, program: bytes = b"", seq: int = 1) -> bytes:
     return HEADER.pack(16 + len(req), TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
 
 
-def decode(buf: bytes | memoryview, out: list[Row]) -> bool:
-    """Append the rows of one receive buffer to `out`; True at NLMSG_DONE.
+def _walk(buf: bytes | memoryview, take: Callable[[memoryview, int, int, int], int]) -> bool:
+    """The messages of one receive buffer, in runs of one length; True at NLMSG_DONE.
 
-    Runs of messages of one length go through struct.iter_unpack, in a window that
-    doubles while the run lasts and shrinks to twice the last run when a message of
-    another length ends it (TIME_WAIT entries carry no attributes), so mixed runs
-    waste at most about as much as they decode."""
+    `take(part, length, stride, count)` consumes a window of `count` messages of
+    `stride` bytes and returns how many of its leading ones are socket messages of
+    `length`. The window doubles while a run lasts and shrinks to twice the last run
+    when a message of another length ends it (TIME_WAIT entries carry no
+    attributes), so mixed runs waste at most about as much as they decode."""
     mv = memoryview(buf)
     off, end, window = 0, len(mv), 8
     while off + 16 <= end:
@@ -159,13 +160,24 @@ def decode(buf: bytes | memoryview, out: list[Row]) -> bool:
             off += max(16, stride)
             continue
         count = min(window, (end - off) // stride)
-        fmt = ROW if stride == ROW_SIZE else f"{ROW}{stride - ROW_SIZE}x"
-        rows = list(struct.iter_unpack(fmt, mv[off : off + count * stride]))
-        good = _same_length(rows, length)
-        out.extend(rows if good == count else rows[:good])
+        good = take(mv[off : off + count * stride], length, stride, count)
         off += good * stride
         window = min(WINDOW, window * 2) if good == count else max(4, 2 * good)
     return False
+
+
+def decode(buf: bytes | memoryview, out: list[Row]) -> bool:
+    """Append the rows of one receive buffer to `out`; True at NLMSG_DONE. Runs of
+    messages of one length go through struct.iter_unpack (_walk)."""
+
+    def take(part: memoryview, length: int, stride: int, count: int) -> int:
+        fmt = ROW if stride == ROW_SIZE else f"{ROW}{stride - ROW_SIZE}x"
+        rows = list(struct.iter_unpack(fmt, part))
+        good = _same_length(rows, length)
+        out.extend(rows if good == count else rows[:good])
+        return good
+
+    return _walk(buf, take)
 
 
 #: The fields a per-tuple count needs: nlmsg_len, nlmsg_type, family, state, dport,
@@ -179,51 +191,43 @@ Key = tuple[int, int, int, int, bytes, bytes, bytes]
 def count_into(buf: bytes | memoryview, out: Counter[Key]) -> bool:
     """Count the sockets of one receive buffer by Key into `out`; True at NLMSG_DONE.
     decode()'s runs, counted at C speed (Counter over struct.iter_unpack) without a
-    row per socket: a run whose keys all have its length is taken whole, else its
+    row per socket: a window whose keys all have its length is taken whole, else its
     leading part of that length."""
-    mv = memoryview(buf)
-    off, end, window = 0, len(mv), 8
-    while off + 16 <= end:
-        length, kind, _flags, _seq, _pid = HEADER.unpack_from(mv, off)
-        if kind == NLMSG_DONE:
-            return True
-        if kind == NLMSG_ERROR:
-            code = -struct.unpack_from("=i", mv, off + 16)[0]
-            raise OSError(code, f"sock_diag: {os.strerror(code)}")
-        stride = (length + 3) & ~3
-        if length < ROW_SIZE or kind != TCPDIAG_GETSOCK:
-            off += max(16, stride)
-            continue
-        count = min(window, (end - off) // stride)
-        part = mv[off : off + count * stride]
-        keys = Counter(struct.iter_unpack(f"{KEY}{stride - KEY_SIZE}x", part))
+
+    def take(part: memoryview, length: int, stride: int, count: int) -> int:
+        fmt = f"{KEY}{stride - KEY_SIZE}x"
+        keys = Counter(struct.iter_unpack(fmt, part))
         if set(map(_LENGTH_KIND, keys)) == {(length, TCPDIAG_GETSOCK)}:
             out.update(keys)
-            good = count
-        else:
-            rows = list(struct.iter_unpack(f"{KEY}{stride - KEY_SIZE}x", part))
-            good = _same_length(rows, length)
-            out.update(rows[:good])
-        off += good * stride
-        window = min(WINDOW, window * 2) if good == count else max(4, 2 * good)
-    return False
+            return count
+        rows = list(struct.iter_unpack(fmt, part))
+        good = _same_length(rows, length)
+        out.update(rows[:good])
+        return good
+
+    return _walk(buf, take)
 
 
 def counts(states: int, dests: tuple[Destination, ...] | None = None) -> Counter[Key]:
     """dump()'s sockets counted by Key instead of listed: what a per-tuple count of a
     large table needs (measured: benchmarks/proxy_scale.py)."""
     out: Counter[Key] = Counter()
-    if dests is not None and not dests:
-        return out
+    if dests is None or dests:
+        _receive(request(states, bytecode(dests or ())), lambda part: count_into(part, out))
+    return out
+
+
+def _receive(req: bytes, each: Callable[[memoryview], bool]) -> None:
+    """Send one dump request and hand every receive buffer to `each` until it says done."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as s:
             s.bind((0, 0))
-            s.send(request(states, bytecode(dests or ())))
+            s.send(req)
             buf = bytearray(RECV_BYTES)
             while True:
                 n = s.recv_into(buf)
-                if n == 0 or count_into(memoryview(buf)[:n], out):
-                    return out
+                if n == 0 or each(memoryview(buf)[:n]):
+                    return
     except OSError as exc:
         raise HostError(f"cannot read the socket table (sock_diag): {exc}") from exc
 
@@ -245,20 +249,10 @@ def dump(
     """Every TCP socket (IPv4 and IPv6) in one of `states` (a bit mask of TCP state
     numbers) in the calling thread's netns: all, only those toward `dests`, or only
     those a bytecode `program` matches."""
-    if dests is not None and not dests:
-        return []
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as s:
-            s.bind((0, 0))
-            s.send(request(states, program or bytecode(dests or ())))
-            out: list[Row] = []
-            buf = bytearray(RECV_BYTES)
-            while True:
-                n = s.recv_into(buf)
-                if n == 0 or decode(memoryview(buf)[:n], out):
-                    return out
-    except OSError as exc:
-        raise HostError(f"cannot read the socket table (sock_diag): {exc}") from exc
+    out: list[Row] = []
+    if dests is None or dests:
+        _receive(request(states, program or bytecode(dests or ())), lambda part: decode(part, out))
+    return out
 
 
 def port(raw: bytes) -> int:
