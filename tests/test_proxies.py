@@ -149,7 +149,9 @@ def test_proxy_bind_over_two_addresses_doubles_the_ports() -> None:
     ports = constraint(s, "upstream_ports")
     assert ports["ceiling"] == 200 and within(200, r["served"]), r["served"]
     assert held_by_upstream == r["served"]
-    assert r["stop"]["reason"] == "upstream_ports"
+    stop = r["stop"]
+    assert (stop["reason"], stop["side"]) == ("upstream_ports", "proxy")
+    assert f"{UPSTREAM_AT} 200 of 200 ports" in stop["detail"] and "(99: " in stop["detail"]
     assert [row["sources"] for row in ports["details"]["servers"]] == [["127.0.0.3", "127.0.0.4"]]
     assert plain == 200 and by_source == {"127.0.0.3": 100, "127.0.0.4": 100}, by_source
 
@@ -190,8 +192,11 @@ def test_haproxy_source_with_its_own_port_range() -> None:
     assert within(100, r["served"]) and held_by_upstream == r["served"]
     assert int(stats[("be", "app")]["smax"]) == r["served"]  # HAProxy's own count
     econ = int(stats[("be", "app")]["econ"])
-    assert econ > 0 and r["stop"]["reason"] == "upstream_ports"
-    assert f"app econ {econ}" in r["stop"]["detail"] or "econ" in r["stop"]["detail"]
+    stop = r["stop"]
+    assert econ > 0 and (stop["reason"], stop["side"]) == ("upstream_ports", "proxy")
+    assert f"{UPSTREAM_AT} 100 of 100 ports" in stop["detail"]
+    said = re.search(r"app econ (\d+)", stop["detail"])  # HAProxy's count when it stopped
+    assert said is not None and 0 < int(said[1]) <= econ
     assert all(k.startswith("HTTP/1.1 503") for k in r["replies"])
 
 

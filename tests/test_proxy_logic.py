@@ -177,13 +177,15 @@ def test_sources_multiply_max_conns_caps_and_own_ranges_share_a_pool() -> None:
     two = ("10.1.0.1", "10.1.0.2")
     capped = Upstream("a", (UpstreamServer("10.0.0.5", 80, 1, 150, two),))
     assert ports(capped, table())[1] == 150  # 2 x 100, capped at max_conns 150
-    own = (UpstreamServer("10.0.0.5", 80, sources=("10.1.0.1",), port_range=(61000, 61099),
-                          bind_no_port=False),
-           UpstreamServer("10.0.0.6", 80, sources=("10.1.0.1",), port_range=(61000, 61099),
-                          bind_no_port=False))  # fmt: skip
-    rows, allowed = ports(Upstream("be", own), table())
-    assert [r.allowed for r in rows] == [100, 100] and allowed == 100  # one pool for both
+    rng = (61000, 61099)
+    shared = tuple(UpstreamServer(h, 80, sources=("10.1.0.1",), port_range=rng, range_shared=True)
+                   for h in ("10.0.0.5", "10.0.0.6"))  # fmt: skip
+    rows, allowed = ports(Upstream("be", shared), table())
+    assert [r.allowed for r in rows] == [100, 100] and allowed == 100  # the backend's pool
     assert "own range 61000-61099" in rows[0].how
+    apart = tuple(UpstreamServer(h, 80, sources=("10.1.0.1",), port_range=rng)
+                  for h in ("10.0.0.5", "10.0.0.6"))  # fmt: skip
+    assert ports(Upstream("be", apart), table())[1] == 200  # a server line's own allocator
 
 
 def test_server_ports_counts_each_source_apart() -> None:
@@ -222,14 +224,15 @@ def test_haproxy_backend_servers_and_where_their_source_comes_from() -> None:
     sections = haproxy.parse_config(HAPROXY_CFG)
     (up,) = haproxy.upstreams(sections, 80, fixed)
     assert (up.name, up.keepalive) == ("be", 0)  # http-reuse never
-    got = [(s.address, s.max_conns, s.sources, s.port_range, s.bind_no_port) for s in up.servers]
+    got = [(s.address, s.max_conns, s.sources, s.port_range, s.range_shared) for s in up.servers]
     assert got == [
-        ("10.0.0.5:8080", 100, ("10.1.0.9",), None, True),  # defaults' source, no range
-        ("10.0.0.6:8080", 100, ("10.1.0.9",), None, True),
-        ("10.0.0.7:8080", None, ("10.1.0.1",), (61000, 61099), False),
+        ("10.0.0.5:8080", 100, ("10.1.0.9",), None, False),  # defaults' source, no range
+        ("10.0.0.6:8080", 100, ("10.1.0.9",), None, False),
+        ("10.0.0.7:8080", None, ("10.1.0.1",), (61000, 61099), False),  # its own allocator
     ]  # usesrc clientip: the client's own address, not the proxy's ports
     (tcp,) = haproxy.upstreams(sections, 5000, fixed)
-    assert tcp.servers[0].port_range == (1024, 65535) and tcp.keepalive == 0
+    assert tcp.servers[0].port_range == (1024, 65535) and tcp.servers[0].range_shared
+    assert tcp.keepalive == 0
 
 
 @pytest.mark.parametrize(

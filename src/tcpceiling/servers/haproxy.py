@@ -11,7 +11,8 @@ toward the server it was sent to (HAProxy's maxconn counts sessions, not fds: ab
 two fds each). The source of those connections (tcp_connect_server, src/proto_tcp.c):
 a server's `source`, else the backend's (or defaults'); `source ADDR:LO-HI` makes
 HAProxy hand out that range itself, one pool per address for every server using it
-("no free ports" past it, CO_ER_PORT_RANGE); `source ADDR` binds with
+("no free ports" past it, CO_ER_PORT_RANGE): on a server line an allocator of its
+own, on a backend one for all its servers; `source ADDR` binds with
 IP_BIND_ADDRESS_NO_PORT, so the kernel's range serves each (source, server) apart;
 no source, the kernel picks address and port at connect()."""
 
@@ -232,11 +233,12 @@ def _server(words: tuple[str, ...], inherited: tuple[str, ...], resolver: Resolv
     src = parse_source(words[at + 1 :] if at >= 0 else inherited)
     if port is None or (src is None and (at >= 0 or inherited)):
         return []  # no port given (the client's), or usesrc: not the proxy's ports
-    at = words.index("maxconn") if "maxconn" in words else -1
-    cap = text.to_int(words[at + 1]) if 0 <= at < len(words) - 1 else None
+    m = words.index("maxconn") if "maxconn" in words else -1
+    cap = text.to_int(words[m + 1]) if 0 <= m < len(words) - 1 else None
     sources, rng = ((src[0],), src[1]) if src else ((), None)
+    shared = rng is not None and at < 0  # the backend's range: one allocator for all
     return [
-        UpstreamServer(h, port, 1, cap, sources, rng, bind_no_port=rng is None)
+        UpstreamServer(h, port, 1, cap, sources, rng, range_shared=shared)
         for h in resolver(host.strip("[]"), port)
     ]
 

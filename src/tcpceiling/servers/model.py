@@ -80,6 +80,9 @@ class UpstreamServer:
     sources: tuple[str, ...] = ()
     port_range: tuple[int, int] | None = None
     bind_no_port: bool = True
+    #: the proxy's range is one allocator for every server that inherits it (HAProxy
+    #: `source A:LO-HI` on a backend), not one per server (on a server line)
+    range_shared: bool = False
 
     @property
     def address(self) -> str:

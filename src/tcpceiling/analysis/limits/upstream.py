@@ -86,16 +86,21 @@ def server_ports(
 
 
 def _shared(up: Upstream, rows: list[ServerPorts]) -> int:
-    """Servers that share one pool per source address (a port the proxy binds itself,
-    or bind() without IP_BIND_ADDRESS_NO_PORT) hold that pool once between them."""
-    shared = [(s, r) for s, r in zip(up.servers, rows, strict=True)
-              if s.sources and (s.port_range is not None or not s.bind_no_port)]  # fmt: skip
-    if len(shared) < 2:
-        return sum(r.allowed for r in rows)
-    alone = sum(r.allowed for s, r in zip(up.servers, rows, strict=True)
-                if (s, r) not in shared)  # fmt: skip
-    pools = {src: r.allowed // max(1, len(s.sources)) for s, r in shared for src in s.sources}
-    return alone + min(sum(r.allowed for _s, r in shared), sum(pools.values()))
+    """What the upstream holds: the sum over its servers, except that servers drawing
+    on one pool per source address hold it once between them: a range the proxy
+    hands out for all of them (HAProxy's backend `source A:LO-HI`), or a bind()
+    without IP_BIND_ADDRESS_NO_PORT (the kernel then keeps a port per address)."""
+    pooled: dict[tuple[str, tuple[int, int] | None], int] = {}
+    alone = 0
+    for s, r in zip(up.servers, rows, strict=True):
+        if s.sources and (s.range_shared or not s.bind_no_port):
+            per = r.allowed // len(s.sources)
+            for src in s.sources:
+                key = (src, s.port_range)
+                pooled[key] = max(pooled.get(key, 0), per)
+        else:
+            alone += r.allowed
+    return alone + sum(pooled.values())
 
 
 def reusable(tw_reuse: int, up: Upstream) -> bool:
