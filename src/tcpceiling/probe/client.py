@@ -36,11 +36,12 @@ REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
 TOP_UP_MOST = 64  # connections added one by one after a stop by evictions
-#: after a stop by refusals, the pause before adding one at a time: the server's
-#: answers to the last refused ones land and their connections close first
-FRONTIER_SETTLE = 0.5
-#: the failures that end adding one at a time after a stop by refusals (watch.py)
+#: after a stop by refusals, the pause before each of the frontier's steps: the
+#: server's answers to the last refused ones land and their connections close first
+FRONTIER_SETTLE = 0.2
+#: the failures that end the frontier's steps after a stop by refusals (watch.py)
 REFUSALS = ("error_reply", "closed", "reset", "refused", "silent", "timeout", "evicted")
+FRONTIER_S = 60.0  # the frontier's steps end by then, wherever they are
 FAST_BATCH = 256
 POLL_BAD = select.POLLERR | select.POLLHUP
 STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -118,6 +119,7 @@ class ClientWorker:
         self.live = self._live()
         self.stopping = self.releasing = self.go = False
         self.opened = 0  # connections the opening started (open_all)
+        self.frontier_left = 0  # what the frontier may still add (its share of the target)
         self.guard: Literal["memory"] | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
@@ -475,41 +477,59 @@ class ClientWorker:
         """After the server refused (or reset, or closed), what it holds at once, found
         as a careful client would: its own traffic no longer competing with the cap
         (connections opened while others were still being answered, or its refusals
-        still lingering in the server), settle, then add one connection at a time,
-        each settled and swept, until the first refusal. The most served at once is
-        then what the server holds, not what it held while the probe was still
-        opening (`best` keeps the higher of the two)."""
+        still lingering in the server). Settle, then add connections in steps, each
+        settled and swept before the next: twice as many after each step the server
+        took whole (at most the opening's window), and after the step it refused in,
+        settle again and go on one at a time (what the step's own crowd cost comes
+        back). Bounded by the worker's share of the target and FRONTIER_S. The most
+        served at once is then what the server holds, not what it held while the
+        probe was still opening (`best` keeps the higher of the two)."""
         w = self._watch
         refused = sum(w.totals[k] for k in REFUSALS)
-        left = self.plan.share - self.opened  # never more than the target's share
-        if not refused or left <= 0 or self.stopping or self.releasing:
+        self.frontier_left = self.plan.share - self.opened  # never past the target's share
+        if not refused or self.frontier_left <= 0 or self.stopping or self.releasing:
             return
+        end = time.monotonic() + FRONTIER_S
+        step = 1
+        while self._frontier_step(step, end):
+            step = min(2 * step, self.window.limit)
+        if step > 1:  # the last step crowded the server: the rest one at a time
+            while self._frontier_step(1, end):
+                pass
+
+    def _frontier_step(self, n: int, end: float) -> bool:
+        """Settle, add up to n connections and settle them; True if none was refused."""
+        w = self._watch
+        if self.frontier_left <= 0 or self.stopping or self.releasing or time.monotonic() > end:
+            return False
         time.sleep(FRONTIER_SETTLE)
         self.drain(0)
-        self._add_one_by_one(lambda held: None, kinds=REFUSALS, most=left)
+        before = sum(w.totals[k] for k in REFUSALS)
+        n = min(n, self.frontier_left)
+        opened = sum(1 for _ in range(n) if self.open_one())
+        self.frontier_left -= n
+        self.finish_in_flight()
+        w.verify()
+        return opened == n and sum(w.totals[k] for k in REFUSALS) == before
 
     def _add_one_by_one(
         self,
         evicted: Callable[[int], None],
         enough: Callable[[int], bool] | None = None,
-        kinds: tuple[str, ...] = ("evicted",),
-        most: int = TOP_UP_MOST,
     ) -> None:
         """One connection at a time, settled and swept, until `enough` (None: the
-        first failure of `kinds`) or `most` (at most TOP_UP_MOST); `evicted` hears
-        the count an addition failed at."""
+        first eviction) or TOP_UP_MOST; `evicted` hears the count an addition
+        evicted at."""
         w = self._watch
-        for _ in range(min(most, TOP_UP_MOST)):
+        for _ in range(TOP_UP_MOST):
             held = w.verify()
             if self.releasing or (enough is not None and enough(held)):
                 return
-            if kinds is REFUSALS and self.stopping:  # the run ended it: add nothing more
-                return
-            before = sum(w.totals[k] for k in kinds)
+            before = w.totals["evicted"]
             if not self.open_one():
                 return
             self.finish_in_flight()
-            if sum(w.totals[k] for k in kinds) > before:
+            if w.totals["evicted"] > before:
                 evicted(held)
                 if enough is None:
                     return
