@@ -301,3 +301,40 @@ def test_the_opening_window_grows_while_answers_are_prompt_and_halves_when_not()
         w.timed_out()
     assert w.limit == pacing.MIN_WINDOW and w.answered == 72
     assert pacing.Window(most=4).limit == 4  # --max-pending is the most, even below the floor
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+
+
+@pytest.mark.parametrize(
+    ("segments", "outcome", "rest"),
+    [
+        # head and body in separate writes (gunicorn's): the body is no reply of its own
+        ([OK_HEAD + b"Content-Length: 2\r\n\r\n", b"ok"], "ok", b""),
+        ([OK_HEAD + b"Content-Length: 2\r\n\r\nok-ERR next"], "ok", b"-ERR next"),
+        ([OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\no", b"k\r\n0\r\n", b"\r\nBYE"],
+         "ok", b"BYE"),
+        ([OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nheld\n\r\n", b"5\r\nheld\n\r\n"],
+         "ok", b""),  # a stream that goes on: all of it body
+        ([OK_HEAD + b"\r\nuntil the close", b"and more"], "ok", b""),
+        ([b"HTTP/1.1 204 No Content\r\n\r\n-ERR after"], "ok", b"-ERR after"),
+        ([b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"], "error", b""),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"], "more", b""),  # the head not whole
+    ],
+)  # fmt: skip
+def test_http_responses_are_framed_before_they_are_judged(
+    segments: list[bytes], outcome: str, rest: bytes
+) -> None:
+    v, body, after = wire.http_response(segments[0])
+    assert v.outcome == outcome
+    for more in segments[1:]:
+        assert body is not None
+        after += body.feed(more)
+    assert after == rest
+
+
+def test_a_chunk_size_line_split_anywhere_is_still_read() -> None:
+    body = wire.HttpBody("chunked")
+    stream = b"a;ext=1\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nnext"
+    out = b"".join(body.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert out == b"next" and body.done

@@ -134,6 +134,18 @@ class Check:
         it leaves room for a busy worker."""
         return self.keep_alive / 2 if self.kind == "mqtt" and self.keep_alive else None
 
+    def framed(
+        self, data: bytes, sent: bytes, again: bool = False
+    ) -> tuple[Verdict, p.HttpBody | None, bytes]:
+        """The verdict on what the server sent so far, with the framing of what follows
+        the reply: an HTTP response is judged once its head is whole, and its body
+        (Content-Length, chunked, or until the close) is never a reply of its own:
+        (verdict, the body still to come or None, the bytes after the message)."""
+        if self.kind == "http":
+            return p.http_response(data)
+        v = self.verdict(data, sent, again)
+        return v, None, self.after_reply(data, again) if v.outcome == "ok" else b""
+
     def after_reply(self, data: bytes, again: bool) -> bytes:
         """What followed the served reply in the same bytes, to be read as held data."""
         first = self.kind == "websocket" and not again
