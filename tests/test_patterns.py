@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,3 +112,108 @@ def test_a_server_that_stops_accepting_at_its_cap() -> None:
     assert kept.peak == 40 and r["served"] == 40
     assert r["stop"]["reason"] in ("backlog", "server_silent"), r["stop"]
     assert r["outcomes"]["silent_at_end"] == 9  # backlog + 1 (the kernel's check is >)
+
+
+def plain_http(port: int, n: int, wait: float = 1.0) -> int:
+    """A plain client: n GETs one at a time, each response read whole (head, then its
+    Content-Length body, however the segments come) and kept if 200; how many are
+    still open after `wait` (the independent count of what the server holds)."""
+    kept: list[socket.socket] = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if _whole_200(s):
+            kept.append(s)
+        else:
+            s.close()
+    time.sleep(wait)
+    alive = 0
+    for s in kept:
+        s.setblocking(False)
+        try:
+            alive += s.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        s.close()
+    return alive
+
+
+def _whole_200(s: socket.socket) -> bool:
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and (chunk := s.recv(4096)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((ln.split(b":")[1] for ln in head.split(b"\r\n")
+                           if ln.lower().startswith(b"content-length:")), b"0"))  # fmt: skip
+        while len(body) < length and (chunk := s.recv(4096)):
+            body += chunk
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    ("name", "cap", "held", "reason"),
+    [("http-split", 25, 25, "server_closed"), ("http-503", 20, 19, "server_reply")],
+)
+def test_http_servers_serve_what_a_plain_client_holds_five_times(
+    name: str, cap: int, held: int, reason: str
+) -> None:
+    """Headers and body in separate writes, then a close past the cap (gunicorn's
+    gthread workers): the body is never taken for a refusal. A 503 past a cap that
+    counts idle connections, the refused one's own among them (uvicorn's
+    --limit-concurrency): it holds cap - 1. Five runs in a row, each equal to a plain
+    client's count."""
+    for _ in range(5):
+        with pattern(name, cap) as (port, kept):
+            code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http",
+                            "--target", str(3 * cap))  # fmt: skip
+            plain = plain_http(port, 2 * cap)
+        assert code == 1, r["stop"]
+        assert r["served"] == plain == held == kept.peak, (r["served"], plain, r["outcomes"])
+        assert r["stop"]["reason"] == reason, r["stop"]
+        assert "ok" not in r["replies"]  # a body is never a reply of its own
+
+
+def plain_line(port: int, n: int, wait: float = 1.0) -> int:
+    """A plain client of a line protocol: n connections one at a time, each kept once
+    it is greeted with +OK; how many are still open after `wait`."""
+    kept: list[socket.socket] = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if s.recv(4096).startswith(b"+OK"):
+            kept.append(s)
+        else:
+            s.close()
+    time.sleep(wait)
+    alive = 0
+    for s in kept:
+        s.setblocking(False)
+        try:
+            s.recv(4096)  # a BYE, or the close: either way not held
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        s.close()
+    return alive
+
+
+def test_evictions_in_the_servers_words_come_before_its_queues_overflow() -> None:
+    """A server that evicts its oldest client with a BYE line, its listen backlog equal
+    to its cap (15): the stop is its evictions, in its words, five times in a row; a
+    queue overflow the opening's own pace caused is a note, not the reason; served
+    equals a plain client's count."""
+    for _ in range(5):
+        with pattern("evict-bye", 15, backlog=15) as (port, kept):
+            code, r = probe("--connect", f"127.0.0.1:{port}", "--check", r"expect:^\+OK",
+                            "--target", "60")  # fmt: skip
+            plain = plain_line(port, 30)
+        assert code == 1, r["stop"]
+        assert r["served"] == plain == kept.peak == 15, (r["served"], plain, r["outcomes"])
+        assert r["stop"]["reason"] == "server_evicted", r["stop"]
+        overflowed = r["stop"]["evidence"]["deltas"].get("ListenOverflows", 0)
+        assert not overflowed or "note: ListenOverflows" in r["stop"]["detail"]

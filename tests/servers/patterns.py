@@ -14,8 +14,15 @@ Past CAP:
 - slow: a thread per connection, accepting at most 100 a second, says
   "421 too many connections" and closes (an inetd- or fork-style daemon);
 - evict: closes the oldest client it keeps to admit the newest;
+- evict-bye: the same, saying "BYE" to the oldest before closing it (run it with a
+  backlog equal to its cap, as a server whose listen backlog is its process limit);
 - pause: stops calling accept() while it keeps CAP (the listener stays open, so
-  new handshakes wait in its accept queue until the queue is full).
+  new handshakes wait in its accept queue until the queue is full);
+- http-split: HTTP/1.1 with keep-alive, each response's head and body in separate
+  writes (gunicorn's); past CAP it answers the request the same way, then closes;
+- http-503: HTTP/1.1 with keep-alive, counting every open connection, idle ones
+  included, toward CAP: a request that finds CAP open (its own among them) is
+  answered 503 and closed, so it keeps CAP - 1 (uvicorn's --limit-concurrency).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import time
 
 GREETING = b"+OK tcpceiling-test ready\r\n"
 REFUSAL = b"-ERR max number of clients reached\r\n"
+BYE = b"BYE too many clients, the oldest goes\r\n"
 LATER = 0.005  # seconds between the greeting and the refusal: two segments
 SLOW_ACCEPT = 0.01  # at most 100 accepts a second
 
@@ -93,8 +101,11 @@ class Loop:
         conn, _ = self.lsock.accept()
         conn.setblocking(False)
         self.send(conn, GREETING)
-        if len(self.kept) >= self.cap and self.pattern == "evict":
-            self.drop(next(iter(self.kept)))
+        if len(self.kept) >= self.cap and self.pattern in ("evict", "evict-bye"):
+            oldest = next(iter(self.kept))
+            if self.pattern == "evict-bye":
+                self.send(oldest, BYE)
+            self.drop(oldest)
         if len(self.kept) >= self.cap:
             self.later.append((time.monotonic() + LATER, conn))
             return
@@ -157,11 +168,58 @@ def slow(lsock: socket.socket, cap: int) -> None:
         time.sleep(SLOW_ACCEPT)
 
 
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n"
+UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
+    b"Service Unavailable"
+)
+
+
+def http(pattern: str, lsock: socket.socket, cap: int) -> None:
+    """The HTTP patterns: a thread per connection, every request answered."""
+    count, lock = Count(), threading.Lock()
+    state = {"open": 0}
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            with lock:
+                state["open"] += 1
+            kept = False
+            try:
+                while conn.recv(4096):
+                    with lock:
+                        full = state["open"] >= cap if pattern == "http-503" else count.n >= cap
+                    if pattern == "http-503" and full:
+                        conn.sendall(UNAVAILABLE)
+                        return
+                    conn.sendall(HEAD)
+                    time.sleep(LATER)  # the body in a segment of its own
+                    conn.sendall(b"ok\n")
+                    if not kept and not full:
+                        kept = count.add(1, cap)
+                    if not kept:
+                        return  # answered, then closed: not kept
+            except OSError:
+                pass
+            finally:
+                with lock:
+                    state["open"] -= 1
+                if kept:
+                    count.add(-1)
+
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 def main(pattern: str, port: int, cap: int, backlog: int) -> None:
     lsock = listen(port, backlog)
     print("ready", flush=True)
     if pattern == "slow":
         slow(lsock, cap)
+        return
+    if pattern.startswith("http-"):
+        http(pattern, lsock, cap)
         return
     lsock.setblocking(False)
     Loop(pattern, lsock, cap).run()

@@ -61,6 +61,7 @@ class Run:
         self.budget: budget.MemoryBudget | None = None
         self.server_limit: AppLimit | None = None
         self.proxy_at: proxy.Where | None = None  # the server, found in its namespace
+        self.in_flight_most: int | None = None  # per worker, within the listener's queue
         self.path_before: path.PathSample | None = None
         self.server_prediction: ScenarioResult | None = None
         self.watched = outcome.Watched()
@@ -131,7 +132,7 @@ class Run:
             check_timeout=cfg.check_timeout,
             check_every=cfg.check_every,
             settle=cfg.settle,
-            max_pending=cfg.max_pending,
+            max_pending=min(cfg.max_pending, self.in_flight_most or cfg.max_pending),
             message_rate=cfg.message_rate,
             message_bytes=cfg.message_bytes,
             traffic_seconds=cfg.traffic_seconds,
@@ -340,6 +341,7 @@ class Run:
                     self.path_before = path.sample(self.cfg.path_netns)
                 self.server_limit = self._known_server(plan)
                 server_before = self._server_sample(plan)
+                self.in_flight_most = self._below_backlog(plan, server_before)
             else:
                 self.start_sinks(plan)
                 self.server_prediction = self._predict_server(plan)
@@ -417,6 +419,20 @@ class Run:
         finally:
             self.report(RunProgress("releasing", 0, None, time.monotonic() - self.t0))
             kids.release()
+
+    def _below_backlog(self, plan: Plan, before: evidence.ServerSample | None) -> int | None:
+        """Handshakes and checks each opening worker may keep in flight so that, all
+        together, they stay within the listener's accept queue (backlog + 1, read
+        with sock_diag where the listener is on this host): a slow server's queue is
+        not flooded by the probe's own pace. None: no listener seen (a remote server:
+        the pacing window learns from its retransmits)."""
+        listeners = before.listeners if before is not None else ()
+        if not listeners:
+            return None
+        room = min(ln.backlog for ln in listeners) + 1
+        target = self.cfg.target or plan.client_capacity * self.cfg.parallel
+        at_once = max(1, min(self.cfg.parallel, -(-target // max(1, plan.client_capacity))))
+        return max(1, room // at_once)
 
     def _known_server(self, plan: Plan) -> AppLimit | None:
         """The server behind the first local endpoint, as tcpceiling.servers reads it

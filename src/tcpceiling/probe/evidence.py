@@ -137,6 +137,17 @@ def _silent(silent: int, after: ServerSample) -> tuple[StopReason, str] | None:
     )
 
 
+def _overflow_note(d: dict[str, int], after: ServerSample) -> str:
+    """A queue that overflowed beside the server's own answer: the probe's pace, noted."""
+    n = d.get("ListenOverflows", 0)
+    if not n and not any(ln.full for ln in after.listeners):
+        return ""
+    return (
+        f"; note: ListenOverflows +{n}: new handshakes also found the listener's accept "
+        "queue full (the opening's own pace), which is not the limit"
+    )
+
+
 def _reason(
     kind: str, reply: str, after: ServerSample, d: dict[str, int], silent: int = 0
 ) -> tuple[StopReason, str]:
@@ -144,8 +155,11 @@ def _reason(
     at_limit = [p for p in after.processes if p.at_fd_limit]
     overflowed = d.get("ListenOverflows", 0) > 0 or any(ln.full for ln in after.listeners)
     conntrack = sum(d.get(f"conntrack_{k}", 0) for k in CONNTRACK_KEYS)
-    if reply and kind in ("error_reply", "closed", "reset"):
-        return "server_reply", f'the server refused with "{reply}" and closed'
+    if reply and kind in ("error_reply", "closed", "reset", "evicted"):
+        said = "evicted connections with" if kind == "evicted" else "refused with"
+        return "server_reply" if kind != "evicted" else "server_evicted", (
+            f'the server {said} "{reply}" and closed' + _overflow_note(d, after)
+        )
     if kind in ("silent", "timeout") and at_limit:
         return "server_nofile", _fd_limit_detail(at_limit)
     if kind == "timeout" and conntrack:
@@ -165,7 +179,7 @@ def _reason(
         "evicted": (
             "server_evicted",
             "the server closed connections it had served to make room for new ones: "
-            "'served' is the most it holds at once",
+            "'served' is the most it holds at once" + _overflow_note(d, after),
         ),
         "refused": ("server_refused", "connection refused: nothing listens, or it stopped"),
         "reset": ("server_reset", "the server reset connections"),

@@ -13,10 +13,11 @@ Answered is not served either: many servers greet first and check their cap afte
 connection whose check passed is settling for the settle time (at least `settle`,
 and SETTLE_RTTS times the check's own round trip); its server's refusal in words
 (checks.Check.refusal), or a close, within it is a refusal, not an eviction. Only
-then is it served. A close without a word while settling is undecided: a server
-that evicts its oldest client to admit the newest closes connections as young as
-a server that greets and then refuses. A newer connection served decides it an
-eviction; no newer one left to settle decides it a refusal. The worker stops
+then is it served. A close while settling is undecided, with a word or without
+one: a server that evicts its oldest client to admit the newest (saying BYE, or
+nothing) closes connections as young as a server that greets and then refuses. A
+newer connection served decides it an eviction; no newer one left to settle decides
+it a refusal. The worker stops
 opening while one is undecided, so the newest can settle (client.py).
 `verify()` counts the served ones still open with a poll() sweep:
 the count the result prints, not a counter's peak.
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 
 from tcpceiling.probe import checks
 from tcpceiling.probe.messages import WatchSummary
+from tcpceiling.probe.protocols import HttpBody
 
 STREAK_LIMIT = 16
 EVICTION_WAVE = 4  # a wave of evictions counts this much toward STREAK_LIMIT
@@ -96,6 +98,7 @@ class Watch:
         self.host_of: dict[int, str] = {}
         self.seq_of: dict[int, int] = {}
         self.checking: dict[int, Checking] = {}  # fds with a request outstanding
+        self.bodies: dict[int, HttpBody] = {}  # fds whose reply's body is still coming
         self.settling: dict[int, Settling] = {}
         self.undecided: list[tuple[int, str]] = []  # (attempt, kind): closed while settling
         self.verified: int | None = None  # served and open at the latest sweep
@@ -119,14 +122,16 @@ class Watch:
     @property
     def limit_kind(self) -> str | None:
         """The failure that ended opening: the server's refusal in its own words when
-        there is one in the streak (a queue overflowing beside it is the flood's
-        symptom, not the limit), else the commonest kind."""
+        there is one in the streak, else its evictions when it evicted since its last
+        new high (a queue overflowing beside them is the flood's symptom, not the
+        limit), else the commonest kind."""
         if len(self.failures) + self.evicted_flat < STREAK_LIMIT:
             return None
         kinds = Counter(kind for _seq, kind in self.failures)
         if kinds["error_reply"]:
             return "error_reply"
-        kinds["evicted"] += self.evicted_flat
+        if self.evicted_flat:  # the server's own doing before its queue's symptoms
+            return "evicted"
         return kinds.most_common(1)[0][0]
 
     def summary(self) -> WatchSummary:
@@ -183,6 +188,7 @@ class Watch:
         """The server ended this connection: count it, forget it, close our end."""
         seq = self.seq_of.pop(fd, self.latest)
         self.checking.pop(fd, None)
+        self.bodies.pop(fd, None)
         self.host_of.pop(fd, None)
         settling = self.settling.pop(fd, None)
         if settling is not None and not text:
@@ -191,7 +197,10 @@ class Watch:
             self.replies[text] += 1
         if self._set(fd, None) in GOOD:  # it had been served: an eviction
             self._evicted()
-        elif settling is not None and not text:
+        elif settling is not None and kind == "closed":
+            # closed while settling, with or without a word: the newest refused, or the
+            # oldest evicted (a server that says BYE to its oldest client to admit the
+            # newest) - a newer one served tells which
             self.undecided.append((seq, kind))
         else:
             self.fail(kind, seq)
@@ -255,6 +264,9 @@ class Watch:
         if not data:
             self._drop(fd, "closed", self._pending_text(fd))
             return
+        data = self._past_body(fd, data)
+        if not data:
+            return
         if pending is not None:
             pending.buf = (pending.buf + data)[: checks.MAX_REPLY]
             if self._answer_pings(fd, pending):
@@ -267,6 +279,16 @@ class Watch:
             # the reply and the server's close were both waiting: it was served, and
             # is gone already (a read returns the data first, the EOF only after)
             self._drop(fd, "closed", self._pending_text(fd))
+
+    def _past_body(self, fd: int, data: bytes) -> bytes:
+        """What follows the body of the reply still coming on fd (all of it if none)."""
+        body = self.bodies.get(fd)
+        if body is None:
+            return data
+        rest = body.feed(data)
+        if body.done:
+            del self.bodies[fd]
+        return rest
 
     def _held(self, fd: int, data: bytes) -> None:
         """The server spoke on a held connection: answer a ping, or hear it close."""
@@ -307,9 +329,11 @@ class Watch:
         return checks.first_line(pending.buf) if pending and pending.buf else ""
 
     def _judge(self, fd: int, pending: Checking) -> None:
-        v = self.check.verdict(pending.buf, pending.sent, pending.again)
+        v, body, rest = self.check.framed(pending.buf, pending.sent, pending.again)
         if v.outcome == "more":
             return
+        if body is not None:
+            self.bodies[fd] = body
         del self.checking[fd]
         took = time.monotonic() - pending.started
         if not pending.again:
@@ -322,7 +346,7 @@ class Watch:
             self.totals["rechecked_ok"] += 1
             self._succeed(fd)
         else:
-            self._settle(fd, took, self.check.after_reply(pending.buf, again=False))
+            self._settle(fd, took, rest)
 
     def _settle(self, fd: int, took: float, rest: bytes) -> None:
         """The first check passed: served if nothing refuses it within the settle
@@ -406,7 +430,8 @@ class Watch:
     def release(self) -> list[int]:
         """Every fd still open (the caller closes them with RST)."""
         fds = list(self.state)
-        for table in (self.state, self.checking, self.settling, self.host_of, self.seq_of):
+        tables = (self.state, self.checking, self.settling, self.host_of, self.seq_of, self.bodies)
+        for table in tables:
             table.clear()
         self.good = 0
         return fds
