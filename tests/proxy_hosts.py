@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.test_servers import running
 
 HERE = Path(__file__).parent
+ROOT = HERE.parent
 UPSTREAM = HERE / "servers" / "upstream.py"
 CLIENT_IP, PROXY_IP = "198.18.8.2", "198.18.8.1"
 LISTEN_PORT = 8000
@@ -156,43 +157,15 @@ def ss_count(ns: str, dst: str, state: str = "established", src: str | None = No
 
 
 def hold_plain(ns: str, host: str, port: int, n: int, seconds: float = 1.0) -> int:
-    """A plain client in `ns`: opens `n` HTTP requests one at a time, each held; how many
-    got a 200 and were still open after `seconds` (the independent count of served)."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", PLAIN, host, str(port), str(n),
-         str(seconds)],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+    """A plain client in `ns` (tests.test_patterns.plain_http): n HTTP requests one at
+    a time, each read whole and held; how many were still open after `seconds` (the
+    independent count of served)."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from tests.test_patterns import plain_http; "
+            f"print(plain_http({port}, {n}, {seconds}, {host!r}))")  # fmt: skip
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
     return int(done.stdout.split()[-1])
-
-
-PLAIN = r"""
-import socket, sys, time
-host, port, n, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-held = []
-for _ in range(n):
-    s = socket.create_connection((host, port), timeout=5)
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    try:
-        head = s.recv(4096)
-    except OSError:
-        head = b""
-    if head.startswith(b"HTTP/1.1 200"):
-        held.append(s)
-    else:
-        s.close()
-time.sleep(wait)
-alive = 0
-for s in held:
-    s.setblocking(False)
-    try:
-        alive += s.recv(1) != b""
-    except BlockingIOError:
-        alive += 1
-    except OSError:
-        pass
-print(alive)
-"""
 
 
 def error_lines(log: Path, words: str) -> int:

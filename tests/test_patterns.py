@@ -114,24 +114,30 @@ def test_a_server_that_stops_accepting_at_its_cap() -> None:
     assert r["outcomes"]["silent_at_end"] == 9  # backlog + 1 (the kernel's check is >)
 
 
-def plain_http(port: int, n: int, wait: float = 1.0) -> int:
+def plain_http(port: int, n: int, wait: float = 1.0, host: str = "127.0.0.1") -> int:
     """A plain client: n GETs one at a time, each response read whole (head, then its
     Content-Length body, however the segments come) and kept if 200; how many are
     still open after `wait` (the independent count of what the server holds)."""
     kept: list[socket.socket] = []
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s = socket.create_connection((host, port), timeout=5)
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         if _whole_200(s):
             kept.append(s)
         else:
             s.close()
+    return still_open(kept, wait)
+
+
+def still_open(kept: list[socket.socket], wait: float) -> int:
+    """After `wait`, how many of `kept` the server has neither closed nor spoken on
+    (a BYE or a close: not held); each is closed after."""
     time.sleep(wait)
     alive = 0
     for s in kept:
         s.setblocking(False)
         try:
-            alive += s.recv(1) != b""
+            s.recv(4096)
         except BlockingIOError:
             alive += 1
         except OSError:
@@ -188,18 +194,7 @@ def plain_line(port: int, n: int, wait: float = 1.0) -> int:
             kept.append(s)
         else:
             s.close()
-    time.sleep(wait)
-    alive = 0
-    for s in kept:
-        s.setblocking(False)
-        try:
-            s.recv(4096)  # a BYE, or the close: either way not held
-        except BlockingIOError:
-            alive += 1
-        except OSError:
-            pass
-        s.close()
-    return alive
+    return still_open(kept, wait)
 
 
 def test_evictions_in_the_servers_words_come_before_its_queues_overflow() -> None:
