@@ -281,7 +281,8 @@ def test_tune_raises_what_the_probe_serves_as_planned() -> None:
                 r = probe_proxy(h, 400)
                 held_by_upstream = up.most
     assert set(changes) == {"net.ipv4.ip_local_port_range"}
-    assert plan["goal"] <= s["ceiling"] and within(s["ceiling"], r["served"])
+    assert plan["goal"] <= s["ceiling"], s["summary"]
+    assert within(s["ceiling"], r["served"]), (wc, r["served"], r["outcomes"], r["stop"])
     assert r["served"] >= 250 and held_by_upstream == r["served"]
 
 

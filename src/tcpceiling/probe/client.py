@@ -42,6 +42,11 @@ FRONTIER_SETTLE = 0.2
 #: the failures that end the frontier's steps after a stop by refusals (watch.py)
 REFUSALS = ("error_reply", "closed", "reset", "refused", "silent", "timeout", "evicted")
 FRONTIER_S = 60.0  # the frontier's steps end by then, wherever they are
+#: before the frontier's first step and its first one-at-a-time step: a refused
+#: attempt can leave a proxy's port toward its upstream in TIME_WAIT, which connect()
+#: takes over only once it is tcp_tw_reuse_delay old (1 s by default, loopback with
+#: tcp_tw_reuse 2; net/ipv4/tcp_ipv4.c tcp_twsk_unique): wait that out first
+TW_REUSE_S = 1.2
 FAST_BATCH = 256
 POLL_BAD = select.POLLERR | select.POLLHUP
 STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
@@ -490,19 +495,21 @@ class ClientWorker:
         if not refused or self.frontier_left <= 0 or self.stopping or self.releasing:
             return
         end = time.monotonic() + FRONTIER_S
-        step = 1
-        while self._frontier_step(step, end):
-            step = min(2 * step, self.window.limit)
+        step, wait = 1, TW_REUSE_S
+        while self._frontier_step(step, end, wait):
+            step, wait = min(2 * step, self.window.limit), FRONTIER_SETTLE
         if step > 1:  # the last step crowded the server: the rest one at a time
-            while self._frontier_step(1, end):
-                pass
+            wait = TW_REUSE_S
+            while self._frontier_step(1, end, wait):
+                wait = FRONTIER_SETTLE
 
-    def _frontier_step(self, n: int, end: float) -> bool:
-        """Settle, add up to n connections and settle them; True if none was refused."""
+    def _frontier_step(self, n: int, end: float, wait: float) -> bool:
+        """Settle `wait`, add up to n connections and settle them; True if none was
+        refused."""
         w = self._watch
         if self.frontier_left <= 0 or self.stopping or self.releasing or time.monotonic() > end:
             return False
-        time.sleep(FRONTIER_SETTLE)
+        time.sleep(wait)
         self.drain(0)
         before = sum(w.totals[k] for k in REFUSALS)
         n = min(n, self.frontier_left)
