@@ -261,7 +261,7 @@ def view(used: int, allowed: int, words: str = "") -> ProxyView:
     up = Upstream("127.0.0.2:8080", (srv,), directive="proxy_pass http://127.0.0.2:8080")
     limit = AppLimit("nginx", 7, "198.18.8.1:8000", "worker_connections", 1024, "server", "",
                      511, 0, "", "", "", "http", upstreams=(up,), upstream_words=words,
-                     per_client=2)  # fmt: skip
+                     upstream_ports_gone=nginx.OUT_OF_PORTS in words, per_client=2)  # fmt: skip
     row = ServerPorts(up.name, srv.address, (), allowed, used, 0, "")
     return ProxyView(limit, up, (row,), allowed)
 

@@ -29,9 +29,6 @@ from tcpceiling.servers.registry import app_limit
 #: Replies a proxy gives for its upstream (RFC 9110 15.6.3-5): bad gateway, service
 #: unavailable, gateway timeout.
 GATEWAY_STATUSES = ("502", "503", "504")
-#: The proxies' words for a connect() out of ports (nginx: the errno text; HAProxy:
-#: "no free ports", tcp_connect_server in src/proto_tcp.c)
-OUT_OF_PORTS = ("(99: Cannot assign requested address)", "no free ports")
 
 
 @dataclass(frozen=True)
@@ -106,8 +103,7 @@ def attribute(stop: Stop, reply: str, after: ProxyView | None) -> Stop:
         return stop
     limit, up = after.limit, after.upstream
     full = after.allowed > 0 and after.used >= after.allowed
-    words = limit.upstream_words
-    said = words if full or any(w in words for w in OUT_OF_PORTS) else ""
+    said = limit.upstream_words if full or limit.upstream_ports_gone else ""
     failed = _gateway(reply) or stop.reason in ("server_reset", "server_closed", "server_reply")
     if failed and (full or said):
         return Stop(

@@ -299,6 +299,8 @@ def read(found: Found, roots: Roots) -> AppLimit:
         evidence=said,
         upstreams=ups,
         upstream_words=live.upstream if live is not None else "",
+        upstream_symptom="HAProxy logs 'Connect() failed for backend BE: no free ports', "
+        "counts it in its server's econ and answers its client 503" if ups else "",
     )
 
 

@@ -174,6 +174,10 @@ class AppLimit:
     #: (and one port) toward it; the proxy's own words when it could not connect
     upstreams: tuple[Upstream, ...] = ()
     upstream_words: str = ""
+    #: whether those words say connect() found no free port (the module reads them)
+    upstream_ports_gone: bool = False
+    #: what the proxy says and its clients get when its ports toward an upstream run out
+    upstream_symptom: str = ""
 
 
 class ServerModule(Protocol):

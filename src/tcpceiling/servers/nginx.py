@@ -132,12 +132,20 @@ def _tail(roots: Roots, path: str) -> str:
         return ""
 
 
-def words(conf: str, roots: Roots, about: str = "worker_connections are not enough") -> str:
-    """nginx's own words at its cap, from the end of its error_log (the top-level
-    one: the first error_log directive of the configuration). nginx logs them at
-    warn (ngx_drain_connections): the default level, error, hides them."""
+#: connect()'s errno as nginx logs it when no port is left toward an upstream
+OUT_OF_PORTS = "(99: Cannot assign requested address)"
+UPSTREAM_SYMPTOM = (
+    "nginx logs 'connect() to ADDR failed (99: Cannot assign requested address) while "
+    "connecting to upstream' and answers its client 502 Bad Gateway"
+)
+
+
+def error_log(conf: str, roots: Roots) -> str:
+    """The end of nginx's top-level error_log (the first error_log directive of the
+    configuration), read once for all its words. nginx logs its cap's words at warn
+    (ngx_drain_connections): the default level, error, hides them."""
     path = _directive_first(conf, "error_log")
-    return last_complaint(_tail(roots, path.split()[0]), about) if path else ""
+    return _tail(roots, path.split()[0]) if path else ""
 
 
 def proxied(body: str, port: int, prefix: str) -> tuple[bool, tuple[Upstream, ...]]:
@@ -177,6 +185,8 @@ def read(found: Found, roots: Roots) -> AppLimit:
         per = max(0, wc - own - wc // DRAIN_SHARE)
         how = f"({wc} - {found.listeners} listener(s) - 1 channel - {wc}/{DRAIN_SHARE} kept free)"
     nofile = min((w.nofile for w in workers if w.nofile is not None), default=None)
+    log = error_log(body, roots)
+    said = last_complaint(log, UPSTREAM_WORDS) if upstreams else ""
     return AppLimit(
         server=NAME,
         pid=found.main.pid,
@@ -201,10 +211,12 @@ def read(found: Found, roots: Roots) -> AppLimit:
         own=own,
         per_client=2 if passes else 1,
         kept_free_share=0 if passes else DRAIN_SHARE,
-        evidence=words(body, roots),
+        evidence=last_complaint(log),
         per_process={w.pid: per for w in workers},
         upstreams=upstreams,
-        upstream_words=words(body, roots, UPSTREAM_WORDS) if upstreams else "",
+        upstream_words=said,
+        upstream_ports_gone=OUT_OF_PORTS in said,
+        upstream_symptom=UPSTREAM_SYMPTOM if upstreams else "",
     )
 
 

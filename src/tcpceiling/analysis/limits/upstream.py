@@ -30,11 +30,7 @@ from tcpceiling.host.sockets import SocketTable
 from tcpceiling.servers.model import AppLimit, Upstream, UpstreamServer
 from tcpceiling.servers.registry import raise_upstream
 
-SYMPTOM = (
-    "the proxy's connect() toward the upstream fails with EADDRNOTAVAIL (99): nginx "
-    "'(99: Cannot assign requested address) while connecting to upstream' and 502; "
-    "HAProxy 'no free ports' and 503"
-)
+SYMPTOM = "the proxy's connect() toward the upstream fails with EADDRNOTAVAIL (99)"
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,7 @@ def evaluate_upstream(ctx: Context, s: AppLimit, up: Upstream) -> tuple[Constrai
         in_use=used,
         per_connection=1,
         ceiling=max(0, allowed - used),
-        symptom=SYMPTOM,
+        symptom="; ".join(t for t in (SYMPTOM, s.upstream_symptom) if t),
         raise_=raise_text(s, up),
         source=f"{s.server}: {up.directive}; {ctx.proc('sys/net/ipv4/ip_local_port_range')}, "
         f"{_table(ctx).source}",
