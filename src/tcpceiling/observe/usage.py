@@ -112,8 +112,12 @@ def upstream_usages(s: Sample) -> list[Usage]:
             u.allowed,
             "ports",
             f"its clients on {u.listen} pay: {u.fix}"
-            + ("" if u.keepalive else f"; without keep-alive it lets {u.time_wait_rate:,.1f} "
-               "requests/s through (ports / 60 s of TIME_WAIT)"),
+            + (
+                ""
+                if u.keepalive
+                else f"; without keep-alive it lets {u.time_wait_rate:,.1f} "
+                "requests/s through (ports / 60 s of TIME_WAIT)"
+            ),
             u.pid,
             f"{u.server} says: {u.words}" if u.words else "",
         )

@@ -250,8 +250,12 @@ def upstreams(sections: tuple[Section, ...], port: int, resolver: Resolver) -> t
                  None)  # fmt: skip
     if front is None:
         return ()
-    back = front if front.kind == "listen" else next(
-        (s for s in sections if s.kind == "backend" and s.name == front.default_backend), None
+    back = (
+        front
+        if front.kind == "listen"
+        else next(
+            (s for s in sections if s.kind == "backend" and s.name == front.default_backend), None
+        )
     )
     if back is None:
         return ()
@@ -300,7 +304,9 @@ def read(found: Found, roots: Roots) -> AppLimit:
         upstreams=ups,
         upstream_words=live.upstream if live is not None else "",
         upstream_symptom="HAProxy logs 'Connect() failed for backend BE: no free ports', "
-        "counts it in its server's econ and answers its client 503" if ups else "",
+        "counts it in its server's econ and answers its client 503"
+        if ups
+        else "",
     )
 
 

@@ -179,8 +179,10 @@ def read(found: Found, roots: Roots) -> AppLimit:
     own = found.listeners + 1
     if passes:
         per = max(0, (wc - own) // 2)
-        how = f"({wc} - {found.listeners} listener(s) - 1 channel) // 2 connections per " \
+        how = (
+            f"({wc} - {found.listeners} listener(s) - 1 channel) // 2 connections per "
             f"proxied client (its own and the upstream's)"
+        )
     else:
         per = max(0, wc - own - wc // DRAIN_SHARE)
         how = f"({wc} - {found.listeners} listener(s) - 1 channel - {wc}/{DRAIN_SHARE} kept free)"
@@ -198,8 +200,11 @@ def read(found: Found, roots: Roots) -> AppLimit:
         capacity=per * len(workers),
         in_use=found.established,
         arithmetic=f"{len(workers)} worker(s) x {how} = {per * len(workers)} "
-        + ("(ngx_event_connect_peer, src/event/ngx_event_connect.c)" if passes
-           else "(ngx_drain_connections, src/core/ngx_connection.c)"),
+        + (
+            "(ngx_event_connect_peer, src/event/ngx_event_connect.c)"
+            if passes
+            else "(ngx_drain_connections, src/core/ngx_connection.c)"
+        ),
         symptom=f"{wc} worker_connections are not enough"
         + ("" if passes else ", reusing connections"),
         raise_=f"events {{ worker_connections {wc * 2}; }} and worker_rlimit_nofile "

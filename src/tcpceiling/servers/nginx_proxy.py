@@ -283,9 +283,7 @@ def _server_line(args: list[str], port: int, resolver: Resolver) -> list[Upstrea
     ]  # fmt: skip
 
 
-def upstream_for(
-    root: Block, loc: Location, resolver: Resolver = text.resolve
-) -> Upstream | None:
+def upstream_for(root: Block, loc: Location, resolver: Resolver = text.resolve) -> Upstream | None:
     """The upstream a location passes to: its `upstream {}` block, else its address."""
     target = parse_target(loc.target)
     if target is None or loc.bind is None:
@@ -303,9 +301,9 @@ def upstream_for(
         port = target.port or default
         servers = [UpstreamServer(h, port) for h in resolver(target.host, port)]
         keepalive = 0
-    if loc.stream or (loc.directive.startswith("proxy_pass") and not (
-        loc.http11 and loc.clears_connection
-    )):
+    if loc.stream or (
+        loc.directive.startswith("proxy_pass") and not (loc.http11 and loc.clears_connection)
+    ):
         keepalive = 0  # HTTP/1.0 to the upstream, or Connection: close: closed each time
     bound = tuple(UpstreamServer(s.host, s.port, s.weight, s.max_conns, loc.bind) for s in servers)
     return Upstream(

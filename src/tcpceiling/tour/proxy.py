@@ -129,8 +129,10 @@ def _trial(name: str, netns: str, nginx: str, directory: Path, two: bool) -> Tri
 
 
 def _observed(detail: str) -> str:
-    return "nginx: connect() (99: Cannot assign requested address)" if "(99:" in detail else (
-        detail[:80]
+    return (
+        "nginx: connect() (99: Cannot assign requested address)"
+        if "(99:" in detail
+        else (detail[:80])
     )
 
 

@@ -104,9 +104,7 @@ def reusable(tw_reuse: int, up: Upstream) -> bool:
     return bool(up.servers) and all(tw_reusable_at(tw_reuse, s.host) for s in up.servers)
 
 
-def rows_for(
-    up: Upstream, net: NetView, table: SocketTable
-) -> tuple[list[ServerPorts], int]:
+def rows_for(up: Upstream, net: NetView, table: SocketTable) -> tuple[list[ServerPorts], int]:
     """Each server of `up` with its ports allowed and used, and what the upstream
     holds in all, from a namespace's values and its socket table (read for the
     upstream's addresses): what analyze, the probe, doctor and the exporter count."""
