@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tcpceiling.probe import attribution, evidence
+from tcpceiling.probe import attribution, evidence, outcome
 from tcpceiling.probe.messages import (
     ChurnProgress,
     ClientProgress,
     ClientStart,
     Failure,
+    Frontier,
     SinkProgress,
     SinkReady,
     WatchSummary,
@@ -136,6 +137,7 @@ def test_server_mode_names_the_kind_of_failure() -> None:
             failure=Failure(99, 99, 0),
             watch=WatchSummary(totals={"served": 4}),
             hist={12: 1},
+            frontier=Frontier(opening_best=259, best=275, added=17, steps=16, one_at_a_time=True),
         ),
         SinkProgress(0, 7, full_errno=24, cpu=0.5),
         ChurnProgress(
@@ -153,6 +155,50 @@ def test_server_mode_names_the_kind_of_failure() -> None:
 )
 def test_messages_round_trip(msg: object) -> None:
     assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("ran", "served", "says"),
+    [
+        (
+            [Frontier(259, 275, 17, 16, True)],
+            275,
+            "added 17 connection(s) in 16 settled step(s), doubling after each step the "
+            "server took whole, then one at a time after the step it refused in, until the "
+            "server refused again: served at once 259 while it was still opening, 275 after",
+        ),
+        (
+            [Frontier(10, 12, 3, 2, False, "held"), Frontier(9, 11, 4, 3, False, "time")],
+            23,
+            "added 7 connection(s) in 3 settled step(s), doubling after each step the server "
+            "took whole, until the target's share was held or until its time was up: served "
+            "at once 19 while it was still opening, 23 after",
+        ),
+        (
+            [Frontier(25, 25, 1, 1)],
+            25,
+            "settled, then tried 1 more: the server refused again (served at once 25 while "
+            "it was still opening, 25 after)",
+        ),
+        (
+            [Frontier(30, 31, 3, 3, True, "held", "evictions")],
+            31,
+            "added 3 connection(s) one at a time, each settled and swept, until it held the "
+            "most it had held again: served at once 30 while it was still opening, 31 after",
+        ),
+        (
+            [Frontier(40, 40, ended="held")],
+            40,
+            "settled and swept again: nothing left to add (served at once 40 while it was "
+            "still opening, 40 after)",
+        ),
+    ],
+)
+def test_the_result_says_what_the_frontier_did(
+    ran: list[Frontier], served: int, says: str
+) -> None:
+    note = outcome.frontier_note(ran, served)
+    assert note.startswith("after the first ") and note.endswith(says), note
 
 
 def test_a_checked_server_reaches_the_target_only_with_what_it_served() -> None:

@@ -344,6 +344,9 @@ def test_the_probe_says_where_to_look_for_a_remote_proxy() -> None:
     note = remote_note("HTTP/1.1 502 Bad Gateway", Endpoint("192.0.2.7", 80))
     assert note is not None and "tcpceiling doctor" in note and "192.0.2.7:80" in note
     assert remote_note("HTTP/1.1 200 OK", Endpoint("192.0.2.7", 80)) is None
+    busy = remote_note("HTTP/1.1 503 Service Unavailable", Endpoint("192.0.2.7", 80))
+    assert busy is not None and "or a server past a cap of its own" in busy
+    assert "past a cap of its own" not in note
 
 
 

@@ -26,7 +26,15 @@ from typing import Literal
 from tcpceiling.probe import active, budget, checks, pacing
 from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.messages import ActiveDone, ClientProgress, ClientStart, Failure, Released
+from tcpceiling.probe.messages import (
+    ActiveDone,
+    ClientProgress,
+    ClientStart,
+    Failure,
+    Frontier,
+    FrontierEnd,
+    Released,
+)
 from tcpceiling.probe.procs import Reporter
 from tcpceiling.probe.watch import SETTLE_RTTS, Watch
 from tcpceiling.probe.worker import SelfStats, close_with_rst, raise_nofile
@@ -36,8 +44,8 @@ REPORT_EVERY = 0.25
 DONE_EVENTS = select.EPOLLERR | select.EPOLLHUP
 TIMEOUTS_ARE_A_LIMIT = 10
 TOP_UP_MOST = 64  # connections added one by one after a stop by evictions
-#: after a stop by refusals, the pause before each of the frontier's steps: the
-#: server's answers to the last refused ones land and their connections close first
+#: after each of the frontier's steps, the pause before it is judged: the server's
+#: later words on the step's connections (an answer, then a close past its cap) land
 FRONTIER_SETTLE = 0.2
 #: the failures that end the frontier's steps after a stop by refusals (watch.py)
 REFUSALS = ("error_reply", "closed", "reset", "refused", "silent", "timeout", "evicted")
@@ -124,7 +132,8 @@ class ClientWorker:
         self.live = self._live()
         self.stopping = self.releasing = self.go = False
         self.opened = 0  # connections the opening started (open_all)
-        self.frontier_left = 0  # what the frontier may still add (its share of the target)
+        self.frontier_left = 0  # attempts the frontier may still make
+        self.frontier: Frontier | None = None  # what it did, once it has run
         self.guard: Literal["memory"] | None = None
         self.ep: select.epoll | None = None
         self.watch: Watch | None = None
@@ -296,6 +305,7 @@ class ClientWorker:
                 rss=self.stats.rss(),
                 guard=self.guard,
                 halvings=self.window.cuts,
+                frontier=self.frontier,
             )
         )
 
@@ -469,14 +479,17 @@ class ClientWorker:
         if not w.totals["evicted"]:
             self._frontier()
             return
-        self._add_one_by_one(lambda held: None)
+        start = Frontier(opening_best=w.best, one_at_a_time=True, after="evictions")
+        first, ended = self._add_one_by_one(lambda held: None)
         goal = w.best
 
         def lower_goal(held: int) -> None:  # one more than `held` made it evict
             nonlocal goal
             goal = min(goal, held)
 
-        self._add_one_by_one(lower_goal, lambda held: held >= goal)
+        refill, ended = self._add_one_by_one(lower_goal, lambda held: held >= goal)
+        added = first + refill
+        self.frontier = replace(start, added=added, steps=added, best=w.best, ended=ended)
 
     def _frontier(self) -> None:
         """After the server refused (or reset, or closed), what it holds at once, found
@@ -486,60 +499,83 @@ class ClientWorker:
         settled and swept before the next: twice as many after each step the server
         took whole (at most the opening's window), and after the step it refused in,
         settle again and go on one at a time (what the step's own crowd cost comes
-        back). Bounded by the worker's share of the target and FRONTIER_S. The most
-        served at once is then what the server holds, not what it held while the
-        probe was still opening (`best` keeps the higher of the two)."""
+        back). Bounded by the worker's share of the target in connections held (the
+        refused ones held nothing), by as many attempts again as the share, and by
+        FRONTIER_S. The most served at once is then what the server holds, not what it
+        held while the probe was still opening (`best` keeps the higher of the two);
+        `self.frontier` says what it did."""
         w = self._watch
-        refused = sum(w.totals[k] for k in REFUSALS)
-        self.frontier_left = self.plan.share - self.opened  # never past the target's share
-        if not refused or self.frontier_left <= 0 or self.stopping or self.releasing:
+        if not sum(w.totals[k] for k in REFUSALS) or self.stopping or self.releasing:
             return
+        self.frontier_left = self.plan.share  # attempts: as many again as the share
+        done = Frontier(opening_best=w.best)
         end = time.monotonic() + FRONTIER_S
         step, wait = 1, TW_REUSE_S
-        while self._frontier_step(step, end, wait):
-            step, wait = min(2 * step, self.window.limit), FRONTIER_SETTLE
-        if step > 1:  # the last step crowded the server: the rest one at a time
+        while isinstance(took := self._frontier_step(step, end, wait), tuple):
+            done = replace(done, added=done.added + took[0], steps=done.steps + 1)
+            if not took[1]:
+                break
+            step, wait = min(2 * step, self.window.limit), 0.0
+        if step > 1 and isinstance(took, tuple):  # the last step crowded the server
+            done = replace(done, one_at_a_time=True)
             wait = TW_REUSE_S
-            while self._frontier_step(1, end, wait):
-                wait = FRONTIER_SETTLE
+            while isinstance(took := self._frontier_step(1, end, wait), tuple):
+                done = replace(done, added=done.added + took[0], steps=done.steps + 1)
+                if not took[1]:
+                    break
+                wait = 0.0
+        ended: FrontierEnd = "refused" if isinstance(took, tuple) else took
+        self.frontier = replace(done, best=w.best, ended=ended)
 
-    def _frontier_step(self, n: int, end: float, wait: float) -> bool:
-        """Settle `wait`, add up to n connections and settle them; True if none was
-        refused."""
+    def _frontier_step(self, n: int, end: float, wait: float) -> tuple[int, bool] | FrontierEnd:
+        """Wait `wait`, add up to n connections (no more than the share still lacks in
+        connections held), let them settle and the server's later words on them land
+        (FRONTIER_SETTLE), then sweep: (added, taken whole: none refused and every one
+        held), or why there is nothing more to add."""
         w = self._watch
-        if self.frontier_left <= 0 or self.stopping or self.releasing or time.monotonic() > end:
-            return False
+        if self.stopping or self.releasing:
+            return "stopped"
+        if self.frontier_left <= 0 or time.monotonic() > end:
+            return "attempts" if self.frontier_left <= 0 else "time"
         time.sleep(wait)
         self.drain(0)
+        held = w.verify()
+        n = min(n, self.frontier_left, self.plan.share - held)
+        if n <= 0:
+            return "held"
         before = sum(w.totals[k] for k in REFUSALS)
-        n = min(n, self.frontier_left)
         opened = sum(1 for _ in range(n) if self.open_one())
         self.frontier_left -= n
         self.finish_in_flight()
-        w.verify()
-        return opened == n and sum(w.totals[k] for k in REFUSALS) == before
+        time.sleep(FRONTIER_SETTLE)
+        self.drain(0)
+        whole = opened == n and sum(w.totals[k] for k in REFUSALS) == before
+        return n, whole and w.verify() >= held + n
 
     def _add_one_by_one(
         self,
         evicted: Callable[[int], None],
         enough: Callable[[int], bool] | None = None,
-    ) -> None:
+    ) -> tuple[int, FrontierEnd]:
         """One connection at a time, settled and swept, until `enough` (None: the
         first eviction) or TOP_UP_MOST; `evicted` hears the count an addition
-        evicted at."""
+        evicted at. Returns how many it added and what ended it."""
         w = self._watch
-        for _ in range(TOP_UP_MOST):
+        for added in range(TOP_UP_MOST):
             held = w.verify()
-            if self.releasing or (enough is not None and enough(held)):
-                return
+            if self.releasing:
+                return added, "stopped"
+            if enough is not None and enough(held):
+                return added, "held"
             before = w.totals["evicted"]
             if not self.open_one():
-                return
+                return added, "stopped"
             self.finish_in_flight()
             if w.totals["evicted"] > before:
                 evicted(held)
                 if enough is None:
-                    return
+                    return added + 1, "evicted"
+        return TOP_UP_MOST, "attempts"
 
     def tend(self) -> None:
         """While holding: watch the held connections (server mode) or just sleep."""

@@ -490,7 +490,8 @@ class Run:
             # read again only a proxy: reading a server at its cap can cost it a slot
             # (redis counts our own query among its rejected connections)
             return proxy.attribute(found, reply, proxy.view(self.proxy_at, Roots()))
-        note = proxy.remote_note(reply, endpoints[0]) if endpoints else None
+        far = before is None and endpoints  # the server is not on this host
+        note = proxy.remote_note(reply, endpoints[0]) if far else None
         if note:
             self.notes.append(note)
         return found

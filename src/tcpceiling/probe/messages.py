@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 Role = Literal["client", "sink"]
+FrontierEnd = Literal["refused", "evicted", "held", "attempts", "time", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,25 @@ class WatchSummary:
 
 
 @dataclass(frozen=True)
+class Frontier:
+    """What a client worker's frontier did after a stop by refusals (client.py
+    ClientWorker._frontier) or by evictions (ClientWorker.top_up): the most its sweeps
+    counted at once before it and after it, the connections it added, in how many
+    settled steps, whether it went on one at a time, and what ended it: a step the
+    server refused in, an eviction, the worker's share of the target held (or, after
+    evictions, the most it held refilled), as many attempts again as the share made
+    (TOP_UP_MOST after evictions), its time (FRONTIER_S) up, or the run stopping."""
+
+    opening_best: int = 0
+    best: int = 0
+    added: int = 0
+    steps: int = 0
+    one_at_a_time: bool = False
+    ended: FrontierEnd = "refused"
+    after: Literal["refusals", "evictions"] = "refusals"
+
+
+@dataclass(frozen=True)
 class ClientStart:
     index: int
     pid: int
@@ -75,6 +95,7 @@ class ClientProgress:
     rss: int = 0
     guard: Literal["memory"] | None = None
     halvings: int = 0  # times the opening window halved (pacing.Window)
+    frontier: Frontier | None = None  # once the frontier has run (a stop by refusals)
 
 
 @dataclass(frozen=True)
@@ -156,7 +177,7 @@ KINDS: dict[str, type[Any]] = {
         ChurnProgress,
     )
 }
-_NESTED: dict[str, type[Any]] = {"failure": Failure, "watch": WatchSummary}
+_NESTED: dict[str, type[Any]] = {"failure": Failure, "watch": WatchSummary, "frontier": Frontier}
 _INT_KEYS = {"errors", "hist", "wake_hist"}
 
 

@@ -15,7 +15,7 @@ from tcpceiling.probe import attribution, checks, evidence, measure
 from tcpceiling.probe.budget import MemoryBudget, oom_kills
 from tcpceiling.probe.config import ProbeConfig
 from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.messages import WorkerState
+from tcpceiling.probe.messages import Frontier, WorkerState
 from tcpceiling.probe.plan import Plan, client_scenario
 from tcpceiling.probe.result import (
     GuardedCgroup,
@@ -200,7 +200,61 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
         )
     if i.cfg.server_mode and i.server_before is None:
         notes.append("the server is not on this host: no server-side evidence was read")
+    if ran := frontiers(i.clients):
+        notes.append(frontier_note(ran, i.served))
     return tuple(notes)
+
+
+def frontiers(clients: Sequence[WorkerState]) -> tuple[Frontier, ...]:
+    """What each client worker's frontier did, for those where it ran."""
+    return tuple(w.client.frontier for w in clients if w.client and w.client.frontier)
+
+
+FRONTIER_ENDS = {
+    "refused": "until the server refused again",
+    "evicted": "until the server evicted again",
+    "held": "until the target's share was held",
+    "attempts": "until it had tried as many again as the target",
+    "time": "until its time was up",
+    "stopped": "until the run stopped",
+}
+
+
+def frontier_note(ran: Sequence[Frontier], served: int | None) -> str:
+    """What the frontiers did, in a sentence: the connections added in settled steps,
+    what ended them, and the most served at once before them (the workers' sweeps
+    while opening, summed) and in the end (the run's served)."""
+    before = sum(f.opening_best for f in ran)
+    after = f"{served:,}" if served is not None else "unknown"
+    steps, added = max(f.steps for f in ran), sum(f.added for f in ran)
+    at_once = f"served at once {before:,} while it was still opening, {after} after"
+    first = "eviction" if any(f.after == "evictions" for f in ran) else "refusal"
+    words = {**FRONTIER_ENDS, "held": "until it held the most it had held again"}
+    if first == "refusal":
+        words = FRONTIER_ENDS
+    ends = " or ".join(words[e] for e in sorted({f.ended for f in ran}))
+    if not steps:
+        return (
+            f"after the first {first} the probe settled and swept again: nothing left to "
+            f"add ({at_once})"
+        )
+    if first == "eviction":
+        return (
+            f"after the first eviction the probe added {added:,} connection(s) one at a "
+            f"time, each settled and swept, {ends}: {at_once}"
+        )
+    if steps == 1 and all(f.ended == "refused" for f in ran):
+        return (
+            f"after the first refusal the probe settled, then tried {added:,} more: the "
+            f"server refused again ({at_once})"
+        )
+    how = "doubling after each step the server took whole"
+    if any(f.one_at_a_time for f in ran):
+        how += ", then one at a time after the step it refused in"
+    return (
+        f"after the first refusal the probe settled, then added {added:,} connection(s) in "
+        f"{steps} settled step(s), {how}, {ends}: {at_once}"
+    )
 
 
 def answered_rate(i: Inputs) -> float | None:
@@ -249,6 +303,7 @@ def build(i: Inputs) -> ProbeResult:
         served=served,
         answered_per_s=answered_rate(i),
         window_halvings=sum(w.client.halvings for w in i.clients if w.client),
+        frontier=frontiers(i.clients),
         side=i.stop.side,
         outcomes=outcomes,
         replies=watch_counts(i.clients, "replies") if server else {},

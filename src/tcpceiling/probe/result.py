@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tcpceiling.analysis.model import ConstraintId, IoModel
+from tcpceiling.probe.messages import Frontier
 
 #: Why opening stopped: the target, a limit of this host (a constraint id, named
 #: from the errno), a guard, the user, a dead worker, or the server's doing.
@@ -140,6 +141,9 @@ class ProbeResult:
     #: opening: its accept rate as the probe saw it (with a check)
     answered_per_s: float | None = None
     window_halvings: int = 0  # times the opening window halved (probe/pacing.py)
+    #: what the frontier did after a stop by refusals, one per client worker where it
+    #: ran (probe/client.py ClientWorker._frontier)
+    frontier: tuple[Frontier, ...] = ()
     side: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     replies: dict[str, int] = field(default_factory=dict)

@@ -153,11 +153,16 @@ def _evidence(after: ProxyView, said: str) -> dict[str, object]:
 
 
 def remote_note(reply: str, endpoint: Endpoint) -> str | None:
-    """A gateway reply from a proxy that is not on this host: where to look."""
+    """A gateway reply from a server that is not on this host: where to look. 502 and
+    504 are a proxy's words about its upstream; 503 is that too, or a server's own cap
+    (uvicorn's --limit-concurrency, HAProxy's maxconn queue timing out)."""
     if not _gateway(reply):
         return None
+    who = "a proxy that could not reach its upstream"
+    if reply.split()[1] == "503":
+        who += ", or a server past a cap of its own"
     return (
-        f'{endpoint} answered "{reply}": a proxy that could not reach its upstream. It is '
+        f'{endpoint} answered "{reply}": {who}. It is '
         "not on this host; on its host, `tcpceiling doctor` names its ports toward each "
         f"upstream, and `tcpceiling analyze --role server --listen {endpoint}` its ceiling"
     )
