@@ -420,6 +420,7 @@ def _known(scope: Scope, listeners: list[sockets.Listener]) -> list[Found]:
     """Each listening server the registry knows, limited to --port and --pid."""
     mine = [ln for ln in listeners if not scope.ports or ln.port in scope.ports]
     found = found_all(scope.roots, mine, registry.knows)
+    found = [f for f in found if registry.module_for(f) is not None]  # an interpreter's
     if scope.pids:
         found = [f for f in found if {o.pid for o in f.owners} & set(scope.pids)]
     return found

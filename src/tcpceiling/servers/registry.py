@@ -9,6 +9,8 @@ from dataclasses import replace
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import (
+    apache,
+    gunicorn,
     haproxy,
     memcached,
     mosquitto,
@@ -18,11 +20,13 @@ from tcpceiling.servers import (
     postgresql,
     redis,
     sshd,
+    uvicorn,
 )
 from tcpceiling.servers.model import AppLimit, Found, ServerModule, Upstream
 
 MODULES: tuple[ServerModule, ...] = (
     nginx,
+    apache,
     haproxy,
     redis,
     memcached,
@@ -31,12 +35,21 @@ MODULES: tuple[ServerModule, ...] = (
     pgbouncer,
     mosquitto,
     sshd,
+    gunicorn,
+    uvicorn,
 )
 
 
 def module_for(found: Found) -> ServerModule | None:
+    """The module that knows the server: by its process name or executable, or, for
+    a server run by an interpreter (`python3 -m uvicorn`), by its command line."""
     p = found.main
-    return next((m for m in MODULES if m.matches(p.comm, p.exe)), None)
+    return next((m for m in MODULES if m.matches(p.comm, p.exe) or _runs(m, p.cmdline)), None)
+
+
+def _runs(module: ServerModule, cmdline: tuple[str, ...]) -> bool:
+    by_cmdline = getattr(module, "matches_cmdline", None)
+    return bool(by_cmdline is not None and by_cmdline(cmdline))
 
 
 def unknown(found: Found) -> AppLimit:
@@ -81,9 +94,15 @@ def raise_upstream(limit: AppLimit, up: Upstream, sources: int = 0) -> str:
     )
 
 
+#: the comm of an interpreter that runs a server a module knows by its command line
+#: (gunicorn, uvicorn): such a process is a candidate, decided by module_for
+INTERPRETERS = ("python",)
+
+
 def knows(comm: str) -> bool:
-    """Does any module recognise a process by its comm alone?"""
-    return any(m.matches(comm, "") for m in MODULES)
+    """Does any module recognise a process by its comm alone, or may one by its
+    command line (an interpreter's process: module_for decides)?"""
+    return any(m.matches(comm, "") for m in MODULES) or comm.startswith(INTERPRETERS)
 
 
 class LimitCache:
