@@ -56,13 +56,18 @@ def running(
     port: int,
     ready_line: bool = False,
     listens: Callable[[int], bool] = lambda port: bool(sockets.listeners(port)),
+    own_group: bool = False,
 ) -> Iterator[int]:
     """Start a server, wait until it listens on port (`listens`: here, or where the
-    caller looks), yield its pid; stop it by pid.
+    caller looks), yield its pid; stop it by pid. `own_group`: in a session of its own,
+    for a server that signals its whole process group when it stops (Apache httpd's
+    prefork MPM, ap_unixd_killpg).
     Its stderr goes to a file: a server logging every failed accept() would fill a
     pipe nobody reads and freeze (asyncio logs each EMFILE with a traceback)."""
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=own_group
+        )
         try:
             deadline = time.monotonic() + 15
             if ready_line:
