@@ -3,9 +3,13 @@ is judged, what `--check-every` sends on a held one, and what the server may say
 on a held connection (a WebSocket close frame, a ping to answer).
 
 SPEC is a kind with an optional argument:
-  none | echo | http | redis | memcached | tls | postgres
+  none | echo | redis | memcached | tls | postgres
+  http[:PATH]                GET PATH (default /) with keep-alive
   websocket[:PATH]           RFC 6455 upgrade of PATH (default /)
   mqtt[:KEEPALIVE]           MQTT 3.1.1 CONNECT with a keep-alive in seconds (0: off)
+  dns[:NAME]                 a DNS query over TCP for NAME's A record (default localhost.)
+  fastcgi[:PATH]             a FastCGI Responder request for PATH (default /ping) on a
+                             kept connection (FCGI_KEEP_CONN): PHP-FPM, any FastCGI app
   send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
                              \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
                              when the reply matches `expect`, refused when `refuse` does.
@@ -28,14 +32,30 @@ from tcpceiling.servers.checks import LINE_CHECKS, WIRE_CHECKS
 __all__ = ["MAX_REPLY", "Check", "Held", "Kind", "Verdict", "first_line", "parse"]
 
 Kind = Literal[
-    "none", "echo", "http", "redis", "memcached", "tls", "websocket", "mqtt", "postgres", "send"
+    "none",
+    "echo",
+    "http",
+    "redis",
+    "memcached",
+    "tls",
+    "websocket",
+    "mqtt",
+    "postgres",
+    "fastcgi",
+    "dns",
+    "send",
 ]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 #: The spec forms, for help and error messages.
 FORMS = (
-    "none, echo, http, redis, memcached, tls, postgres, websocket[:PATH], "
-    "mqtt[:KEEPALIVE], send:DATA,expect:REGEX[,refuse:REGEX]"
+    "none, echo, http[:PATH], redis, memcached, tls, postgres, websocket[:PATH], "
+    "mqtt[:KEEPALIVE], fastcgi[:PATH], dns[:NAME], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
+#: what `--check fastcgi` asks for: PHP-FPM's usual ping.path; where no ping is set up
+#: the pool's process still answers (403 or 404 through FastCGI), which is served
+FASTCGI_PATH = "/ping"
+#: what `--check dns` asks for: a name every resolver answers itself (RFC 6761 §6.3)
+DNS_NAME = "localhost."
 _FIELD = re.compile(r",(?=(?:send|expect|refuse):)")
 
 
@@ -51,7 +71,7 @@ class Held:
 @dataclass(frozen=True)
 class Check:
     kind: Kind = "none"
-    path: str = "/"  # websocket
+    path: str = "/"  # http, websocket; fastcgi: its default is FASTCGI_PATH; dns: a name
     keep_alive: int = 0  # mqtt, seconds; 0 = the broker's timer off
     send: bytes = b""  # send/expect
     expect: str = ""
@@ -73,11 +93,16 @@ class Check:
         if self.kind in fixed:
             return fixed[self.kind]
         if self.kind == "http":
-            return f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n\r\n".encode()
+            head = f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n"
+            return (head + "\r\n").encode()
         if self.kind == "websocket":
             return p.websocket_upgrade(host, self.path)
         if self.kind == "mqtt":
             return p.mqtt_connect(self.keep_alive)
+        if self.kind == "fastcgi":
+            return p.fastcgi_request(self.path)
+        if self.kind == "dns":
+            return p.dns_query(self.path)
         return p.tls_client_hello() if self.kind == "tls" else b""
 
     def verdict(self, data: bytes, sent: bytes, again: bool = False) -> Verdict:
@@ -101,6 +126,8 @@ class Check:
             "mqtt": p.mqtt_connack,
             "http": p.http_status,
             "tls": p.tls_server_hello,
+            "fastcgi": p.fastcgi_reply,
+            "dns": p.dns_reply,
         }
         if k in judges:
             return judges[k](data)
@@ -188,10 +215,14 @@ class Check:
     @property
     def spec(self) -> str:
         """The SPEC this check was parsed from, in its canonical form."""
-        if self.kind == "websocket" and self.path != "/":
-            return f"websocket:{self.path}"
+        if self.kind in ("websocket", "http") and self.path != "/":
+            return f"{self.kind}:{self.path}"
         if self.kind == "mqtt" and self.keep_alive:
             return f"mqtt:{self.keep_alive}"
+        if self.kind == "fastcgi" and self.path != FASTCGI_PATH:
+            return f"fastcgi:{self.path}"
+        if self.kind == "dns" and self.path != DNS_NAME:
+            return f"dns:{self.path}"
         if self.kind != "send":
             return self.kind
         parts = [f"send:{_show(self.send)}"] if self.send else []
@@ -216,6 +247,13 @@ def _data(text: str) -> bytes:
         return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
     except (ValueError, UnicodeError) as exc:
         raise InputError(f"--check send: cannot decode {text!r}: {exc}") from exc
+
+
+def _dns(name: str) -> Check:
+    labels = name.rstrip(".").split(".")
+    if not name or len(name) > 253 or any(not 0 < len(x) < 64 or " " in x for x in labels):
+        raise InputError(f"--check dns:NAME: {name!r} is not a domain name")
+    return Check("dns", path=name)
 
 
 def _generic(spec: str) -> Check:
@@ -244,10 +282,14 @@ def parse(spec: str) -> Check:
     kind, colon, arg = spec.partition(":")
     if kind not in KINDS or kind == "send":
         raise InputError(f"--check {spec!r}: unknown; one of {FORMS}")
-    if kind == "websocket" and colon:
+    if kind in ("http", "websocket", "fastcgi") and colon:
         if not arg.startswith("/") or any(c.isspace() for c in arg):
-            raise InputError(f"--check websocket:PATH: {arg!r} is not a request path")
-        return Check("websocket", path=arg)
+            raise InputError(f"--check {kind}:PATH: {arg!r} is not a request path")
+        return Check(kind, path=arg)
+    if kind == "fastcgi":
+        return Check(kind, path=FASTCGI_PATH)
+    if kind == "dns":
+        return _dns(arg if colon else DNS_NAME)
     if kind == "mqtt" and colon:
         if not arg.isdigit() or int(arg) > 65535:
             raise InputError(f"--check mqtt:KEEPALIVE: {arg!r} is not 0..65535 seconds")
