@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import nginx_proxy, text
@@ -122,16 +121,6 @@ def last_complaint(log: str, words: str = "worker_connections are not enough") -
 UPSTREAM_WORDS = "while connecting to upstream"
 
 
-def _tail(roots: Roots, path: str) -> str:
-    where = Path(path) if roots.live else roots.procfs.parent / path.lstrip("/")
-    try:
-        with where.open("rb") as f:
-            f.seek(max(0, where.stat().st_size - LOG_TAIL))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 #: connect()'s errno as nginx logs it when no port is left toward an upstream
 OUT_OF_PORTS = "(99: Cannot assign requested address)"
 UPSTREAM_SYMPTOM = (
@@ -145,7 +134,7 @@ def error_log(conf: str, roots: Roots) -> str:
     configuration), read once for all its words. nginx logs its cap's words at warn
     (ngx_drain_connections): the default level, error, hides them."""
     path = _directive_first(conf, "error_log")
-    return _tail(roots, path.split()[0]) if path else ""
+    return text.tail(roots, path.split()[0], LOG_TAIL) if path else ""
 
 
 def proxied(body: str, port: int, prefix: str) -> tuple[bool, tuple[Upstream, ...]]:

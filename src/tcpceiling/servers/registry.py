@@ -17,9 +17,14 @@ from tcpceiling.servers import (
     mysql,
     nginx,
     pgbouncer,
+    phpfpm,
+    postfix,
     postgresql,
     redis,
+    squid,
     sshd,
+    tomcat,
+    unbound,
     uvicorn,
 )
 from tcpceiling.servers.model import AppLimit, Found, ServerModule, Upstream
@@ -37,6 +42,11 @@ MODULES: tuple[ServerModule, ...] = (
     sshd,
     gunicorn,
     uvicorn,
+    phpfpm,
+    tomcat,
+    postfix,
+    unbound,
+    squid,
 )
 
 
@@ -94,9 +104,10 @@ def raise_upstream(limit: AppLimit, up: Upstream, sources: int = 0) -> str:
     )
 
 
-#: the comm of an interpreter that runs a server a module knows by its command line
-#: (gunicorn, uvicorn): such a process is a candidate, decided by module_for
-INTERPRETERS = ("python",)
+#: the comm of an interpreter or virtual machine that runs a server a module knows by
+#: its command line (gunicorn, uvicorn, Tomcat): such a process is a candidate,
+#: decided by module_for
+INTERPRETERS = ("python", "java")
 
 
 def knows(comm: str) -> bool:

@@ -79,6 +79,26 @@ def host_file(roots: Roots, path: str) -> str:
         return ""
 
 
+def tail(roots: Roots, path: str, size: int = 1 << 16) -> str:
+    """The last `size` bytes of a host file (a server's log: its own words at a limit),
+    '' when unreadable; the path is taken as host_file takes it."""
+    where = Path(path) if roots.live else roots.procfs.parent / path.lstrip("/")
+    try:
+        with where.open("rb") as f:
+            f.seek(max(0, where.stat().st_size - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def open_fds(roots: Roots, pid: int) -> int | None:
+    """How many descriptors the process has open (/proc/PID/fd), None if unreadable."""
+    try:
+        return sum(1 for _ in (roots.procfs / str(pid) / "fd").iterdir())
+    except OSError:
+        return None
+
+
 def reachable(listen_host: str) -> str:
     """An address to reach a listener on: loopback for a wildcard listener."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen_host, listen_host)

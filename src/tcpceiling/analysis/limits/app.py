@@ -50,6 +50,8 @@ def constraint(s: AppLimit) -> Constraint:
             "nofile": s.nofile,
             "nofile_needed": s.nofile_needed,
             "per_process": {str(k): v for k, v in s.per_process.items()},
+            # the server's own words that it reached its cap, where it says so (a log)
+            **({"evidence": s.evidence} if s.evidence else {}),
         },
     )
 
