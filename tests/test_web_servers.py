@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,17 +68,27 @@ MPMS = {
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="apache switches to www-data: needs root")
 
 
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
 @contextmanager
-def plain_holding(port: int, n: int, timeout: float) -> Iterator[list[socket.socket]]:
-    """A plain client: n GETs one at a time, each kept if its response (any status
-    below 500, its Content-Length body read) came within `timeout`; the kept ones
-    held open until the block ends."""
+def plain_holding(
+    port: int,
+    n: int,
+    timeout: float,
+    request: bytes = GET,
+    answered: Callable[[socket.socket], bool] | None = None,
+) -> Iterator[list[socket.socket]]:
+    """A plain client: n requests one at a time, each kept if its answer came within
+    `timeout` (by default an HTTP GET whose response has a status below 500, its
+    Content-Length body read); the kept ones held open until the block ends."""
     kept: list[socket.socket] = []
+    judge = answered or _answered
     try:
         for _ in range(n):
             s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            if _answered(s):
+            s.sendall(request)
+            if judge(s):
                 kept.append(s)
             else:
                 s.close()
@@ -88,7 +98,13 @@ def plain_holding(port: int, n: int, timeout: float) -> Iterator[list[socket.soc
             s.close()
 
 
-def held_and_doctored(port: int, n: int, timeout: float) -> tuple[int, dict[str, Any], int]:
+def held_and_doctored(
+    port: int,
+    n: int,
+    timeout: float,
+    request: bytes = GET,
+    answered: Callable[[socket.socket], bool] | None = None,
+) -> tuple[int, dict[str, Any], int]:
     """Hold the server at its cap with the plain client: doctor's verdict meanwhile,
     and how many of the plain client's the server still held after a second (the
     independent count)."""
@@ -96,7 +112,7 @@ def held_and_doctored(port: int, n: int, timeout: float) -> tuple[int, dict[str,
     while established(port) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)
-    with plain_holding(port, n, timeout) as kept:
+    with plain_holding(port, n, timeout, request, answered) as kept:
         code, out, err = run_cli(
             "doctor", "--interval", "0.5", "--kmsg", "/dev/null", "--port", str(port), "--json"
         )
