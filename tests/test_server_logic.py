@@ -107,7 +107,8 @@ def test_requests() -> None:
     ("spec", "message"),
     [
         ("gopher", "unknown"),
-        ("http:x", "takes no argument"),
+        ("redis:x", "takes no argument"),
+        ("http:x", "is not a request path"),
         ("websocket:chat", "not a request path"),
         ("websocket:/a b", "not a request path"),
         ("mqtt:70000", "not 0..65535"),
