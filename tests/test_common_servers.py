@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import IS_ROOT, probe, run_cli
 from tests.test_observe_live import established
 from tests.test_patterns import still_open
-from tests.test_servers import app_limit, assert_predicted, free_port, needs, running
+from tests.test_servers import app_limit, assert_predicted, free_port, needs, running, settled
 from tests.test_web_servers import assert_doctor_names, held_and_doctored, plain_holding
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="the servers switch users: needs root")
@@ -254,19 +254,6 @@ def squid_mgr_in_use(port: int) -> int:
     return int(line.split(":")[1]) - 1
 
 
-def squid_settled(port: int) -> int:
-    """Its own descriptors once two counts 0.5 s apart agree (it opens its helpers'
-    pipes and DNS sockets after it starts listening); bounded: 10 s."""
-    last = squid_mgr_in_use(port)
-    for _ in range(20):
-        time.sleep(0.5)
-        now = squid_mgr_in_use(port)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 @needs("squid")
 def test_squid_keeps_clients_alive_up_to_its_descriptor_line() -> None:
     """max_filedescriptors 200, RESERVED_FD 50: replies keep their clients alive while
@@ -276,7 +263,8 @@ def test_squid_keeps_clients_alive_up_to_its_descriptor_line() -> None:
     with shared_dir("tcx-squid-") as d:
         (d / "squid.conf").write_text(SQUID_CONF.format(port=port, fds=200, dir=d))
         with running(["squid", "-N", "-f", str(d / "squid.conf")], port):
-            own = squid_settled(port)
+            # it opens its helpers' pipes and DNS sockets after it listens
+            own = settled(lambda: squid_mgr_in_use(port), 0.5, 20)
             limit = app_limit(port)
             r = probed(port, limit["details"]["check"], 200)
             get = f"GET {SQUID_ICON} HTTP/1.1\r\nHost: x\r\n\r\n".encode()

@@ -101,16 +101,21 @@ def assert_predicted(limit: dict[str, Any], served: int) -> None:
     assert abs(limit["ceiling"] - served) <= max(1, 0.02 * served), (limit["ceiling"], served)
 
 
-def steady_fds(pid: int) -> int:
-    """The process's open fds once two counts 0.2 s apart agree (bounded: 5 s)."""
-    last = fd_count(pid)
-    for _ in range(25):
-        time.sleep(0.2)
-        now = fd_count(pid)
+def settled(count: Callable[[], int], every: float = 0.2, tries: int = 25) -> int:
+    """A count once two readings `every` s apart agree (bounded: `tries` readings)."""
+    last = count()
+    for _ in range(tries):
+        time.sleep(every)
+        now = count()
         if now == last:
             return now
         last = now
     return last
+
+
+def steady_fds(pid: int) -> int:
+    """The process's open fds once two counts 0.2 s apart agree (bounded: 5 s)."""
+    return settled(lambda: fd_count(pid))
 
 
 def fd_count(pid: int) -> int:
