@@ -125,17 +125,17 @@ def test_php_fpm_serves_pm_max_children(tmp_path: Path) -> None:
 
 
 @needs(PHP_FPM or "php-fpm")
-def test_php_fpm_ondemand_says_it_reached_max_children(tmp_path: Path) -> None:
-    """An ondemand pool forks its children as connections wait, up to max_children,
-    and then logs that it reached it: analyze reads the cap from the file and quotes
-    the log while a plain client holds 5."""
-    with (
-        php_fpm(tmp_path, 5, "ondemand") as (port, _, _),
-        plain_holding(port, 7, 2.0, FCGI_PING, fcgi_answered) as kept,
-    ):
-        held = len(kept)
-        limit = app_limit(port)
-    assert limit["capacity"] == 5 == held, (limit, held)
+def test_php_fpm_ondemand_forks_up_to_max_children_and_says_so(tmp_path: Path) -> None:
+    """An ondemand pool forks a child as connections wait, up to max_children, and
+    then logs that it reached it: the probe serves 5 (a connection a child takes
+    after the check's timeout is answered late, and served), a plain client holds 5,
+    and analyze reads the cap from the file and quotes the log."""
+    with php_fpm(tmp_path, 5, "ondemand") as (port, _, _):
+        r = probed(port, "fastcgi", 20)
+        with plain_holding(port, 7, 2.0, FCGI_PING, fcgi_answered) as kept:
+            held = len(kept)
+            limit = app_limit(port)
+    assert limit["capacity"] == 5 == held == r["served"], (limit, held, r["outcomes"])
     assert limit["details"]["source"] == "config", limit
     assert "reached max_children setting (5)" in limit["details"]["evidence"], limit
 

@@ -107,6 +107,17 @@ def test_a_slow_accepting_server_is_not_flooded() -> None:
     assert r["answered_per_s"] is not None and r["answered_per_s"] <= 120
 
 
+def test_a_server_that_starts_its_workers_on_demand() -> None:
+    """One worker from the start, one more every 2.5 s while connections wait, up to
+    3 (a process manager forking on demand): the connections that waited past the
+    check's 2 s timeout are answered late, and they are served. Served is what the
+    server keeps, not what answered within the timeout (1 before: the late answers
+    on connections judged silent were not heard)."""
+    r, kept = run("spawn", 3, r"expect:^\+OK", 20)
+    assert kept.peak == 3 and r["served"] == 3, (kept.lines, r["outcomes"], r["stop"])
+    assert r["outcomes"]["late"] >= 1, r["outcomes"]
+
+
 def test_a_server_that_stops_accepting_at_its_cap() -> None:
     """It stops calling accept() at 40 (the listener stays open, backlog 8): nine
     more wait in the accept queue unanswered, then the SYNs are dropped."""

@@ -16,6 +16,10 @@ Past CAP:
 - evict: closes the oldest client it keeps to admit the newest;
 - evict-bye: the same, saying "BYE" to the oldest before closing it (run it with a
   backlog equal to its cap, as a server whose listen backlog is its process limit);
+- spawn: a pool of workers started on demand, each serving one client until it
+  leaves: one runs from the start, and while connections wait in the queue another
+  is started every SPAWN_S seconds, past the probe's check timeout, up to CAP (a
+  process manager forking on demand, PHP-FPM's ondemand); past CAP they wait;
 - pause: stops calling accept() while it keeps CAP (the listener stays open, so
   new handshakes wait in its accept queue until the queue is full);
 - http-split: HTTP/1.1 with keep-alive, each response's head and body in separate
@@ -40,6 +44,7 @@ REFUSAL = b"-ERR max number of clients reached\r\n"
 BYE = b"BYE too many clients, the oldest goes\r\n"
 LATER = 0.005  # seconds between the greeting and the refusal: two segments
 SLOW_ACCEPT = 0.01  # at most 100 accepts a second
+SPAWN_S = 2.5  # a worker started on demand: later than the probe's 2 s check timeout
 
 
 class Count:
@@ -168,6 +173,35 @@ def slow(lsock: socket.socket, cap: int) -> None:
         time.sleep(SLOW_ACCEPT)
 
 
+def spawn(lsock: socket.socket, cap: int) -> None:
+    """Workers that each accept one client, greet it and keep it until it leaves;
+    one more started every SPAWN_S while connections wait, up to cap."""
+    count = Count()
+
+    def worker() -> None:
+        while True:
+            conn, _ = lsock.accept()
+            with conn:
+                Loop.send(conn, GREETING)
+                count.add(1)
+                try:
+                    while conn.recv(4096):
+                        pass
+                except OSError:
+                    pass
+                count.add(-1)
+
+    threading.Thread(target=worker, daemon=True).start()
+    workers = 1
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ)
+    while True:
+        time.sleep(SPAWN_S)
+        if workers < cap and sel.select(0):  # a connection waits: start one more
+            threading.Thread(target=worker, daemon=True).start()
+            workers += 1
+
+
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n"
 UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
@@ -217,6 +251,9 @@ def main(pattern: str, port: int, cap: int, backlog: int) -> None:
     print("ready", flush=True)
     if pattern == "slow":
         slow(lsock, cap)
+        return
+    if pattern == "spawn":
+        spawn(lsock, cap)
         return
     if pattern.startswith("http-"):
         http(pattern, lsock, cap)

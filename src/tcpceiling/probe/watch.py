@@ -98,6 +98,9 @@ class Watch:
         self.host_of: dict[int, str] = {}
         self.seq_of: dict[int, int] = {}
         self.checking: dict[int, Checking] = {}  # fds with a request outstanding
+        #: silent ones whose first check may still be answered (a server that accepts
+        #: late: a worker forked on demand takes a connection from its queue)
+        self.late: dict[int, Checking] = {}
         self.bodies: dict[int, HttpBody] = {}  # fds whose reply's body is still coming
         self.settling: dict[int, Settling] = {}
         self.undecided: list[tuple[int, str]] = []  # (attempt, kind): closed while settling
@@ -188,6 +191,7 @@ class Watch:
         """The server ended this connection: count it, forget it, close our end."""
         seq = self.seq_of.pop(fd, self.latest)
         self.checking.pop(fd, None)
+        self.late.pop(fd, None)
         self.bodies.pop(fd, None)
         self.host_of.pop(fd, None)
         settling = self.settling.pop(fd, None)
@@ -253,7 +257,7 @@ class Watch:
 
     def on_event(self, fd: int, events: int) -> None:
         """Data, EOF or reset on a checked or held connection."""
-        pending = self.checking.get(fd)
+        pending = self.checking.get(fd) or self.late.get(fd)
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
@@ -334,9 +338,12 @@ class Watch:
             return
         if body is not None:
             self.bodies[fd] = body
-        del self.checking[fd]
+        late = self.late.pop(fd, None) is not None
+        self.checking.pop(fd, None)
         took = time.monotonic() - pending.started
-        if not pending.again:
+        if late:  # its timeout was told to the pacing already; served now, late
+            self.totals["late"] += 1
+        elif not pending.again:
             self.answered += 1
             if self.verdicts is not None:
                 self.verdicts(took, True)
@@ -345,8 +352,8 @@ class Watch:
         elif pending.again:
             self.totals["rechecked_ok"] += 1
             self._succeed(fd)
-        else:
-            self._settle(fd, took, rest)
+        else:  # a late answer's wait was the queue's, not a round trip
+            self._settle(fd, 0.0 if late else took, rest)
 
     def _settle(self, fd: int, took: float, rest: bytes) -> None:
         """The first check passed: served if nothing refuses it within the settle
@@ -393,6 +400,8 @@ class Watch:
         self.fail("silent", self.latest if pending.again else self.seq_of.get(fd, -1))
         if pending.again:
             self.totals["went_silent"] += 1
+        else:
+            self.late[fd] = pending
 
     def _ping_all(self) -> None:
         """The protocol's keep-alive on every good connection with no check under way
@@ -430,7 +439,8 @@ class Watch:
     def release(self) -> list[int]:
         """Every fd still open (the caller closes them with RST)."""
         fds = list(self.state)
-        tables = (self.state, self.checking, self.settling, self.host_of, self.seq_of, self.bodies)
+        tables = (self.state, self.checking, self.late, self.settling, self.host_of, self.seq_of,
+                  self.bodies)  # fmt: skip
         for table in tables:
             table.clear()
         self.good = 0
