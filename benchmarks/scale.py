@@ -28,8 +28,8 @@ sys.path.insert(0, str(HERE))
 
 from probe_vs_cref import cref, probe  # noqa: E402
 
-from tcpceiling.probe.measure import mem_field, wait_settled  # noqa: E402
-from tcpceiling.probe.plan import default_floor  # noqa: E402
+from tcpceiling.probe.run.measure import mem_field, wait_settled  # noqa: E402
+from tcpceiling.probe.run.plan import default_floor  # noqa: E402
 
 DEFAULT_SIZES = (100_000, 1_000_000, 2_000_000)
 HEADROOM = 1.10  # the budget must hold the size with 10 % to spare

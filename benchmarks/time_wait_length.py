@@ -19,7 +19,7 @@ import time
 
 from tcpceiling.host import netns
 from tcpceiling.host.owned import own_name
-from tcpceiling.probe.isolate import apply_sysctls
+from tcpceiling.probe.run.isolate import apply_sysctls
 
 TCP_TIMEWAIT_LEN = 60.0  # include/net/tcp.h: (60*HZ)
 PORT = 7000

@@ -17,7 +17,7 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_importing_the_library_does_not_load_the_probe() -> None:
-    code = "import sys, tcpceiling; print('tcpceiling.probe.coordinator' in sys.modules)"
+    code = "import sys, tcpceiling; print('tcpceiling.probe.run.coordinator' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

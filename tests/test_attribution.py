@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tcpceiling.probe import attribution, evidence, outcome
-from tcpceiling.probe.messages import (
+from tcpceiling.probe.run import outcome
+from tcpceiling.probe.run.result import Stop
+from tcpceiling.probe.serving import attribution, evidence
+from tcpceiling.probe.workers.messages import (
     ChurnProgress,
     ClientProgress,
     ClientStart,
@@ -28,7 +30,6 @@ from tcpceiling.probe.messages import (
     encode,
     replay,
 )
-from tcpceiling.probe.result import Stop
 
 STREAMS = Path(__file__).parent / "fixtures" / "streams"
 RECORDED = sorted(p.stem for p in STREAMS.glob("*.jsonl"))

@@ -15,7 +15,7 @@ from tcpceiling.errors import ParseError
 from tcpceiling.host import cgroups, parse
 from tcpceiling.host.read import CgroupView, ProcessView, read_process
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import budget
+from tcpceiling.probe.run import budget
 from tests.conftest import FIXTURES
 
 MIB = 1 << 20

@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from tcpceiling.errors import InputError
-from tcpceiling.probe import checks
-from tcpceiling.probe import protocols as p
+from tcpceiling.probe.serving import checks
+from tcpceiling.probe.serving import protocols as p
 from tcpceiling.servers import phpfpm, postfix, squid, tomcat, unbound
 
 FPM = """\

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tcpceiling.probe.hosts import HostOutcome, one_per_host, summarise
+from tcpceiling.probe.run.hosts import HostOutcome, one_per_host, summarise
 from tests.conftest import IS_ROOT, run_cli
 
 SERVER_IP, PORT, SCHED = "198.18.0.1", 9000, 8786

@@ -13,8 +13,8 @@ import pytest
 from tcpceiling.analysis.analyze import evaluate, read_snapshot
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import plan as pl
-from tcpceiling.probe.config import ProbeConfig
+from tcpceiling.probe.run import plan as pl
+from tcpceiling.probe.run.config import ProbeConfig
 from tests.conftest import FIXTURES
 
 HARD = 20_000

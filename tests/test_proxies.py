@@ -339,7 +339,7 @@ def rate(h: ph.Hosts, asked: str, seconds: float) -> dict[str, Any]:
 def test_the_probe_says_where_to_look_for_a_remote_proxy() -> None:
     """A gateway reply from a proxy that is not on this host: the command to run there."""
     from tcpceiling.analysis.model import Endpoint
-    from tcpceiling.probe.upstream import remote_note
+    from tcpceiling.probe.serving.upstream import remote_note
 
     note = remote_note("HTTP/1.1 502 Bad Gateway", Endpoint("192.0.2.7", 80))
     assert note is not None and "tcpceiling doctor" in note and "192.0.2.7:80" in note

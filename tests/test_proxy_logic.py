@@ -12,8 +12,8 @@ from tcpceiling.analysis.limits.upstream import ServerPorts, rows_for, server_po
 from tcpceiling.host import parse
 from tcpceiling.host.read import NetView
 from tcpceiling.host.sockets import SocketTable
-from tcpceiling.probe.result import Stop
-from tcpceiling.probe.upstream import ProxyView, attribute
+from tcpceiling.probe.run.result import Stop
+from tcpceiling.probe.serving.upstream import ProxyView, attribute
 from tcpceiling.servers import haproxy, nginx, nginx_proxy
 from tcpceiling.servers.model import AppLimit, Upstream, UpstreamServer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tcpceiling.host.read import SOCKET_SLABS, read_slab_links
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import measure
+from tcpceiling.probe.run import measure
 
 MEMINFO = "MemTotal: 100 kB\nMemFree: 1 kB\nMemAvailable: 50 kB\nSlab: 7 kB\n"
 SLABINFO = (

@@ -7,9 +7,10 @@ import pytest
 from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host.parse import parse_conntrack_stat
 from tcpceiling.host.sockets import Listener
-from tcpceiling.probe import checks, pacing
-from tcpceiling.probe import protocols as wire
-from tcpceiling.probe.evidence import ServerProcess, ServerSample, attribute
+from tcpceiling.probe.serving import checks
+from tcpceiling.probe.serving import protocols as wire
+from tcpceiling.probe.serving.evidence import ServerProcess, ServerSample, attribute
+from tcpceiling.probe.workers import pacing
 from tcpceiling.servers import postgresql
 
 ECHO = checks.parse("echo").request("h")

@@ -40,21 +40,21 @@ from tcpceiling.host.roots import Roots
 from tcpceiling.results import SCHEMA_VERSION, document
 
 if TYPE_CHECKING:
-    from tcpceiling.probe.config import ProbeConfig
-    from tcpceiling.probe.coordinator import run as run_probe
-    from tcpceiling.probe.result import PerConnection, Predicted, ProbeResult, Stop, StopReason
+    from tcpceiling.probe.run.config import ProbeConfig
+    from tcpceiling.probe.run.coordinator import run as run_probe
+    from tcpceiling.probe.run.result import PerConnection, Predicted, ProbeResult, Stop, StopReason
     from tcpceiling.tune.model import TunePlan
     from tcpceiling.tune.run import TuneResult
     from tcpceiling.tune.run import build as plan_tune
 
 _LAZY = {
-    "ProbeConfig": ("tcpceiling.probe.config", "ProbeConfig"),
-    "run_probe": ("tcpceiling.probe.coordinator", "run"),
-    "ProbeResult": ("tcpceiling.probe.result", "ProbeResult"),
-    "Stop": ("tcpceiling.probe.result", "Stop"),
-    "StopReason": ("tcpceiling.probe.result", "StopReason"),
-    "Predicted": ("tcpceiling.probe.result", "Predicted"),
-    "PerConnection": ("tcpceiling.probe.result", "PerConnection"),
+    "ProbeConfig": ("tcpceiling.probe.run.config", "ProbeConfig"),
+    "run_probe": ("tcpceiling.probe.run.coordinator", "run"),
+    "ProbeResult": ("tcpceiling.probe.run.result", "ProbeResult"),
+    "Stop": ("tcpceiling.probe.run.result", "Stop"),
+    "StopReason": ("tcpceiling.probe.run.result", "StopReason"),
+    "Predicted": ("tcpceiling.probe.run.result", "Predicted"),
+    "PerConnection": ("tcpceiling.probe.run.result", "PerConnection"),
     "plan_tune": ("tcpceiling.tune.run", "build"),
     "TuneResult": ("tcpceiling.tune.run", "TuneResult"),
     "TunePlan": ("tcpceiling.tune.model", "TunePlan"),

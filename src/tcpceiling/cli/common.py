@@ -22,7 +22,7 @@ from tcpceiling.analysis.model import (
     build_scenarios,
 )
 from tcpceiling.errors import HostError, InputError, ParseError
-from tcpceiling.probe import checks
+from tcpceiling.probe.serving import checks
 from tcpceiling.units import parse_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -116,7 +116,7 @@ class FiniteRange(click.FloatRange):
 BYTES = Parsed("BYTES", parse_bytes)
 #: A byte count, or 'auto' (None): the memory guard's own floor.
 BYTES_OR_AUTO = Parsed("BYTES|auto", lambda text: None if text == "auto" else parse_bytes(text))
-#: A service check SPEC (tcpceiling.probe.checks), validated, passed on as text.
+#: A service check SPEC (tcpceiling.probe.serving.checks), validated, passed on as text.
 CHECK_SPEC = Parsed("SPEC", lambda text: checks.parse(text).spec)
 #: KEY=VALUE for the what-if model (tcpceiling.analysis.whatif).
 SETTING = Parsed("KEY=VALUE", whatif.parse_setting)

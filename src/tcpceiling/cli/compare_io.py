@@ -47,7 +47,7 @@ def compare_io_cmd(
 ) -> None:
     """Threads vs epoll at the same N: memory, setup time, CPU and wake-up latency."""
     report_target(report_path)
-    from tcpceiling.probe.compare import compare_io
+    from tcpceiling.compare.compare import compare_io
     from tcpceiling.report.compare import render_comparison
     from tcpceiling.report.progress import LiveProgress
 

@@ -204,8 +204,8 @@ def probe_cmd(
         return
     if hosts is not None:
         raise InputError("--hosts needs --scheduler")
-    from tcpceiling.probe.config import ProbeConfig, parse_sysctl, parse_target
-    from tcpceiling.probe.coordinator import run
+    from tcpceiling.probe.run.config import ProbeConfig, parse_sysctl, parse_target
+    from tcpceiling.probe.run.coordinator import run
     from tcpceiling.report.probe import render_probe
     from tcpceiling.report.progress import LiveProgress
 
@@ -260,8 +260,8 @@ def probe_hosts(
     as_json: bool,
 ) -> None:
     """probe --scheduler: the client engine on each Dask worker host, one result."""
-    from tcpceiling.probe.config import parse_target
-    from tcpceiling.probe.hosts import HostSpec, run_hosts
+    from tcpceiling.probe.run.config import parse_target
+    from tcpceiling.probe.run.hosts import HostSpec, run_hosts
     from tcpceiling.report.hosts import render_hosts
 
     if not connect:

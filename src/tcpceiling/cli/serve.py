@@ -58,8 +58,8 @@ def serve_cmd(
     """Run the probe's sink alone, for probing this machine from other ones (probe
     --connect, or probe --scheduler from many hosts); it says how many it accepted, so
     both ends can be compared."""
-    from tcpceiling.probe.progress import RunProgress
-    from tcpceiling.probe.serve import serve
+    from tcpceiling.probe.run.progress import RunProgress
+    from tcpceiling.probe.run.serve import serve
 
     endpoints = tuple(parse_endpoint(x, default_host="0.0.0.0") for x in listen)
     last, said = [-1.0], [""]

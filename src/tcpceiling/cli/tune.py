@@ -83,7 +83,7 @@ def tune_cmd(**o: Any) -> None:
     Exit 0: the plan reaches the target (and --verify held it); 1: it cannot (the
     memory it needs, a limit no setting moves) or --verify fell short; 2: bad input.
     """
-    from tcpceiling.probe.config import parse_target
+    from tcpceiling.probe.run.config import parse_target
     from tcpceiling.report.tune import render_restored, render_tune
     from tcpceiling.tune import run as tune
 

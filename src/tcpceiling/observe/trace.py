@@ -36,7 +36,7 @@ from tcpceiling.host.owned import PREFIX, own_name, owner, owner_gone
 from tcpceiling.host.read import read_comm, socket_inodes
 from tcpceiling.host.roots import Roots
 from tcpceiling.observe.listen_drops import ListenDrop, Overflows
-from tcpceiling.probe.errnos import constraint_for, name
+from tcpceiling.probe.workers.errnos import constraint_for, name
 from tcpceiling.signals import deferred, ended_by_signal, raise_if_caught
 
 EVENTS_PER_SECOND = 20_000  # read at most this many; past it the rest is counted lost

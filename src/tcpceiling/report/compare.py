@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tcpceiling.probe.compare import Comparison
+from tcpceiling.compare.compare import Comparison
 from tcpceiling.units import format_bytes
 
 

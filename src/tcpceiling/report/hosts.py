@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tcpceiling.probe.hosts import HostsResult
+from tcpceiling.probe.run.hosts import HostsResult
 
 
 def render_hosts(r: HostsResult, console: Console) -> None:

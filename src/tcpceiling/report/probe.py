@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tcpceiling.probe.result import ProbeResult
+from tcpceiling.probe.run.result import ProbeResult
 from tcpceiling.report.analysis import human
 from tcpceiling.units import format_bytes
 

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tcpceiling.probe.progress import RunProgress
+from tcpceiling.probe.run.progress import RunProgress
 from tcpceiling.units import format_bytes
 
 LOW_MEMORY = 2 << 30  # MemAvailable shown in the bar below 2 GiB

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.protocols import Verdict
+from tcpceiling.probe.serving.protocols import Verdict
 
 #: Where the limit was read: the running server, its command line, its config
 #: file, or the server's compiled-in default.

@@ -14,7 +14,7 @@ import socket
 import struct
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.protocols import Verdict
+from tcpceiling.probe.serving.protocols import Verdict
 from tcpceiling.servers import text
 from tcpceiling.servers.model import AppLimit, Found, Source, WireCheck
 

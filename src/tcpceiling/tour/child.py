@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection
 from typing import Generic, TypeVar
 
 from tcpceiling.errors import HostError
-from tcpceiling.probe.procs import die_with_parent
+from tcpceiling.probe.workers.procs import die_with_parent
 from tcpceiling.tour.cgroup import Group
 
 T = TypeVar("T")

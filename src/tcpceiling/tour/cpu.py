@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import build_scenarios
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run as run_probe
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run as run_probe
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tcpceiling.host.read import read_process, read_system
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run as run_probe
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run as run_probe
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
 

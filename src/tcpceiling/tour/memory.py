@@ -10,9 +10,9 @@ from functools import partial
 
 from tcpceiling.host.cgroups import sockets_charged
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run as run_probe
-from tcpceiling.probe.result import ProbeResult
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run as run_probe
+from tcpceiling.probe.run.result import ProbeResult
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.cgroup import Group, throwaway
 from tcpceiling.tour.child import Child

@@ -6,9 +6,9 @@ address adds 10 more each."""
 
 from __future__ import annotations
 
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run as run_probe
-from tcpceiling.probe.result import ProbeResult
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run as run_probe
+from tcpceiling.probe.run.result import ProbeResult
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
 

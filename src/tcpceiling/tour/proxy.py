@@ -23,9 +23,9 @@ from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import Endpoint, build_scenarios
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import sockets
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run as run_probe
-from tcpceiling.probe.isolate import apply_sysctls
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run as run_probe
+from tcpceiling.probe.run.isolate import apply_sysctls
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.model import Measure, Step, Trial
 from tcpceiling.tour.ports import HIGH, LOW, PORT_RANGE

@@ -12,7 +12,7 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.owned import own_name
 from tcpceiling.host.read import read_net, read_system
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import isolate
+from tcpceiling.probe.run import isolate
 from tcpceiling.signals import ended_by_signal, raise_if_caught
 from tcpceiling.tour import cgroup, cpu, fds, memory, ports, proxy, rate, threads
 from tcpceiling.tour.model import Step, TourResult

@@ -13,10 +13,10 @@ import sys
 
 from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import build_scenarios
+from tcpceiling.compare.compare import Comparison, compare_io
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.compare import Comparison, compare_io
-from tcpceiling.probe.config import ProbeConfig
+from tcpceiling.probe.run.config import ProbeConfig
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.cgroup import throwaway
 from tcpceiling.tour.model import Measure, Step, Trial

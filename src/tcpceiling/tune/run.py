@@ -155,8 +155,8 @@ def verify(result: TuneResult, snap: HostSnapshot) -> TuneResult:
     """Open the target's connections in a namespace of its own with the plan's net.*
     values set: the built-in sink stands for the server (its destination ports as
     many as the scenario's), the workers shard to stay under this process's fd limit."""
-    from tcpceiling.probe.config import ProbeConfig
-    from tcpceiling.probe.coordinator import run as run_probe
+    from tcpceiling.probe.run.config import ProbeConfig
+    from tcpceiling.probe.run.coordinator import run as run_probe
 
     s = result.plan.before.scenario
     sysctls = verify_sysctls(result, snap)

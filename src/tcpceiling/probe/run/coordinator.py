@@ -1,8 +1,8 @@
-"""The coordinator: carries out a plan (tcpceiling.probe.plan). It starts the sink
-shards and the client workers (tcpceiling.probe.children; forked, `parallel` at a
+"""The coordinator: carries out a plan (tcpceiling.probe.run.plan). It starts the sink
+shards and the client workers (tcpceiling.probe.workers.children; forked, `parallel` at a
 time as the previous ones fill their share), watches the guards, stops, measures,
 releases, and leaves nothing behind. Why it stopped is decided from the workers'
-messages by tcpceiling.probe.attribution; the result is assembled by
+messages by tcpceiling.probe.serving.attribution; the result is assembled by
 tcpceiling.probe.outcome.
 """
 
@@ -21,21 +21,22 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import parse, read
 from tcpceiling.host.cgroups import read_cgroup
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import attribution, budget, evidence, isolate, measure, outcome, path
-from tcpceiling.probe import upstream as proxy
-from tcpceiling.probe.children import Children
-from tcpceiling.probe.client import ClientPlan, run_client
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.plan import (
+from tcpceiling.probe.run import budget, isolate, measure, outcome, path
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.plan import (
     MAX_EXPECTED,
     PORT_BURST,
     Plan,
     make_plan,
     thread_sink_scenario,
 )
-from tcpceiling.probe.progress import Progress, RunProgress, ignore
-from tcpceiling.probe.result import ProbeResult, Stop
-from tcpceiling.probe.sink import SinkMode, SinkPlan, run_sink
+from tcpceiling.probe.run.progress import Progress, RunProgress, ignore
+from tcpceiling.probe.run.result import ProbeResult, Stop
+from tcpceiling.probe.serving import attribution, evidence
+from tcpceiling.probe.serving import upstream as proxy
+from tcpceiling.probe.workers.children import Children
+from tcpceiling.probe.workers.client import ClientPlan, run_client
+from tcpceiling.probe.workers.sink import SinkMode, SinkPlan, run_sink
 from tcpceiling.servers.find import find_listener
 from tcpceiling.servers.model import AppLimit
 from tcpceiling.servers.registry import app_limit

@@ -11,13 +11,11 @@ from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import parse
 from tcpceiling.host.parse import RLimit
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import attribution, checks, evidence, measure
-from tcpceiling.probe.budget import MemoryBudget, oom_kills
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.messages import Frontier, WorkerState
-from tcpceiling.probe.plan import Plan, client_scenario
-from tcpceiling.probe.result import (
+from tcpceiling.probe.run import measure
+from tcpceiling.probe.run.budget import MemoryBudget, oom_kills
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.plan import Plan, client_scenario
+from tcpceiling.probe.run.result import (
     GuardedCgroup,
     MemoryGuard,
     Predicted,
@@ -25,6 +23,9 @@ from tcpceiling.probe.result import (
     Stop,
     Traffic,
 )
+from tcpceiling.probe.serving import attribution, checks, evidence
+from tcpceiling.probe.workers.histogram import Histogram
+from tcpceiling.probe.workers.messages import Frontier, WorkerState
 
 TIMELINE_POINTS = 3600
 

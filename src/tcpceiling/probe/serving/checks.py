@@ -13,7 +13,7 @@ SPEC is a kind with an optional argument:
   send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
                              \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
                              when the reply matches `expect`, refused when `refuse` does.
-The wire formats are in tcpceiling.probe.protocols; a server's own in its module of
+The wire formats are in tcpceiling.probe.serving.protocols; a server's own in its module of
 tcpceiling.servers (registered in tcpceiling.servers.checks).
 """
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from tcpceiling.errors import InputError
-from tcpceiling.probe import protocols as p
-from tcpceiling.probe.protocols import MAX_REPLY, Verdict, first_line
+from tcpceiling.probe.serving import protocols as p
+from tcpceiling.probe.serving.protocols import MAX_REPLY, Verdict, first_line
 from tcpceiling.servers.checks import LINE_CHECKS, WIRE_CHECKS
 
 __all__ = ["MAX_REPLY", "Check", "Held", "Kind", "Verdict", "first_line", "parse"]

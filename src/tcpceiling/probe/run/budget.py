@@ -20,7 +20,7 @@ from tcpceiling.analysis.limits.memory import cgroup_floor
 from tcpceiling.host import cgroups
 from tcpceiling.host.read import CgroupView, read_process
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.run.result import Stop
 from tcpceiling.results import to_data
 from tcpceiling.units import format_bytes
 

@@ -44,9 +44,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tcpceiling.probe import checks
-from tcpceiling.probe.messages import WatchSummary
-from tcpceiling.probe.protocols import HttpBody
+from tcpceiling.probe.serving import checks
+from tcpceiling.probe.serving.protocols import HttpBody
+from tcpceiling.probe.workers.messages import WatchSummary
 
 STREAK_LIMIT = 16
 EVICTION_WAVE = 4  # a wave of evictions counts this much toward STREAK_LIMIT

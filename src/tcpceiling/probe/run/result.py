@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tcpceiling.analysis.model import ConstraintId, IoModel
-from tcpceiling.probe.messages import Frontier
+from tcpceiling.probe.workers.messages import Frontier
 
 #: Why opening stopped: the target, a limit of this host (a constraint id, named
 #: from the errno), a guard, the user, a dead worker, or the server's doing.
@@ -140,7 +140,7 @@ class ProbeResult:
     #: first checks the server answered (served or refused in its words) per second of
     #: opening: its accept rate as the probe saw it (with a check)
     answered_per_s: float | None = None
-    window_halvings: int = 0  # times the opening window halved (probe/pacing.py)
+    window_halvings: int = 0  # times the opening window halved (probe/workers/pacing.py)
     #: what the frontier did after a stop by refusals, one per client worker where it
     #: ran (probe/client.py ClientWorker._frontier)
     frontier: tuple[Frontier, ...] = ()

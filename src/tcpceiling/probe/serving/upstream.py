@@ -21,7 +21,7 @@ from tcpceiling.analysis.model import Endpoint
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host import read, sockets
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.run.result import Stop
 from tcpceiling.servers.find import find_elsewhere, find_listener
 from tcpceiling.servers.model import AppLimit, Upstream
 from tcpceiling.servers.registry import app_limit

@@ -1,5 +1,5 @@
 """The run's worker processes: spawned, listened to, and ended. Each child's
-messages (tcpceiling.probe.messages) land in its WorkerState; a child that dies or
+messages (tcpceiling.probe.workers.messages) land in its WorkerState; a child that dies or
 crashes before it released is remembered as the run's `worker_died` stop."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
-from tcpceiling.probe.messages import Crash, Role, WorkerState, recorded
-from tcpceiling.probe.procs import Child, Reporter, close_pipe, read_messages, reap, spawn
-from tcpceiling.probe.procs import signal_child as _signal_child
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.run.result import Stop
+from tcpceiling.probe.workers.messages import Crash, Role, WorkerState, recorded
+from tcpceiling.probe.workers.procs import Child, Reporter, close_pipe, read_messages, reap, spawn
+from tcpceiling.probe.workers.procs import signal_child as _signal_child
 
 Ready = Callable[[WorkerState], bool]
 
 
 class Children:
     """`record`, when given, receives every message as a JSON line with the child's
-    role and index: a stream that tests replay (tcpceiling.probe.attribution)."""
+    role and index: a stream that tests replay (tcpceiling.probe.serving.attribution)."""
 
     def __init__(self, record: IO[str] | None = None) -> None:
         self.clients: list[Child] = []

@@ -33,17 +33,19 @@ from tcpceiling.host import diag, sockets
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import read_net_counters, socket_owners
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import budget, checks, errnos, isolate, measure
-from tcpceiling.probe.children import Children
-from tcpceiling.probe.client import IP_BIND_ADDRESS_NO_PORT
-from tcpceiling.probe.config import check_sysctl_key
-from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.messages import ChurnProgress
-from tcpceiling.probe.procs import Reporter
-from tcpceiling.probe.progress import Progress, RunProgress, ignore
-from tcpceiling.probe.result import Stop
-from tcpceiling.probe.sink import listener
-from tcpceiling.probe.worker import LINGER_RST, raise_nofile
+from tcpceiling.probe.run import budget, isolate, measure
+from tcpceiling.probe.run.config import check_sysctl_key
+from tcpceiling.probe.run.progress import Progress, RunProgress, ignore
+from tcpceiling.probe.run.result import Stop
+from tcpceiling.probe.serving import checks
+from tcpceiling.probe.workers import errnos
+from tcpceiling.probe.workers.children import Children
+from tcpceiling.probe.workers.client import IP_BIND_ADDRESS_NO_PORT
+from tcpceiling.probe.workers.histogram import Histogram
+from tcpceiling.probe.workers.messages import ChurnProgress
+from tcpceiling.probe.workers.procs import Reporter
+from tcpceiling.probe.workers.sink import listener
+from tcpceiling.probe.workers.worker import LINGER_RST, raise_nofile
 from tcpceiling.signals import ended_by_signal, raise_if_caught
 
 CloseMode = Literal["client", "server", "rst"]

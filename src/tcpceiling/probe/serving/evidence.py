@@ -18,7 +18,7 @@ from tcpceiling.errors import ParseError
 from tcpceiling.host import sockets
 from tcpceiling.host.read import read_comm, read_net_counters, read_process, socket_owners
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.result import Stop, StopReason
+from tcpceiling.probe.run.result import Stop, StopReason
 from tcpceiling.servers.model import AppLimit
 
 NETSTAT_KEYS = (

@@ -34,7 +34,7 @@ class Failure:
 
 @dataclass(frozen=True)
 class WatchSummary:
-    """A real-server worker's view of its connections (tcpceiling.probe.watch)."""
+    """A real-server worker's view of its connections (tcpceiling.probe.serving.watch)."""
 
     open: int = 0
     served: int | None = None

@@ -12,7 +12,7 @@ import time
 from array import array
 from collections.abc import Callable
 
-from tcpceiling.probe.histogram import Histogram
+from tcpceiling.probe.workers.histogram import Histogram
 
 BURST = 4096  # messages sent at most before looking at the clock again
 

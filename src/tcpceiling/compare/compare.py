@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from tcpceiling.analysis.model import IoModel
-from tcpceiling.probe.config import ProbeConfig
-from tcpceiling.probe.coordinator import run
-from tcpceiling.probe.progress import Progress, RunProgress, ignore
-from tcpceiling.probe.result import MemoryGuard, ProbeResult
+from tcpceiling.probe.run.config import ProbeConfig
+from tcpceiling.probe.run.coordinator import run
+from tcpceiling.probe.run.progress import Progress, RunProgress, ignore
+from tcpceiling.probe.run.result import MemoryGuard, ProbeResult
 
 MODELS: tuple[IoModel, ...] = ("epoll", "threads")
 

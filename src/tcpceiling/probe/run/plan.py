@@ -22,7 +22,7 @@ from tcpceiling.analysis.model import Endpoint, Scenario, resolve
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import HostSnapshot
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.config import GIB, ProbeConfig
+from tcpceiling.probe.run.config import GIB, ProbeConfig
 
 FD_MARGIN = 16  # fds a worker keeps for itself (stdio, pipe, epoll, listdir)
 SINK_HEADROOM = 1.3

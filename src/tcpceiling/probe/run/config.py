@@ -10,7 +10,7 @@ from tcpceiling.analysis.model import Endpoint, IoModel
 from tcpceiling.errors import InputError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import checks
+from tcpceiling.probe.serving import checks
 
 GIB = 1 << 30
 

@@ -23,10 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from tcpceiling.probe import active, budget, checks, pacing
-from tcpceiling.probe.errnos import ERRNO_CONSTRAINT
-from tcpceiling.probe.histogram import Histogram
-from tcpceiling.probe.messages import (
+from tcpceiling.probe.run import budget
+from tcpceiling.probe.serving import checks
+from tcpceiling.probe.serving.watch import SETTLE_RTTS, Watch
+from tcpceiling.probe.workers import active, pacing
+from tcpceiling.probe.workers.errnos import ERRNO_CONSTRAINT
+from tcpceiling.probe.workers.histogram import Histogram
+from tcpceiling.probe.workers.messages import (
     ActiveDone,
     ClientProgress,
     ClientStart,
@@ -35,9 +38,8 @@ from tcpceiling.probe.messages import (
     FrontierEnd,
     Released,
 )
-from tcpceiling.probe.procs import Reporter
-from tcpceiling.probe.watch import SETTLE_RTTS, Watch
-from tcpceiling.probe.worker import SelfStats, close_with_rst, raise_nofile
+from tcpceiling.probe.workers.procs import Reporter
+from tcpceiling.probe.workers.worker import SelfStats, close_with_rst, raise_nofile
 
 IP_BIND_ADDRESS_NO_PORT = 24  # include/uapi/linux/in.h
 REPORT_EVERY = 0.25

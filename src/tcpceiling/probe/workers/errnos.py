@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 from tcpceiling.analysis.model import ConstraintId
-from tcpceiling.probe.result import StopReason
+from tcpceiling.probe.run.result import StopReason
 
 #: errno -> constraint id of tcpceiling.analysis.registry.CONSTRAINT_IDS.
 ERRNO_CONSTRAINT: dict[int, ConstraintId] = {

@@ -18,7 +18,7 @@ from tcpceiling.host.read import (
     read_slabinfo,
 )
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.result import PerConnection
+from tcpceiling.probe.run.result import PerConnection
 
 
 def mem_field(name: str, roots: Roots | None = None) -> int:

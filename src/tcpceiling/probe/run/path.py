@@ -13,7 +13,7 @@ from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.read import read_net_counters
 from tcpceiling.host.roots import Roots
 from tcpceiling.host.rules import NatRule
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.run.result import Stop
 
 CONNTRACK_KEYS = ("insert_failed", "drop", "early_drop", "clash_resolve")
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tcpceiling.analysis.model import IoModel
-from tcpceiling.probe.budget import CgroupLine, cgroup_breach
-from tcpceiling.probe.messages import Released, SinkProgress, SinkReady
-from tcpceiling.probe.procs import Reporter
-from tcpceiling.probe.worker import LINGER_RST, SelfStats, close_with_rst, raise_nofile
+from tcpceiling.probe.run.budget import CgroupLine, cgroup_breach
+from tcpceiling.probe.workers.messages import Released, SinkProgress, SinkReady
+from tcpceiling.probe.workers.procs import Reporter
+from tcpceiling.probe.workers.worker import LINGER_RST, SelfStats, close_with_rst, raise_nofile
 
 ACCEPT_BATCH = 65536
 #: The listeners are drained every ACCEPT_EVERY seconds instead of being waited on:

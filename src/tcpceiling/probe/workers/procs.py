@@ -2,7 +2,7 @@
 
 Each child gets PR_SET_PDEATHSIG(SIGKILL) so it dies with the coordinator, ignores
 SIGINT (the coordinator decides how a Ctrl-C ends the run), and reports to the
-coordinator with typed messages (tcpceiling.probe.messages), a JSON line each, on a pipe.
+coordinator with typed messages (tcpceiling.probe.workers.messages), a JSON line each, on a pipe.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tcpceiling.probe.messages import Crash, Message, decode, encode
+from tcpceiling.probe.workers.messages import Crash, Message, decode, encode
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Literal
 
-from tcpceiling.probe import errnos
-from tcpceiling.probe.messages import WorkerState
-from tcpceiling.probe.result import Stop
+from tcpceiling.probe.run.result import Stop
+from tcpceiling.probe.workers import errnos
+from tcpceiling.probe.workers.messages import WorkerState
 
 
 def accepted(sinks: Sequence[WorkerState]) -> int:
@@ -77,7 +77,7 @@ def errno_counts(clients: Sequence[WorkerState]) -> dict[str, int]:
     return counts
 
 
-#: How a real server's connections can fail (tcpceiling.probe.watch), most telling first.
+#: How a real server's connections can fail (tcpceiling.probe.serving.watch), most telling first.
 FAILURE_KINDS = ("error_reply", "evicted", "closed", "reset", "refused", "silent", "timeout")
 
 

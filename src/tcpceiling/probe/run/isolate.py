@@ -10,7 +10,7 @@ from tcpceiling.errors import InputError
 from tcpceiling.host import netns
 from tcpceiling.host.owned import own_name, owner_gone
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.config import check_sysctl_key
+from tcpceiling.probe.run.config import check_sysctl_key
 
 
 def sweep_stale(roots: Roots | None = None) -> list[str]:

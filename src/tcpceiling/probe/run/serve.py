@@ -18,11 +18,11 @@ from functools import partial
 from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import HostError, InputError
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe import budget
-from tcpceiling.probe.attribution import accepted
-from tcpceiling.probe.children import Children
-from tcpceiling.probe.progress import Progress, RunProgress
-from tcpceiling.probe.sink import SinkMode, SinkPlan, listener, run_sink
+from tcpceiling.probe.run import budget
+from tcpceiling.probe.run.progress import Progress, RunProgress
+from tcpceiling.probe.serving.attribution import accepted
+from tcpceiling.probe.workers.children import Children
+from tcpceiling.probe.workers.sink import SinkMode, SinkPlan, listener, run_sink
 
 
 def check_listen(endpoints: tuple[Endpoint, ...], backlog: int) -> None:
