@@ -8,8 +8,7 @@ import struct
 import pytest
 
 from tcpceiling.errors import InputError
-from tcpceiling.probe.serving import checks
-from tcpceiling.probe.serving import protocols as p
+from tcpceiling.probe.serving import checks, dns, fastcgi
 from tcpceiling.servers import phpfpm, postfix, squid, tomcat, unbound
 
 FPM = """\
@@ -216,22 +215,22 @@ def fcgi(kind: int, body: bytes) -> bytes:
     ],
 )
 def test_fastcgi_replies(data: bytes, outcome: str, text: str) -> None:
-    v = p.fastcgi_reply(data)
+    v = fastcgi.fastcgi_reply(data)
     assert (v.outcome, v.text) == (outcome, text)
 
 
 def test_fastcgi_request_records() -> None:
-    req = p.fastcgi_request("/status")
+    req = fastcgi.fastcgi_request("/status")
     version, kind, rid, length, _ = struct.unpack_from(">BBHHBx", req)
     assert (version, kind, rid, length) == (1, 1, 1, 8)
     assert req[8:11] == b"\x00\x01\x01"  # the responder role, FCGI_KEEP_CONN
     assert b"\x0f\x07SCRIPT_FILENAME/status" in req
     assert req.endswith(fcgi(4, b"") + fcgi(5, b""))
-    long = p.fastcgi_params((("X", "v" * 200),))
+    long = fastcgi.fastcgi_params((("X", "v" * 200),))
     assert long[:5] == b"\x01\x80\x00\x00\xc8"  # a value of 200 bytes: four length bytes
 
 
-def dns(ident: int, flags: int, body: bytes = b"") -> bytes:
+def dns_msg(ident: int, flags: int, body: bytes = b"") -> bytes:
     msg = struct.pack(">HHHHHH", ident, flags, 1, 1, 0, 0) + body
     return struct.pack(">H", len(msg)) + msg
 
@@ -240,20 +239,20 @@ def dns(ident: int, flags: int, body: bytes = b"") -> bytes:
     ("data", "outcome"),
     [
         (b"\x00", "more"),
-        (dns(p.DNS_ID, 0x8180, b"\x09localhost\x00\x00\x01\x00\x01"), "ok"),
-        (dns(p.DNS_ID, 0x8185), "ok"),  # REFUSED is still the server's answer
-        (dns(p.DNS_ID, 0x8180, b"abc")[:-2], "more"),
-        (dns(0x1234, 0x8180), "error"),
-        (dns(p.DNS_ID, 0x0100), "error"),  # our own query echoed is no answer
+        (dns_msg(dns.DNS_ID, 0x8180, b"\x09localhost\x00\x00\x01\x00\x01"), "ok"),
+        (dns_msg(dns.DNS_ID, 0x8185), "ok"),  # REFUSED is still the server's answer
+        (dns_msg(dns.DNS_ID, 0x8180, b"abc")[:-2], "more"),
+        (dns_msg(0x1234, 0x8180), "error"),
+        (dns_msg(dns.DNS_ID, 0x0100), "error"),  # our own query echoed is no answer
     ],
 )
 def test_dns_replies(data: bytes, outcome: str) -> None:
-    assert p.dns_reply(data).outcome == outcome
+    assert dns.dns_reply(data).outcome == outcome
 
 
 def test_dns_query_wire() -> None:
-    q = p.dns_query("a.test")
-    assert q[:2] == struct.pack(">H", len(q) - 2) and q[2:4] == struct.pack(">H", p.DNS_ID)
+    q = dns.dns_query("a.test")
+    assert q[:2] == struct.pack(">H", len(q) - 2) and q[2:4] == struct.pack(">H", dns.DNS_ID)
     assert q.endswith(b"\x01a\x04test\x00\x00\x01\x00\x01")
 
 

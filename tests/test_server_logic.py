@@ -7,7 +7,7 @@ import pytest
 from tcpceiling.errors import InputError, ParseError
 from tcpceiling.host.parse import parse_conntrack_stat
 from tcpceiling.host.sockets import Listener
-from tcpceiling.probe.serving import checks
+from tcpceiling.probe.serving import checks, http
 from tcpceiling.probe.serving import protocols as wire
 from tcpceiling.probe.serving.evidence import ServerProcess, ServerSample, attribute
 from tcpceiling.probe.workers import pacing
@@ -327,7 +327,7 @@ OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
 def test_http_responses_are_framed_before_they_are_judged(
     segments: list[bytes], outcome: str, rest: bytes
 ) -> None:
-    v, body, after = wire.http_response(segments[0])
+    v, body, after = http.http_response(segments[0])
     assert v.outcome == outcome
     for more in segments[1:]:
         assert body is not None
@@ -336,7 +336,7 @@ def test_http_responses_are_framed_before_they_are_judged(
 
 
 def test_a_chunk_size_line_split_anywhere_is_still_read() -> None:
-    body = wire.HttpBody("chunked")
+    body = http.HttpBody("chunked")
     stream = b"a;ext=1\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\nnext"
     out = b"".join(body.feed(stream[i : i + 1]) for i in range(len(stream)))
     assert out == b"next" and body.done

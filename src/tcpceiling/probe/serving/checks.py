@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from tcpceiling.errors import InputError
+from tcpceiling.probe.serving import dns, fastcgi, http
 from tcpceiling.probe.serving import protocols as p
 from tcpceiling.probe.serving.protocols import MAX_REPLY, Verdict, first_line
 from tcpceiling.servers.checks import LINE_CHECKS, WIRE_CHECKS
@@ -85,25 +87,12 @@ class Check:
     # -- a new connection -------------------------------------------------------------
     def request(self, host: str) -> bytes:
         """What to send on a new connection ("none" and a banner check: nothing)."""
-        fixed = {"echo": b"tcpceiling echo check\n", "send": self.send}
         if self.kind in LINE_CHECKS:
             return LINE_CHECKS[self.kind].request
         if self.kind in WIRE_CHECKS:
             return WIRE_CHECKS[self.kind].request
-        if self.kind in fixed:
-            return fixed[self.kind]
-        if self.kind == "http":
-            head = f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n"
-            return (head + "\r\n").encode()
-        if self.kind == "websocket":
-            return p.websocket_upgrade(host, self.path)
-        if self.kind == "mqtt":
-            return p.mqtt_connect(self.keep_alive)
-        if self.kind == "fastcgi":
-            return p.fastcgi_request(self.path)
-        if self.kind == "dns":
-            return p.dns_query(self.path)
-        return p.tls_client_hello() if self.kind == "tls" else b""
+        made = _REQUESTS.get(self.kind)
+        return made(self, host) if made is not None else b""
 
     def verdict(self, data: bytes, sent: bytes, again: bool = False) -> Verdict:
         """Judge what the server sent so far in answer to `sent` (`again`: the
@@ -121,16 +110,8 @@ class Check:
             return p.line_reply(data, line.served, line.refused)
         if k in WIRE_CHECKS:
             return WIRE_CHECKS[k].judge(data)
-        judges = {
-            "websocket": p.websocket_handshake,
-            "mqtt": p.mqtt_connack,
-            "http": p.http_status,
-            "tls": p.tls_server_hello,
-            "fastcgi": p.fastcgi_reply,
-            "dns": p.dns_reply,
-        }
-        if k in judges:
-            return judges[k](data)
+        if k in _JUDGES:
+            return _JUDGES[k](data)
         if k == "echo":
             return p.echo_reply(data, sent)
         if k == "send":
@@ -163,13 +144,13 @@ class Check:
 
     def framed(
         self, data: bytes, sent: bytes, again: bool = False
-    ) -> tuple[Verdict, p.HttpBody | None, bytes]:
+    ) -> tuple[Verdict, http.HttpBody | None, bytes]:
         """The verdict on what the server sent so far, with the framing of what follows
         the reply: an HTTP response is judged once its head is whole, and its body
         (Content-Length, chunked, or until the close) is never a reply of its own:
         (verdict, the body still to come or None, the bytes after the message)."""
         if self.kind == "http":
-            return p.http_response(data)
+            return http.http_response(data)
         v = self.verdict(data, sent, again)
         return v, None, self.after_reply(data, again) if v.outcome == "ok" else b""
 
@@ -215,19 +196,44 @@ class Check:
     @property
     def spec(self) -> str:
         """The SPEC this check was parsed from, in its canonical form."""
-        if self.kind in ("websocket", "http") and self.path != "/":
-            return f"{self.kind}:{self.path}"
-        if self.kind == "mqtt" and self.keep_alive:
-            return f"mqtt:{self.keep_alive}"
-        if self.kind == "fastcgi" and self.path != FASTCGI_PATH:
-            return f"fastcgi:{self.path}"
-        if self.kind == "dns" and self.path != DNS_NAME:
-            return f"dns:{self.path}"
-        if self.kind != "send":
-            return self.kind
-        parts = [f"send:{_show(self.send)}"] if self.send else []
-        parts.append(f"expect:{self.expect}")
-        return ",".join(parts + ([f"refuse:{self.refuse}"] if self.refuse else []))
+        return _spec(self)
+
+
+def _spec(c: Check) -> str:
+    default = {"http": "/", "websocket": "/", "fastcgi": FASTCGI_PATH, "dns": DNS_NAME}
+    if c.kind in default and c.path != default[c.kind]:
+        return f"{c.kind}:{c.path}"
+    if c.kind == "mqtt" and c.keep_alive:
+        return f"mqtt:{c.keep_alive}"
+    if c.kind != "send":
+        return c.kind
+    parts = [f"send:{_show(c.send)}"] if c.send else []
+    parts.append(f"expect:{c.expect}")
+    return ",".join(parts + ([f"refuse:{c.refuse}"] if c.refuse else []))
+
+
+#: what each kind sends on a new connection (the servers' own kinds aside)
+_REQUESTS: dict[str, Callable[[Check, str], bytes]] = {
+    "echo": lambda c, host: b"tcpceiling echo check\n",
+    "send": lambda c, host: c.send,
+    "http": lambda c, host: (
+        f"GET {c.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tcpceiling\r\n\r\n".encode()
+    ),
+    "websocket": lambda c, host: p.websocket_upgrade(host, c.path),
+    "mqtt": lambda c, host: p.mqtt_connect(c.keep_alive),
+    "fastcgi": lambda c, host: fastcgi.fastcgi_request(c.path),
+    "dns": lambda c, host: dns.dns_query(c.path),
+    "tls": lambda c, host: p.tls_client_hello(),
+}
+#: the first verdict of the kinds judged by their reply alone
+_JUDGES: dict[str, Callable[[bytes], Verdict]] = {
+    "websocket": p.websocket_handshake,
+    "mqtt": p.mqtt_connack,
+    "http": http.http_status,
+    "tls": p.tls_server_hello,
+    "fastcgi": fastcgi.fastcgi_reply,
+    "dns": dns.dns_reply,
+}
 
 
 @functools.lru_cache(maxsize=64)
