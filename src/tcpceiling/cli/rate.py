@@ -113,7 +113,8 @@ def rate_cmd(
     Exit codes: 0 the asked rate was held, 1 a limit stopped it (or --rate max), 2 bad
     input, 3 the host could not be read."""
     from tcpceiling.probe.run.config import parse_sysctl
-    from tcpceiling.rate.churn import ChurnConfig, CloseMode, run_churn
+    from tcpceiling.rate.config import ChurnConfig, CloseMode
+    from tcpceiling.rate.run import run_churn
     from tcpceiling.report.churn import render_churn
 
     report_target(report_path)

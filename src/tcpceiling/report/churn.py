@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tcpceiling.rate.churn import ChurnResult
+from tcpceiling.rate.config import ChurnResult
 
 
 def _timeline(per_second: tuple[int, ...]) -> str:

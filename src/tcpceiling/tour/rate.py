@@ -11,7 +11,8 @@ from functools import partial
 from tcpceiling.analysis import whatif
 from tcpceiling.analysis.analyze import analyze
 from tcpceiling.analysis.model import build_scenarios
-from tcpceiling.rate.churn import ChurnConfig, ChurnResult, run_churn
+from tcpceiling.rate.config import ChurnConfig, ChurnResult
+from tcpceiling.rate.run import run_churn
 from tcpceiling.signals import unless_interrupted
 from tcpceiling.tour.child import Child
 from tcpceiling.tour.model import Measure, Step, Trial

@@ -1,0 +1,140 @@
+"""The opening and its pace: the fast path toward the built-in sink (batches, no
+pacing), and toward a real server or at --rate one connection at a time within the
+window of what the server is asked to answer (pacing.Window), until the share, a
+limit, the memory guard or the server's stop; then the handshakes and checks under
+way are let end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tcpceiling.probe.run import budget
+from tcpceiling.probe.serving.watch import SETTLE_RTTS
+from tcpceiling.probe.workers.completions import Completions
+from tcpceiling.probe.workers.connector import Connector
+from tcpceiling.probe.workers.conns import ClientPlan, Conns
+
+REPORT_EVERY = 0.25
+FAST_BATCH = 256
+
+
+def settle_most(plan: ClientPlan) -> float:
+    """The longest a served connection settles: SETTLE_RTTS check round trips, each at
+    most the check timeout, or the settle floor."""
+    return max(plan.settle, SETTLE_RTTS * plan.check_timeout)
+
+
+class Opening:
+    """Opens a worker's share and says when to stop."""
+
+    def __init__(
+        self, c: Conns, connector: Connector, done: Completions, report: Callable[[], None]
+    ) -> None:
+        self.c, self.connector, self.done, self.report = c, connector, done, report
+        self.opened = 0  # connections the opening started (open_all)
+
+    def over_memory(self) -> bool:
+        """The memory guard: has Slab grown past the plan's limit (measure.slab_limit),
+        or a memory cgroup's working set past its line (budget.cgroup_breach)?"""
+        c = self.c
+        limit = c.plan.slab_limit
+        slab = bool(limit) and c.stats.meminfo_field(b"Slab:") > limit
+        if slab or budget.cgroup_breach(c.plan.cgroup_lines) is not None:
+            c.guard = "memory"
+        return c.guard == "memory"
+
+    def server_stopped(self) -> bool:
+        return self.c.watch is not None and self.c.watch.limit_kind is not None
+
+    def room(self) -> int:
+        """How many more may start: within --max-pending in flight, and within the
+        window (pacing.Window) of what the server is asked to answer: handshakes, and
+        checks when there is one (a check-less connection waits out its timeout with
+        nothing asked of the server, so its handshake is its answer)."""
+        c = self.c
+        room = c.plan.max_pending - c.in_flight()
+        if c.plan.rate or c.watch is None:
+            return room
+        asked = len(c.pending)
+        if c.watch.check.kind != "none":
+            asked += len(c.watch.checking)
+        return min(room, c.window.limit - asked)
+
+    def open_fast(self) -> None:
+        """Open the share in batches with the fewest steps per connection: socket,
+        setsockopt, bind (with a source), connect (as benchmarks/cref.c) in one tight loop,
+        then one poll() per batch to see which completed; the few still pending go to
+        the epoll path. On loopback the handshake completes inside connect(), so its
+        duration is the latency."""
+        c, plan = self.c, self.c.plan
+        opened, last = 0, time.perf_counter()
+        while not c.stopping and opened < plan.share and not c.tally.failure.limit:
+            if c.in_flight() >= plan.max_pending:
+                self.done.drain(0.02)
+                continue
+            n = min(FAST_BATCH, plan.share - opened)
+            fds, took, tried, more = self.connector.connect_batch(n)
+            opened += tried
+            self.done.complete_batch(fds, took)
+            if not more or self.over_memory():
+                break
+            if time.perf_counter() - last > REPORT_EVERY:
+                last = time.perf_counter()
+                self.done.drain(0)
+                self.report()
+        self.finish_in_flight()
+
+    def open_all(self) -> None:
+        c, plan = self.c, self.c.plan
+        if c.watch is None and not plan.rate:
+            return self.open_fast()
+        start = last = time.perf_counter()
+        opened, more = 0, True
+        while more and not c.stopping and opened < plan.share:
+            room = self.room()
+            if room <= 0 or (c.watch is not None and c.watch.undecided):
+                # bounded: a silent server must not collect every fd; a close while
+                # settling waits for the newer ones to settle (serving/watch.py)
+                self.done.drain(0.02)
+                if self.server_stopped():
+                    break
+                continue
+            n = min(plan.batch, plan.share - opened, room)
+            if plan.rate:
+                time.sleep(max(0.0, start + opened / plan.rate - time.perf_counter()))
+                n = min(n, 1)
+            more, added = self._open_some(n)
+            opened += added
+            if self.server_stopped() or self.over_memory():
+                break
+            if time.perf_counter() - last > REPORT_EVERY:
+                last = time.perf_counter()
+                self.report()
+        self.finish_in_flight()
+        self.opened = opened
+
+    def _open_some(self, n: int) -> tuple[bool, int]:
+        """Up to n, each drained right away (the latency is the handshake's, not the
+        batch's): (more may start, how many were tried)."""
+        for i in range(n):
+            more = self.connector.open_one()
+            self.done.drain(0)
+            if not more:
+                return False, i + 1
+        return True, n
+
+    def finish_in_flight(self) -> None:
+        """Let handshakes (and checks) under way end in a verdict or a timeout, and
+        the served ones settle."""
+        c = self.c
+        wait = c.plan.connect_timeout
+        if c.watch:
+            wait += c.plan.check_timeout + settle_most(c.plan)
+        deadline = time.perf_counter() + wait + 1
+        last = time.perf_counter()
+        while c.unsettled() and time.perf_counter() < deadline and not c.releasing:
+            self.done.drain(0.05)
+            if time.perf_counter() - last > REPORT_EVERY:
+                last = time.perf_counter()
+                self.report()
