@@ -142,7 +142,7 @@ class ProbeResult:
     answered_per_s: float | None = None
     window_halvings: int = 0  # times the opening window halved (probe/workers/pacing.py)
     #: what the frontier did after a stop by refusals, one per client worker where it
-    #: ran (probe/client.py ClientWorker._frontier)
+    #: ran (probe/workers/frontier.py FrontierSearch)
     frontier: tuple[Frontier, ...] = ()
     side: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
