@@ -150,6 +150,16 @@ class Loop:
             conn.send(data)
 
 
+def kept_until_gone(conn: socket.socket, count: Count) -> None:
+    """A kept client, counted until it closes (a thread per client)."""
+    try:
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    count.add(-1)
+
+
 def slow(lsock: socket.socket, cap: int) -> None:
     """Accept one connection every SLOW_ACCEPT seconds; a thread serves each."""
     count = Count()
@@ -160,12 +170,7 @@ def slow(lsock: socket.socket, cap: int) -> None:
                 Loop.send(conn, b"421 4.7.0 tcpceiling-test too many connections\r\n")
                 return
             Loop.send(conn, b"220 tcpceiling-test ready\r\n")
-            try:
-                while conn.recv(4096):
-                    pass
-            except OSError:
-                pass
-            count.add(-1)
+            kept_until_gone(conn, count)
 
     while True:
         conn, _ = lsock.accept()
@@ -184,12 +189,7 @@ def spawn(lsock: socket.socket, cap: int) -> None:
             with conn:
                 Loop.send(conn, GREETING)
                 count.add(1)
-                try:
-                    while conn.recv(4096):
-                        pass
-                except OSError:
-                    pass
-                count.add(-1)
+                kept_until_gone(conn, count)
 
     threading.Thread(target=worker, daemon=True).start()
     workers = 1
