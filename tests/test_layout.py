@@ -23,11 +23,12 @@ def too_long(path: Path) -> list[str]:
     if len(text.splitlines()) > MODULE_MOST:
         out.append(f"{path.name}: {len(text.splitlines())} lines")
     for node in ast.walk(ast.parse(text)):
-        size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
-        if isinstance(node, ast.ClassDef) and size > CLASS_MOST:
-            out.append(f"class {node.name}: {size} lines")
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > FUNCTION_MOST:
-            out.append(f"def {node.name}: {size} lines")
+        if not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        size = (node.end_lineno or node.lineno) - node.lineno + 1
+        most = CLASS_MOST if isinstance(node, ast.ClassDef) else FUNCTION_MOST
+        if size > most:
+            out.append(f"{type(node).__name__} {node.name}: {size} lines")
     return out
 
 
