@@ -35,9 +35,13 @@ def trace_cmd(
     instance of its own, removed on every exit path (root)."""
     from tcpceiling.observe.trace import trace
     from tcpceiling.report.watch import render_trace
+    from tcpceiling.signals import ended_by_signal
 
     try:
-        result = trace(seconds, Roots(procfs, sysfs, cgroupfs))
+        # taken from here, before tracefs is looked at or mounted: a signal at any
+        # moment of the start ends the run (and is remembered if its interrupt is lost)
+        with ended_by_signal():
+            result = trace(seconds, Roots(procfs, sysfs, cgroupfs))
     except KeyboardInterrupt:
         fail("interrupted: the trace instance was removed", 130)
     if as_json:
