@@ -9,7 +9,7 @@ SPEC is a kind with an optional argument:
   mqtt[:KEEPALIVE]           MQTT 3.1.1 CONNECT with a keep-alive in seconds (0: off)
   dns[:NAME]                 a DNS query over TCP for NAME's A record (default localhost.)
   fastcgi[:PATH]             a FastCGI Responder request for PATH (default /ping) on a
-                             kept connection (FCGI_KEEP_CONN): PHP-FPM, any FastCGI app
+                             kept connection (FCGI_KEEP_CONN): any FastCGI application
   send:DATA,expect:REGEX[,refuse:REGEX]   any protocol: send DATA (text with \\r \\n
                              \\xNN escapes, or 0xHEX; omit `send:` for a banner), served
                              when the reply matches `expect`, refused when `refuse` does.
@@ -53,8 +53,8 @@ FORMS = (
     "none, echo, http[:PATH], redis, memcached, tls, postgres, websocket[:PATH], "
     "mqtt[:KEEPALIVE], fastcgi[:PATH], dns[:NAME], send:DATA,expect:REGEX[,refuse:REGEX]"
 )
-#: what `--check fastcgi` asks for: PHP-FPM's usual ping.path; where no ping is set up
-#: the pool's process still answers (403 or 404 through FastCGI), which is served
+#: what `--check fastcgi` asks for: a common ping path; where no ping is set up,
+#: the application's process still answers (403 or 404 through FastCGI): served
 FASTCGI_PATH = "/ping"
 #: what `--check dns` asks for: a name every resolver answers itself (RFC 6761 §6.3)
 DNS_NAME = "localhost."
