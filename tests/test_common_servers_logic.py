@@ -4,10 +4,12 @@ checks, on literal text and bytes: pure functions, no server."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
 from tcpceiling.errors import InputError
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks, dns, fastcgi
 from tcpceiling.servers import phpfpm, postfix, squid, tomcat, unbound
 
@@ -278,3 +280,27 @@ def test_new_check_specs(spec: str, canonical: str, path: str) -> None:
 def test_bad_check_specs(spec: str) -> None:
     with pytest.raises(InputError):
         checks.parse(spec)
+
+
+def test_include_globs_are_read_under_a_fixture_tree(tmp_path: Path) -> None:
+    """php-fpm's `include` and unbound's `include:` expand under the tree the Roots
+    stand for, in name order (a later file's setting wins)."""
+    roots = Roots.fixture(tmp_path)
+    (tmp_path / "proc").mkdir()
+    pool_d = tmp_path / "etc/php/8.2/fpm/pool.d"
+    pool_d.mkdir(parents=True)
+    (tmp_path / "etc/php/8.2/fpm/php-fpm.conf").write_text(
+        "[global]\ninclude=/etc/php/8.2/fpm/pool.d/*.conf\n"
+    )
+    (pool_d / "a.conf").write_text("[api]\nlisten = 9001\npm.max_children = 4\n")
+    (pool_d / "b.conf").write_text("[api]\npm.max_children = 6\n")
+    pools = phpfpm.pools(phpfpm.load(roots, "/etc/php/8.2/fpm/php-fpm.conf"))
+    assert [(x.name, x.max_children) for x in pools] == [("api", 6)]
+    conf_d = tmp_path / "etc/unbound/unbound.conf.d"
+    conf_d.mkdir(parents=True)
+    (tmp_path / "etc/unbound/unbound.conf").write_text(
+        'server:\n  incoming-num-tcp: 20\ninclude: "/etc/unbound/unbound.conf.d/*.conf"\n'
+    )
+    (conf_d / "threads.conf").write_text("server:\n  num-threads: 3\n")
+    s = unbound.settings(unbound.load(roots, "/etc/unbound/unbound.conf"))
+    assert (s.threads, s.incoming_tcp) == (3, 20)

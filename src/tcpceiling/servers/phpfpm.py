@@ -20,10 +20,8 @@ file; an edit alone does not)."""
 
 from __future__ import annotations
 
-import glob as globbing
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from tcpceiling.host.roots import Roots
 from tcpceiling.servers import text
@@ -78,17 +76,10 @@ def load(roots: Roots, path: str, depth: int = 0) -> dict[str, dict[str, str]]:
     include = conf.get("global", {}).pop("include", "")
     if include and depth < 8:
         pattern = include if include.startswith("/") else f"{PREFIX}/{include}"
-        for name in sorted(_glob(roots, pattern)):
+        for name in text.host_glob(roots, pattern):
             for section, values in load(roots, name, depth + 1).items():
                 conf.setdefault(section, {}).update(values)
     return conf
-
-
-def _glob(roots: Roots, pattern: str) -> list[str]:
-    if roots.live:
-        return globbing.glob(pattern)
-    base = roots.procfs.parent
-    return ["/" + str(Path(p).relative_to(base)) for p in globbing.glob(str(base) + pattern)]
 
 
 def pools(conf: dict[str, dict[str, str]]) -> list[Pool]:

@@ -3,6 +3,7 @@ whitespace-separated 'key value' configuration lines."""
 
 from __future__ import annotations
 
+import glob as globbing
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +78,16 @@ def host_file(roots: Roots, path: str) -> str:
         return where.read_text()
     except OSError:
         return ""
+
+
+def host_glob(roots: Roots, pattern: str) -> list[str]:
+    """The host's files a glob names (an include line), sorted, as host paths: on the
+    live host the glob itself, else under the fixture tree."""
+    if roots.live:
+        return sorted(globbing.glob(pattern))
+    base = roots.procfs.parent
+    found = globbing.glob(str(base / pattern.lstrip("/")))
+    return sorted("/" + str(Path(p).relative_to(base)) for p in found)
 
 
 def tail(roots: Roots, path: str, size: int = 1 << 16) -> str:

@@ -19,7 +19,6 @@ Where it is read: its configuration file (`-c FILE`, default
 
 from __future__ import annotations
 
-import glob as globbing
 from dataclasses import dataclass
 
 from tcpceiling.host.roots import Roots
@@ -69,8 +68,7 @@ def parse_conf(body: str) -> tuple[dict[str, str], list[str]]:
 def load(roots: Roots, path: str, depth: int = 0) -> dict[str, str]:
     values, includes = parse_conf(text.host_file(roots, path))
     for pattern in includes if depth < 8 else []:
-        names = globbing.glob(pattern) if roots.live else [pattern]
-        for name in sorted(names):
+        for name in text.host_glob(roots, pattern):
             values.update(load(roots, name, depth + 1))
     return values
 
