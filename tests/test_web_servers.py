@@ -111,7 +111,9 @@ def held_and_doctored(
     deadline = time.monotonic() + 15  # the probe's connections closed and gone first
     while established(port) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(0.5)
+    # and noticed by the server: a worker drops a closed keep-alive connection from
+    # its count at its next poll (gunicorn's gthread, Apache event's lingering closes)
+    time.sleep(2.0)
     with plain_holding(port, n, timeout, request, answered) as kept:
         code, out, err = run_cli(
             "doctor", "--interval", "0.5", "--kmsg", "/dev/null", "--port", str(port), "--json"

@@ -31,7 +31,11 @@ from tcpceiling.tour.model import Measure, Step, Trial
 from tcpceiling.tour.ports import HIGH, LOW, PORT_RANGE
 
 LISTEN, UPSTREAM = ("127.0.0.1", 8000), ("127.0.0.2", 8080)
-CLIENTS = ("127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8")
+#: the clients' own addresses: their ports toward the proxy (the namespace's 10-port
+#: range each) must outlast the proxy's toward its upstream, the refused attempts'
+#: TIME_WAITs included, so the stop is the proxy's: 8 x 10 = 80 against 20 served and
+#: the attempts refused before the stop (4 x 10 ran out first in one run of the suite)
+CLIENTS = tuple(f"127.0.0.{i}" for i in range(5, 13))
 SOURCES = ("127.0.0.3", "127.0.0.4")
 #: An upstream holding every request open (headers and one chunk, then nothing), dying
 #: with the tour (prctl(2) PR_SET_PDEATHSIG, SIGKILL).
