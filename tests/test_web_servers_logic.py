@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tcpceiling.servers import apache, apache_conf, gunicorn, uvicorn
+from tcpceiling.servers import apache, apache_conf, gunicorn, text, uvicorn
 
 DEBIAN_MAIN = """\
 # Debian's apache2.conf, in short
@@ -116,7 +116,7 @@ def test_start_options_and_environment() -> None:
     argv = ["/usr/sbin/apache2", "-d", "/srv/a", "-f", "x.conf", "-DFOREGROUND", "-D", "SSL"]
     conf, root, defines = apache_conf.start_options([*argv, "-k", "start"])
     assert (conf, root, defines) == ("x.conf", "/srv/a", {"FOREGROUND", "SSL"})
-    assert apache_conf.environ(b"A=1\0B=x=y\0\0") == {"A": "1", "B": "x=y"}
+    assert text.parse_environ(b"A=1\0B=x=y\0\0") == {"A": "1", "B": "x=y"}
     maps = "7f00-7f01 r-xp 0 08:01 12 /usr/lib/apache2/modules/mod_mpm_prefork.so\n"
     assert apache_conf.running_mpm(maps) == "prefork" and apache_conf.running_mpm("") is None
 

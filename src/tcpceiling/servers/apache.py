@@ -131,7 +131,7 @@ def read_config(found: Found, roots: Roots) -> tuple[apache_conf.Context, str]:
     the default ServerRoot), its environment for ${VAR}, its -D defines, its MPM."""
     pid = found.main.pid
     conf, root, defines = apache_conf.start_options(text.words(found.main.cmdline))
-    env = apache_conf.environ(_proc_bytes(roots, pid, "environ"))
+    env = text.process_environ(roots, pid)
     root = root or env.get("APACHE_CONFDIR") or DEFAULT_ROOT
     main = apache_conf.absolute(conf or DEFAULT_CONF, root)
     mpm = apache_conf.running_mpm(_proc_bytes(roots, pid, "maps").decode(errors="replace"))

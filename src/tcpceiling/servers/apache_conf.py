@@ -216,16 +216,6 @@ def start_options(cmdline: Iterable[str]) -> tuple[str | None, str | None, set[s
     return conf, root, defines
 
 
-def environ(raw: bytes) -> dict[str, str]:
-    """/proc/PID/environ: NUL-separated NAME=VALUE."""
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        name, eq, value = item.partition(b"=")
-        if eq:
-            out[name.decode(errors="replace")] = value.decode(errors="replace")
-    return out
-
-
 def running_mpm(maps: str) -> str | None:
     """The MPM a running httpd loaded, from its /proc/PID/maps (mod_mpm_event.so)."""
     found = re.search(r"mod_mpm_(prefork|worker|event)\.so", maps)

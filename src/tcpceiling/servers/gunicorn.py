@@ -32,7 +32,7 @@ import shlex
 from dataclasses import dataclass
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.servers import apache_conf, text
+from tcpceiling.servers import text
 from tcpceiling.servers.model import AppLimit, Found, Source
 
 NAME = "gunicorn"
@@ -165,7 +165,7 @@ def capacity(s: Settings, workers: int) -> tuple[int | None, str]:
 
 def read(found: Found, roots: Roots) -> AppLimit:
     args = text.words(found.main.cmdline)
-    env = apache_conf.environ(_environ(roots, found.main.pid))
+    env = text.process_environ(roots, found.main.pid)
     conf = text.flag(args, "-c", "--config") or "gunicorn.conf.py"
     path = conf if conf.startswith("/") else f"{_cwd(roots, found.main.pid)}/{conf}"
     config = assignments(text.host_file(roots, path))
@@ -206,13 +206,6 @@ def _raise(s: Settings, workers: int) -> str:
     if s.worker_class in ("gthread", *ASYNC):
         return f"--worker-connections {2 * s.worker_connections} (or --workers {2 * workers})"
     return f"--workers {2 * workers}, or -k gthread --threads N to keep connections alive"
-
-
-def _environ(roots: Roots, pid: int) -> bytes:
-    try:
-        return (roots.procfs / str(pid) / "environ").read_bytes()
-    except OSError:
-        return b""
 
 
 def _cwd(roots: Roots, pid: int) -> str:

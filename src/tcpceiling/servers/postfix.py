@@ -24,7 +24,7 @@ import socket
 from dataclasses import dataclass
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.servers import apache_conf, text
+from tcpceiling.servers import text
 from tcpceiling.servers.model import AppLimit, Found
 
 NAME = "postfix"
@@ -102,11 +102,7 @@ def maxproc(field: str, main: dict[str, str]) -> int | None:
 
 
 def config_dir(found: Found, roots: Roots) -> str:
-    try:
-        raw = (roots.procfs / str(found.main.pid) / "environ").read_bytes()
-    except OSError:
-        raw = b""
-    env = apache_conf.environ(raw)
+    env = text.process_environ(roots, found.main.pid)
     return env.get("MAIL_CONFIG") or text.flag(found.main.cmdline, "-c") or DEFAULT_DIR
 
 

@@ -110,6 +110,25 @@ def open_fds(roots: Roots, pid: int) -> int | None:
         return None
 
 
+def parse_environ(raw: bytes) -> dict[str, str]:
+    """/proc/PID/environ: NUL-separated NAME=VALUE."""
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        name, eq, value = item.partition(b"=")
+        if eq:
+            out[name.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def process_environ(roots: Roots, pid: int) -> dict[str, str]:
+    """A process's environment as it started ({} when unreadable): where a server's
+    settings come from besides its command line (UVICORN_*, MAIL_CONFIG...)."""
+    try:
+        return parse_environ((roots.procfs / str(pid) / "environ").read_bytes())
+    except OSError:
+        return {}
+
+
 def reachable(listen_host: str) -> str:
     """An address to reach a listener on: loopback for a wildcard listener."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen_host, listen_host)

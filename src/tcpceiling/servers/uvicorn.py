@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcpceiling.host.roots import Roots
-from tcpceiling.servers import apache_conf, text
+from tcpceiling.servers import text
 from tcpceiling.servers.model import AppLimit, Found, Source
 
 NAME = "uvicorn"
@@ -69,11 +69,7 @@ def _int(value: str | None, default: int) -> int:
 
 
 def read(found: Found, roots: Roots) -> AppLimit:
-    try:
-        raw = (roots.procfs / str(found.main.pid) / "environ").read_bytes()
-    except OSError:
-        raw = b""
-    s = settings(text.words(found.main.cmdline), apache_conf.environ(raw))
+    s = settings(text.words(found.main.cmdline), text.process_environ(roots, found.main.pid))
     running = len(found.owners) - 1 if len(found.owners) > 1 else s.workers
     limit = s.limit_concurrency
     cap = running * (limit - 1) if limit else None
