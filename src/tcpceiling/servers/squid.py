@@ -97,8 +97,11 @@ def read(found: Found, roots: Roots) -> AppLimit:
     configured = text.to_int(conf.get("max_filedescriptors", "").split(" ")[0])
     max_fd, source, detail = _max_fd(most, found.main.nofile, configured, conf_file)
     held = found.established or 0
-    in_use = used - 1 if used is not None else text.open_fds(roots, found.main.pid) or 0
-    own = max(0, in_use - held)
+    own = (
+        max(0, used - 1 - held)
+        if used is not None
+        else text.own_fds(roots, found.main.pid, found.established)
+    )
     counted = "the cache manager's count" if used is not None else "/proc/PID/fd"
     log = text.tail(roots, conf.get("cache_log", "/var/log/squid/cache.log").split(" ")[0])
     said = [ln.strip() for ln in log.splitlines() if RUNNING_OUT in ln]

@@ -129,6 +129,13 @@ def process_environ(roots: Roots, pid: int) -> dict[str, str]:
         return {}
 
 
+def own_fds(roots: Roots, pid: int, connections: int | None) -> int:
+    """The descriptors a server holds for itself (its files, listeners, pipes):
+    /proc/PID/fd less its `connections` on the port; 0 when it cannot be listed."""
+    total = open_fds(roots, pid)
+    return max(0, total - (connections or 0)) if total is not None else 0
+
+
 def reachable(listen_host: str) -> str:
     """An address to reach a listener on: loopback for a wildcard listener."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen_host, listen_host)

@@ -112,7 +112,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
     c = next((c for c in connectors if c.port == found.port), None)
     value = c.max_connections if c else DEFAULT_MAX_CONNECTIONS
     source: Source = "config" if c is not None and c.given else "default"
-    own = own_fds(roots, found)
+    own = text.own_fds(roots, found.main.pid, found.established)  # its jars, logs, listeners
     return AppLimit(
         server=NAME,
         pid=found.main.pid,
@@ -135,13 +135,6 @@ def read(found: Found, roots: Roots) -> AppLimit:
         nofile=found.main.nofile,
         nofile_offset=own,
     )
-
-
-def own_fds(roots: Roots, found: Found) -> int:
-    """The JVM's descriptors that are not connections (its jars, logs, listeners):
-    /proc/PID/fd less the connections on the port."""
-    total = text.open_fds(roots, found.main.pid)
-    return max(0, total - (found.established or 0)) if total is not None else 0
 
 
 def _arithmetic(value: int | None, c: Connector | None) -> str:
