@@ -21,28 +21,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import IS_ROOT, probe, run_cli
+from tests.conftest import IS_ROOT, run_cli
 from tests.test_observe_live import established
 from tests.test_patterns import still_open
 from tests.test_servers import app_limit, assert_predicted, free_port, needs, running, settled
-from tests.test_web_servers import assert_doctor_names, held_and_doctored, plain_holding
+from tests.test_web_servers import assert_doctor_names, held_and_doctored, plain_holding, probed
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="the servers switch users: needs root")
 
 PHP_FPM = next(iter(sorted(glob.glob("/usr/sbin/php-fpm*"))), "")
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
 TOMCAT_HOME = Path("/usr/share/tomcat10")
-
-
-def probed(port: int, check: str, target: int, *extra: str) -> dict[str, Any]:
-    code, r = probe("--connect", f"127.0.0.1:{port}", "--check", check,
-                    "--target", str(target), "--check-timeout", "2", *extra)  # fmt: skip
-    assert code == 1, r["stop"]
-    return r
 
 
 @contextmanager
@@ -115,7 +107,7 @@ def test_php_fpm_serves_pm_max_children(tmp_path: Path) -> None:
     at once, the sixth waits unanswered in the pool's listen queue."""
     with php_fpm(tmp_path, 5) as (port, _, _):
         limit = app_limit(port)
-        r = probed(port, "fastcgi", 20)
+        r = probed(port, 20, check="fastcgi")
         code, doctor, plain = held_and_doctored(port, 8, 1.0, FCGI_PING, fcgi_answered)
     assert limit["ceiling"] == 5 == plain == r["served"], (limit, plain, r["outcomes"])
     assert limit["details"]["source"] == "server", limit
@@ -131,7 +123,7 @@ def test_php_fpm_ondemand_forks_up_to_max_children_and_says_so(tmp_path: Path) -
     after the check's timeout is answered late, and served), a plain client holds 5,
     and analyze reads the cap from the file and quotes the log."""
     with php_fpm(tmp_path, 5, "ondemand") as (port, _, _):
-        r = probed(port, "fastcgi", 20)
+        r = probed(port, 20, check="fastcgi")
         with plain_holding(port, 7, 2.0, FCGI_PING, fcgi_answered) as kept:
             held = len(kept)
             limit = app_limit(port)
@@ -217,7 +209,7 @@ def test_postfix_master_runs_maxproc_smtpd() -> None:
         subprocess.run(["postfix", "-c", str(d), "check"], capture_output=True, check=True)
         with running([POSTFIX_MASTER, "-c", str(d), "-d"], port):
             limit = app_limit(port)
-            r = probed(port, limit["details"]["check"], 30)
+            r = probed(port, 30, check=limit["details"]["check"])
             code, doctor, plain = held_and_doctored(port, 14, 1.0, b"", smtp_greeted)
     assert limit["ceiling"] == 10 == plain == r["served"], (limit, plain, r["outcomes"])
     assert limit["details"]["server"] == "postfix" and limit["details"]["value"] == 10
@@ -266,7 +258,7 @@ def test_squid_keeps_clients_alive_up_to_its_descriptor_line() -> None:
             # it opens its helpers' pipes and DNS sockets after it listens
             own = settled(lambda: squid_mgr_in_use(port), 0.5, 20)
             limit = app_limit(port)
-            r = probed(port, limit["details"]["check"], 200)
+            r = probed(port, 200, check=limit["details"]["check"])
             get = f"GET {SQUID_ICON} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
             code, doctor, plain = held_and_doctored(port, 120, 2.0, get)
     assert limit["ceiling"] == 100 - own == plain, (limit, own, plain)
@@ -311,7 +303,7 @@ def test_tomcat_holds_max_connections(tmp_path: Path) -> None:
            "org.apache.catalina.startup.Bootstrap", "start"]  # fmt: skip
     with running(cmd, port):
         limit = app_limit(port)
-        r = probed(port, "http", 40)
+        r = probed(port, 40, check="http")
         code, doctor, plain = held_and_doctored(port, 24, 1.0)
     assert limit["ceiling"] == 20 == plain == r["served"], (limit, plain, r["outcomes"])
     assert limit["details"]["server"] == "tomcat" and limit["details"]["source"] == "config"
@@ -387,7 +379,7 @@ def test_unbound_serves_its_tcp_handlers_and_keeps_half_idle(tmp_path: Path) -> 
     conf.write_text(UNBOUND_CONF.format(port=port, dir=tmp_path, tcp=10))
     with running(["unbound", "-d", "-c", str(conf)], port):
         limit = app_limit(port)
-        r = probed(port, "dns", 30)
+        r = probed(port, 30, check="dns")
         deadline = time.monotonic() + 15
         while established(port) and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -166,8 +166,8 @@ def apache(mpm: str, settings: str) -> Iterator[int]:
             yield port
 
 
-def probed(port: int, target: int, *extra: str) -> dict[str, Any]:
-    code, r = probe("--connect", f"127.0.0.1:{port}", "--check", "http",
+def probed(port: int, target: int, *extra: str, check: str = "http") -> dict[str, Any]:
+    code, r = probe("--connect", f"127.0.0.1:{port}", "--check", check,
                     "--target", str(target), *extra)  # fmt: skip
     assert code == 1, r["stop"]
     return r

@@ -81,7 +81,7 @@ class ChurnRun:
         the memory guard; a signal whose interrupt was lost (in a fork) ends it here."""
         raise_if_caught()
         self._guard()
-        done = sum(w.churn.completed for w in self.kids.client_states if w.churn is not None)
+        done = sum(p.completed for p in churned(self.kids))
         elapsed = time.monotonic() - t0
         label = f"{cfg.workers} worker{'s' if cfg.workers > 1 else ''}"
         event = RunProgress("churning", min(elapsed, cfg.duration), cfg.duration, elapsed, done)
@@ -140,8 +140,8 @@ class ChurnRun:
         )
         # CPU per cycle from the bursts that did cycles: a run out of ports spends its
         # other seconds retrying connect() (each scans the range), which is no cycle's
-        mine = sum(w.churn.cpu_cycling for w in kids.client_states if w.churn is not None)
-        spent = sum(w.churn.cpu for w in kids.client_states if w.churn is not None)
+        mine = sum(p.cpu_cycling for p in churned(kids))
+        spent = sum(p.cpu for p in churned(kids))
         cpu = {"both": mine}
         if cfg.connect is not None:
             cpu = {"client": mine}
