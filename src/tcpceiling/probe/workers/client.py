@@ -18,7 +18,7 @@ from array import array
 
 from tcpceiling.probe.serving import checks
 from tcpceiling.probe.serving.watch import Watch
-from tcpceiling.probe.workers import active, pacing
+from tcpceiling.probe.workers import active
 from tcpceiling.probe.workers.completions import Completions
 from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT, Connector
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
@@ -35,7 +35,7 @@ __all__ = ["IP_BIND_ADDRESS_NO_PORT", "REPORT_EVERY", "ClientPlan", "ClientWorke
 class ClientWorker:
     def __init__(self, plan: ClientPlan, rep: Reporter) -> None:
         self.rep = rep
-        self.c = Conns(plan, window=pacing.Window(plan.max_pending))
+        self.c = Conns(plan)
         self.connector = Connector(self.c)
         self.done = Completions(self.c)
         self.opening = Opening(self.c, self.connector, self.done, self.progress)

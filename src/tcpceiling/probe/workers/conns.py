@@ -96,13 +96,16 @@ class Conns:
     latencies: array[float] = field(default_factory=lambda: array("f"))  # seconds
     ep: select.epoll | None = None
     watch: Watch | None = None
-    window: pacing.Window = field(default_factory=lambda: pacing.Window(1024))
+    window: pacing.Window = field(init=False)  # of the plan's max_pending
     stats: SelfStats = field(default_factory=SelfStats)
     attempts: int = 0
     stopping: bool = False
     releasing: bool = False
     go: bool = False
     guard: Literal["memory"] | None = None
+
+    def __post_init__(self) -> None:
+        self.window = pacing.Window(self.plan.max_pending)
 
     @property
     def epoll(self) -> select.epoll:

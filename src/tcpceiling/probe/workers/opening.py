@@ -32,7 +32,6 @@ class Opening:
         self, c: Conns, connector: Connector, done: Completions, report: Callable[[], None]
     ) -> None:
         self.c, self.connector, self.done, self.report = c, connector, done, report
-        self.opened = 0  # connections the opening started (open_all)
 
     def over_memory(self) -> bool:
         """The memory guard: has Slab grown past the plan's limit (measure.slab_limit),
@@ -112,7 +111,6 @@ class Opening:
                 last = time.perf_counter()
                 self.report()
         self.finish_in_flight()
-        self.opened = opened
 
     def _open_some(self, n: int) -> tuple[bool, int]:
         """Up to n, each drained right away (the latency is the handshake's, not the
