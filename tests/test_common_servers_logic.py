@@ -11,7 +11,7 @@ import pytest
 from tcpceiling.errors import InputError
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks, dns, fastcgi
-from tcpceiling.servers import phpfpm, postfix, squid, tomcat, unbound
+from tcpceiling.servers import phpfpm, postfix, squid, text, tomcat, unbound
 
 FPM = """\
 ; php-fpm.conf
@@ -304,3 +304,16 @@ def test_include_globs_are_read_under_a_fixture_tree(tmp_path: Path) -> None:
     (conf_d / "threads.conf").write_text("server:\n  num-threads: 3\n")
     s = unbound.settings(unbound.load(roots, "/etc/unbound/unbound.conf"))
     assert (s.threads, s.incoming_tcp) == (3, 20)
+
+
+@pytest.mark.parametrize(
+    ("log", "words", "said"),
+    [
+        ("a\n x 1 y \nb\nx 2\n", ("x",), "x 2"),
+        ("AH00161 one\nnothing\n", ("AH00286", "AH00161"), "AH00161 one"),
+        ("nothing here\n", ("x",), ""),
+        ("", ("x",), ""),
+    ],
+)
+def test_the_last_line_a_server_said(log: str, words: tuple[str, ...], said: str) -> None:
+    assert text.last_line(log, *words) == said

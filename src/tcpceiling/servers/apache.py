@@ -167,8 +167,7 @@ def _globber(roots: Roots) -> apache_conf.Globber:
 
 def reached(error_log: str) -> str:
     """The ErrorLog's last line saying it reached MaxRequestWorkers ('' if none)."""
-    lines = [ln for ln in error_log.splitlines()[-2000:] if any(w in ln for w in REACHED)]
-    return lines[-1].strip() if lines else ""
+    return text.last_line("\n".join(error_log.splitlines()[-2000:]), *REACHED)
 
 
 def read(found: Found, roots: Roots) -> AppLimit:

@@ -112,8 +112,7 @@ LOG_TAIL = 1 << 16
 
 def last_complaint(log: str, words: str = "worker_connections are not enough") -> str:
     """The last line of an error log that holds `words` (nginx's own at a limit)."""
-    lines = [ln for ln in log.splitlines() if words in ln]
-    return lines[-1].strip() if lines else ""
+    return text.last_line(log, words)
 
 
 #: nginx's words when it cannot connect to an upstream (ngx_event_connect_peer logs

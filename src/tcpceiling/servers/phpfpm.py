@@ -139,11 +139,8 @@ def read(found: Found, roots: Roots) -> AppLimit:
     value, source, detail = _setting(pool, children, path)
     log = text.tail(roots, error_log(conf))
     name = pool.name if pool else "?"
-    said = [
-        ln.strip()
-        for ln in log.splitlines()
-        if f"[pool {name}]" in ln and any(r in ln for r in REACHED)
-    ]
+    ours = "\n".join(ln for ln in log.splitlines() if f"[pool {name}]" in ln)
+    said = text.last_line(ours, *REACHED)
     return AppLimit(
         server=NAME,
         pid=master.pid,
@@ -163,7 +160,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
         "each child costs its memory (RSS)",
         check="fastcgi",
         nofile=master.nofile,
-        evidence=said[-1] if said else "",
+        evidence=said,
     )
 
 

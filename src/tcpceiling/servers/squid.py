@@ -104,7 +104,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
     )
     counted = "the cache manager's count" if used is not None else "/proc/PID/fd"
     log = text.tail(roots, conf.get("cache_log", "/var/log/squid/cache.log").split(" ")[0])
-    said = [ln.strip() for ln in log.splitlines() if RUNNING_OUT in ln]
+    said = text.last_line(log, RUNNING_OUT)
     res = reserved(max_fd)
     return AppLimit(
         server=NAME,
@@ -129,7 +129,7 @@ def read(found: Found, roots: Roots) -> AppLimit:
         # planning (tune): from 1,000 descriptors on in use / 4 binds, about 4/5 of them
         kept_free_share=5,
         offset=-own,
-        evidence=said[-1] if said else "",
+        evidence=said,
     )
 
 

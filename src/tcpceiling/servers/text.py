@@ -129,6 +129,15 @@ def process_environ(roots: Roots, pid: int) -> dict[str, str]:
         return {}
 
 
+def last_line(log: str, *words: str) -> str:
+    """The last line of a log that holds any of `words` (a server's own at a limit),
+    stripped; '' when none does."""
+    for line in reversed(log.splitlines()):
+        if any(w in line for w in words):
+            return line.strip()
+    return ""
+
+
 def own_fds(roots: Roots, pid: int, connections: int | None) -> int:
     """The descriptors a server holds for itself (its files, listeners, pipes):
     /proc/PID/fd less its `connections` on the port; 0 when it cannot be listed."""
