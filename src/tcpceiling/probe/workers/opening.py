@@ -129,9 +129,24 @@ class Opening:
         wait = c.plan.connect_timeout
         if c.watch:
             wait += c.plan.check_timeout + settle_most(c.plan)
-        deadline = time.perf_counter() + wait + 1
-        last = time.perf_counter()
-        while c.unsettled() and time.perf_counter() < deadline and not c.releasing:
+        self._until(time.perf_counter() + wait + 1, c.unsettled)
+        if c.watch and c.watch.late:
+            self._hear_late()
+
+    def _hear_late(self) -> None:
+        """Connections judged silent still wait in the server's queue, where a worker
+        started on demand may take them (PHP-FPM's ondemand pool forks one as they
+        wait, fpm_pctl_on_socket_accept in fpm_process_ctl.c): one more check timeout
+        to hear them, then the settle of those answered. Those never answered stay
+        silent; a run that stops on silence is that much longer."""
+        c, late = self.c, self.c.watching.late
+        t = time.perf_counter()
+        self._until(t + c.plan.check_timeout, lambda: len(late))
+        self._until(t + c.plan.check_timeout + settle_most(c.plan) + 1, c.unsettled)
+
+    def _until(self, deadline: float, left: Callable[[], int]) -> None:
+        c, last = self.c, time.perf_counter()
+        while left() and time.perf_counter() < deadline and not c.releasing:
             self.done.drain(0.05)
             if time.perf_counter() - last > REPORT_EVERY:
                 last = time.perf_counter()
