@@ -146,6 +146,7 @@ class ClientWorker:
         c.watch = self._watch()
         self.rep.send(ClientStart(c.plan.index, os.getpid(), soft, base, c.stats.rss()))
         self.opening.open_all()
+        self.opening.hear_late()
         if c.watch is not None:
             self.frontier.after_stop()
             c.watch.verify()

@@ -130,16 +130,18 @@ class Opening:
         if c.watch:
             wait += c.plan.check_timeout + settle_most(c.plan)
         self._until(time.perf_counter() + wait + 1, c.unsettled)
-        if c.watch and c.watch.late:
-            self._hear_late()
 
-    def _hear_late(self) -> None:
+    def hear_late(self) -> None:
         """Connections judged silent still wait in the server's queue, where a worker
         started on demand may take them (PHP-FPM's ondemand pool forks one as they
         wait, fpm_pctl_on_socket_accept in fpm_process_ctl.c): one more check timeout
         to hear them, then the settle of those answered. Those never answered stay
-        silent; a run that stops on silence is that much longer."""
-        c, late = self.c, self.c.watching.late
+        silent; a run that stops on silence is that much longer. Once, at the end of
+        the opening (not after each of the frontier's steps)."""
+        c = self.c
+        if c.watch is None or not c.watch.late:
+            return
+        late = c.watch.late
         t = time.perf_counter()
         self._until(t + c.plan.check_timeout, lambda: len(late))
         self._until(t + c.plan.check_timeout + settle_most(c.plan) + 1, c.unsettled)
