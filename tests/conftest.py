@@ -61,6 +61,24 @@ def netns() -> Iterator[str]:
 
 
 PROBE = [sys.executable, "-m", "tcpceiling", "probe"]
+#: --engine's default for the commands a test starts (click reads it from here)
+ENGINE_ENV = "TCPCEILING_ENGINE"
+
+
+@pytest.fixture(params=["uring", "epoll"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the module's probes and rates on each engine in turn: the tests that use
+    it (pytestmark) pass with either, and probe() checks that the asked one ran."""
+    monkeypatch.setenv(ENGINE_ENV, request.param)
+    return str(request.param)
+
+
+def assert_engine_ran(r: dict[str, Any], toward_sink: bool = True) -> None:
+    """With an engine asked for through the environment, the run says it ran on it
+    (toward a real server the paced opening is epoll's whatever is asked)."""
+    asked = os.environ.get(ENGINE_ENV)
+    if asked and toward_sink and "engine" in r:
+        assert r["engine"] == asked, (r["engine"], r.get("notes"))
 
 
 def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
@@ -69,7 +87,9 @@ def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
         [*PROBE, *args, "--json"], capture_output=True, text=True, timeout=timeout
     )
     assert proc.stdout, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    r = json.loads(proc.stdout)
+    assert_engine_ran(r, "--connect" not in args)
+    return proc.returncode, r
 
 
 def cgroup_controller(name: str) -> tuple[Path, int] | None:

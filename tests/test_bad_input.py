@@ -159,6 +159,8 @@ CASES: list[tuple[str, list[str], int, bool]] = [
     ("rate-duration-0", ["rate", "--duration", "0"], 2, False),
     ("rate-workers-0", ["rate", "--workers", "0"], 2, False),
     ("rate-close-bogus", ["rate", "--close", "maybe"], 2, False),
+    ("rate-engine-bogus", ["rate", "--engine", "kqueue"], 2, False),
+    ("probe-engine-bogus", ["probe", "--engine", "kqueue", "--target", "5"], 2, False),
     ("rate-check-without-connect", ["rate", "--check", "http"], 2, False),
     ("rate-connect-port-0", ["rate", "--connect", "127.0.0.1:0"], 2, False),
     ("rate-connect-unknown", ["rate", "--connect", "nohost.invalid:80"], 2, False),

@@ -18,6 +18,17 @@ RUN_NETNS_OPTION = click.option(
 )
 
 
+ENGINE_OPTION = click.option(
+    "--engine",
+    type=click.Choice(["auto", "uring", "epoll"]),
+    default="auto",
+    show_default=True,
+    envvar="TCPCEILING_ENGINE",
+    help="Open (and accept) in io_uring batches, or one system call at a time on epoll; "
+    "auto: io_uring where the kernel allows it. The result says which ran.",
+)
+
+
 def server_options(fn: F) -> F:
     """probe's options for real servers."""
     options = [

@@ -27,10 +27,16 @@ from tcpceiling.cli.common import (
     report_target,
     stderr,
 )
-from tcpceiling.cli.load_options import SYSCTL_OPTION, activity_options, server_options
+from tcpceiling.cli.load_options import (
+    ENGINE_OPTION,
+    SYSCTL_OPTION,
+    activity_options,
+    server_options,
+)
 from tcpceiling.errors import InputError
 from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
+from tcpceiling.probe.uring.engine import EngineChoice
 
 
 @main.command("probe")
@@ -129,6 +135,7 @@ from tcpceiling.host.roots import Roots
 )
 @server_options
 @activity_options
+@ENGINE_OPTION
 @click.option(
     "--scheduler",
     metavar="tcp://HOST:PORT",
@@ -181,6 +188,7 @@ def probe_cmd(
     netns: str | None,
     max_pending: int,
     io_model: str,
+    engine: str,
     message_rate: float,
     message_bytes: int,
     wake_samples: int,
@@ -235,6 +243,7 @@ def probe_cmd(
         netns=netns,
         max_pending=max_pending,
         io_model=cast(IoModel, io_model),
+        engine=cast(EngineChoice, engine),
         message_rate=message_rate or (1.0 if measure_cpu else 0.0),
         message_bytes=message_bytes,
         wake_samples=wake_samples,

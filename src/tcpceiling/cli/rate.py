@@ -29,10 +29,11 @@ from tcpceiling.cli.common import (
     report_target,
     stderr,
 )
-from tcpceiling.cli.load_options import RUN_NETNS_OPTION, SYSCTL_OPTION
+from tcpceiling.cli.load_options import ENGINE_OPTION, RUN_NETNS_OPTION, SYSCTL_OPTION
 from tcpceiling.errors import InputError
 from tcpceiling.host.read import read_identity
 from tcpceiling.host.roots import Roots
+from tcpceiling.probe.uring.engine import EngineChoice
 
 
 @main.command("rate")
@@ -89,6 +90,7 @@ from tcpceiling.host.roots import Roots
     "ports per TIME_WAIT period (default: the kernel's pick).",
 )
 @RUN_NETNS_OPTION
+@ENGINE_OPTION
 @REPORT_OPTION
 @QUIET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -103,6 +105,7 @@ def rate_cmd(
     check: str,
     source_ip: tuple[str, ...],
     netns: str | None,
+    engine: str,
     report_path: Path | None,
     quiet: bool,
     as_json: bool,
@@ -131,6 +134,7 @@ def rate_cmd(
         check=check,
         netns=netns,
         sources=expand_sources(source_ip),
+        engine=cast(EngineChoice, engine),
     )
     from tcpceiling.report.progress import LiveProgress
 

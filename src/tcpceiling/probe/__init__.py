@@ -1,7 +1,7 @@
 """Proof: open real connections until a target, a limit or a guard, sharded over
 worker processes, and measure what each connection cost.
 
-Three rooms, each owning one concern:
+Four rooms, each owning one concern:
 
 - `run/`: the run as a whole: its options (config), its plan (shards, ports,
   sources, the prediction), the coordinator and its phases (open, measure, hold,
@@ -18,6 +18,9 @@ Three rooms, each owning one concern:
   own modules), the per-connection state machine (watch) and its verdicts (streak),
   the server's evidence and the stop's attribution (evidence, attribution), a
   proxy's side (upstream).
+- `uring/`: the io_uring engine, with no library: the ring (ring), which engine a
+  worker runs on and why (engine), the fast path's batches (connect), the sink's
+  multishot accepts (accept) and rate's cycles (churn).
 
 `tcpceiling rate` and `tcpceiling compare-io` are packages of their own beside this
 one (tcpceiling.rate, tcpceiling.compare), using the workers and the run's pieces

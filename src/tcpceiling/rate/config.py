@@ -12,11 +12,13 @@ from tcpceiling.analysis.model import Endpoint
 from tcpceiling.errors import InputError
 from tcpceiling.probe.run.result import Stop
 from tcpceiling.probe.serving import checks
+from tcpceiling.probe.uring.engine import EngineChoice, EngineRan
 
 CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
 REPORT_EVERY = 0.5
 BURST = 64  # cycles between clock reads when not paced
+URING_BURST = 256  # on io_uring: cycles per burst of three submissions (probe/uring/churn.py)
 #: Counters that say why the rate stopped growing (/proc/net/netstat TcpExt).
 COUNTERS = (
     "TCPTimeWaitOverflow",
@@ -50,6 +52,8 @@ class ChurnConfig:
     #: source addresses the cycles rotate over (each its own 4-tuples: ports x sources
     #: per TIME_WAIT period); () lets the kernel pick
     sources: tuple[str, ...] = ()
+    #: the built-in pairs' cycles in io_uring bursts where allowed (auto), or not
+    engine: EngineChoice = "auto"
 
     def __post_init__(self) -> None:
         if checks.parse(self.check).kind != "none" and self.connect is None:
@@ -103,6 +107,7 @@ class ChurnResult:
     isolated: bool
     netns: str | None
     notes: tuple[str, ...] = ()
+    engine: EngineRan = "epoll"  # what the cycles ran on (probe/uring/engine.py)
     steps: tuple[tuple[int, float], ...] = ()  # the ramp: (workers, sustained per s)
     sustained_from: Literal["run", "measured", "predicted"] = "run"
     worker_cpu_seconds: float = 0.0  # the workers' CPU over the whole run, retries included

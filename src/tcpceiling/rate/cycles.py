@@ -14,13 +14,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from tcpceiling.probe.serving import checks
+from tcpceiling.probe.uring.churn import CHURN_OPS, UringCycles
+from tcpceiling.probe.uring.engine import Engine, EngineChoice, open_ring
 from tcpceiling.probe.workers.client import IP_BIND_ADDRESS_NO_PORT
 from tcpceiling.probe.workers.histogram import Histogram
 from tcpceiling.probe.workers.messages import ChurnProgress
 from tcpceiling.probe.workers.procs import Reporter
 from tcpceiling.probe.workers.sink import listener
 from tcpceiling.probe.workers.worker import LINGER_RST, raise_nofile
-from tcpceiling.rate.config import BURST, PORTS_GONE, REPORT_EVERY, ChurnConfig, CloseMode
+from tcpceiling.rate.config import (
+    BURST,
+    PORTS_GONE,
+    REPORT_EVERY,
+    URING_BURST,
+    ChurnConfig,
+    CloseMode,
+)
 
 
 @dataclass
@@ -67,11 +76,22 @@ class Pair:
         self.ls.setblocking(True)
         self.dst, self.close = ("127.0.0.1", port), close
         self.sources = Sources(sources)
+        self.cycles: UringCycles | None = None
+
+    def use_engine(self, choice: EngineChoice) -> tuple[Engine, str]:
+        """Cycle in io_uring bursts when asked and allowed: (what runs, why not)."""
+        ring, refused = open_ring(choice, CHURN_OPS)
+        if ring is None:
+            return "epoll", refused
+        self.cycles = UringCycles(ring, self.ls, self.close, self.sources.sources)
+        return "uring", ""
 
     def burst(self, n: int) -> tuple[int, float, int]:
         """Up to n connect -> accept -> close cycles, in the order --close asks:
         (cycles done, the first connect()'s seconds, the errno that ended the burst
         or 0). The hot loop of a churn run: names bound once, one clock read."""
+        if self.cycles is not None:
+            return self.cycles.burst(n)
         sock, fam, stream = _socket.socket, socket.AF_INET, socket.SOCK_STREAM
         accept, close_fd, dst = self.ls._accept, os.close, self.dst  # type: ignore[attr-defined]
         rst, server_first = self.close == "rst", self.close == "server"
@@ -173,9 +193,14 @@ def churn_worker(
     stopped: list[bool] = []  # SIGUSR1: the memory guard ends the run early
     signal.signal(signal.SIGUSR1, lambda *_: stopped.append(True))
     pair: Pair | Remote = Remote(cfg) if cfg.connect else Pair(port, cfg.close, cfg.sources)
+    engine: tuple[Engine, str] = ("epoll", "")
+    if isinstance(pair, Pair) and per_worker is None:  # paced cycles go one at a time
+        engine = pair.use_engine(cfg.engine)
     tally, t0 = Tally(), time.perf_counter()
     last = t0
     burst = 1 if per_worker is not None or cfg.connect else BURST
+    if engine[0] == "uring":
+        burst = URING_BURST
     while (now := time.perf_counter()) - t0 < cfg.duration and not stopped:
         if (
             per_worker is not None
@@ -196,11 +221,13 @@ def churn_worker(
                 time.sleep(0.01)  # each attempt scans the whole range: do not spin
         if now - last > REPORT_EVERY:
             last = now
-            rep.send(progress_of(index, tally, cfg.duration, final=False))
-    rep.send(progress_of(index, tally, cfg.duration, final=True))
+            rep.send(progress_of(index, tally, cfg.duration, False, engine))
+    rep.send(progress_of(index, tally, cfg.duration, True, engine))
 
 
-def progress_of(index: int, t: Tally, duration: float, final: bool) -> ChurnProgress:
+def progress_of(
+    index: int, t: Tally, duration: float, final: bool, engine: tuple[Engine, str]
+) -> ChurnProgress:
     seconds = int(duration + 0.999)
     return ChurnProgress(
         index,
@@ -217,4 +244,6 @@ def progress_of(index: int, t: Tally, duration: float, final: bool) -> ChurnProg
         ),
         exhausted_at=t.exhausted_at,
         after_exhausted=t.after_exhausted,
+        engine=engine[0],
+        refused=engine[1],
     )

@@ -11,6 +11,7 @@ from tcpceiling.errors import InputError
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks
+from tcpceiling.probe.uring.engine import EngineChoice
 
 GIB = 1 << 30
 
@@ -51,6 +52,8 @@ class ProbeConfig:
     netns: str | None = None
     max_pending: int = 1024
     io_model: IoModel = "epoll"  # the sink's: epoll (one loop) or threads (one per connection)
+    #: the fast path's and the sink's accepts: io_uring where allowed (auto), or not
+    engine: EngineChoice = "auto"
     message_rate: float = 0.0  # messages per held connection per second
     message_bytes: int = 64
     wake_samples: int = 0  # echo round trips on random held connections, after opening

@@ -37,7 +37,8 @@ class Launcher:
         for i in range(plan.sink_shards):
             k = plan.owned_ports
             mine = eps[i * k : (i + 1) * k] if k else eps
-            sp = SinkPlan(i, mine, backlog, mode, io_model=self.cfg.io_model, cgroup_lines=lines)
+            sp = SinkPlan(i, mine, backlog, mode, io_model=self.cfg.io_model,
+                          cgroup_lines=lines, engine=self.cfg.engine)  # fmt: skip
             self.kids.spawn("sink", partial(run_sink, sp))
         self.kids.wait_for(self.kids.sinks, lambda w: w.started, 10, self.interrupted)
 
@@ -98,4 +99,5 @@ class Launcher:
             message_bytes=cfg.message_bytes,
             traffic_seconds=cfg.traffic_seconds,
             wake_samples=cfg.wake_samples,
+            engine=cfg.engine,
         )

@@ -24,6 +24,7 @@ from tcpceiling.probe.run.result import (
     Traffic,
 )
 from tcpceiling.probe.serving import attribution, checks, evidence
+from tcpceiling.probe.uring.engine import EngineRan
 from tcpceiling.probe.workers.histogram import Histogram
 from tcpceiling.probe.workers.messages import Frontier, WorkerState
 
@@ -203,6 +204,29 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
         notes.append("the server is not on this host: no server-side evidence was read")
     if ran := frontiers(i.clients):
         notes.append(frontier_note(ran, i.served))
+    return tuple(notes) + engine_notes(i)
+
+
+def engine_of(i: Inputs) -> EngineRan:
+    """io_uring when every worker ran on it, epoll when none did, else mixed (a thread
+    per connection accepts in its threads, on either engine: its sinks are left out)."""
+    sinks = i.sinks if i.cfg.io_model == "epoll" else []
+    ran = {w.engine for w in [*i.clients, *sinks] if w.started}
+    if len(ran) > 1:
+        return "mixed"
+    return "uring" if ran == {"uring"} else "epoll"
+
+
+def engine_notes(i: Inputs) -> tuple[str, ...]:
+    """Why io_uring was not used where it was asked for (once per reason)."""
+    notes: list[str] = []
+    if i.cfg.engine == "uring" and i.cfg.server_mode:
+        notes.append(
+            "toward a real server the opening is paced and each connection checked, one "
+            "at a time: it runs on epoll whatever --engine says"
+        )
+    for why in dict.fromkeys(w.refused for w in [*i.clients, *i.sinks] if w.refused):
+        notes.append(f"io_uring was asked for ({i.cfg.engine}) and not used: {why}; ran on epoll")
     return tuple(notes)
 
 
@@ -311,6 +335,7 @@ def build(i: Inputs) -> ProbeResult:
         timeline=tuple(i.watched.timeline),
         memory_curve=tuple(i.watched.memory),
         io_model=cfg.io_model,
+        engine=engine_of(i),
         setup_seconds=round(setup, 3) if setup else None,
         cpu_seconds=round(i.usage.cpu_seconds, 3),
         traffic=traffic_,

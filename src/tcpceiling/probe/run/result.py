@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tcpceiling.analysis.model import ConstraintId, IoModel
+from tcpceiling.probe.uring.engine import EngineRan
 from tcpceiling.probe.workers.messages import Frontier
 
 #: Why opening stopped: the target, a limit of this host (a constraint id, named
@@ -152,6 +153,9 @@ class ProbeResult:
     #: fits bytes per connection on it
     memory_curve: tuple[tuple[float, int, int, int], ...] = ()
     io_model: IoModel = "epoll"
+    #: what opened and accepted: io_uring batches, epoll, or both (some workers were
+    #: refused io_uring; the notes say why): probe/uring/engine.py
+    engine: EngineRan = "epoll"
     setup_seconds: float | None = None  # until the server side held every connection
     cpu_seconds: float | None = None  # every process of the run, coordinator included
     traffic: Traffic | None = None

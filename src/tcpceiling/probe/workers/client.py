@@ -18,6 +18,8 @@ from array import array
 
 from tcpceiling.probe.serving import checks
 from tcpceiling.probe.serving.watch import Watch
+from tcpceiling.probe.uring.connect import UringBatches, connect_ops
+from tcpceiling.probe.uring.engine import Engine, open_ring
 from tcpceiling.probe.workers import active
 from tcpceiling.probe.workers.completions import Completions
 from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT, Connector
@@ -135,16 +137,31 @@ class ClientWorker:
         return Watch(self.c.epoll, check, p.check_timeout, p.check_every, os.close,
                      settle=p.settle, verdicts=self._verdict)  # fmt: skip
 
+    def _engine(self) -> tuple[Engine, str]:
+        """io_uring for the fast path toward the sink when asked and allowed; a real
+        server's paced opening (one connection at a time, each checked) and --rate
+        run on epoll."""
+        p = self.c.plan
+        if p.watch or p.rate:
+            return "epoll", ""
+        ring, refused = open_ring(p.engine, connect_ops(p))
+        if ring is None:
+            return "epoll", refused
+        self.opening.batches = UringBatches(self.c, self.connector, ring)
+        return "uring", ""
+
     def run(self) -> None:
         c = self.c
         signal.signal(signal.SIGUSR1, self._on_stop)
         signal.signal(signal.SIGTERM, self._on_release)
         signal.signal(signal.SIGUSR2, self._on_go)
         soft = raise_nofile(c.plan.nofile)
+        engine, refused = self._engine()  # before the count: the ring is an fd of ours
         base = c.stats.open_fds()
         c.ep = select.epoll()  # analyze counts this fd as the epoll overhead
         c.watch = self._watch()
-        self.rep.send(ClientStart(c.plan.index, os.getpid(), soft, base, c.stats.rss()))
+        self.rep.send(ClientStart(c.plan.index, os.getpid(), soft, base, c.stats.rss(),
+                                  engine, refused))  # fmt: skip
         self.opening.open_all()
         self.opening.hear_late()
         if c.watch is not None:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from tcpceiling.probe.run import budget
 from tcpceiling.probe.serving.watch import Watch
+from tcpceiling.probe.uring.engine import EngineChoice
 from tcpceiling.probe.workers import pacing
 from tcpceiling.probe.workers.errnos import ERRNO_CONSTRAINT
 from tcpceiling.probe.workers.histogram import Histogram
@@ -55,6 +56,7 @@ class ClientPlan:
     wake_samples: int = 0
     first: int = 0  # where in the turn over the tuples this worker starts (connections)
     burst: int = 1  # connections in a row toward one tuple (the fast path)
+    engine: EngineChoice = "epoll"  # the fast path's (probe/uring/engine.py)
 
 
 class Tally:

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from tcpceiling.probe.uring.engine import Engine
+
 Role = Literal["client", "sink"]
 FrontierEnd = Literal["refused", "evicted", "held", "attempts", "time", "stopped"]
 
@@ -77,6 +79,8 @@ class ClientStart:
     nofile: int
     open_fds: int
     rss: int
+    engine: Engine = "epoll"
+    refused: str = ""  # why io_uring was not used, when it was asked for
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class SinkReady:
     index: int
     pid: int
     rss: int
+    engine: Engine = "epoll"
+    refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ class ChurnProgress:
     exhausted_at: float | None = None  # seconds into the run of the first port shortage
     after_exhausted: int = 0  # cycles completed after it
     cpu_cycling: float = 0.0  # of `cpu`, spent in bursts that completed cycles
+    engine: Engine = "epoll"
+    refused: str = ""
 
 
 Message: TypeAlias = (
@@ -241,14 +249,18 @@ class WorkerState:
     released: bool = False
     crash: str | None = None
     churn: ChurnProgress | None = None  # the latest, for a churn worker
+    engine: Engine = "epoll"  # what it ran on (probe/uring/engine.py)
+    refused: str = ""
 
     def apply(self, msg: Message) -> None:
         match msg:
             case ClientStart():
                 self.started, self.pid, self.start_rss = True, msg.pid, msg.rss
                 self.nofile, self.open_fds = msg.nofile, msg.open_fds
+                self.engine, self.refused = msg.engine, msg.refused
             case SinkReady():
                 self.started, self.pid, self.start_rss = True, msg.pid, msg.rss
+                self.engine, self.refused = msg.engine, msg.refused
             case ClientProgress():
                 self.client = msg
                 if msg.final:  # later progress (while holding) does not undo this
@@ -265,6 +277,7 @@ class WorkerState:
                 self.crash = msg.error
             case ChurnProgress():
                 self.churn = msg
+                self.engine, self.refused = msg.engine, msg.refused
                 if msg.final:
                     self.finished = True
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from tcpceiling.probe.run import budget
 from tcpceiling.probe.serving.watch import SETTLE_RTTS
+from tcpceiling.probe.uring.connect import UringBatches
 from tcpceiling.probe.workers.completions import Completions
 from tcpceiling.probe.workers.connector import Connector
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
@@ -32,6 +33,7 @@ class Opening:
         self, c: Conns, connector: Connector, done: Completions, report: Callable[[], None]
     ) -> None:
         self.c, self.connector, self.done, self.report = c, connector, done, report
+        self.batches: UringBatches | None = None  # the fast path on io_uring, when it runs
 
     def over_memory(self) -> bool:
         """The memory guard: has Slab grown past the plan's limit (measure.slab_limit),
@@ -73,9 +75,8 @@ class Opening:
                 self.done.drain(0.02)
                 continue
             n = min(FAST_BATCH, plan.share - opened)
-            fds, took, tried, more = self.connector.connect_batch(n)
+            tried, more = self._batch(n)
             opened += tried
-            self.done.complete_batch(fds, took)
             if not more or self.over_memory():
                 break
             if time.perf_counter() - last > REPORT_EVERY:
@@ -83,6 +84,14 @@ class Opening:
                 self.done.drain(0)
                 self.report()
         self.finish_in_flight()
+
+    def _batch(self, n: int) -> tuple[int, bool]:
+        """n started and heard complete: (tried, more may start)."""
+        if self.batches is not None:
+            return self.batches.open_batch(n)
+        fds, took, tried, more = self.connector.connect_batch(n)
+        self.done.complete_batch(fds, took)
+        return tried, more
 
     def open_all(self) -> None:
         c, plan = self.c, self.c.plan

@@ -26,6 +26,8 @@ from typing import Literal
 
 from tcpceiling.analysis.model import IoModel
 from tcpceiling.probe.run.budget import CgroupLine, cgroup_breach
+from tcpceiling.probe.uring.accept import ACCEPT_OPS, COMPLETIONS, MultishotAccept
+from tcpceiling.probe.uring.engine import Engine, EngineChoice, open_ring
 from tcpceiling.probe.workers.messages import Released, SinkProgress, SinkReady
 from tcpceiling.probe.workers.procs import Reporter
 from tcpceiling.probe.workers.worker import LINGER_RST, SelfStats, close_with_rst, raise_nofile
@@ -66,6 +68,7 @@ class SinkPlan:
     #: the memory cgroups' lines: past one, stop accepting (the rest wait, uncharged,
     #: in the kernel's accept queue) and say so
     cgroup_lines: tuple[CgroupLine, ...] = ()
+    engine: EngineChoice = "epoll"  # accepts through io_uring (multishot) when allowed
 
 
 def listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -97,6 +100,19 @@ class Sink:
             sock = listener(host, port, plan.backlog)
             self.listeners[sock.fileno()] = sock
             self.listen_ep.register(sock.fileno(), select.EPOLLIN)
+        self.engine: Engine = "epoll"
+        self.refused = ""
+        self.multishot: MultishotAccept | None = None
+
+    def use_engine(self) -> None:
+        """Accept through io_uring when the plan asks and the kernel allows (the
+        thread sink accepts one connection per thread: always epoll's accept())."""
+        if type(self) is not Sink:
+            return
+        ring, self.refused = open_ring(self.plan.engine, ACCEPT_OPS, 8, COMPLETIONS)
+        if ring is not None:
+            self.multishot = MultishotAccept(ring, self.listeners)
+            self.engine = "uring"
 
     def _stop(self, *_: object) -> None:
         self.closing = True
@@ -176,17 +192,31 @@ class Sink:
         """Accept from the listeners with a queue; returns how many were accepted."""
         if self.full_errno is not None or self.guarded:
             return 0
+        if self.multishot is not None:
+            return self._drain_multishot(self.multishot)
         before = self.held()
         for fd, _events in self.listen_ep.poll(0, len(self.listeners)):
             self._accept(self.listeners[fd])
         return self.held() - before
+
+    def _drain_multishot(self, ms: MultishotAccept) -> int:
+        take = self.fds.append if self.plan.mode == "hold" else self._watch
+        got, failed = ms.drain(take)
+        if failed is not None:
+            ms.stop()
+            self._full(failed)
+        elif self._over_memory():
+            ms.stop()
+        return got
 
     def release(self) -> None:
         close_with_rst(self.fds)
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
-        self.rep.send(SinkReady(self.plan.index, os.getpid(), self.stats.rss()))
+        self.use_engine()
+        self.rep.send(SinkReady(self.plan.index, os.getpid(), self.stats.rss(), self.engine,
+                                self.refused))  # fmt: skip
         last, wait, reported = 0.0, ACCEPT_EVERY, -1
         while not self.closing:
             for fd, events in self.ep.poll(wait, 4096):

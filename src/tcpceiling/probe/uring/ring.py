@@ -1,0 +1,237 @@
+"""An io_uring instance driven from Python with no library: io_uring_setup(2) and
+io_uring_enter(2) through libc's syscall(), the rings mapped with mmap. A submission
+is a 64-byte entry packed into the shared array; a completion a 16-byte entry read
+back (user_data, res, flags). Layouts and numbers: include/uapi/linux/io_uring.h.
+
+Many entries are packed, then one io_uring_enter() submits them all and waits for
+their completions: the point of the engine is one system call per batch instead of
+one per step. The rings are set up with SINGLE_ISSUER and DEFER_TASKRUN (completion
+work runs only when this task enters the kernel to wait) where the kernel has them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  # syscall_64.tbl
+REGISTER_PROBE, OP_SUPPORTED = 8, 1  # IORING_REGISTER_PROBE, IO_URING_OP_SUPPORTED
+PROBE_OPS = 256
+
+OP_ACCEPT, OP_ASYNC_CANCEL, OP_CONNECT, OP_CLOSE = 13, 14, 16, 19
+OP_SOCKET, OP_URING_CMD, OP_BIND = 45, 46, 56
+SOCKET_URING_OP_SETSOCKOPT = 3  # include/uapi/linux/io_uring.h, enum io_uring_socket_op
+
+CANCEL_ALL_ANY = 1 << 0 | 1 << 2  # IORING_ASYNC_CANCEL_ALL | _ANY: all in flight
+CANCELLING = 1 << 63  # the user_data of that cancel's own completion
+IOSQE_IO_LINK = 1 << 2
+IOSQE_CQE_SKIP_SUCCESS = 1 << 6
+ACCEPT_MULTISHOT = 1 << 0  # in sqe->ioprio
+CQE_F_MORE = 1 << 1
+
+SETUP_CQSIZE, SETUP_SUBMIT_ALL = 1 << 3, 1 << 7
+SETUP_SINGLE_ISSUER, SETUP_DEFER_TASKRUN = 1 << 12, 1 << 13
+FEAT_SINGLE_MMAP = 1 << 0
+ENTER_GETEVENTS, ENTER_EXT_ARG = 1 << 0, 1 << 3
+OFF_SQ_RING, OFF_SQES = 0, 0x10000000
+
+#: struct io_uring_sqe: opcode, flags, ioprio, fd, off/addr2, addr, len, op flags,
+#: user_data, buf_index, personality, file_index/optlen, addr3/optval, pad
+SQE = struct.Struct("<BBHiQQIIQHHiQQ")
+CQE = struct.Struct("<QiI")
+U32 = struct.Struct("<I")
+PARAMS = struct.Struct("<10I7IIQ8IQ")  # io_uring_params with its two offset structs
+EXT_ARG = struct.Struct("<QIIQ")  # io_uring_getevents_arg: sigmask, sz, pad, ts
+TIMESPEC = struct.Struct("<qq")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall  # variadic: an argument the kernel reads as 64 bits goes as
+_syscall.restype = ctypes.c_long  # c_size_t/c_long, a bare int fills only 32 of them
+_mmap = _libc.mmap
+_mmap.restype = ctypes.c_void_p
+
+
+class RingError(OSError):
+    """io_uring could not be set up or entered (ENOSYS, EPERM under a seccomp filter
+    or kernel.io_uring_disabled, ENOMEM past RLIMIT_MEMLOCK on older kernels)."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    user_data: int
+    res: int
+    flags: int
+
+
+def _map(fd: int, size: int, offset: int) -> ctypes.Array[ctypes.c_char]:
+    """The ring's area at `offset`, mapped shared and populated, as a buffer. Through
+    libc's mmap, not Python's mmap module, which keeps a dup() of the fd per mapping:
+    two fds more per worker, out of its nofile."""
+    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | mmap.MAP_POPULATE
+    addr = _mmap(None, ctypes.c_size_t(size), prot, flags, fd, ctypes.c_long(offset))
+    if addr in (None, ctypes.c_void_p(-1).value):
+        err = ctypes.get_errno()
+        raise RingError(err, os.strerror(err))
+    return (ctypes.c_char * size).from_address(addr)
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise RingError(err, os.strerror(err))
+    return ret
+
+
+class Ring:
+    """One ring: pack entries with prep(), submit and wait with submit(), read the
+    completions with reap()."""
+
+    def __init__(self, entries: int = 1024, completions: int = 0) -> None:
+        """entries submissions; completions (4 x entries by default) in the CQ ring,
+        where a batch's and a multishot accept's completions wait to be read."""
+        params = ctypes.create_string_buffer(PARAMS.size)
+        cq = completions or 4 * entries
+        flags = SETUP_SUBMIT_ALL | SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN
+        struct.pack_into("<III", params, 0, entries, cq, flags | SETUP_CQSIZE)
+        try:
+            self.fd = _check(_syscall(SYS_IO_URING_SETUP, entries, params))
+        except RingError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: a kernel without those flags (< 6.1)
+                raise
+            struct.pack_into("<III", params, 0, entries, cq, SETUP_CQSIZE)
+            self.fd = _check(_syscall(SYS_IO_URING_SETUP, entries, params))
+        try:
+            self._map(PARAMS.unpack_from(params, 0))
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.pending = 0  # packed, not yet submitted
+
+    def _map(self, p: tuple[int, ...]) -> None:
+        sq_entries, cq_entries, _flags, _cpu, _idle, features = p[:6]
+        sq_head, sq_tail, sq_mask, _sq_n, _sq_flags, _dropped, sq_array = p[10:17]
+        cq_head, cq_tail, cq_mask, _cq_n, _overflow, cqes = p[19:25]
+        if not features & FEAT_SINGLE_MMAP:
+            raise RingError(errno.ENOSYS, "io_uring without a single mapping (kernel < 5.4)")
+        size = max(sq_array + 4 * sq_entries, cqes + 16 * cq_entries)
+        self.rings = _map(self.fd, size, OFF_SQ_RING)
+        self.sqes = _map(self.fd, 64 * sq_entries, OFF_SQES)
+        for i in range(sq_entries):  # the indirection array, fixed to the identity
+            U32.pack_into(self.rings, sq_array + 4 * i, i)
+        self.sq_head, self.sq_tail, self.sq_mask = sq_head, sq_tail, self.read(sq_mask)
+        self.cq_head, self.cq_tail, self.cq_mask = cq_head, cq_tail, self.read(cq_mask)
+        self.cqes, self.entries = cqes, sq_entries
+        self.tail = self.read(sq_tail)
+
+    def supports(self, op: int) -> bool:
+        """Whether this kernel has the opcode (IORING_REGISTER_PROBE: struct
+        io_uring_probe, a 16-byte head then 8 bytes per opcode, flags at +2)."""
+        if not hasattr(self, "_probe"):
+            buf = ctypes.create_string_buffer(16 + 8 * PROBE_OPS)
+            ok = _syscall(SYS_IO_URING_REGISTER, self.fd, REGISTER_PROBE, buf, PROBE_OPS) >= 0
+            self._probe = bytes(buf) if ok else b""
+        if not self._probe or op > self._probe[0]:
+            return False
+        flags: int = struct.unpack_from("<H", self._probe, 16 + 8 * op + 2)[0]
+        return bool(flags & OP_SUPPORTED)
+
+    def read(self, offset: int) -> int:
+        value: int = U32.unpack_from(self.rings, offset)[0]
+        return value
+
+    def room(self) -> int:
+        """Entries that can still be packed before a submit."""
+        return self.entries - self.pending
+
+    def prep(self, op: int, fd: int, *, off: int = 0, addr: int = 0, length: int = 0,
+             op_flags: int = 0, user_data: int = 0, flags: int = 0, ioprio: int = 0,
+             file_index: int = 0, addr3: int = 0) -> None:  # fmt: skip
+        """Pack one submission entry (the caller keeps within room())."""
+        at = 64 * (self.tail & self.sq_mask)
+        SQE.pack_into(self.sqes, at, op, flags, ioprio, fd, off, addr, length, op_flags,
+                      user_data, 0, 0, file_index, addr3, 0)  # fmt: skip
+        self.tail += 1
+        self.pending += 1
+
+    def prep_socket(self, family: int, user_data: int, nonblock: bool = False) -> None:
+        """socket(family, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK], 0)."""
+        kind = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | (socket.SOCK_NONBLOCK if nonblock else 0)
+        self.prep(OP_SOCKET, family, off=kind, user_data=user_data)
+
+    def prep_setsockopt(self, fd: int, level: int, name: int, value: tuple[int, int],
+                        user_data: int, flags: int = 0) -> None:  # fmt: skip
+        """setsockopt(fd, level, name, value at address value[0], value[1] bytes): the
+        socket uring_cmd, level and name in sqe->level/optname (the addr field),
+        optlen where file_index is, optval where addr3 is."""
+        self.prep(OP_URING_CMD, fd, off=SOCKET_URING_OP_SETSOCKOPT, addr=level | name << 32,
+                  file_index=value[1], addr3=value[0], flags=flags,
+                  user_data=user_data)  # fmt: skip
+
+    def prep_accept_multishot(self, fd: int, user_data: int) -> None:
+        """accept4(fd, NULL, NULL, SOCK_CLOEXEC), one completion per connection until
+        it ends (a completion without IORING_CQE_F_MORE)."""
+        self.prep(OP_ACCEPT, fd, ioprio=ACCEPT_MULTISHOT, op_flags=socket.SOCK_CLOEXEC,
+                  user_data=user_data)  # fmt: skip
+
+    def submit(self, wait: int = 0, timeout: float | None = None) -> int:
+        """Submit what was packed; wait for `wait` completions (at most `timeout`
+        seconds when given). Returns how many entries the kernel took."""
+        U32.pack_into(self.rings, self.sq_tail, self.tail & 0xFFFFFFFF)
+        n, self.pending = self.pending, 0
+        flags = ENTER_GETEVENTS  # with DEFER_TASKRUN, completions are posted only then
+        arg, size = None, 0
+        if wait and timeout is not None:
+            ts = ctypes.create_string_buffer(TIMESPEC.pack(int(timeout), int(timeout % 1 * 1e9)))
+            buf = ctypes.create_string_buffer(EXT_ARG.pack(0, 8, 0, ctypes.addressof(ts)))
+            arg, size, flags = buf, EXT_ARG.size, flags | ENTER_EXT_ARG
+        ret = _syscall(SYS_IO_URING_ENTER, self.fd, n, wait, flags, arg, ctypes.c_size_t(size))
+        if ret < 0 and ctypes.get_errno() in (errno.ETIME, errno.EINTR):
+            return n
+        return _check(ret)
+
+    def reap(self) -> list[tuple[int, int, int]]:
+        """The completions ready now, oldest first: (user_data, res, flags)."""
+        head, tail = self.read(self.cq_head), self.read(self.cq_tail)
+        mask, base, unpack, rings = self.cq_mask, self.cqes, CQE.unpack_from, self.rings
+        ready = [unpack(rings, base + 16 * (i & mask))
+                 for i in range(head, head + ((tail - head) & 0xFFFFFFFF))]  # fmt: skip
+        U32.pack_into(rings, self.cq_head, tail)
+        return ready
+
+    def complete(
+        self, expect: int, handle: Callable[[int, int, int], bool], timeout: float
+    ) -> bool:
+        """Submit what is packed, and hand every completion to handle(user_data, res,
+        flags) until it has said True `expect` times; past `timeout` seconds cancel
+        every request in flight (IORING_ASYNC_CANCEL_ALL | _ANY: they complete with
+        ECANCELED, which handle() sees) and wait for those. False if it had to."""
+        deadline = time.perf_counter() + timeout
+        got, cancelled = 0, False
+        while got < expect:
+            left = deadline - time.perf_counter()
+            if left <= 0 and not cancelled:
+                self.prep(OP_ASYNC_CANCEL, -1, op_flags=CANCEL_ALL_ANY, user_data=CANCELLING)
+                cancelled = True
+            self.submit(wait=expect - got, timeout=max(left, 0.05))
+            for user, res, flags in self.reap():
+                if user != CANCELLING and handle(user, res, flags):
+                    got += 1
+        return not cancelled
+
+    def close(self) -> None:
+        for area in (self.sqes, self.rings):
+            _libc.munmap(ctypes.c_void_p(ctypes.addressof(area)), ctypes.c_size_t(len(area)))
+        os.close(self.fd)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
