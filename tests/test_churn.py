@@ -16,11 +16,14 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import IS_ROOT, cli_json, constraint, netns_sysctl
+from tests.conftest import IS_ROOT, assert_engine_ran, cli_json, constraint, netns_sysctl
 from tests.test_servers import NGINX_CONF, free_port, running
 
 RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
-pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root: the run's own namespace")
+pytestmark = [
+    pytest.mark.skipif(not IS_ROOT, reason="needs root: the run's own namespace"),
+    pytest.mark.usefixtures("engine"),  # each test on io_uring and on epoll
+]
 
 
 def rate(*args: str) -> tuple[int, dict[str, Any]]:
@@ -31,7 +34,9 @@ def rate(*args: str) -> tuple[int, dict[str, Any]]:
         timeout=120,
     )
     assert proc.stdout, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    r = json.loads(proc.stdout)
+    assert_engine_ran(r, "--connect" not in args and "--rate" not in args)
+    return proc.returncode, r
 
 
 def test_client_closing_first_is_stopped_by_time_wait(netns: str) -> None:

@@ -23,6 +23,8 @@ from tests.conftest import (
     remove_cgroup,
 )
 
+pytestmark = pytest.mark.usefixtures("engine")  # each test on io_uring and on epoll
+
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 
 

@@ -18,12 +18,18 @@ from typing import Any
 import pytest
 
 from tcpceiling.host.parse import parse_flat_keyed
-from tests.conftest import IS_ROOT, cgroup_controller, constraint, remove_cgroup
+from tests.conftest import (
+    IS_ROOT,
+    assert_engine_ran,
+    cgroup_controller,
+    constraint,
+    remove_cgroup,
+)
 from tests.conftest import probe as probe_json
 
 TCPCEILING = [sys.executable, "-m", "tcpceiling"]
 MIB = 1 << 20
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("engine")]  # on both engines
 
 
 class Group:
@@ -55,7 +61,9 @@ class Group:
             timeout=timeout,
         )
         assert proc.stdout, proc.stderr
-        return proc.returncode, json.loads(proc.stdout)
+        r = json.loads(proc.stdout)
+        assert_engine_ran(r, args[0] in ("probe", "rate"))  # compare-io: its own sinks
+        return proc.returncode, r
 
     def sibling(self, nbytes: int) -> subprocess.Popen[bytes]:
         """A process of the cgroup holding `nbytes` of touched memory (the application

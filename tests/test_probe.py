@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import IS_ROOT, PROBE, needs_root, probe, run_cli
 
+pytestmark = pytest.mark.usefixtures("engine")  # each test on io_uring and on epoll
+
 RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
 
 
