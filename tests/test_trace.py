@@ -76,6 +76,40 @@ while time.monotonic() < end:
     time.sleep(0.002)
 print(failed, flush=True)
 """
+#: The two failures above through io_uring (no socket() or connect() syscall): in a
+#: namespace with 10 ports, at nofile 64; between "go" and "stop" a batch of 8
+#: IORING_OP_SOCKET (EMFILE) and, with 8 fds freed first, 8 IORING_OP_CONNECT
+#: (EADDRNOTAVAIL) at a time; prints the two counts.
+URING = """
+import ctypes, errno, os, socket, sys, time
+from tcpceiling.probe.uring import ring as r
+from tcpceiling.probe.uring.connect import sockaddr
+ring = r.Ring(64)
+ls = socket.socket(); ls.bind(("127.0.0.1", 9600)); ls.listen(64)
+held = [socket.create_connection(("127.0.0.1", 9600)) for _ in range(10)]
+while True:
+    try:
+        held.append(socket.socket())
+    except OSError:
+        break
+dst = ctypes.create_string_buffer(sockaddr(socket.AF_INET, "127.0.0.1", 9600), 16)
+print("ready", flush=True)
+sys.stdin.readline()
+counts, end = [0, 0], time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for _ in range(8):
+        ring.prep(r.OP_SOCKET, socket.AF_INET, off=socket.SOCK_STREAM)
+    ring.submit(wait=8)
+    counts[0] += sum(res == -errno.EMFILE for _u, res, _f in ring.reap())
+    spare = [held.pop() for _ in range(8)]
+    for s in spare:
+        ring.prep(r.OP_CONNECT, s.fileno(), addr=ctypes.addressof(dst), off=16)
+    ring.submit(wait=8)
+    counts[1] += sum(res == -errno.EADDRNOTAVAIL for _u, res, _f in ring.reap())
+    held.extend(spare)
+    time.sleep(0.01)
+print(*counts, flush=True)
+"""
 
 #: A listener with backlog 2 that never accepts; between "go" and "stop" 30 clients
 #: connect without blocking; prints how many never got into its accept queue.
@@ -151,6 +185,32 @@ def test_trace_names_each_failing_process_its_errno_and_limit(netns: str) -> Non
     assert ports["limit"] == "ports" and ports["call"] == "connect"
     assert abs(ports["count"] - counts[1]) <= 0.1 * counts[1], (ports, counts)
     assert ports["destination"].startswith("127.0.0.1:9500")
+    assert ours() == []
+
+
+@root_only
+def test_failures_inside_io_uring_are_named_with_their_limits(netns: str) -> None:
+    """A program that opens and connects through io_uring makes no socket() or
+    connect() call to trace: its requests' completions are (io_uring_complete,
+    filtered on the limits' errnos). EMFILE and EADDRNOTAVAIL are named with their
+    limits, counted as the program counted them, the ports' destination found."""
+    netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60009")
+    cmd = ["ip", "netns", "exec", netns, "prlimit", "--nofile=64", sys.executable, "-c", URING]
+    p = start([*cmd, "1.5"])
+    tr = subprocess.Popen([*TCPCEILING, "trace", "3", "--json"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.7)  # the instance is on
+    assert p.stdin is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    emfiles, no_ports = map(int, p.communicate(timeout=30)[0].split())
+    out, _ = tr.communicate(timeout=30)
+    doc = json.loads(out)
+    emfile, ports = row(doc, p.pid, "EMFILE"), row(doc, p.pid, "EADDRNOTAVAIL")
+    assert emfile["call"] == ports["call"] == "io_uring", doc["rows"]
+    assert emfile["limit"] == "nofile" and ports["limit"] == "ports", doc["rows"]
+    assert emfiles > 0 and abs(emfile["count"] - emfiles) <= 0.1 * emfiles, (emfile, emfiles)
+    assert no_ports > 0 and abs(ports["count"] - no_ports) <= 0.1 * no_ports, (ports, no_ports)
+    assert ports["destination"].startswith("127.0.0.1:9600")
     assert ours() == []
 
 
@@ -447,6 +507,11 @@ def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
          "daddrv6=::ffff:10.0.0.5 oldstate=TCP_SYN_SENT newstate=TCP_CLOSE",
          trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")),
         ("# tracer: nop", None),
+        ("  python-4242 [001] ..... 12.3: io_uring_complete: ring 00000000a1b2c3d4, req "
+         "000000001a2b3c4d, user_data 0x5, result -99, cflags 0x0 extra1 0 extra2 0",
+         trace.Event("python", 4242, "syscall", "io_uring", 99)),
+        ("  python-4242 [001] ..... 12.3: io_uring_complete: ring 00000000a1b2c3d4, req "
+         "000000001a2b3c4d, user_data 0x5, result 7, cflags 0x2 extra1 0 extra2 0", None),
         ("  <idle>-0 [001] ..s2. 7.0: tcp_retransmit_synack: family=AF_INET sport=9700 "
          "dport=40000 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 "
          "daddrv6=::ffff:127.0.0.1",

@@ -68,9 +68,15 @@ SYSCALL_FILTERS = {
     "sys_exit_clone": ret_in((EAGAIN,)),
     "sys_exit_clone3": ret_in((EAGAIN,)),
 }
+#: A request of an io_uring program (IORING_OP_SOCKET, _CONNECT, _ACCEPT: no syscall
+#: of its own) completed with a limit's errno: io_uring:io_uring_complete, whose
+#: `res` is the request's return (include/trace/events/io_uring.h). Not a peer's
+#: refusal or timeout: the connect's SYN_SENT -> CLOSE below counts those.
+URING_FILTER = ret_in((*FD_ERRNOS, errno.EADDRNOTAVAIL, errno.EADDRINUSE)).replace("ret", "res")
 TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
 PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
 PORT_ERRNOS = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
+PORT_CALLS = ("connect", "io_uring")  # a connect out of ports, by syscall or io_uring
 STATE_FILTER = f"oldstate == {TCP_SYN_SENT} && newstate == {TCP_CLOSE}"
 Kind = Literal["syscall", "connect_failed", "synack_retransmit"]
 KERNEL = "kernel"  # the comm of a row counted in softirq, for no process
@@ -88,6 +94,7 @@ class Event:
 
 _HEAD = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+[\d.]+:\s+(?P<rest>.*)$")
 _EXIT = re.compile(r"^sys_(?P<call>\w+) -> 0x(?P<ret>[0-9a-f]+)")
+_URING = re.compile(r"^io_uring_complete: .*\bresult (?P<res>-?\d+)")
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
 
@@ -103,6 +110,10 @@ def parse_line(line: str) -> Event | None:
         if ret >= 1 << 63:
             ret -= 1 << 64
         return Event(comm, pid, "syscall", exit_["call"], -ret) if ret < 0 else None
+    uring = _URING.match(rest)
+    if uring is not None:
+        res = int(uring["res"])
+        return Event(comm, pid, "syscall", "io_uring", -res) if res < 0 else None
     if rest.startswith("inet_sock_set_state:"):
         f = dict(_FIELD.findall(rest))
         host = f.get("daddr", "?")
@@ -330,6 +341,10 @@ class Tracer:
         if state.is_dir():
             (state / "filter").write_text(STATE_FILTER)
             (state / "enable").write_text("1")
+        complete = events / "io_uring" / "io_uring_complete"
+        if complete.is_dir():
+            (complete / "filter").write_text(URING_FILTER)
+            (complete / "enable").write_text("1")
         synack = events / "tcp" / "tcp_retransmit_synack"
         if synack.is_dir():
             (synack / "enable").write_text("1")
@@ -369,7 +384,7 @@ class Tracer:
         one the process holds the most sockets toward, in its own network namespace,
         read at its first such failure (while it is alive), is the tuple whose ports
         ran out."""
-        if not self.destinations or e.call != "connect" or e.errno not in PORT_ERRNOS:
+        if not self.destinations or e.call not in PORT_CALLS or e.errno not in PORT_ERRNOS:
             return
         if e.pid not in self.port_dest:
             self.port_dest[e.pid] = destination_of(e.pid, self.roots)
@@ -425,7 +440,7 @@ DROP_NOTE = (
 
 def _with_destination(row: Row, where: dict[int, str | None]) -> Row:
     """A ports row with the destination Tracer._destination found for its process."""
-    if row.destination is not None or row.call != "connect" or row.errno not in PORT_NAMES:
+    if row.destination is not None or row.call not in PORT_CALLS or row.errno not in PORT_NAMES:
         return row
     dst = where.get(row.pid)
     return replace(row, destination=f"{dst} (its sockets)" if dst else None)
