@@ -146,14 +146,13 @@ class Ring:
         value: int = U32.unpack_from(self.rings, offset)[0]
         return value
 
-    def room(self) -> int:
-        """Entries that can still be packed before a submit."""
-        return self.entries - self.pending
-
     def prep(self, op: int, fd: int, *, off: int = 0, addr: int = 0, length: int = 0,
              op_flags: int = 0, user_data: int = 0, flags: int = 0, ioprio: int = 0,
              file_index: int = 0, addr3: int = 0) -> None:  # fmt: skip
-        """Pack one submission entry (the caller keeps within room())."""
+        """Pack one submission entry; a full submission ring is submitted first (its
+        completions are read as the others are)."""
+        if self.pending >= self.entries:
+            self.submit()
         at = 64 * (self.tail & self.sq_mask)
         SQE.pack_into(self.sqes, at, op, flags, ioprio, fd, off, addr, length, op_flags,
                       user_data, 0, 0, file_index, addr3, 0)  # fmt: skip
