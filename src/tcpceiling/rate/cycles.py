@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tcpceiling.host.parse import parse_port_range
+from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks
 from tcpceiling.probe.uring.churn import CHURN_OPS, UringCycles
 from tcpceiling.probe.uring.engine import Engine, EngineChoice, open_ring
@@ -183,6 +185,16 @@ class Remote:
                 return False
 
 
+def uring_burst(sources: int) -> int:
+    """A burst's connections are open at once, each holding a port until its close
+    (the epoll path's one cycle holds one): at most half the ports toward the listener
+    (the namespace's ip_local_port_range, per source), so a burst never runs out of
+    ports on its own, whatever TIME_WAIT holds."""
+    path = Roots().procfs / "sys/net/ipv4/ip_local_port_range"
+    low, high = parse_port_range(path.read_text())
+    return max(1, min(URING_BURST, (high - low + 1) * max(1, sources) // 2))
+
+
 def churn_worker(
     port: int, index: int, per_worker: float | None, cfg: ChurnConfig, rep: Reporter
 ) -> None:
@@ -200,7 +212,7 @@ def churn_worker(
     last = t0
     burst = 1 if per_worker is not None or cfg.connect else BURST
     if engine[0] == "uring":
-        burst = URING_BURST
+        burst = uring_burst(len(cfg.sources))
     while (now := time.perf_counter()) - t0 < cfg.duration and not stopped:
         if (
             per_worker is not None
