@@ -99,6 +99,14 @@ def process_usage(pids: list[int]) -> Usage:
     return Usage(cpu, rss)
 
 
+def softirq_threads() -> list[int]:
+    """The ksoftirqd/N threads: where the kernel runs softirq work it could not finish
+    on the way out of an interrupt or a local_bh_enable() (kernel/softirq.c), such
+    as a burst of loopback packets past net_rx_action's budget."""
+    return [p.pid for p in psutil.process_iter(["name"])
+            if (p.info["name"] or "").startswith("ksoftirqd/")]  # fmt: skip
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes (every thread), via psutil."""
     total = 0.0
