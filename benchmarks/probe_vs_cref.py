@@ -41,9 +41,13 @@ def cref(n: int) -> dict[str, float]:
     }
 
 
-def probe(n: int) -> dict[str, float]:
+PROBE = (sys.executable, "-m", "tcpceiling", "probe")
+
+
+def probe(n: int, engine: str = "auto") -> dict[str, float]:
+    """tcpceiling probe --target N --engine ENGINE: the same figures from its JSON."""
     out = subprocess.run(
-        [sys.executable, "-m", "tcpceiling", "probe", "--target", str(n), "--json"],
+        [*PROBE, "--target", str(n), "--engine", engine, "--json"],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -51,6 +55,8 @@ def probe(n: int) -> dict[str, float]:
     r = json.loads(out)
     if r["established"] < n:
         raise SystemExit(f"probe stopped at {r['established']}: {r['stop']}")
+    if engine != "auto" and r["engine"] != engine:
+        raise SystemExit(f"asked for {engine}, ran on {r['engine']}: {r['notes']}")
     pc = r["per_connection"]
     return {
         "held": r["established"],
