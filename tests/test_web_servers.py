@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,17 @@ def plain_holding(
             s.close()
 
 
+def closing(port: int) -> int:
+    """The server's sockets on `port` still closing (FIN sent or received, not yet
+    TIME_WAIT), counted by ss: Apache event counts its lingering closes against its
+    connections until they end."""
+    states = ("fin-wait-1", "fin-wait-2", "close-wait", "last-ack", "closing")
+    args = [a for st in states for a in ("state", st)]
+    out = subprocess.run(["ss", "-Htn", *args, f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return len(out.splitlines())
+
+
 def held_and_doctored(
     port: int,
     n: int,
@@ -108,8 +120,9 @@ def held_and_doctored(
     """Hold the server at its cap with the plain client: doctor's verdict meanwhile,
     and how many of the plain client's the server still held after a second (the
     independent count)."""
-    deadline = time.monotonic() + 15  # the probe's connections closed and gone first
-    while established(port) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15  # the probe's connections closed and gone first,
+    # the server's side of each too (a lingering close holds a slot until it ends)
+    while (established(port) or closing(port)) and time.monotonic() < deadline:
         time.sleep(0.2)
     # and noticed by the server: a worker drops a closed keep-alive connection from
     # its count at its next poll (gunicorn's gthread, Apache event's lingering closes)
