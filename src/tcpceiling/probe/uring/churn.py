@@ -1,20 +1,19 @@
 """rate's cycles through io_uring: a burst of n connect -> accept -> close cycles in
-three submissions, where the epoll path makes five or six system calls per cycle.
+four submissions, where the epoll path makes five or six system calls per cycle.
 
 1. n sockets (IORING_OP_SOCKET);
 2. per socket a linked chain: setsockopt(SO_LINGER 0) with --close rst (a socket
    uring_cmd), setsockopt(IP_BIND_ADDRESS_NO_PORT) + bind(src, 0) with a source, then
-   connect; the submission returns once every connect completed;
-3. the accepts, which a multishot accept on the worker's own listener posted, and the
-   closes of both ends in the order --close asks (IORING_OP_CLOSE runs at once, in
-   submission order, so the side that closes first is the one that keeps TIME_WAIT).
+   connect; the submission returns once every connect completed (the accepts come
+   from a multishot accept on the worker's own listener);
+3. and 4. the closes of the side --close names first, then the other's (see
+   UringCycles._close_pairs: the side that closes first keeps TIME_WAIT).
 
 The connect latency of a burst is its connects' time over their number (the kernel
 runs them one after another inside one io_uring_enter())."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -25,7 +24,7 @@ from tcpceiling.probe.uring import ring as r
 from tcpceiling.probe.uring.connect import sockaddr
 from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT
 
-STEP = 1 << 32
+STEP = r.STEP
 SOCKET, CHAIN, CONNECT, ACCEPT = range(4)
 LINK = r.IOSQE_IO_LINK | r.IOSQE_CQE_SKIP_SUCCESS
 #: a burst's wait for its own loopback connects and accepts: past it they are
@@ -41,20 +40,15 @@ class UringCycles:
         self.ring, self.ls, self.close = ring, ls, close
         self.family = ls.family
         host, port = ls.getsockname()[:2]
-        self.keep: list[ctypes.Array[ctypes.c_char]] = []
-        self.dst = self._buf(sockaddr(self.family, host, port))
-        self.srcs = [self._buf(sockaddr(self.family, s, 0)) for s in sources]
-        self.one = self._buf(struct.pack("<i", 1))
-        self.linger = self._buf(struct.pack("<ii", 1, 0))
+        self.bufs = r.Buffers()
+        self.dst = self.bufs.add(sockaddr(self.family, host, port))
+        self.srcs = [self.bufs.add(sockaddr(self.family, s, 0)) for s in sources]
+        self.one = self.bufs.add(struct.pack("<i", 1))
+        self.linger = self.bufs.add(struct.pack("<ii", 1, 0))
         self.turn = 0
         self.accepted: list[int] = []
         ring.prep_accept_multishot(ls.fileno(), ACCEPT * STEP)
         ring.submit()
-
-    def _buf(self, data: bytes) -> tuple[int, int]:
-        b = ctypes.create_string_buffer(data, len(data))
-        self.keep.append(b)
-        return ctypes.addressof(b), len(data)
 
     def burst(self, n: int) -> tuple[int, float, int]:
         """Up to n cycles: (cycles done, a connect's seconds, the first errno or 0)."""
@@ -121,25 +115,16 @@ class UringCycles:
             self.ring.submit()
 
     def _wait(self, expect: int, step: int) -> dict[int, int]:
-        """Submit, and wait for `expect` completions of `step` ({index: res}); a
-        chain's failed step gives its error to the connect it cancelled. Accepts are
-        kept for the closes whenever they come."""
-        done: dict[int, int] = {}
-        failed: dict[int, int] = {}
+        """Submit, and wait for `expect` completions of `step` ({index: res}; Ring.chains).
+        Accepts are kept for the closes whenever they come."""
 
-        def handle(user: int, res: int, flags: int) -> bool:
-            kind, j = user >> 32, user & 0xFFFFFFFF
-            if kind == ACCEPT:
-                self._accepted(res, flags)
-                return step == ACCEPT and res >= 0
-            if kind == CHAIN:
-                failed.setdefault(j, res)
-                return False
-            done[j] = failed.get(j, res) if res == -errno.ECANCELED else res
-            return kind == step
+        def accepts(user: int, res: int, flags: int) -> bool | None:
+            if user >> 32 != ACCEPT:
+                return None
+            self._accepted(res, flags)
+            return step == ACCEPT and res >= 0
 
-        self.ring.complete(expect, handle, TIMEOUT)
-        return done
+        return self.ring.chains(expect, lambda u: u >> 32 == step, TIMEOUT, accepts)
 
     def _accepted(self, res: int, flags: int) -> None:
         if res >= 0:

@@ -14,7 +14,6 @@ another within the one io_uring_enter()."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -27,7 +26,7 @@ from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT, Connecto
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
 
 SOCKET, SOCKOPT, BIND, CONNECT = range(4)
-STEP = 1 << 32
+STEP = r.STEP
 
 
 def sockaddr(family: int, host: str, port: int) -> bytes:
@@ -50,18 +49,13 @@ class Addresses:
     """Each tuple's addresses as C buffers that outlive the submissions naming them."""
 
     def __init__(self, targets: list[Target]) -> None:
-        self.keep: list[ctypes.Array[ctypes.c_char]] = []
-        self.dst = [self._buffer(fam, dst) for fam, _src, dst in targets]
-        self.src = [None if src is None else self._buffer(fam, src) for fam, src, _ in targets]
-        self.one = self._keep(struct.pack("<i", 1))
-
-    def _keep(self, data: bytes) -> tuple[int, int]:
-        buf = ctypes.create_string_buffer(data, len(data))
-        self.keep.append(buf)
-        return ctypes.addressof(buf), len(data)
-
-    def _buffer(self, family: int, addr: tuple[str, int]) -> tuple[int, int]:
-        return self._keep(sockaddr(family, *addr))
+        self.bufs = r.Buffers()
+        self.dst = [self.bufs.add(sockaddr(fam, *dst)) for fam, _src, dst in targets]
+        self.src = [
+            None if src is None else self.bufs.add(sockaddr(fam, *src))
+            for fam, src, _ in targets
+        ]
+        self.one = self.bufs.add(struct.pack("<i", 1))
 
 
 class UringBatches:
@@ -137,21 +131,6 @@ class UringBatches:
         return more
 
     def _collect(self, expect: int, final: Callable[[int], bool]) -> dict[int, int]:
-        """Submit what is packed and wait for `expect` final completions; past the
-        connect timeout what is still in flight is cancelled (ETIMEDOUT, as the epoll
-        path counts it). A chain's step that failed (bind: the source is not local)
-        posts its own error and cancels the connect: the connect is given that
-        error. Returns {index in the batch: res}."""
-        done: dict[int, int] = {}
-        failed: dict[int, int] = {}
-
-        def handle(user: int, res: int, _flags: int) -> bool:
-            j = user & 0xFFFFFFFF
-            if not final(user):
-                failed.setdefault(j, res)
-                return False
-            done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
-            return True
-
-        self.ring.complete(expect, handle, self.c.plan.connect_timeout)
-        return done
+        """Submit what is packed and wait for `expect` final completions (past the
+        connect timeout, ETIMEDOUT as the epoll path counts it): {index: res}."""
+        return self.ring.chains(expect, final, self.c.plan.connect_timeout)

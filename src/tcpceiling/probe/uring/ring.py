@@ -19,7 +19,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  # syscall_64.tbl
 REGISTER_PROBE, OP_SUPPORTED = 8, 1  # IORING_REGISTER_PROBE, IO_URING_OP_SUPPORTED
@@ -29,6 +28,7 @@ OP_ACCEPT, OP_ASYNC_CANCEL, OP_CONNECT, OP_CLOSE = 13, 14, 16, 19
 OP_SOCKET, OP_URING_CMD, OP_BIND = 45, 46, 56
 SOCKET_URING_OP_SETSOCKOPT = 3  # include/uapi/linux/io_uring.h, enum io_uring_socket_op
 
+STEP = 1 << 32  # user_data: a chain's kind times STEP, plus its index in the batch
 CANCEL_ALL_ANY = 1 << 0 | 1 << 2  # IORING_ASYNC_CANCEL_ALL | _ANY: all in flight
 CANCELLING = 1 << 63  # the user_data of that cancel's own completion
 IOSQE_IO_LINK = 1 << 2
@@ -63,11 +63,18 @@ class RingError(OSError):
     or kernel.io_uring_disabled, ENOMEM past RLIMIT_MEMLOCK on older kernels)."""
 
 
-@dataclass(frozen=True)
-class Completion:
-    user_data: int
-    res: int
-    flags: int
+class Buffers:
+    """C copies of bytes a submission points to (addresses, option values), kept
+    alive as long as the ring may read them."""
+
+    def __init__(self) -> None:
+        self.keep: list[ctypes.Array[ctypes.c_char]] = []
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """(address, length) of a kept copy of data."""
+        buf = ctypes.create_string_buffer(data, len(data))
+        self.keep.append(buf)
+        return ctypes.addressof(buf), len(data)
 
 
 def _map(fd: int, size: int, offset: int) -> ctypes.Array[ctypes.c_char]:
@@ -76,9 +83,7 @@ def _map(fd: int, size: int, offset: int) -> ctypes.Array[ctypes.c_char]:
     two fds more per worker, out of its nofile."""
     prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | mmap.MAP_POPULATE
     addr = _mmap(None, ctypes.c_size_t(size), prot, flags, fd, ctypes.c_long(offset))
-    if addr in (None, ctypes.c_void_p(-1).value):
-        err = ctypes.get_errno()
-        raise RingError(err, os.strerror(err))
+    _check(-1 if addr in (None, ctypes.c_void_p(-1).value) else 0)
     return (ctypes.c_char * size).from_address(addr)
 
 
@@ -223,6 +228,35 @@ class Ring:
                 if user != CANCELLING and handle(user, res, flags):
                     got += 1
         return not cancelled
+
+    def chains(
+        self,
+        expect: int,
+        final: Callable[[int], bool],
+        timeout: float,
+        aside: Callable[[int, int, int], bool | None] | None = None,
+    ) -> dict[int, int]:
+        """complete() for linked chains whose user_data is STEP * kind + index: wait for
+        `expect` final completions, {index: res}. A chain's step that failed (bind:
+        the source is not local) posts its own error and cancels the rest of the
+        chain: the final request is given that error; one cancelled at the timeout
+        is ETIMEDOUT. aside() takes the completions that belong to no chain (None:
+        not one of its own; else whether it counts toward `expect`)."""
+        done: dict[int, int] = {}
+        failed: dict[int, int] = {}
+
+        def handle(user: int, res: int, flags: int) -> bool:
+            if aside is not None and (counts := aside(user, res, flags)) is not None:
+                return counts
+            j = user & (STEP - 1)
+            if not final(user):
+                failed.setdefault(j, res)
+                return False
+            done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
+            return True
+
+        self.complete(expect, handle, timeout)
+        return done
 
     def close(self) -> None:
         for area in (self.sqes, self.rings):
