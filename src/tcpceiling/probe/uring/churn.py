@@ -115,7 +115,7 @@ class UringCycles:
             self.ring.submit()
 
     def _wait(self, expect: int, step: int) -> dict[int, int]:
-        """Submit, and wait for `expect` completions of `step` ({index: res}; Ring.chains).
+        """Submit, and wait for `expect` completions of `step` ({index: res}; ring.chains).
         Accepts are kept for the closes whenever they come."""
 
         def accepts(user: int, res: int, flags: int) -> bool | None:
@@ -124,7 +124,7 @@ class UringCycles:
             self._accepted(res, flags)
             return step == ACCEPT and res >= 0
 
-        return self.ring.chains(expect, lambda u: u >> 32 == step, TIMEOUT, accepts)
+        return r.chains(self.ring, expect, lambda u: u >> 32 == step, TIMEOUT, accepts)
 
     def _accepted(self, res: int, flags: int) -> None:
         if res >= 0:

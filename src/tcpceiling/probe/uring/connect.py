@@ -133,4 +133,4 @@ class UringBatches:
     def _collect(self, expect: int, final: Callable[[int], bool]) -> dict[int, int]:
         """Submit what is packed and wait for `expect` final completions (past the
         connect timeout, ETIMEDOUT as the epoll path counts it): {index: res}."""
-        return self.ring.chains(expect, final, self.c.plan.connect_timeout)
+        return r.chains(self.ring, expect, final, self.c.plan.connect_timeout)

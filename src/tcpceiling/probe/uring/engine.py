@@ -10,6 +10,7 @@ setsockopt 6.7, IORING_OP_BIND 6.11)."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from typing import Literal
 
 from tcpceiling.probe.uring import ring as r
@@ -17,7 +18,6 @@ from tcpceiling.probe.uring import ring as r
 EngineChoice = Literal["auto", "uring", "epoll"]
 Engine = Literal["uring", "epoll"]
 EngineRan = Literal["uring", "epoll", "mixed"]  # a run's: mixed when some were refused
-ENGINE_CHOICES: tuple[EngineChoice, ...] = ("auto", "uring", "epoll")
 
 OP_NAMES = {
     r.OP_SOCKET: "IORING_OP_SOCKET (Linux 5.19)",
@@ -47,3 +47,20 @@ def open_ring(
         ring.close()
         return None, "this kernel's io_uring lacks " + ", ".join(missing)
     return ring, ""
+
+
+def ran_on(engines: Iterable[Engine]) -> EngineRan:
+    """A run's engine from its workers': io_uring when every one ran on it, epoll
+    when none did, else mixed."""
+    ran = set(engines)
+    if len(ran) > 1:
+        return "mixed"
+    return "uring" if ran == {"uring"} else "epoll"
+
+
+def refusal_notes(choice: EngineChoice, refusals: Iterable[str]) -> list[str]:
+    """Why io_uring was not used where it was asked for, once per reason."""
+    return [
+        f"io_uring was asked for ({choice}) and not used: {why}; ran on epoll"
+        for why in dict.fromkeys(w for w in refusals if w)
+    ]

@@ -229,35 +229,6 @@ class Ring:
                     got += 1
         return not cancelled
 
-    def chains(
-        self,
-        expect: int,
-        final: Callable[[int], bool],
-        timeout: float,
-        aside: Callable[[int, int, int], bool | None] | None = None,
-    ) -> dict[int, int]:
-        """complete() for linked chains whose user_data is STEP * kind + index: wait for
-        `expect` final completions, {index: res}. A chain's step that failed (bind:
-        the source is not local) posts its own error and cancels the rest of the
-        chain: the final request is given that error; one cancelled at the timeout
-        is ETIMEDOUT. aside() takes the completions that belong to no chain (None:
-        not one of its own; else whether it counts toward `expect`)."""
-        done: dict[int, int] = {}
-        failed: dict[int, int] = {}
-
-        def handle(user: int, res: int, flags: int) -> bool:
-            if aside is not None and (counts := aside(user, res, flags)) is not None:
-                return counts
-            j = user & (STEP - 1)
-            if not final(user):
-                failed.setdefault(j, res)
-                return False
-            done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
-            return True
-
-        self.complete(expect, handle, timeout)
-        return done
-
     def close(self) -> None:
         for area in (self.sqes, self.rings):
             _libc.munmap(ctypes.c_void_p(ctypes.addressof(area)), ctypes.c_size_t(len(area)))
@@ -268,3 +239,33 @@ class Ring:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def chains(
+    ring: Ring,
+    expect: int,
+    final: Callable[[int], bool],
+    timeout: float,
+    aside: Callable[[int, int, int], bool | None] | None = None,
+) -> dict[int, int]:
+    """Ring.complete() for linked chains whose user_data is STEP * kind + index: wait for
+    `expect` final completions, {index: res}. A chain's step that failed (bind:
+    the source is not local) posts its own error and cancels the rest of the
+    chain: the final request is given that error; one cancelled at the timeout
+    is ETIMEDOUT. aside() takes the completions that belong to no chain (None:
+    not one of its own; else whether it counts toward `expect`)."""
+    done: dict[int, int] = {}
+    failed: dict[int, int] = {}
+
+    def handle(user: int, res: int, flags: int) -> bool:
+        if aside is not None and (counts := aside(user, res, flags)) is not None:
+            return counts
+        j = user & (STEP - 1)
+        if not final(user):
+            failed.setdefault(j, res)
+            return False
+        done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
+        return True
+
+    ring.complete(expect, handle, timeout)
+    return done
