@@ -31,7 +31,7 @@ from tcpceiling.probe.run import budget, isolate, measure
 from tcpceiling.probe.run.config import check_sysctl_key
 from tcpceiling.probe.run.progress import Progress, RunProgress, ignore
 from tcpceiling.probe.run.result import Stop
-from tcpceiling.probe.uring.engine import EngineRan
+from tcpceiling.probe.uring.engine import ran_on, refusal_notes
 from tcpceiling.probe.workers import errnos
 from tcpceiling.probe.workers.children import Children
 from tcpceiling.probe.workers.histogram import Histogram
@@ -276,24 +276,13 @@ def assemble(
         isolated=cfg.isolated,
         netns=ns,
         notes=notes + engine_notes(cfg, progress),
-        engine=engine_ran(progress),
+        engine=ran_on(p.engine for p in progress),
     )
 
 
-def engine_ran(progress: list[ChurnProgress]) -> EngineRan:
-    """io_uring when every worker cycled on it, epoll when none did, else mixed."""
-    ran = {p.engine for p in progress}
-    if len(ran) > 1:
-        return "mixed"
-    return "uring" if ran == {"uring"} else "epoll"
-
-
 def engine_notes(cfg: ChurnConfig, progress: list[ChurnProgress]) -> tuple[str, ...]:
-    """Why io_uring was not used where it was asked for (once per reason)."""
-    notes = [
-        f"io_uring was asked for ({cfg.engine}) and not used: {why}; ran on epoll"
-        for why in dict.fromkeys(p.refused for p in progress if p.refused)
-    ]
+    """Why io_uring was not used where it was asked for."""
+    notes = refusal_notes(cfg.engine, (p.refused for p in progress))
     if cfg.engine == "uring" and (cfg.connect or cfg.rate is not None):
         notes.append(
             "cycles toward a real server, or paced by --rate, go one at a time: they run "

@@ -24,7 +24,7 @@ from tcpceiling.probe.run.result import (
     Traffic,
 )
 from tcpceiling.probe.serving import attribution, checks, evidence
-from tcpceiling.probe.uring.engine import EngineRan
+from tcpceiling.probe.uring.engine import EngineRan, ran_on, refusal_notes
 from tcpceiling.probe.workers.histogram import Histogram
 from tcpceiling.probe.workers.messages import Frontier, WorkerState
 
@@ -208,25 +208,21 @@ def mode_notes(i: Inputs) -> tuple[str, ...]:
 
 
 def engine_of(i: Inputs) -> EngineRan:
-    """io_uring when every worker ran on it, epoll when none did, else mixed (a thread
-    per connection accepts in its threads, on either engine: its sinks are left out)."""
+    """What the workers ran on (a thread per connection accepts in its threads, on
+    either engine: its sinks are left out)."""
     sinks = i.sinks if i.cfg.io_model == "epoll" else []
-    ran = {w.engine for w in [*i.clients, *sinks] if w.started}
-    if len(ran) > 1:
-        return "mixed"
-    return "uring" if ran == {"uring"} else "epoll"
+    return ran_on(w.engine for w in [*i.clients, *sinks] if w.started)
 
 
 def engine_notes(i: Inputs) -> tuple[str, ...]:
-    """Why io_uring was not used where it was asked for (once per reason)."""
+    """Why io_uring was not used where it was asked for."""
     notes: list[str] = []
     if i.cfg.engine == "uring" and i.cfg.server_mode:
         notes.append(
             "toward a real server the opening is paced and each connection checked, one "
             "at a time: it runs on epoll whatever --engine says"
         )
-    for why in dict.fromkeys(w.refused for w in [*i.clients, *i.sinks] if w.refused):
-        notes.append(f"io_uring was asked for ({i.cfg.engine}) and not used: {why}; ran on epoll")
+    notes += refusal_notes(i.cfg.engine, (w.refused for w in [*i.clients, *i.sinks]))
     return tuple(notes)
 
 
