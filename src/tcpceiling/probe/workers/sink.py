@@ -105,10 +105,7 @@ class Sink:
         self.multishot: MultishotAccept | None = None
 
     def use_engine(self) -> None:
-        """Accept through io_uring when the plan asks and the kernel allows (the
-        thread sink accepts one connection per thread: always epoll's accept())."""
-        if type(self) is not Sink:
-            return
+        """Accept through io_uring when the plan asks and the kernel allows."""
         ring, self.refused = open_ring(self.plan.engine, ACCEPT_OPS, 8, COMPLETIONS)
         if ring is not None:
             self.multishot = MultishotAccept(ring, self.listeners)
@@ -273,6 +270,10 @@ class ThreadSink(Sink):
                 conn.close()
                 return self._full(errno.EAGAIN)
             self.conns.append(conn)
+
+    def use_engine(self) -> None:
+        """Its accepts hand each connection to a thread of its own, one at a time: no
+        io_uring."""
 
     def release(self) -> None:
         """RST on exit: SO_LINGER 0 now; the fds close when the process exits (a
