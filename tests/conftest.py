@@ -73,6 +73,15 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+def paced(args: tuple[str, ...] | list[str]) -> bool:
+    """A run whose connections go one at a time, on epoll whatever the engine: toward
+    a real server (--connect HOST:PORT or --connect=HOST:PORT), or at a --rate that
+    is not max."""
+    if any(a.split("=")[0] == "--connect" for a in args):
+        return True
+    return "--rate" in args and args[list(args).index("--rate") + 1] != "max"
+
+
 def assert_engine_ran(r: dict[str, Any], toward_sink: bool = True) -> None:
     """With an engine asked for through the environment, the run says it ran on it
     (toward a real server the paced opening is epoll's whatever is asked)."""
@@ -88,7 +97,7 @@ def probe(*args: str, timeout: float = 300) -> tuple[int, dict[str, Any]]:
     )
     assert proc.stdout, proc.stderr
     r = json.loads(proc.stdout)
-    assert_engine_ran(r, not any(a.split("=")[0] == "--connect" for a in args))
+    assert_engine_ran(r, not paced(args))
     return proc.returncode, r
 
 

@@ -16,7 +16,14 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import IS_ROOT, assert_engine_ran, cli_json, constraint, netns_sysctl
+from tests.conftest import (
+    IS_ROOT,
+    assert_engine_ran,
+    cli_json,
+    constraint,
+    netns_sysctl,
+    paced,
+)
 from tests.test_servers import NGINX_CONF, free_port, running
 
 RANGE_100 = "net.ipv4.ip_local_port_range=60000 60099"
@@ -24,14 +31,6 @@ pytestmark = [
     pytest.mark.skipif(not IS_ROOT, reason="needs root: the run's own namespace"),
     pytest.mark.usefixtures("engine"),  # each test on io_uring and on epoll
 ]
-
-
-def paced(args: tuple[str, ...]) -> bool:
-    """Cycles one at a time (on epoll whatever the engine): toward a real server, or
-    at a --rate that is not max."""
-    if any(a.split("=")[0] == "--connect" for a in args):
-        return True
-    return "--rate" in args and args[args.index("--rate") + 1] != "max"
 
 
 def rate(*args: str) -> tuple[int, dict[str, Any]]:
