@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tcpceiling.errors import InputError
 from tcpceiling.host.roots import Roots
+from tcpceiling.signals import deferred
 
 NETNS_RUN_DIR = Path("/run/netns")
 
@@ -65,6 +66,21 @@ def create(name: str) -> None:
     netns.create(name)
     with inside(name), IPRoute() as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
+@contextmanager
+def made(name: str) -> Iterator[str]:
+    """A named netns of ours for the body, removed after on every way out. Its
+    making holds SIGINT and SIGTERM off until it is done (then raised): making it
+    runs other processes (pyroute2 finds libc with ldconfig), and a Ctrl-C in
+    between ended the run with the namespace made and the body's clean-up not yet
+    entered: the namespace was left behind."""
+    try:
+        with deferred():
+            create(name)
+        yield name
+    finally:
+        remove(name)
 
 
 def remove(name: str) -> None:

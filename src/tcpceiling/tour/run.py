@@ -72,16 +72,10 @@ def sweep_stale(roots: Roots) -> list[str]:
 
 def _in_namespace(fn: Callable[[str], Step], name: str) -> Step:
     """A step in a network namespace of its own, removed after (lo up)."""
-    netns_mod.create(name)
-    try:
+    with netns_mod.made(name):
         return fn(name)
-    finally:
-        netns_mod.remove(name)
 
 
 def _threads(roots: Roots, name: str) -> Step:
-    netns_mod.create(name)
-    try:
+    with netns_mod.made(name):
         return threads.step(roots, name)
-    finally:
-        netns_mod.remove(name)

@@ -42,11 +42,7 @@ def private_netns(sysctls: tuple[tuple[str, str], ...]) -> Iterator[str]:
     """Create it and set its sysctls; delete it at the end. Enter it with
     tcpceiling.host.netns.inside(name) (forked workers inherit the thread's netns)."""
     sweep_stale()
-    name = own_name()
-    netns.create(name)
-    try:
+    with netns.made(own_name()) as name:
         with netns.inside(name):
             apply_sysctls(sysctls)
         yield name
-    finally:
-        netns.remove(name)
