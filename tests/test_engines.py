@@ -124,3 +124,17 @@ def test_a_connect_that_never_completes_is_cancelled_as_a_timeout(netns: str) ->
     assert took < 30, took  # liveness: the SYN retries alone would take over 2 minutes
     for fd in c.fds:
         os.close(fd)
+
+
+@needs_root
+def test_rate_without_room_for_direct_descriptors_falls_back_and_says_why() -> None:
+    """rate's io_uring cycles keep both ends as direct descriptors in a table the
+    ring registers, whose size counts against RLIMIT_NOFILE: under a hard limit of
+    600 the table is refused (EMFILE) and the worker cycles on epoll, saying so."""
+    env = {k: v for k, v in os.environ.items() if k != ENGINE_ENV}
+    rr = subprocess.run(["prlimit", "--nofile=600:600", *RATE, "--duration", "2", "--workers",
+                         "1", "--engine", "uring", "--json"],
+                        capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    c = json.loads(rr.stdout)
+    assert c["engine"] == "epoll" and c["completed"] > 0, c
+    assert any("direct descriptors refused: EMFILE" in n for n in c["notes"]), c["notes"]

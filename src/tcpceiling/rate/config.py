@@ -18,7 +18,7 @@ CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
 REPORT_EVERY = 0.5
 BURST = 64  # cycles between clock reads when not paced
-URING_BURST = 256  # on io_uring: cycles per burst of three submissions (probe/uring/churn.py)
+URING_BURST = 256  # on io_uring: cycles per burst (probe/uring/churn.py)
 #: Counters that say why the rate stopped growing (/proc/net/netstat TcpExt).
 COUNTERS = (
     "TCPTimeWaitOverflow",

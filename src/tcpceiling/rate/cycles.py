@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from tcpceiling.host.parse import parse_port_range
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks
-from tcpceiling.probe.uring.churn import CHURN_OPS, UringCycles
+from tcpceiling.probe.uring.churn import CHURN_ENTRIES, CHURN_OPS, UringCycles
 from tcpceiling.probe.uring.engine import Engine, EngineChoice, open_ring
 from tcpceiling.probe.workers.client import IP_BIND_ADDRESS_NO_PORT
 from tcpceiling.probe.workers.histogram import Histogram
@@ -82,10 +82,15 @@ class Pair:
 
     def use_engine(self, choice: EngineChoice) -> tuple[Engine, str]:
         """Cycle in io_uring bursts when asked and allowed: (what runs, why not)."""
-        ring, refused = open_ring(choice, CHURN_OPS)
+        ring, refused = open_ring(choice, CHURN_OPS, entries=CHURN_ENTRIES)
         if ring is None:
             return "epoll", refused
-        self.cycles = UringCycles(ring, self.ls, self.close, self.sources.sources)
+        try:
+            self.cycles = UringCycles(ring, self.ls, self.close, self.sources.sources)
+        except OSError as exc:  # no room for its direct descriptors: EMFILE, ENOMEM
+            ring.close()
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            return "epoll", f"io_uring's table of direct descriptors refused: {name}"
         return "uring", ""
 
     def burst(self, n: int) -> tuple[int, float, int]:

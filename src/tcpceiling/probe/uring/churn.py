@@ -1,13 +1,22 @@
 """rate's cycles through io_uring: a burst of n connect -> accept -> close cycles in
-four submissions, where the epoll path makes five or six system calls per cycle.
+three submissions, where the epoll path makes five or six system calls per cycle.
+Both ends are direct descriptors (slots of the ring's registered table, in no fd
+table): a socket made into a slot can be linked to the requests that use it, so
 
-1. n sockets (IORING_OP_SOCKET);
-2. per socket a linked chain: setsockopt(SO_LINGER 0) with --close rst (a socket
-   uring_cmd), setsockopt(IP_BIND_ADDRESS_NO_PORT) + bind(src, 0) with a source, then
-   connect; the submission returns once every connect completed (the accepts come
-   from a multishot accept on the worker's own listener);
-3. and 4. the closes of the side --close names first, then the other's (see
+1. per cycle one linked chain: socket() into the cycle's slot, setsockopt(SO_LINGER 0)
+   with --close rst (a socket uring_cmd), setsockopt(IP_BIND_ADDRESS_NO_PORT) +
+   bind(src, 0) with a source, then connect; the submission returns once every
+   connect completed. Only the connect posts a completion when all goes well
+   (IOSQE_CQE_SKIP_SUCCESS), and the accepts come from one multishot accept on the
+   worker's own listener, into slots the kernel allocates above the cycles';
+2. and 3. the closes of the side --close names first, then the other's (see
    UringCycles._close_pairs: the side that closes first keeps TIME_WAIT).
+
+Two completions per cycle reach the interpreter, the connect's and the accept's. A
+failure keeps its errno: the step that failed posts it and the rest of its chain is
+cancelled (ring.chains gives the connect that errno). The registered table's size
+counts against RLIMIT_NOFILE, its sockets do not; struct file is still allocated
+for each, so fs.file-max (ENFILE) binds as it does for the epoll path.
 
 The connect latency of a burst is its connects' time over their number (the kernel
 runs them one after another inside one io_uring_enter())."""
@@ -15,7 +24,6 @@ runs them one after another inside one io_uring_enter())."""
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 import time
@@ -25,19 +33,27 @@ from tcpceiling.probe.uring.connect import sockaddr
 from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT
 
 STEP = r.STEP
-SOCKET, CHAIN, CONNECT, ACCEPT = range(4)
+CHAIN, CONNECT, ACCEPT, CLOSE = range(4)
 LINK = r.IOSQE_IO_LINK | r.IOSQE_CQE_SKIP_SUCCESS
+FIXED = r.IOSQE_FIXED_FILE
 #: a burst's wait for its own loopback connects and accepts: past it they are
 #: cancelled and counted as timeouts (a full accept queue drops SYNs)
 TIMEOUT = 1.0
+#: submission entries of a churn ring: a burst of URING_BURST (rate/config.py) cycles
+#: of up to five entries each fits in one submission
+CHURN_ENTRIES = 2048
 CHURN_OPS = (r.OP_SOCKET, r.OP_CONNECT, r.OP_ACCEPT, r.OP_CLOSE, r.OP_URING_CMD, r.OP_BIND)
 
 
 class UringCycles:
-    """A churn worker's bursts on one ring, toward its own listener."""
+    """A churn worker's bursts on one ring, toward its own listener: cycle j's client
+    is slot j, the accepted ends are allocated from slot `most` up."""
 
     def __init__(self, ring: r.Ring, ls: socket.socket, close: str, sources: tuple[str, ...]):
         self.ring, self.ls, self.close = ring, ls, close
+        self.most = ring.entries // 5  # a cycle packs up to five entries: a chain
+        # split over two submissions would fail (its head's link ends with the first)
+        r.register_direct(ring, 2 * self.most, self.most)
         self.family = ls.family
         host, port = ls.getsockname()[:2]
         self.bufs = r.Buffers()
@@ -47,87 +63,85 @@ class UringCycles:
         self.linger = self.bufs.add(struct.pack("<ii", 1, 0))
         self.turn = 0
         self.accepted: list[int] = []
-        ring.prep_accept_multishot(ls.fileno(), ACCEPT * STEP)
+        self._arm()
         ring.submit()
 
     def burst(self, n: int) -> tuple[int, float, int]:
         """Up to n cycles: (cycles done, a connect's seconds, the first errno or 0)."""
-        n = min(n, self.ring.entries // 4)
-        fds, err = self._sockets(n)
-        if not fds:
-            return 0, 0.0, err
+        n = min(n, self.most)
         t0 = time.perf_counter()
-        results = self._connects(fds)
-        took = (time.perf_counter() - t0) / len(fds)
-        good = [fd for fd, res in zip(fds, results, strict=True) if res == 0]
+        results = self._connects(n)
+        took = (time.perf_counter() - t0) / n
+        good = sum(1 for res in results if res == 0)
         first = next((-res for res in results if res), 0)
-        for fd, res in zip(fds, results, strict=True):
-            if res:
-                os.close(fd)
-        self._close_pairs(good, self._accepts(len(good)))
-        return len(good), took, err or first
+        self._close_pairs(n, self._accepts(good))
+        return good, took, first
 
-    def _sockets(self, n: int) -> tuple[list[int], int]:
-        ring = self.ring
+    def _connects(self, n: int) -> list[int]:
+        ring, rst, dst = self.ring, self.close == "rst", self.dst
         for j in range(n):
-            ring.prep_socket(self.family, j)
-        done = self._wait(n, SOCKET)
-        fds = [res for _j, res in sorted(done.items()) if res >= 0]
-        bad = next((-res for res in done.values() if res < 0), 0)
-        return fds, bad
-
-    def _connects(self, fds: list[int]) -> list[int]:
-        ring, rst = self.ring, self.close == "rst"
-        for j, fd in enumerate(fds):
+            ring.prep(r.OP_SOCKET, self.family, off=socket.SOCK_STREAM, file_index=j + 1,
+                      flags=LINK, user_data=CHAIN * STEP + j)  # fmt: skip
             if rst:
-                ring.prep_setsockopt(fd, socket.SOL_SOCKET, socket.SO_LINGER, self.linger,
-                                     CHAIN * STEP + j, LINK)  # fmt: skip
+                ring.prep_setsockopt(j, socket.SOL_SOCKET, socket.SO_LINGER, self.linger,
+                                     CHAIN * STEP + j, LINK | FIXED)  # fmt: skip
             if self.srcs:
                 src = self.srcs[self.turn % len(self.srcs)]
                 self.turn += 1
-                ring.prep_setsockopt(fd, socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, self.one,
-                                     CHAIN * STEP + j, LINK)  # fmt: skip
-                ring.prep(r.OP_BIND, fd, addr=src[0], off=src[1], flags=LINK,
+                ring.prep_setsockopt(j, socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, self.one,
+                                     CHAIN * STEP + j, LINK | FIXED)  # fmt: skip
+                ring.prep(r.OP_BIND, j, addr=src[0], off=src[1], flags=LINK | FIXED,
                           user_data=CHAIN * STEP + j)  # fmt: skip
-            ring.prep(r.OP_CONNECT, fd, addr=self.dst[0], off=self.dst[1],
+            ring.prep(r.OP_CONNECT, j, addr=dst[0], off=dst[1], flags=FIXED,
                       user_data=CONNECT * STEP + j)  # fmt: skip
-        done = self._wait(len(fds), CONNECT)
-        return [done.get(j, -errno.ETIMEDOUT) for j in range(len(fds))]
+        done = self._wait(n, CONNECT)
+        return [done.get(j, -errno.ETIMEDOUT) for j in range(n)]
 
     def _accepts(self, n: int) -> list[int]:
-        """The other ends of n connects that completed: in the listener's queue, so the
-        multishot accept posts them at the next entry."""
+        """The slots of the other ends of n connects that completed: in the listener's
+        queue, so the multishot accept posts them at the next entry."""
         if len(self.accepted) < n:
             self._wait(n - len(self.accepted), ACCEPT)
         taken, self.accepted = self.accepted[:n], self.accepted[n:]
         return taken
 
-    def _close_pairs(self, clients: list[int], servers: list[int]) -> None:
+    def _close_pairs(self, n: int, servers: list[int]) -> None:
         """The side --close names first, in one submission, then the other: a close
-        through io_uring drops the socket's last reference in deferred task work,
-        run when the submission returns and not in submission order, so one
-        submission for both ends would not say which sends the first FIN."""
+        drops the socket's last reference in deferred task work, run when the
+        submission returns and not in submission order, so one submission for both
+        ends would not say which sends the first FIN. Every client slot is closed,
+        a failed connect's too (an empty slot's EBADF is read and dropped)."""
+        clients = range(n)
         first, then = (servers, clients) if self.close == "server" else (clients, servers)
-        for fds in (first, then):
-            for fd in fds:
-                self.ring.prep(r.OP_CLOSE, fd, flags=r.IOSQE_CQE_SKIP_SUCCESS,
-                               user_data=CHAIN * STEP)  # fmt: skip
+        for slots in (first, then):
+            for slot in slots:
+                self.ring.prep(r.OP_CLOSE, 0, file_index=slot + 1,
+                               flags=r.IOSQE_CQE_SKIP_SUCCESS, user_data=CLOSE * STEP)  # fmt: skip
             self.ring.submit()
 
     def _wait(self, expect: int, step: int) -> dict[int, int]:
         """Submit, and wait for `expect` completions of `step` ({index: res}; ring.chains).
         Accepts are kept for the closes whenever they come."""
 
-        def accepts(user: int, res: int, flags: int) -> bool | None:
-            if user >> 32 != ACCEPT:
+        def aside(user: int, res: int, flags: int) -> bool | None:
+            kind = user >> 32
+            if kind == CLOSE:
+                return False
+            if kind != ACCEPT:
                 return None
             self._accepted(res, flags)
             return step == ACCEPT and res >= 0
 
-        return r.chains(self.ring, expect, lambda u: u >> 32 == step, TIMEOUT, accepts)
+        return r.chains(self.ring, expect, lambda u: u >> 32 == step, TIMEOUT, aside)
 
     def _accepted(self, res: int, flags: int) -> None:
         if res >= 0:
             self.accepted.append(res)
         if not flags & r.CQE_F_MORE:  # ended (an error, a full ring, cancelled): again
-            self.ring.prep_accept_multishot(self.ls.fileno(), ACCEPT * STEP)
+            self._arm()
+
+    def _arm(self) -> None:
+        """A multishot accept into allocated slots (a direct descriptor takes no
+        SOCK_CLOEXEC: io_accept_prep refuses it)."""
+        self.ring.prep(r.OP_ACCEPT, self.ls.fileno(), ioprio=r.ACCEPT_MULTISHOT,
+                       file_index=r.FILE_INDEX_ALLOC, user_data=ACCEPT * STEP)  # fmt: skip

@@ -52,8 +52,7 @@ class Addresses:
         self.bufs = r.Buffers()
         self.dst = [self.bufs.add(sockaddr(fam, *dst)) for fam, _src, dst in targets]
         self.src = [
-            None if src is None else self.bufs.add(sockaddr(fam, *src))
-            for fam, src, _ in targets
+            None if src is None else self.bufs.add(sockaddr(fam, *src)) for fam, src, _ in targets
         ]
         self.one = self.bufs.add(struct.pack("<i", 1))
 

@@ -22,6 +22,11 @@ from collections.abc import Callable
 
 SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  # syscall_64.tbl
 REGISTER_PROBE, OP_SUPPORTED = 8, 1  # IORING_REGISTER_PROBE, IO_URING_OP_SUPPORTED
+REGISTER_FILES2, RSRC_REGISTER_SPARSE = 13, 1 << 0  # a sparse table of direct descriptors
+REGISTER_FILE_ALLOC_RANGE = 25  # where IORING_FILE_INDEX_ALLOC picks a slot (6.0)
+RSRC_REGISTER = struct.Struct("<IIQQQ")  # struct io_uring_rsrc_register: nr, flags, ...
+FILE_INDEX_RANGE = struct.Struct("<IIQ")  # struct io_uring_file_index_range: off, len
+FILE_INDEX_ALLOC = 0xFFFFFFFF  # sqe->file_index: the kernel picks a free slot
 PROBE_OPS = 256
 
 OP_ACCEPT, OP_ASYNC_CANCEL, OP_CONNECT, OP_CLOSE = 13, 14, 16, 19
@@ -31,6 +36,7 @@ SOCKET_URING_OP_SETSOCKOPT = 3  # include/uapi/linux/io_uring.h, enum io_uring_s
 STEP = 1 << 32  # user_data: a chain's kind times STEP, plus its index in the batch
 CANCEL_ALL_ANY = 1 << 0 | 1 << 2  # IORING_ASYNC_CANCEL_ALL | _ANY: all in flight
 CANCELLING = 1 << 63  # the user_data of that cancel's own completion
+IOSQE_FIXED_FILE = 1 << 0  # sqe->fd is a slot of the registered table
 IOSQE_IO_LINK = 1 << 2
 IOSQE_CQE_SKIP_SUCCESS = 1 << 6
 ACCEPT_MULTISHOT = 1 << 0  # in sqe->ioprio
@@ -44,7 +50,7 @@ OFF_SQ_RING, OFF_SQES = 0, 0x10000000
 
 #: struct io_uring_sqe: opcode, flags, ioprio, fd, off/addr2, addr, len, op flags,
 #: user_data, buf_index, personality, file_index/optlen, addr3/optval, pad
-SQE = struct.Struct("<BBHiQQIIQHHiQQ")
+SQE = struct.Struct("<BBHiQQIIQHHIQQ")
 CQE = struct.Struct("<QiI")
 U32 = struct.Struct("<I")
 PARAMS = struct.Struct("<10I7IIQ8IQ")  # io_uring_params with its two offset structs
@@ -269,3 +275,16 @@ def chains(
 
     ring.complete(expect, handle, timeout)
     return done
+
+
+def register_direct(ring: Ring, slots: int, allocated_from: int) -> None:
+    """A sparse table of `slots` direct descriptors on `ring` (IORING_REGISTER_FILES2,
+    5.19), the kernel allocating from slot `allocated_from` up (IORING_REGISTER_FILE_
+    ALLOC_RANGE, 6.0): below it the slots this program names itself. The table's size
+    counts against RLIMIT_NOFILE (io_sqe_files_register: EMFILE past it), its sockets
+    do not: they are in no fd table."""
+    reg = ctypes.create_string_buffer(RSRC_REGISTER.pack(slots, RSRC_REGISTER_SPARSE, 0, 0, 0))
+    _check(_syscall(SYS_IO_URING_REGISTER, ring.fd, REGISTER_FILES2, reg, RSRC_REGISTER.size))
+    span = FILE_INDEX_RANGE.pack(allocated_from, slots - allocated_from, 0)
+    rng = ctypes.create_string_buffer(span)
+    _check(_syscall(SYS_IO_URING_REGISTER, ring.fd, REGISTER_FILE_ALLOC_RANGE, rng, 0))
