@@ -18,8 +18,8 @@ cancelled (ring.chains gives the connect that errno). The registered table's siz
 counts against RLIMIT_NOFILE, its sockets do not; struct file is still allocated
 for each, so fs.file-max (ENFILE) binds as it does for the epoll path.
 
-The connect latency of a burst is its connects' time over their number (the kernel
-runs them one after another inside one io_uring_enter())."""
+The connect latency of a burst is its chains' time (socket and connect) over their
+number: the kernel runs them one after another inside one io_uring_enter()."""
 
 from __future__ import annotations
 
