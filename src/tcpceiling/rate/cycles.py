@@ -18,6 +18,7 @@ from tcpceiling.host.roots import Roots
 from tcpceiling.probe.serving import checks
 from tcpceiling.probe.uring.churn import CHURN_ENTRIES, CHURN_OPS, UringCycles
 from tcpceiling.probe.uring.engine import Engine, EngineChoice, open_ring
+from tcpceiling.probe.workers import errnos
 from tcpceiling.probe.workers.client import IP_BIND_ADDRESS_NO_PORT
 from tcpceiling.probe.workers.histogram import Histogram
 from tcpceiling.probe.workers.messages import ChurnProgress
@@ -89,8 +90,8 @@ class Pair:
             self.cycles = UringCycles(ring, self.ls, self.close, self.sources.sources)
         except OSError as exc:  # no room for its direct descriptors: EMFILE, ENOMEM
             ring.close()
-            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            return "epoll", f"io_uring's table of direct descriptors refused: {name}"
+            why = errnos.name(exc.errno or 0)
+            return "epoll", f"io_uring's table of direct descriptors refused: {why}"
         return "uring", ""
 
     def burst(self, n: int) -> tuple[int, float, int]:

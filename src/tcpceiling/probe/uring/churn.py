@@ -141,7 +141,5 @@ class UringCycles:
             self._arm()
 
     def _arm(self) -> None:
-        """A multishot accept into allocated slots (a direct descriptor takes no
-        SOCK_CLOEXEC: io_accept_prep refuses it)."""
-        self.ring.prep(r.OP_ACCEPT, self.ls.fileno(), ioprio=r.ACCEPT_MULTISHOT,
-                       file_index=r.FILE_INDEX_ALLOC, user_data=ACCEPT * STEP)  # fmt: skip
+        """A multishot accept into allocated slots."""
+        self.ring.prep_accept_multishot(self.ls.fileno(), ACCEPT * STEP, direct=True)

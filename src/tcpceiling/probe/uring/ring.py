@@ -184,11 +184,13 @@ class Ring:
                   file_index=value[1], addr3=value[0], flags=flags,
                   user_data=user_data)  # fmt: skip
 
-    def prep_accept_multishot(self, fd: int, user_data: int) -> None:
+    def prep_accept_multishot(self, fd: int, user_data: int, direct: bool = False) -> None:
         """accept4(fd, NULL, NULL, SOCK_CLOEXEC), one completion per connection until
-        it ends (a completion without IORING_CQE_F_MORE)."""
-        self.prep(OP_ACCEPT, fd, ioprio=ACCEPT_MULTISHOT, op_flags=socket.SOCK_CLOEXEC,
-                  user_data=user_data)  # fmt: skip
+        it ends (a completion without IORING_CQE_F_MORE); `direct`: into a slot the
+        kernel allocates, without SOCK_CLOEXEC (io_accept_prep refuses it there)."""
+        slot, cloexec = (FILE_INDEX_ALLOC, 0) if direct else (0, socket.SOCK_CLOEXEC)
+        self.prep(OP_ACCEPT, fd, ioprio=ACCEPT_MULTISHOT, op_flags=cloexec,
+                  file_index=slot, user_data=user_data)  # fmt: skip
 
     def submit(self, wait: int = 0, timeout: float | None = None) -> int:
         """Submit what was packed; wait for `wait` completions (at most `timeout`
