@@ -86,6 +86,9 @@ def test_parse_status_caps() -> None:
 def test_parse_meminfo_bytes() -> None:
     text = "MemTotal: 100 kB\nMemFree: 1 kB\nMemAvailable: 50 kB\nSlab: 7 kB\n"
     assert parse.parse_meminfo(text) == parse.Meminfo(102400, 51200, 7168, 1024)
+    split = text + "SReclaimable: 2 kB\nSUnreclaim: 5 kB\n"
+    m = parse.parse_meminfo(split)
+    assert (m.s_reclaimable, m.s_unreclaim) == (2048, 5120)
 
 
 def test_parse_slabinfo_effective_size() -> None:

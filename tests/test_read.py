@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tcpceiling.host.read import SOCKET_SLABS, read_slab_links
+from tcpceiling.host.read import SOCKET_SLABS, read_slab_links, read_slabs
 from tcpceiling.host.roots import Roots
 from tcpceiling.probe.run import measure
 
@@ -51,6 +51,21 @@ def test_sample_names_what_a_merged_cache_carries(tmp_path: Path) -> None:
     grown = SLABINFO.replace("eventpoll_epi 405", "eventpoll_epi 1405")
     (roots.procfs / "slabinfo").write_text(grown)
     after = measure.Sample.take(roots)
-    pc = measure.per_connection(before, after, 1000, measure.Usage(0.0, 0), 0)
+    pc = measure.per_connection(before, after, 1000, measure.Usage(0.0, 0), 0, None)
     assert pc.slab_breakdown == {"eventpoll_epi": 128.0}
     assert pc.slab_shared == {"eventpoll_epi": ["tcp_bind_bucket"]}  # only what is shown
+
+
+def test_read_slabs_says_which_caches_count_as_reclaimable(tmp_path: Path) -> None:
+    """reclaim_account is SLAB_RECLAIM_ACCOUNT: 1 for dentry, 0 for TCP; a cache
+    read from slabinfo alone has no flag (None)."""
+    roots = merged_tree(tmp_path)
+    slab = tmp_path / "sys" / "kernel" / "slab"
+    for name, size, per, flag in (("dentry", 192, 21, "1"), ("TCP", 2368, 13, "0")):
+        (slab / name).mkdir(exist_ok=True)
+        for f, v in (("order", "0"), ("objs_per_slab", str(per)), ("slab_size", str(size)),
+                     ("reclaim_account", flag)):  # fmt: skip
+            (slab / name / f).write_text(v + "\n")
+    slabs = read_slabs(roots)
+    assert (slabs["dentry"].reclaimable, slabs["TCP"].reclaimable) == (True, False)
+    assert slabs["eventpoll_epi"].reclaimable is None  # from slabinfo

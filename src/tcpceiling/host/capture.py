@@ -42,7 +42,7 @@ PROC_FILES = (
     "sys/net/netfilter/nf_conntrack_max",
     "sys/net/netfilter/nf_conntrack_count",
 )
-SLAB_FILES = ("order", "objs_per_slab", "slab_size")
+SLAB_FILES = ("order", "objs_per_slab", "slab_size", "reclaim_account")
 CGROUP_FILES = (
     "memory.limit_in_bytes",
     "memory.usage_in_bytes",

@@ -64,6 +64,8 @@ class Meminfo:
     mem_free: int = 0
     kernel_stack: int = 0  # 16 KiB per task (THREAD_SIZE), not part of Slab
     page_tables: int = 0
+    s_reclaimable: int = 0  # Slab = SReclaimable + SUnreclaim
+    s_unreclaim: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class SlabCache:
     objs_per_slab: int
     pages_per_slab: int
     active_objs: int = 0
+    #: SLAB_RECLAIM_ACCOUNT (/sys/kernel/slab/NAME/reclaim_account): its pages count
+    #: in SReclaimable, not SUnreclaim (mm/slub.c); None where only slabinfo was read
+    reclaimable: bool | None = None
 
     @property
     def effective_size(self) -> float:
@@ -225,6 +230,8 @@ def parse_meminfo(text: str) -> Meminfo:
             kb("MemFree"),
             opt("KernelStack"),
             opt("PageTables"),
+            opt("SReclaimable"),
+            opt("SUnreclaim"),
         )
 
     return _guard("meminfo", go)

@@ -206,8 +206,10 @@ def read_slabs(roots: Roots) -> dict[str, parse.SlabCache]:
         order = _read_opt(d / "order", parse.parse_int)
         per = _read_opt(d / "objs_per_slab", parse.parse_int)
         size = _read_opt(d / "slab_size", parse.parse_int)
+        reclaim = _read_opt(d / "reclaim_account", parse.parse_int)
         if order is not None and per and size:
-            out[name] = parse.SlabCache(name, size, per, 1 << order)
+            flag = None if reclaim is None else bool(reclaim)
+            out[name] = parse.SlabCache(name, size, per, 1 << order, reclaimable=flag)
     if len(out) < len(SOCKET_SLABS):
         info = _read_opt(roots.procfs / "slabinfo", parse.parse_slabinfo) or {}
         for name in SOCKET_SLABS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tcpceiling.probe.run.result import ProbeResult
+from tcpceiling.probe.run.result import PerConnection, ProbeResult
 from tcpceiling.report.analysis import human
 from tcpceiling.units import format_bytes
 
@@ -112,7 +112,10 @@ def render_probe(r: ProbeResult, console: Console) -> None:
             f"{', '.join(r.predicted.runners_up)}) — client side",
         ),
         ("open rate", f"{r.rate_per_s:,.0f}/s over {r.open_seconds:.2f} s"),
-        ("kernel memory / conn", f"{format_bytes(pc.kernel_bytes or 0)} Slab ({ends})"),
+        (
+            "kernel memory / conn",
+            f"{format_bytes(pc.kernel_bytes or 0)} Slab ({ends}){_foreign(pc)}",
+        ),
         ("user memory / conn", f"{format_bytes(pc.user_bytes or 0)} RSS, all workers"),
         ("connect latency µs", ", ".join(f"{k} {v}" for k, v in r.connect_latency_us.items())),
         (
@@ -138,6 +141,15 @@ def render_probe(r: ProbeResult, console: Console) -> None:
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
+
+
+def _foreign(pc: PerConnection) -> str:
+    """Reclaimable Slab another process made, left out (probe/run/slabmeter.py)."""
+    foreign = pc.foreign_reclaimable_bytes or 0
+    if foreign < 0.05 * (pc.kernel_bytes or 0):
+        return ""
+    return (f"; {format_bytes(foreign)} more reclaimable not counted (proc inodes and "
+            "dentries: another process read /proc/PID/fd)")  # fmt: skip
 
 
 def _slab_label(name: str, shared: list[str] | None) -> str:

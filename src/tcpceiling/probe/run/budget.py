@@ -54,7 +54,7 @@ class Breach:
 
     protects: Protects
     where: str  # the cgroup's path, or "host"
-    used: int  # working set (cgroup) or Slab (host), bytes
+    used: int  # working set (cgroup), or the run's Slab growth (host: slabmeter), bytes
     stop_at: int
     limit: int
     floor: int
@@ -63,8 +63,9 @@ class Breach:
     def detail(self) -> str:
         if self.protects == "memory":
             return (
-                f"host: Slab {format_bytes(self.used)} passed the run's budget "
-                f"(MemAvailable less the floor {format_bytes(self.floor)})"
+                f"host: the run's Slab grew {format_bytes(self.used)}, past its budget "
+                f"{format_bytes(self.stop_at)} (MemAvailable less the floor "
+                f"{format_bytes(self.floor)})"
             )
         return (
             f"memory cgroup {self.where}: working set {format_bytes(self.used)} reached "

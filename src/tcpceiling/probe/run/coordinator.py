@@ -18,7 +18,7 @@ from functools import partial
 from tcpceiling.analysis.analyze import sources_here
 from tcpceiling.host import netns as netns_mod
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.run import budget, isolate, measure, outcome, path
+from tcpceiling.probe.run import budget, isolate, measure, outcome, path, slabmeter
 from tcpceiling.probe.run.config import ProbeConfig
 from tcpceiling.probe.run.guards import Guards
 from tcpceiling.probe.run.launch import Launcher
@@ -122,7 +122,7 @@ class Run:
         kids, launcher = self.kids, self.launcher
         before = measure.Sample.take()
         m = before.meminfo
-        launcher.slab_limit = measure.slab_limit(m.mem_available, m.slab, plan.floor)
+        launcher.slab_meter = slabmeter.start(m, plan.floor, plan.snapshot.system.slabs)
         launcher.budget = budget.read_budget(
             Roots(), m.mem_available, plan.floor, self.cfg.cgroup_floor
         )

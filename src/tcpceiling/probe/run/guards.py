@@ -1,13 +1,13 @@
 """The run's guards: Ctrl-C and SIGTERM, the duration, and the memory guard (the
-run's own Slab growth against its budget, measure.slab_limit, and every memory
-cgroup's working set against its line, budget.cgroup_breach), with the numbers a
-guard stop carries."""
+run's own Slab growth against its budget, slabmeter, and every memory cgroup's
+working set against its line, budget.cgroup_breach), with the numbers a guard stop
+carries."""
 
 from __future__ import annotations
 
 import time
 
-from tcpceiling.probe.run import budget, measure
+from tcpceiling.probe.run import budget, measure, slabmeter
 from tcpceiling.probe.run.config import ProbeConfig
 from tcpceiling.probe.run.launch import Launcher
 from tcpceiling.probe.run.result import Stop
@@ -32,11 +32,13 @@ class Guards:
         return budget.guard_stop(breach) if breach else None
 
     def memory_breach(self) -> budget.Breach | None:
-        limit, b = self.launcher.slab_limit, self.launcher.budget
-        if limit and (slab := measure.mem_field("Slab")) > limit:
-            floor = b.host_floor if b else 0
-            # the Slab level that would use up MemAvailable
-            return budget.Breach("memory", "host", slab, limit, limit + floor, floor)
+        meter, b = self.launcher.slab_meter, self.launcher.budget
+        if meter is not None:
+            grown = meter.grown(*slabmeter.reading(measure.meminfo()))
+            if grown > meter.room:
+                floor = b.host_floor if b else 0
+                # growth past room + floor would use up MemAvailable
+                return budget.Breach("memory", "host", grown, meter.room, meter.room + floor, floor)
         return budget.cgroup_breach(b.cgroups) if b else None
 
     def with_evidence(self, stop: Stop) -> Stop:

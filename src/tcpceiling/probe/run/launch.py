@@ -12,6 +12,7 @@ from tcpceiling.host.roots import Roots
 from tcpceiling.probe.run import budget
 from tcpceiling.probe.run.config import ProbeConfig
 from tcpceiling.probe.run.plan import MAX_EXPECTED, PORT_BURST, Plan
+from tcpceiling.probe.run.slabmeter import SlabMeter
 from tcpceiling.probe.workers.children import Children
 from tcpceiling.probe.workers.client import ClientPlan, run_client
 from tcpceiling.probe.workers.sink import SinkMode, SinkPlan, run_sink
@@ -25,7 +26,7 @@ class Launcher:
     def __init__(self, cfg: ProbeConfig, kids: Children, interrupted: Callable[[], bool]) -> None:
         self.cfg, self.kids, self.interrupted = cfg, kids, interrupted
         self.assigned = 0  # connections given to client workers so far
-        self.slab_limit = 0  # measure.slab_limit, set once the run measured its start
+        self.slab_meter: SlabMeter | None = None  # set once the run measured its start
         self.budget: budget.MemoryBudget | None = None
         self.in_flight_most: int | None = None  # per worker, within the listener's queue
 
@@ -87,7 +88,7 @@ class Launcher:
             nofile=cfg.worker_nofile,
             rate=cfg.rate,
             connect_timeout=cfg.connect_timeout,
-            slab_limit=self.slab_limit,
+            slab_meter=self.slab_meter,
             cgroup_lines=self.budget.cgroups if self.budget else (),
             watch=cfg.server_mode,
             check=cfg.check,

@@ -18,6 +18,7 @@ from tcpceiling.host.read import (
     read_slabinfo,
 )
 from tcpceiling.host.roots import Roots
+from tcpceiling.probe.run import slabmeter
 from tcpceiling.probe.run.result import PerConnection
 
 
@@ -52,16 +53,8 @@ def mem_available() -> int:
     return mem_field("MemAvailable")
 
 
-def slab_limit(available: int, slab: int, floor: int) -> int:
-    """The Slab level at which the run has used up MemAvailable - floor.
-
-    The guard meters what the run consumes as kernel Slab growth (its sockets are
-    almost all of it; worker RSS is ≈50 B per connection). Neither MemAvailable nor
-    MemFree is a reliable meter here: MemAvailable counts pinned sockfs inodes and
-    dentries as half reclaimable (si_mem_available, mm/show_mem.c), and MemFree
-    misses pages parked on the per-CPU free lists the slab allocator draws from.
-    """
-    return slab + (available - floor)
+def meminfo(roots: Roots | None = None) -> parse.Meminfo:
+    return read_meminfo(roots or Roots())
 
 
 @dataclass(frozen=True)
@@ -134,12 +127,15 @@ def slab_breakdown(before: Sample, after: Sample, n: int) -> dict[str, float]:
 
 
 def per_connection(
-    before: Sample, after: Sample, n: int, usage: Usage, start_rss: int
+    before: Sample, after: Sample, n: int, usage: Usage, start_rss: int, share: float | None
 ) -> PerConnection:
+    """Each figure's growth over n. Slab's is the run's own (slabmeter.growth, with
+    `share` as the memory guard meters it); reclaimable growth past the sockets'
+    share is another process's cache and is given apart."""
     if n <= 0:
         return PerConnection(None, None, None)
     a, b = before.meminfo, after.meminfo
-    slab = b.slab - a.slab
+    slab, foreign = slabmeter.growth(a, b, share)
     tasks = (b.kernel_stack - a.kernel_stack) + (b.page_tables - a.page_tables)
     user = max(0, usage.rss_bytes - start_rss)
     breakdown = slab_breakdown(before, after, n)
@@ -151,4 +147,5 @@ def per_connection(
         slab_shared={k: list(v) for k, v in after.aliases.items() if k in breakdown},
         total_bytes=round((slab + tasks + user) / n, 1),
         task_bytes=round(tasks / n, 1),
+        foreign_reclaimable_bytes=round(foreign / n, 1),
     )

@@ -11,7 +11,7 @@ from tcpceiling.analysis.model import ScenarioResult
 from tcpceiling.host import parse
 from tcpceiling.host.parse import RLimit
 from tcpceiling.host.roots import Roots
-from tcpceiling.probe.run import measure
+from tcpceiling.probe.run import measure, slabmeter
 from tcpceiling.probe.run.budget import MemoryBudget, oom_kills
 from tcpceiling.probe.run.config import ProbeConfig
 from tcpceiling.probe.run.plan import Plan, client_scenario
@@ -300,12 +300,13 @@ def build(i: Inputs) -> ProbeResult:
     served = attribution.accepted(i.sinks) if not server else i.served
     traffic_, wake = traffic(i)
     seconds, setup = i.timing.open_seconds, i.timing.setup
+    share = slabmeter.socket_share(i.plan.snapshot.system.slabs)  # as the guard meters
     return ProbeResult(
         established=est,
         target=cfg.target,
         stop=i.stop,
         predicted=prediction(i, i.before.meminfo),
-        per_connection=measure.per_connection(i.before, i.after, est, i.usage, start_rss),
+        per_connection=measure.per_connection(i.before, i.after, est, i.usage, start_rss, share),
         rate_per_s=round(est / seconds, 1) if seconds else 0.0,
         open_seconds=seconds,
         workers=len(i.clients),

@@ -73,6 +73,10 @@ class PerConnection:
     #: a connection costs whole (a thread's kernel stack and page tables are not Slab).
     total_bytes: float | None = None
     task_bytes: float | None = None  # KernelStack + PageTables growth alone
+    #: reclaimable Slab growth past the sockets' own inodes and dentries, left out of
+    #: kernel_bytes (probe/run/slabmeter.py): the proc inodes and dentries another
+    #: process made reading /proc/PID/fd of the run's workers, freed under pressure
+    foreign_reclaimable_bytes: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tcpceiling.probe.run import budget
+from tcpceiling.probe.run.slabmeter import SlabMeter
 from tcpceiling.probe.serving.watch import Watch
 from tcpceiling.probe.uring.engine import EngineChoice
 from tcpceiling.probe.workers import pacing
@@ -42,7 +43,7 @@ class ClientPlan:
     rate: float | None = None
     connect_timeout: float = 5.0
     batch: int = 64
-    slab_limit: int = 0  # stop before Slab grows past this (measure.slab_limit)
+    slab_meter: SlabMeter | None = None  # stop before the run's Slab outgrows its room
     cgroup_lines: tuple[budget.CgroupLine, ...] = ()  # stop before any is crossed
     watch: bool = False  # the peer is a real server: check and watch every connection
     check: str = "none"

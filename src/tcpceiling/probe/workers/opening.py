@@ -36,11 +36,11 @@ class Opening:
         self.batches: UringBatches | None = None  # the fast path on io_uring, when it runs
 
     def over_memory(self) -> bool:
-        """The memory guard: has Slab grown past the plan's limit (measure.slab_limit),
-        or a memory cgroup's working set past its line (budget.cgroup_breach)?"""
+        """The memory guard: has the run's Slab outgrown its room (slabmeter), or a
+        memory cgroup's working set passed its line (budget.cgroup_breach)?"""
         c = self.c
-        limit = c.plan.slab_limit
-        slab = bool(limit) and c.stats.meminfo_field(b"Slab:") > limit
+        meter = c.plan.slab_meter
+        slab = meter is not None and meter.over(*c.stats.meminfo_fields(meter.fields))
         if slab or budget.cgroup_breach(c.plan.cgroup_lines) is not None:
             c.guard = "memory"
         return c.guard == "memory"

@@ -37,10 +37,14 @@ class SelfStats:
     def rss(self) -> int:
         return int(os.pread(self.statm, 256, 0).split()[1]) * self.page
 
-    def meminfo_field(self, name: bytes) -> int:
+    def meminfo_fields(self, names: tuple[bytes, ...]) -> tuple[int, ...]:
+        """Fields of one read of /proc/meminfo, in bytes."""
         text = os.pread(self.meminfo, 8192, 0)
-        start = text.index(name) + len(name)
-        return int(text[start : text.index(b"kB", start)]) * 1024
+        out = []
+        for name in names:
+            start = text.index(name) + len(name)
+            out.append(int(text[start : text.index(b"kB", start)]) * 1024)
+        return tuple(out)
 
     def open_fds(self) -> int:
         """fds open now, less the one listing the directory takes."""
