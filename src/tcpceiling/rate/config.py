@@ -18,7 +18,11 @@ CloseMode = Literal["client", "server", "rst"]
 SINK_PORT = 32000
 REPORT_EVERY = 0.5
 BURST = 64  # cycles between clock reads when not paced
-URING_BURST = 256  # on io_uring: cycles per burst (probe/uring/churn.py)
+#: on io_uring: cycles per burst (probe/uring/churn.py). Larger bursts leave more of
+#: the loopback packets' softirq work to ksoftirqd, which the worker then waits for:
+#: over 5 s of one worker, ksoftirqd ran 0.22 s at 16, 0.46 s at 64, 0.75 s at 256,
+#: and the rate peaked at 32-64 (docs/benchmarks.md, "Churn")
+URING_BURST = 64
 #: Counters that say why the rate stopped growing (/proc/net/netstat TcpExt).
 COUNTERS = (
     "TCPTimeWaitOverflow",

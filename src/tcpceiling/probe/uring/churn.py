@@ -63,6 +63,13 @@ class UringCycles:
         self.linger = self.bufs.add(struct.pack("<ii", 1, 0))
         self.turn = 0
         self.accepted: list[int] = []
+        self.heads = [self._head(j) for j in range(self.most)]
+        self.chain = len(self.heads[0]) // 64 + 1 + 2 * bool(self.srcs)  # entries per cycle
+        self.tails = [self._connect(j) for j in range(self.most)]
+        self.whole = b"".join(h + t for h, t in zip(self.heads, self.tails, strict=True))
+        self.closes = [r.entry(r.OP_CLOSE, 0, file_index=slot + 1,
+                               flags=r.IOSQE_CQE_SKIP_SUCCESS, user_data=CLOSE * STEP)
+                       for slot in range(2 * self.most)]  # fmt: skip
         self._arm()
         ring.submit()
 
@@ -77,23 +84,42 @@ class UringCycles:
         self._close_pairs(n, self._accepts(good))
         return good, took, first
 
-    def _connects(self, n: int) -> list[int]:
-        ring, rst, dst = self.ring, self.close == "rst", self.dst
-        for j in range(n):
-            ring.prep(r.OP_SOCKET, self.family, off=socket.SOCK_STREAM, file_index=j + 1,
+    def _head(self, j: int) -> bytes:
+        """Cycle j's chain up to its bind or connect, built once: socket() into slot j,
+        SO_LINGER 0 with --close rst."""
+        out = r.entry(r.OP_SOCKET, self.family, off=socket.SOCK_STREAM, file_index=j + 1,
                       flags=LINK, user_data=CHAIN * STEP + j)  # fmt: skip
-            if rst:
-                ring.prep_setsockopt(j, socket.SOL_SOCKET, socket.SO_LINGER, self.linger,
-                                     CHAIN * STEP + j, LINK | FIXED)  # fmt: skip
-            if self.srcs:
-                src = self.srcs[self.turn % len(self.srcs)]
-                self.turn += 1
-                ring.prep_setsockopt(j, socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, self.one,
-                                     CHAIN * STEP + j, LINK | FIXED)  # fmt: skip
-                ring.prep(r.OP_BIND, j, addr=src[0], off=src[1], flags=LINK | FIXED,
-                          user_data=CHAIN * STEP + j)  # fmt: skip
-            ring.prep(r.OP_CONNECT, j, addr=dst[0], off=dst[1], flags=FIXED,
-                      user_data=CONNECT * STEP + j)  # fmt: skip
+        if self.close == "rst":
+            out += self._setsockopt(j, socket.SOL_SOCKET, socket.SO_LINGER, self.linger)
+        return out
+
+    def _setsockopt(self, j: int, level: int, name: int, value: tuple[int, int]) -> bytes:
+        """Ring.prep_setsockopt's entry, built once."""
+        return r.entry(r.OP_URING_CMD, j, off=r.SOCKET_URING_OP_SETSOCKOPT,
+                       addr=level | name << 32, file_index=value[1], addr3=value[0],
+                       flags=LINK | FIXED, user_data=CHAIN * STEP + j)  # fmt: skip
+
+    def _connect(self, j: int) -> bytes:
+        dst = self.dst
+        return r.entry(r.OP_CONNECT, j, addr=dst[0], off=dst[1], flags=FIXED,
+                       user_data=CONNECT * STEP + j)  # fmt: skip
+
+    def _bind(self, j: int) -> bytes:
+        """Cycle j's bind to the next source in turn (IP_BIND_ADDRESS_NO_PORT first)."""
+        src = self.srcs[self.turn % len(self.srcs)]
+        self.turn += 1
+        nobind = self._setsockopt(j, socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, self.one)
+        return nobind + r.entry(r.OP_BIND, j, addr=src[0], off=src[1], flags=LINK | FIXED,
+                                user_data=CHAIN * STEP + j)  # fmt: skip
+
+    def _connects(self, n: int) -> list[int]:
+        """n chains copied in from the entries built at the start (a bind packed per
+        cycle only with sources), submitted, their connects waited for."""
+        if self.srcs:
+            raw = b"".join(self.heads[j] + self._bind(j) + self.tails[j] for j in range(n))
+        else:
+            raw = self.whole[: 64 * self.chain * n]
+        self.ring.put(raw, self.chain * n)
         done = self._wait(n, CONNECT)
         return [done.get(j, -errno.ETIMEDOUT) for j in range(n)]
 
@@ -113,10 +139,9 @@ class UringCycles:
         a failed connect's too (an empty slot's EBADF is read and dropped)."""
         clients = range(n)
         first, then = (servers, clients) if self.close == "server" else (clients, servers)
+        closes = self.closes
         for slots in (first, then):
-            for slot in slots:
-                self.ring.prep(r.OP_CLOSE, 0, file_index=slot + 1,
-                               flags=r.IOSQE_CQE_SKIP_SUCCESS, user_data=CLOSE * STEP)  # fmt: skip
+            self.ring.put(b"".join([closes[slot] for slot in slots]), len(slots))
             self.ring.submit()
 
     def _wait(self, expect: int, step: int) -> dict[int, int]:

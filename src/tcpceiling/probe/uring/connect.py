@@ -64,13 +64,15 @@ class UringBatches:
     def __init__(self, c: Conns, connector: Connector, ring: r.Ring) -> None:
         self.c, self.connector, self.ring = c, connector, ring
         self.addrs = Addresses(connector.targets)
+        self.most = ring.entries // 3
+        self.socket_entries: dict[int, list[bytes]] = {}  # family: entries built once
 
     def open_batch(self, n: int) -> tuple[int, bool]:
         """Up to n connections (within the ring's room): (tried, more may start)."""
         live, burst = self.connector.live, self.c.plan.burst
         if not live:
             return 0, False
-        n = min(n, self.ring.entries // 3)
+        n = min(n, self.most)
         k = self.connector.next_tuple
         picks = [live[(k + j) // burst % len(live)] for j in range(n)]
         self.connector.next_tuple = k + n
@@ -83,9 +85,8 @@ class UringBatches:
     def _sockets(self, families: list[int]) -> tuple[list[int], bool]:
         """One submission of len(families) socket() calls: the fds made, in order,
         and False when one failed (EMFILE, ENFILE, ENOBUFS: the rest are not used)."""
-        ring = self.ring
-        for j, family in enumerate(families):
-            ring.prep_socket(family, j, nonblock=True)
+        entries = [self._socket_entry(family, j) for j, family in enumerate(families)]
+        self.ring.put(b"".join(entries), len(entries))
         done = self._collect(len(families), lambda _u: True)
         fds: list[int] = []
         for j in range(len(families)):
@@ -97,6 +98,15 @@ class UringBatches:
                 return fds, False
             fds.append(res)
         return fds, True
+
+    def _socket_entry(self, family: int, j: int) -> bytes:
+        """socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) as the batch's
+        j-th entry, built once per family."""
+        if family not in self.socket_entries:
+            kind = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            self.socket_entries[family] = [r.entry(r.OP_SOCKET, family, off=kind, user_data=i)
+                                           for i in range(self.most)]  # fmt: skip
+        return self.socket_entries[family][j]
 
     def _connect(self, fds: list[int], tuples: list[int]) -> bool:
         ring, addrs, link = self.ring, self.addrs, r.IOSQE_IO_LINK | r.IOSQE_CQE_SKIP_SUCCESS

@@ -42,7 +42,8 @@ def open_ring(
     except OSError as exc:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         return None, f"io_uring_setup() refused: {name} ({exc.strerror})"
-    missing = [OP_NAMES.get(op, str(op)) for op in ops if not ring.supports(op)]
+    have = r.supported(ring)
+    missing = [OP_NAMES.get(op, str(op)) for op in ops if op not in have]
     if missing:
         ring.close()
         return None, "this kernel's io_uring lacks " + ", ".join(missing)
