@@ -62,7 +62,9 @@ def probe(n: int, engine: str = "auto") -> dict[str, float]:
         "held": r["established"],
         "rate": r["rate_per_s"],
         "seconds": r["open_seconds"],
-        "slab": pc["kernel_bytes"],
+        # Slab's whole growth, as cref reads it: with another process's cache from a
+        # /proc/PID/fd listing, which the probe's kernel_bytes leaves out
+        "slab": pc["kernel_bytes"] + (pc.get("foreign_reclaimable_bytes") or 0),
         "rss": pc["user_bytes"],
         "workers": r["workers"] + r["sink_workers"],
     }
