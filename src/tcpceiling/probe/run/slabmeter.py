@@ -12,10 +12,10 @@ their pages count in /proc/meminfo's SReclaimable although an open socket pins t
 its tcp_sock, file and LSM blobs count in SUnreclaim. Another process reading
 /proc/PID/fd of the run's workers (a monitoring agent, `ls -l`, psutil's
 num_fds()) makes a proc inode and a dentry per fd, reclaimable too: on this 2-core
-VM that added up to 1,900 B per connection to Slab in one run of three
+VM that added up to 1,800 B per connection to Slab in some runs, 9.5 KB against 7.7
 (proc_inode_cache in /proc/slabinfo; docs/probe.md, "Guards"). The kernel frees
 those under pressure, so they do not eat the host's room; counting them stopped
-the guard up to 20 % short of analyze's prediction.
+the guard 10-14 % short of analyze's prediction.
 
 The meter counts all of SUnreclaim's growth (whoever made it) and of SReclaimable's
 no more than the share slab geometry gives the run's own sockets: the reclaimable
