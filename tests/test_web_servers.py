@@ -198,15 +198,18 @@ def test_apache_holds_what_its_mpm_allows(mpm: str) -> None:
         r = probed(port, cap + 20, "--check-timeout", "2")
         code, doctor, plain = held_and_doctored(port, cap + 3, timeout=1.0)
     assert_doctor_names(code, doctor, "apache", "MaxRequestWorkers")
-    assert limit["ceiling"] == cap == plain, (limit, plain)
     assert limit["details"]["server"] == "apache" and limit["details"]["source"] == "config"
+    assert limit["ceiling"] == cap, limit
     if mpm == "event":
-        # Known short: the probe's own checks in flight keep event's workers busy, so a
-        # process stops accepting below its idle cap (TPC + idle workers x factor), and
-        # resumes only below TPC + (TPC - 1) x factor = cap - factor (listeners_disabled()
-        # in connections_above_limit, event.c): 28 or 29 of 30 in runs here.
+        # Known short, for any client: a request in flight keeps one of event's workers
+        # busy, and a listener check then stops accepting at TPC + (TPC - 1) x factor =
+        # cap - factor, resuming only below it (listeners_disabled() in
+        # connections_above_limit, event.c). The probe's checks are often in flight
+        # there; the plain client's one request was, once, in a fresh clone's run (28).
+        assert cap - 2 <= plain <= cap, (limit, plain)
         assert cap - 2 <= r["served"] <= cap, (r["served"], r["outcomes"], r["stop"])
     else:
+        assert plain == cap, (limit, plain)
         assert r["served"] == cap, (r["served"], r["outcomes"], r["stop"])
     assert r["stop"]["reason"] in ("server_silent", "backlog", "server_timeout"), r["stop"]
     assert r["stop"]["evidence"]["server"]["setting"] == "MaxRequestWorkers"
