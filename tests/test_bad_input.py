@@ -27,6 +27,7 @@ from tcpceiling.analysis.model import (
     parse_endpoint,
 )
 from tcpceiling.errors import InputError
+from tcpceiling.host.owned import owner_gone
 from tcpceiling.results import SCHEMA_VERSION
 from tcpceiling.units import UNITS, parse_bytes
 from tests.conftest import IS_ROOT
@@ -63,6 +64,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def our_netns() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def dead_runs(names: set[str]) -> set[str]:
+    """The namespaces of tcpceiling runs that no longer exist (a run SIGKILLed, before
+    this test began): every run that makes a namespace removes these first."""
+    return {n for n in names if owner_gone(n, Path("/proc"))}
 
 
 def our_processes() -> set[int]:
@@ -191,15 +198,44 @@ def test_bad_input(argv: list[str], code: int, root: bool, busy_port: int, files
         pytest.skip("needs root")
     args = [a.format(port=busy_port, dir=files) for a in argv]
     ns, procs, before = our_netns(), our_processes(), tree(files)
+    dead = dead_runs(ns)
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
     lines = proc.stderr.splitlines()
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("tcpceiling: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
-    assert our_netns() == ns
+    after = our_netns()
+    assert after <= ns  # nothing left behind
+    assert ns - after <= dead  # and nothing removed but a dead run's leftovers
     assert our_processes() <= procs
     assert tree(files) == before
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has ended (reaped: /proc has no entry for it)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert not Path(f"/proc/{child.pid}").exists()
+    return child.pid
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: creates network namespaces")
+def test_bad_input_removes_a_dead_runs_namespace_and_no_other() -> None:
+    """A run refused for its input still sweeps first: the namespace a SIGKILLed run
+    left goes; a live run's and one not named by tcpceiling stay."""
+    dead, live, other = f"tcpceiling-{_dead_pid()}", f"tcpceiling-{os.getpid()}", "tcx-keep-me"
+    planted = {dead, live, other}
+    for name in planted:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        argv = ["probe", "--sysctl", "net.ipv4.ip_local_port_range=abc"]
+        proc = subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert our_netns() & planted == {live, other}
+    finally:
+        for name in planted & our_netns():
+            subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 # -- parsers, by property ---------------------------------------------------------------------
