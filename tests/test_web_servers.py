@@ -224,11 +224,12 @@ def gunicorn_cmd(port: int, *args: str) -> list[str]:
 def test_gunicorn_gthread_keeps_alive_worker_connections_less_threads() -> None:
     """2 workers x 2 threads, --worker-connections 52, keep-alive 300 s: each worker
     keeps (52 - 2) idle connections alive (max_keepalived, workers/gthread.py) and
-    answers the next with Connection: close: 100 at once, what a plain client opening
-    one at a time holds. A thread checks the kept count before the pool's callback
-    appends its own connection, so requests that end together can keep up to
-    threads - 1 more per worker (handle_request against finish_request): the probe,
-    which opens many at once, may hold up to 102, within 2 % of the cap. The body
+    answers the next with Connection: close: 100 at once. A thread checks the kept
+    count (handle_request) before the main thread's callback appends the connection
+    it answered (finish_request): the response is already written, so the next
+    connection, even a plain client's opened once it was answered, can find the
+    count one short and be kept too: up to threads - 1 more per worker, 102 (a
+    fresh clone's plain client held 101). The probe may hold as many. The body
     comes in a write of its own, never a refusal."""
     port = free_port()
     cmd = gunicorn_cmd(port, "-k", "gthread", "-w", "2", "--threads", "2",
@@ -239,7 +240,7 @@ def test_gunicorn_gthread_keeps_alive_worker_connections_less_threads() -> None:
         code, doctor, plain = held_and_doctored(port, 200, timeout=2.0)
     assert_doctor_names(code, doctor, "gunicorn", "worker_connections")
     assert limit["ceiling"] == 100 and limit["details"]["server"] == "gunicorn", limit
-    assert plain == 100, plain
+    assert 100 <= plain <= 102, plain  # 2 workers x (2 threads - 1)
     assert 100 <= r["served"] <= 102, (r["served"], r["outcomes"], r["stop"])
     assert r["stop"]["reason"] == "server_closed", r["stop"]
     assert "ok" not in r["replies"]
