@@ -160,3 +160,43 @@ def test_entries_copied_in_bulk_and_completions_read_in_bulk_wrap_both_rings() -
             ring.submit(wait=5, timeout=5)
             seen += [u for u, res, _f in ring.reap() if res == 0]
     assert seen == list(range(60))
+
+
+def _drop(netns: str, port: int, flags: str) -> None:
+    """An nft rule in the test's namespace: drop TCP toward `port` whose SYN and ACK
+    flags are `flags` (syn: the handshake's first packet; ack: its last, and more)."""
+    rules = (f"add table inet t\nadd chain inet t in {{ type filter hook input priority 0; }}\n"
+             f"add rule inet t in tcp dport {port} tcp flags & (syn | ack) == {flags} drop\n")
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=rules, text=True,
+                   check=True)  # fmt: skip
+
+
+@needs_root
+@pytest.mark.parametrize(("flags", "why"), [("syn", "SYN dropped"), ("ack", "last ACK dropped")])
+def test_rate_cycles_that_neither_fail_nor_are_accepted_time_out(
+    netns: str, flags: str, why: str
+) -> None:
+    """rate's io_uring cycles post no completion for a connect that succeeds: a cycle
+    ends at its accept or its failure. With the SYNs dropped the connects hang and
+    are cancelled; with the handshake's last ACK dropped they succeed and no accept
+    ever comes. Either way the burst ends within its timeout's bound, 0 cycles done
+    and ETIMEDOUT, and once the packets pass again the next bursts do all theirs."""
+    from tcpceiling.host import netns as netns_mod
+    from tcpceiling.probe.uring.churn import CHURN_ENTRIES, TIMEOUT, UringCycles
+
+    with netns_mod.inside(netns):
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(128)
+        _drop(netns, ls.getsockname()[1], flags)
+        with r.Ring(CHURN_ENTRIES) as ring:
+            cycles = UringCycles(ring, ls, "client", ())
+            t0 = time.monotonic()
+            blocked = cycles.burst(8)
+            took = time.monotonic() - t0
+            subprocess.run(["ip", "netns", "exec", netns, "nft", "flush", "ruleset"], check=True)
+            after = [cycles.burst(8)[0::2] for _ in range(3)]
+        ls.close()
+    assert blocked[0::2] == (0, errno.ETIMEDOUT), why
+    assert took < 2 * TIMEOUT + 1, took
+    assert after[1:] == [(8, 0), (8, 0)], after

@@ -6,20 +6,23 @@ table): a socket made into a slot can be linked to the requests that use it, so
 1. per cycle one linked chain: socket() into the cycle's slot, setsockopt(SO_LINGER 0)
    with --close rst (a socket uring_cmd), setsockopt(IP_BIND_ADDRESS_NO_PORT) +
    bind(src, 0) with a source, then connect; the submission returns once every
-   connect completed. Only the connect posts a completion when all goes well
-   (IOSQE_CQE_SKIP_SUCCESS), and the accepts come from one multishot accept on the
-   worker's own listener, into slots the kernel allocates above the cycles';
+   cycle ended, accepted or failed. No step of a chain posts a completion when all
+   goes well (IOSQE_CQE_SKIP_SUCCESS, the connect too): a cycle's success is its
+   accept, from one multishot accept on the worker's own listener, into slots the
+   kernel allocates above the cycles';
 2. and 3. the closes of the side --close names first, then the other's (see
    UringCycles._close_pairs: the side that closes first keeps TIME_WAIT).
 
-Two completions per cycle reach the interpreter, the connect's and the accept's. A
-failure keeps its errno: the step that failed posts it and the rest of its chain is
-cancelled (ring.chains gives the connect that errno). The registered table's size
-counts against RLIMIT_NOFILE, its sockets do not; struct file is still allocated
-for each, so fs.file-max (ENFILE) binds as it does for the epoll path.
+One completion per cycle reaches the interpreter, the accept's (a connect's too was
+half the interpreter's work per cycle, and half the io_uring_complete events a trace
+filters). A failure keeps its errno: the step that failed posts it and the rest of
+its chain is cancelled, so the connect posts ECANCELED and is given that errno.
+The registered table's size counts against RLIMIT_NOFILE, its sockets do not;
+struct file is still allocated for each, so fs.file-max (ENFILE) binds as it does
+for the epoll path.
 
-The connect latency of a burst is its chains' time (socket and connect) over their
-number: the kernel runs them one after another inside one io_uring_enter()."""
+The connect latency of a burst is its cycles' time (socket, connect, accept) over
+their number: the kernel runs them one after another inside one io_uring_enter()."""
 
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT
 
 STEP = r.STEP
 CHAIN, CONNECT, ACCEPT, CLOSE = range(4)
-LINK = r.IOSQE_IO_LINK | r.IOSQE_CQE_SKIP_SUCCESS
+SKIP = r.IOSQE_CQE_SKIP_SUCCESS
+LINK = r.IOSQE_IO_LINK | SKIP
 FIXED = r.IOSQE_FIXED_FILE
 #: a burst's wait for its own loopback connects and accepts: past it they are
 #: cancelled and counted as timeouts (a full accept queue drops SYNs)
@@ -68,21 +72,23 @@ class UringCycles:
         self.tails = [self._connect(j) for j in range(self.most)]
         self.whole = b"".join(h + t for h, t in zip(self.heads, self.tails, strict=True))
         self.closes = [r.entry(r.OP_CLOSE, 0, file_index=slot + 1,
-                               flags=r.IOSQE_CQE_SKIP_SUCCESS, user_data=CLOSE * STEP)
+                               flags=SKIP, user_data=CLOSE * STEP)
                        for slot in range(2 * self.most)]  # fmt: skip
         self._arm()
         ring.submit()
 
     def burst(self, n: int) -> tuple[int, float, int]:
-        """Up to n cycles: (cycles done, a connect's seconds, the first errno or 0)."""
+        """Up to n cycles: (cycles done, a connect's seconds, the first errno or 0).
+        A cycle is done when its other end was accepted; one neither accepted nor
+        failed by TIMEOUT (connected, its handshake's last ACK lost) timed out."""
         n = min(n, self.most)
         t0 = time.perf_counter()
-        results = self._connects(n)
+        failures, in_time = self._cycles(n)
         took = (time.perf_counter() - t0) / n
-        good = sum(1 for res in results if res == 0)
-        first = next((-res for res in results if res), 0)
-        self._close_pairs(n, self._accepts(good))
-        return good, took, first
+        servers, self.accepted = self.accepted, []
+        self._close_pairs(n, servers)
+        first = next(iter(failures.values()), 0) or (0 if in_time else errno.ETIMEDOUT)
+        return len(servers), took, first
 
     def _head(self, j: int) -> bytes:
         """Cycle j's chain up to its bind or connect, built once: socket() into slot j,
@@ -101,7 +107,7 @@ class UringCycles:
 
     def _connect(self, j: int) -> bytes:
         dst = self.dst
-        return r.entry(r.OP_CONNECT, j, addr=dst[0], off=dst[1], flags=FIXED,
+        return r.entry(r.OP_CONNECT, j, addr=dst[0], off=dst[1], flags=FIXED | SKIP,
                        user_data=CONNECT * STEP + j)  # fmt: skip
 
     def _bind(self, j: int) -> bytes:
@@ -112,24 +118,33 @@ class UringCycles:
         return nobind + r.entry(r.OP_BIND, j, addr=src[0], off=src[1], flags=LINK | FIXED,
                                 user_data=CHAIN * STEP + j)  # fmt: skip
 
-    def _connects(self, n: int) -> list[int]:
+    def _cycles(self, n: int) -> tuple[dict[int, int], bool]:
         """n chains copied in from the entries built at the start (a bind packed per
-        cycle only with sources), submitted, their connects waited for."""
+        cycle only with sources), submitted; waited for until each was accepted or
+        failed: ({cycle: errno} of those that failed, ETIMEDOUT if cancelled at
+        TIMEOUT; whether all ended in time)."""
         if self.srcs:
             raw = b"".join(self.heads[j] + self._bind(j) + self.tails[j] for j in range(n))
         else:
             raw = self.whole[: 64 * self.chain * n]
         self.ring.put(raw, self.chain * n)
-        done = self._wait(n, CONNECT)
-        return [done.get(j, -errno.ETIMEDOUT) for j in range(n)]
+        failed: dict[int, int] = {}  # a chain step's own errno
+        errors: dict[int, int] = {}
 
-    def _accepts(self, n: int) -> list[int]:
-        """The slots of the other ends of n connects that completed: in the listener's
-        queue, so the multishot accept posts them at the next entry."""
-        if len(self.accepted) < n:
-            self._wait(n - len(self.accepted), ACCEPT)
-        taken, self.accepted = self.accepted[:n], self.accepted[n:]
-        return taken
+        def handle(user: int, res: int, flags: int) -> bool:
+            kind, j = user >> 32, user & (STEP - 1)
+            if kind == ACCEPT:
+                self._accepted(res, flags)
+                return res >= 0
+            if kind == CHAIN:
+                failed.setdefault(j, -res)
+            elif kind == CONNECT:  # only a failure posts
+                errors[j] = failed.get(j, errno.ETIMEDOUT) if res == -errno.ECANCELED else -res
+                return True
+            return False  # a close's EBADF: a failed cycle's empty slot
+
+        in_time = self.ring.complete(n - len(self.accepted), handle, TIMEOUT)
+        return errors, in_time
 
     def _close_pairs(self, n: int, servers: list[int]) -> None:
         """The side --close names first, in one submission, then the other: a close
@@ -143,21 +158,6 @@ class UringCycles:
         for slots in (first, then):
             self.ring.put(b"".join([closes[slot] for slot in slots]), len(slots))
             self.ring.submit()
-
-    def _wait(self, expect: int, step: int) -> dict[int, int]:
-        """Submit, and wait for `expect` completions of `step` ({index: res}; ring.chains).
-        Accepts are kept for the closes whenever they come."""
-
-        def aside(user: int, res: int, flags: int) -> bool | None:
-            kind = user >> 32
-            if kind == CLOSE:
-                return False
-            if kind != ACCEPT:
-                return None
-            self._accepted(res, flags)
-            return step == ACCEPT and res >= 0
-
-        return r.chains(self.ring, expect, lambda u: u >> 32 == step, TIMEOUT, aside)
 
     def _accepted(self, res: int, flags: int) -> None:
         if res >= 0:

@@ -234,19 +234,26 @@ class Ring:
         """Submit what is packed, and hand every completion to handle(user_data, res,
         flags) until it has said True `expect` times; past `timeout` seconds cancel
         every request in flight (IORING_ASYNC_CANCEL_ALL | _ANY: they complete with
-        ECANCELED, which handle() sees) and wait for those. False if it had to."""
+        ECANCELED, which handle() sees) and wait for those: the cancel's own result
+        is how many it found, so a wait for requests that finished without a
+        completion (IOSQE_CQE_SKIP_SUCCESS) ends too, at most `timeout` later. False
+        if it had to cancel."""
         deadline = time.perf_counter() + timeout
-        got, cancelled = 0, False
-        while got < expect:
+        got, cancel = 0, _Cancel(deadline + timeout)
+        while got < expect and not cancel.over():
             left = deadline - time.perf_counter()
-            if left <= 0 and not cancelled:
+            if left <= 0 and not cancel.sent:
                 self.prep(OP_ASYNC_CANCEL, -1, op_flags=CANCEL_ALL_ANY, user_data=CANCELLING)
-                cancelled = True
+                cancel.sent = True
             self.submit(wait=expect - got, timeout=max(left, 0.05))
             for user, res, flags in self.reap():
-                if user != CANCELLING and handle(user, res, flags):
+                if user == CANCELLING:
+                    cancel.found = max(res, 0)
+                    continue
+                cancel.saw(res)
+                if handle(user, res, flags):
                     got += 1
-        return not cancelled
+        return not cancel.sent
 
     def close(self) -> None:
         for area in (self.sqes, self.rings):
@@ -258,6 +265,30 @@ class Ring:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _Cancel:
+    """Ring.complete()'s cancel of what was still in flight at its timeout: sent, the
+    requests it found (its completion's res), the ECANCELED completions seen since
+    its own. A cancelled connect or accept waits on a poll and completes in task
+    work run after the cancel's completion is posted (io_poll_cancel_req(), io_uring/
+    poll.c); a chain cancelled by its own failed link posted before it."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound, self.sent = bound, False
+        self.found: int | None = None
+        self.ended = 0
+
+    def saw(self, res: int) -> None:
+        if self.found is not None and res == -errno.ECANCELED:
+            self.ended += 1
+
+    def over(self) -> bool:
+        """Every request it found has completed, or the bound passed."""
+        if not self.sent:
+            return False
+        done = self.found is not None and self.ended >= self.found
+        return done or time.perf_counter() > self.bound
 
 
 def supported(ring: Ring) -> frozenset[int]:
