@@ -143,7 +143,7 @@ class UringCycles:
                 return True
             return False  # a close's EBADF: a failed cycle's empty slot
 
-        in_time = self.ring.complete(n - len(self.accepted), handle, TIMEOUT)
+        in_time = r.complete(self.ring, n - len(self.accepted), handle, TIMEOUT)
         return errors, in_time
 
     def _close_pairs(self, n: int, servers: list[int]) -> None:

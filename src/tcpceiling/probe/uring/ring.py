@@ -228,33 +228,6 @@ class Ring:
         U32.pack_into(self.rings, self.cq_head, tail)
         return list(CQE.iter_unpack(raw))
 
-    def complete(
-        self, expect: int, handle: Callable[[int, int, int], bool], timeout: float
-    ) -> bool:
-        """Submit what is packed, and hand every completion to handle(user_data, res,
-        flags) until it has said True `expect` times; past `timeout` seconds cancel
-        every request in flight (IORING_ASYNC_CANCEL_ALL | _ANY: they complete with
-        ECANCELED, which handle() sees) and wait for those: the cancel's own result
-        is how many it found, so a wait for requests that finished without a
-        completion (IOSQE_CQE_SKIP_SUCCESS) ends too, at most `timeout` later. False
-        if it had to cancel."""
-        deadline = time.perf_counter() + timeout
-        got, cancel = 0, _Cancel(deadline + timeout)
-        while got < expect and not cancel.over():
-            left = deadline - time.perf_counter()
-            if left <= 0 and not cancel.sent:
-                self.prep(OP_ASYNC_CANCEL, -1, op_flags=CANCEL_ALL_ANY, user_data=CANCELLING)
-                cancel.sent = True
-            self.submit(wait=expect - got, timeout=max(left, 0.05))
-            for user, res, flags in self.reap():
-                if user == CANCELLING:
-                    cancel.found = max(res, 0)
-                    continue
-                cancel.saw(res)
-                if handle(user, res, flags):
-                    got += 1
-        return not cancel.sent
-
     def close(self) -> None:
         for area in (self.sqes, self.rings):
             _libc.munmap(ctypes.c_void_p(ctypes.addressof(area)), ctypes.c_size_t(len(area)))
@@ -268,7 +241,7 @@ class Ring:
 
 
 class _Cancel:
-    """Ring.complete()'s cancel of what was still in flight at its timeout: sent, the
+    """complete()'s cancel of what was still in flight at its timeout: sent, the
     requests it found (its completion's res), the ECANCELED completions seen since
     its own. A cancelled connect or accept waits on a poll and completes in task
     work run after the cancel's completion is posted (io_poll_cancel_req(), io_uring/
@@ -291,6 +264,34 @@ class _Cancel:
         return done or time.perf_counter() > self.bound
 
 
+def complete(
+    ring: Ring, expect: int, handle: Callable[[int, int, int], bool], timeout: float
+) -> bool:
+    """Submit what is packed, and hand every completion to handle(user_data, res,
+    flags) until it has said True `expect` times; past `timeout` seconds cancel
+    every request in flight (IORING_ASYNC_CANCEL_ALL | _ANY: they complete with
+    ECANCELED, which handle() sees) and wait for those: the cancel's own result
+    is how many it found, so a wait for requests that finished without a
+    completion (IOSQE_CQE_SKIP_SUCCESS) ends too, at most `timeout` later. False
+    if it had to cancel."""
+    deadline = time.perf_counter() + timeout
+    got, cancel = 0, _Cancel(deadline + timeout)
+    while got < expect and not cancel.over():
+        left = deadline - time.perf_counter()
+        if left <= 0 and not cancel.sent:
+            ring.prep(OP_ASYNC_CANCEL, -1, op_flags=CANCEL_ALL_ANY, user_data=CANCELLING)
+            cancel.sent = True
+        ring.submit(wait=expect - got, timeout=max(left, 0.05))
+        for user, res, flags in ring.reap():
+            if user == CANCELLING:
+                cancel.found = max(res, 0)
+                continue
+            cancel.saw(res)
+            if handle(user, res, flags):
+                got += 1
+    return not cancel.sent
+
+
 def supported(ring: Ring) -> frozenset[int]:
     """The opcodes this kernel has (IORING_REGISTER_PROBE: struct io_uring_probe, a
     16-byte head, its last opcode at +0, then 8 bytes per opcode, flags at +2)."""
@@ -309,7 +310,7 @@ def chains(
     timeout: float,
     aside: Callable[[int, int, int], bool | None] | None = None,
 ) -> dict[int, int]:
-    """Ring.complete() for linked chains whose user_data is STEP * kind + index: wait for
+    """complete() for linked chains whose user_data is STEP * kind + index: wait for
     `expect` final completions, {index: res}. A chain's step that failed (bind:
     the source is not local) posts its own error and cancels the rest of the
     chain: the final request is given that error; one cancelled at the timeout
@@ -328,7 +329,7 @@ def chains(
         done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
         return True
 
-    ring.complete(expect, handle, timeout)
+    complete(ring, expect, handle, timeout)
     return done
 
 
