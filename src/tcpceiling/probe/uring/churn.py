@@ -83,11 +83,12 @@ class UringCycles:
         failed by TIMEOUT (connected, its handshake's last ACK lost) timed out."""
         n = min(n, self.most)
         t0 = time.perf_counter()
-        failures, in_time = self._cycles(n)
+        failures = self._cycles(n)
         took = (time.perf_counter() - t0) / n
         servers, self.accepted = self.accepted, []
         self._close_pairs(n, servers)
-        first = next(iter(failures.values()), 0) or (0 if in_time else errno.ETIMEDOUT)
+        ended = len(servers) + len(failures) >= n
+        first = next(iter(failures.values()), 0) or (0 if ended else errno.ETIMEDOUT)
         return len(servers), took, first
 
     def _head(self, j: int) -> bytes:
@@ -118,33 +119,27 @@ class UringCycles:
         return nobind + r.entry(r.OP_BIND, j, addr=src[0], off=src[1], flags=LINK | FIXED,
                                 user_data=CHAIN * STEP + j)  # fmt: skip
 
-    def _cycles(self, n: int) -> tuple[dict[int, int], bool]:
+    def _cycles(self, n: int) -> dict[int, int]:
         """n chains copied in from the entries built at the start (a bind packed per
         cycle only with sources), submitted; waited for until each was accepted or
-        failed: ({cycle: errno} of those that failed, ETIMEDOUT if cancelled at
-        TIMEOUT; whether all ended in time)."""
+        failed (ring.chains: only a failed connect posts). {cycle: errno} of those
+        that failed, ETIMEDOUT for one cancelled at TIMEOUT."""
         if self.srcs:
             raw = b"".join(self.heads[j] + self._bind(j) + self.tails[j] for j in range(n))
         else:
             raw = self.whole[: 64 * self.chain * n]
         self.ring.put(raw, self.chain * n)
-        failed: dict[int, int] = {}  # a chain step's own errno
-        errors: dict[int, int] = {}
 
-        def handle(user: int, res: int, flags: int) -> bool:
-            kind, j = user >> 32, user & (STEP - 1)
+        def aside(user: int, res: int, flags: int) -> bool | None:
+            kind = user >> 32
             if kind == ACCEPT:
                 self._accepted(res, flags)
                 return res >= 0
-            if kind == CHAIN:
-                failed.setdefault(j, -res)
-            elif kind == CONNECT:  # only a failure posts
-                errors[j] = failed.get(j, errno.ETIMEDOUT) if res == -errno.ECANCELED else -res
-                return True
-            return False  # a close's EBADF: a failed cycle's empty slot
+            return False if kind == CLOSE else None  # a close's EBADF: an empty slot
 
-        in_time = r.complete(self.ring, n - len(self.accepted), handle, TIMEOUT)
-        return errors, in_time
+        expect = n - len(self.accepted)
+        done = r.chains(self.ring, expect, lambda u: u >> 32 == CONNECT, TIMEOUT, aside)
+        return {j: -res for j, res in done.items()}
 
     def _close_pairs(self, n: int, servers: list[int]) -> None:
         """The side --close names first, in one submission, then the other: a close
