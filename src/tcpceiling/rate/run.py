@@ -121,6 +121,8 @@ class ChurnRun:
             if not grew or r.errno_counts or self.breach is not None:
                 break
         assert best is not None
+        if self.breach is not None:  # a later, slower step ended at the guard: the run did
+            best = replace(best, stop=budget.guard_stop(self.breach))
         return replace(best, steps=tuple(steps))
 
     def _run(self, ns: str | None, cfg: ChurnConfig) -> ChurnResult:
