@@ -230,6 +230,18 @@ def test_more_source_ips_raise_the_long_run_rate_as_analyze_says(netns: str) -> 
     assert constraint(a["scenarios"][0], "time_wait")["ceiling"] == 5.0
 
 
+def _listens(p: psutil.Process) -> bool:
+    """Whether process p holds a listening TCP socket: a LISTEN row (state 0A) of
+    /proc/PID/net/tcp, its own network namespace's table, whose inode is one of its fds."""
+    try:
+        rows = Path(f"/proc/{p.pid}/net/tcp").read_text().splitlines()[1:]
+        fds = {os.readlink(f) for f in Path(f"/proc/{p.pid}/fd").iterdir()}
+    except OSError:
+        return False
+    inodes = {f"socket:[{r.split()[9]}]" for r in rows if r.split()[3] == "0A"}
+    return bool(inodes & fds)
+
+
 def test_a_killed_churn_worker_is_named() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tcpceiling", "rate", "--rate", "100", "--duration", "4",
@@ -239,8 +251,8 @@ def test_a_killed_churn_worker_is_named() -> None:
     deadline = time.monotonic() + 10
     kids: list[psutil.Process] = []
     while not kids and time.monotonic() < deadline:
-        time.sleep(0.5)  # the worker lives on; a namespace helper forked at start does not
-        kids = [k for k in psutil.Process(proc.pid).children() if k.is_running()]
+        time.sleep(0.2)  # the worker listens on a port of its own; a child making the
+        kids = [k for k in psutil.Process(proc.pid).children() if _listens(k)]  # netns does not
     assert kids, "rate started no worker"
     kids[0].kill()
     out, err = proc.communicate(timeout=60)
