@@ -27,6 +27,7 @@ from tcpceiling.signals import deferred
 
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
+_libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig run
 
 
 def require_root(what: str) -> None:
@@ -74,8 +75,7 @@ def _entered(path: Path) -> Iterator[None]:
 
 def _setns(fd: int) -> None:
     """setns(2) of the calling thread into the network namespace open at fd."""
-    libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig run
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 

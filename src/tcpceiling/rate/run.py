@@ -121,7 +121,7 @@ class ChurnRun:
             if not grew or r.errno_counts or self.breach is not None:
                 break
         assert best is not None
-        if self.breach is not None:  # a later, slower step ended at the guard: the run did
+        if self.breach is not None:  # whichever step it ended, the guard ended the run
             best = replace(best, stop=budget.guard_stop(self.breach))
         return replace(best, steps=tuple(steps))
 
@@ -162,8 +162,8 @@ class ChurnRun:
             assemble(churned(kids), self.notes, cfg, ns, before, after, tw, cpu),
             worker_cpu_seconds=round(spent, 3),
         )
-        if self.breach is not None:
-            return replace(result, stop=budget.guard_stop(self.breach))
+        if self.breach is not None:  # the stop is the guard's: _ramp gives it to the run
+            return result
         lost = [w for w in kids.client_states if not w.finished]
         if lost:  # a worker that died counted nothing of its share: say so
             names = ", ".join(f"{w.index} (pid {w.pid})" for w in lost)
