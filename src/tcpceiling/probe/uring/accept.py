@@ -12,7 +12,9 @@ shard is full or stopped."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import reduce
+from operator import and_
 
 from tcpceiling.probe.uring import ring as r
 
@@ -35,23 +37,37 @@ class MultishotAccept:
     def _arm(self, fd: int) -> None:
         self.ring.prep_accept_multishot(fd, user_data=fd)
 
-    def drain(self, take: Callable[[int], None]) -> tuple[int, int | None]:
-        """Hand every connection accepted since the last tick to take(): (how many,
-        the errno that ended the accepts or None)."""
+    def drain(self, take: Callable[[Sequence[int]], None]) -> tuple[int, int | None]:
+        """Hand every connection accepted since the last tick to take(), in one call:
+        (how many, the errno that ended the accepts or None)."""
         ring = self.ring
         ring.submit()
-        got, failed = 0, None
-        for listener, res, flags in ring.reap():
+        done = ring.reap()
+        if not done:
+            return 0, None
+        _listeners, results, flags = zip(*done, strict=True)
+        if min(results) >= 0 and reduce(and_, flags) & r.CQE_F_MORE:
+            take(results)  # the usual tick: connections only, every accept still armed
+            return len(results), None
+        return self._one_by_one(done, take)
+
+    def _one_by_one(self, done: list[r.Completion],
+                    take: Callable[[Sequence[int]], None]) -> tuple[int, int | None]:  # fmt: skip
+        """A tick with an accept that ended (re-armed unless it failed or was
+        stopped) or a cancel's completion among the connections."""
+        fds: list[int] = []
+        failed = None
+        for listener, res, flags in done:
             if listener == CANCEL:
                 continue
             if res >= 0:
-                take(res)
-                got += 1
+                fds.append(res)
             elif res != -errno.ECANCELED:
                 failed = -res
             if not flags & r.CQE_F_MORE and failed is None and not self.stopped:
                 self._arm(listener)
-        return got, failed
+        take(fds)
+        return len(fds), failed
 
     def stop(self) -> None:
         """Accept no more (the memory guard, a full shard): the rest wait in the queue."""

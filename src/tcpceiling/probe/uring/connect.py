@@ -19,6 +19,7 @@ import os
 import socket
 import struct
 import time
+from array import array
 from collections.abc import Callable
 
 from tcpceiling.probe.uring import ring as r
@@ -59,13 +60,32 @@ class Addresses:
 
 class UringBatches:
     """Opens the fast path's batches on one ring; what the epoll path's
-    Connector.connect_batch and Completions.complete_batch do together."""
+    Connector.connect_batch and Completions.complete_batch do together.
+
+    The interpreter's work per connection is kept to a few C-level steps: a
+    batch's entries are copied from ones built once (the sockets' whole, the
+    connects' but for the fd and user_data, patched in with two strided copies),
+    and a batch whose every socket, or every connect, succeeded in the one wait is
+    settled in bulk; only a batch with a failure is read completion by completion."""
 
     def __init__(self, c: Conns, connector: Connector, ring: r.Ring) -> None:
         self.c, self.connector, self.ring = c, connector, ring
         self.addrs = Addresses(connector.targets)
         self.most = ring.entries // 3
-        self.socket_entries: dict[int, list[bytes]] = {}  # family: entries built once
+        kind = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        self.socket_entries = {  # per family, socket() entries 0..most-1
+            family: b"".join(
+                r.entry(r.OP_SOCKET, family, off=kind, user_data=i) for i in range(self.most)
+            )
+            for family in {family for family, _src, _dst in connector.targets}
+        }
+        self.order = tuple(range(self.most))
+        self.connect_entries = (  # per tuple without a source: its connect(), fd 0
+            [r.entry(r.OP_CONNECT, 0, addr=addr, off=size) for addr, size in self.addrs.dst]
+            if all(src is None for src in self.addrs.src)
+            else None
+        )
+        self.connect_users = array("Q", (j | CONNECT * STEP for j in range(self.most)))
 
     def open_batch(self, n: int) -> tuple[int, bool]:
         """Up to n connections (within the ring's room): (tried, more may start)."""
@@ -85,9 +105,19 @@ class UringBatches:
     def _sockets(self, families: list[int]) -> tuple[list[int], bool]:
         """One submission of len(families) socket() calls: the fds made, in order,
         and False when one failed (EMFILE, ENFILE, ENOBUFS: the rest are not used)."""
-        entries = [self._socket_entry(family, j) for j, family in enumerate(families)]
-        self.ring.put(b"".join(entries), len(entries))
-        done = self._collect(len(families), lambda _u: True)
+        n, family = len(families), families[0]
+        if families.count(family) == n:
+            self.ring.put(self.socket_entries[family], n)
+        else:
+            entries = [self.socket_entries[f][64 * j : 64 * j + 64] for j, f in enumerate(families)]
+            self.ring.put(b"".join(entries), n)
+        started = time.perf_counter()
+        got = r.gather(self.ring, n, self.c.plan.connect_timeout)
+        if len(got) == n:
+            users, results, _flags = zip(*got, strict=True)
+            if users == self.order[:n] and min(results) >= 0:
+                return list(results), True
+        done = self._collect(n, lambda _u: True, got, started)
         fds: list[int] = []
         for j in range(len(families)):
             res = done[j]
@@ -99,16 +129,28 @@ class UringBatches:
             fds.append(res)
         return fds, True
 
-    def _socket_entry(self, family: int, j: int) -> bytes:
-        """socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0) as the batch's
-        j-th entry, built once per family."""
-        if family not in self.socket_entries:
-            kind = socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
-            self.socket_entries[family] = [r.entry(r.OP_SOCKET, family, off=kind, user_data=i)
-                                           for i in range(self.most)]  # fmt: skip
-        return self.socket_entries[family][j]
-
     def _connect(self, fds: list[int], tuples: list[int]) -> bool:
+        if self.connect_entries is None:
+            self._pack_chains(fds, tuples)
+        else:
+            raw = bytearray(b"".join([self.connect_entries[ti] for ti in tuples]))
+            view = memoryview(raw)
+            view.cast("i")[1::16] = array("i", fds)  # sqe->fd, at byte 4
+            view.cast("Q")[4::8] = self.connect_users[: len(fds)]  # sqe->user_data, at 32
+            self.ring.put(raw, len(fds))
+        t0 = time.perf_counter()
+        got = r.gather(self.ring, len(fds), self.c.plan.connect_timeout)
+        if len(got) == len(fds) and not any(res for _user, res, _flags in got):
+            # every chain's connect succeeded (a failed step's completion has res < 0)
+            self.c.fds.extend(fds)
+            self.c.hist.add((time.perf_counter() - t0) / len(fds) * 1e6, len(fds))
+            return True
+        done = self._collect(len(fds), lambda u: u >> 32 == CONNECT, got, t0)
+        per = (time.perf_counter() - t0) / len(fds)
+        return self._settle(fds, tuples, done, per)
+
+    def _pack_chains(self, fds: list[int], tuples: list[int]) -> None:
+        """Per socket: setsockopt -> bind -> connect where its tuple has a source."""
         ring, addrs, link = self.ring, self.addrs, r.IOSQE_IO_LINK | r.IOSQE_CQE_SKIP_SUCCESS
         for j, (fd, ti) in enumerate(zip(fds, tuples, strict=True)):
             src = addrs.src[ti]
@@ -119,10 +161,6 @@ class UringBatches:
                           user_data=j | BIND * STEP)  # fmt: skip
             dst = addrs.dst[ti]
             ring.prep(r.OP_CONNECT, fd, addr=dst[0], off=dst[1], user_data=j | CONNECT * STEP)
-        t0 = time.perf_counter()
-        done = self._collect(len(fds), lambda u: u >> 32 == CONNECT)
-        per = (time.perf_counter() - t0) / len(fds)
-        return self._settle(fds, tuples, done, per)
 
     def _settle(self, fds: list[int], tuples: list[int], done: dict[int, int],
                 per: float) -> bool:  # fmt: skip
@@ -139,7 +177,10 @@ class UringBatches:
                 c.fail(-res)
         return more
 
-    def _collect(self, expect: int, final: Callable[[int], bool]) -> dict[int, int]:
-        """Submit what is packed and wait for `expect` final completions (past the
-        connect timeout, ETIMEDOUT as the epoll path counts it): {index: res}."""
-        return r.chains(self.ring, expect, final, self.c.plan.connect_timeout)
+    def _collect(self, expect: int, final: Callable[[int], bool], first: list[r.Completion],
+                 started: float) -> dict[int, int]:  # fmt: skip
+        """The rest of a gather(): wait for `expect` final completions in all (past the
+        connect timeout from `started`, ETIMEDOUT as the epoll path counts it):
+        {index: res}."""
+        return r.chains(self.ring, expect, final, self.c.plan.connect_timeout, None, first,
+                        started)  # fmt: skip

@@ -143,6 +143,7 @@ class Ring:
         size = max(sq_array + 4 * sq_entries, cqes + 16 * cq_entries)
         self.rings = _map(self.fd, size, OFF_SQ_RING)
         self.sqes = _map(self.fd, 64 * sq_entries, OFF_SQES)
+        self.sq_view = memoryview(self.sqes).cast("B")
         for i in range(sq_entries):  # the indirection array, fixed to the identity
             U32.pack_into(self.rings, sq_array + 4 * i, i)
         self.sq_head, self.sq_tail, self.sq_mask = sq_head, sq_tail, self.read(sq_mask)
@@ -168,17 +169,17 @@ class Ring:
         self.tail += 1
         self.pending += 1
 
-    def put(self, raw: bytes, count: int) -> None:
-        """Copy `count` entries built with entry() to the tail (two memmoves where the
+    def put(self, raw: bytes | bytearray, count: int) -> None:
+        """Copy `count` entries built with entry() to the tail (two copies where the
         ring wraps), submitting first a ring without room for them."""
         if self.pending + count > self.entries:
             self.submit()
         at = self.tail & self.sq_mask
         first = min(count, self.entries - at)
-        base = ctypes.addressof(self.sqes)
-        ctypes.memmove(base + 64 * at, raw, 64 * first)
+        src = memoryview(raw)
+        self.sq_view[64 * at : 64 * (at + first)] = src[: 64 * first]
         if first < count:
-            ctypes.memmove(base, raw[64 * first : 64 * count], 64 * (count - first))
+            self.sq_view[: 64 * (count - first)] = src[64 * first : 64 * count]
         self.tail += count
         self.pending += count
 
@@ -229,6 +230,7 @@ class Ring:
         return list(CQE.iter_unpack(raw))
 
     def close(self) -> None:
+        self.sq_view.release()
         for area in (self.sqes, self.rings):
             _libc.munmap(ctypes.c_void_p(ctypes.addressof(area)), ctypes.c_size_t(len(area)))
         os.close(self.fd)
@@ -264,18 +266,37 @@ class _Cancel:
         return done or time.perf_counter() > self.bound
 
 
+Completion = tuple[int, int, int]  # user_data, res, flags
+
+
+def gather(ring: Ring, expect: int, timeout: float) -> list[Completion]:
+    """Submit what is packed and wait, at most `timeout` seconds, for `expect`
+    completions; every completion posted by then. A batch's completions usually all
+    come in this one wait, and its caller settles them in bulk; what it cannot
+    settle so goes on to complete(first=...)."""
+    ring.submit(wait=expect, timeout=timeout)
+    return ring.reap()
+
+
 def complete(
-    ring: Ring, expect: int, handle: Callable[[int, int, int], bool], timeout: float
+    ring: Ring,
+    expect: int,
+    handle: Callable[[int, int, int], bool],
+    timeout: float,
+    first: list[Completion] | None = None,
+    started: float | None = None,
 ) -> bool:
-    """Submit what is packed, and hand every completion to handle(user_data, res,
-    flags) until it has said True `expect` times; past `timeout` seconds cancel
+    """Submit what is packed, and hand every completion (those of `first`, already
+    read, before any) to handle(user_data, res, flags) until it has said True
+    `expect` times; past `timeout` seconds from `started` (now by default) cancel
     every request in flight (IORING_ASYNC_CANCEL_ALL | _ANY: they complete with
     ECANCELED, which handle() sees) and wait for those: the cancel's own result
     is how many it found, so a wait for requests that finished without a
     completion (IOSQE_CQE_SKIP_SUCCESS) ends too, at most `timeout` later. False
     if it had to cancel."""
-    deadline = time.perf_counter() + timeout
-    got, cancel = 0, _Cancel(deadline + timeout)
+    deadline = (time.perf_counter() if started is None else started) + timeout
+    cancel = _Cancel(deadline + timeout)
+    got = sum(1 for user, res, flags in first or () if handle(user, res, flags))
     while got < expect and not cancel.over():
         left = deadline - time.perf_counter()
         if left <= 0 and not cancel.sent:
@@ -309,13 +330,16 @@ def chains(
     final: Callable[[int], bool],
     timeout: float,
     aside: Callable[[int, int, int], bool | None] | None = None,
+    first: list[Completion] | None = None,
+    started: float | None = None,
 ) -> dict[int, int]:
     """complete() for linked chains whose user_data is STEP * kind + index: wait for
     `expect` final completions, {index: res}. A chain's step that failed (bind:
     the source is not local) posts its own error and cancels the rest of the
     chain: the final request is given that error; one cancelled at the timeout
     is ETIMEDOUT. aside() takes the completions that belong to no chain (None:
-    not one of its own; else whether it counts toward `expect`)."""
+    not one of its own; else whether it counts toward `expect`). `first` and
+    `started`: as complete() takes them, after a gather()."""
     done: dict[int, int] = {}
     failed: dict[int, int] = {}
 
@@ -329,7 +353,7 @@ def chains(
         done[j] = failed.get(j, -errno.ETIMEDOUT) if res == -errno.ECANCELED else res
         return True
 
-    complete(ring, expect, handle, timeout)
+    complete(ring, expect, handle, timeout, first, started)
     return done
 
 

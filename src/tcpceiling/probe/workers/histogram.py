@@ -25,9 +25,10 @@ def upper(index: int) -> float:
 class Histogram:
     counts: dict[int, int] = field(default_factory=dict)
 
-    def add(self, us: float) -> None:
+    def add(self, us: float, count: int = 1) -> None:
+        """`count` connections that each took `us` (a batch's share of its time)."""
         b = bucket(us)
-        self.counts[b] = self.counts.get(b, 0) + 1
+        self.counts[b] = self.counts.get(b, 0) + count
 
     def merge(self, other: dict[int, int]) -> None:
         for b, n in other.items():

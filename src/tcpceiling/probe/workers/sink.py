@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -139,6 +140,10 @@ class Sink:
         os.set_blocking(fd, False)
         self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
+    def _watch_all(self, fds: Sequence[int]) -> None:
+        for fd in fds:
+            self._watch(fd)
+
     def _over_memory(self) -> bool:
         """Past a memory cgroup's line: accept no more, and report it now. Read after
         every chunk and whenever the queue runs dry, so a shard that accepts a
@@ -197,8 +202,7 @@ class Sink:
         return self.held() - before
 
     def _drain_multishot(self, ms: MultishotAccept) -> int:
-        take = self.fds.append if self.plan.mode == "hold" else self._watch
-        got, failed = ms.drain(take)
+        got, failed = ms.drain(self.fds.extend if self.plan.mode == "hold" else self._watch_all)
         if failed is not None:
             ms.stop()
             self._full(failed)
