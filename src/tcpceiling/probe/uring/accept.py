@@ -12,6 +12,7 @@ shard is full or stopped."""
 from __future__ import annotations
 
 import errno
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from operator import and_
@@ -42,14 +43,15 @@ class MultishotAccept:
         (how many, the errno that ended the accepts or None)."""
         ring = self.ring
         ring.submit()
-        done = ring.reap()
-        if not done:
+        raw = ring.reap_raw()
+        if not raw:
             return 0, None
-        _listeners, results, flags = zip(*done, strict=True)
-        if min(results) >= 0 and reduce(and_, flags) & r.CQE_F_MORE:
+        got = array("i", raw)  # per completion: listener (low, high), res, flags
+        results = got[2::4]
+        if min(results) >= 0 and reduce(and_, got[3::4]) & r.CQE_F_MORE and not any(got[1::4]):
             take(results)  # the usual tick: connections only, every accept still armed
             return len(results), None
-        return self._one_by_one(done, take)
+        return self._one_by_one(r.unpack(raw), take)
 
     def _one_by_one(self, done: list[r.Completion],
                     take: Callable[[Sequence[int]], None]) -> tuple[int, int | None]:  # fmt: skip

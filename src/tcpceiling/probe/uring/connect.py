@@ -79,7 +79,7 @@ class UringBatches:
             )
             for family in {family for family, _src, _dst in connector.targets}
         }
-        self.order = tuple(range(self.most))
+        self.order = array("i", range(self.most))  # the sockets' user_data, low halves
         self.connect_entries = (  # per tuple without a source: its connect(), fd 0
             [r.entry(r.OP_CONNECT, 0, addr=addr, off=size) for addr, size in self.addrs.dst]
             if all(src is None for src in self.addrs.src)
@@ -112,11 +112,10 @@ class UringBatches:
             entries = [self.socket_entries[f][64 * j : 64 * j + 64] for j, f in enumerate(families)]
             self.ring.put(b"".join(entries), n)
         started = time.perf_counter()
-        got = r.gather(self.ring, n, self.c.plan.connect_timeout)
-        if len(got) == n:
-            users, results, _flags = zip(*got, strict=True)
-            if users == self.order[:n] and min(results) >= 0:
-                return list(results), True
+        got = array("i", r.gather(self.ring, n, self.c.plan.connect_timeout))
+        results = got[2::4]
+        if len(results) == n and got[0::4] == self.order[:n] and min(results) >= 0:
+            return results.tolist(), True  # every socket made, in order
         done = self._collect(n, lambda _u: True, got, started)
         fds: list[int] = []
         for j in range(len(families)):
@@ -139,8 +138,8 @@ class UringBatches:
             view.cast("Q")[4::8] = self.connect_users[: len(fds)]  # sqe->user_data, at 32
             self.ring.put(raw, len(fds))
         t0 = time.perf_counter()
-        got = r.gather(self.ring, len(fds), self.c.plan.connect_timeout)
-        if len(got) == len(fds) and not any(res for _user, res, _flags in got):
+        got = array("i", r.gather(self.ring, len(fds), self.c.plan.connect_timeout))
+        if len(got) == 4 * len(fds) and not any(got[2::4]):
             # every chain's connect succeeded (a failed step's completion has res < 0)
             self.c.fds.extend(fds)
             self.c.hist.add((time.perf_counter() - t0) / len(fds) * 1e6, len(fds))
@@ -177,10 +176,10 @@ class UringBatches:
                 c.fail(-res)
         return more
 
-    def _collect(self, expect: int, final: Callable[[int], bool], first: list[r.Completion],
+    def _collect(self, expect: int, final: Callable[[int], bool], first: array[int],
                  started: float) -> dict[int, int]:  # fmt: skip
         """The rest of a gather(): wait for `expect` final completions in all (past the
         connect timeout from `started`, ETIMEDOUT as the epoll path counts it):
         {index: res}."""
-        return r.chains(self.ring, expect, final, self.c.plan.connect_timeout, None, first,
-                        started)  # fmt: skip
+        return r.chains(self.ring, expect, final, self.c.plan.connect_timeout, None,
+                        r.unpack(first.tobytes()), started)  # fmt: skip

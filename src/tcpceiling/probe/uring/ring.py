@@ -218,6 +218,12 @@ class Ring:
 
     def reap(self) -> list[tuple[int, int, int]]:
         """The completions ready now, oldest first: (user_data, res, flags)."""
+        return unpack(self.reap_raw())
+
+    def reap_raw(self) -> bytes:
+        """The completions ready now, oldest first, as the kernel wrote them: 16 bytes
+        each, which array("i", ...) reads in C as four ints (user_data's low and high
+        halves, res, flags) with no tuple per completion."""
         head, tail = self.read(self.cq_head), self.read(self.cq_tail)
         count = (tail - head) & 0xFFFFFFFF
         at = head & self.cq_mask
@@ -227,7 +233,7 @@ class Ring:
         if first < count:  # the ring wrapped
             raw += ctypes.string_at(base, 16 * (count - first))
         U32.pack_into(self.rings, self.cq_head, tail)
-        return list(CQE.iter_unpack(raw))
+        return raw
 
     def close(self) -> None:
         self.sq_view.release()
@@ -269,13 +275,18 @@ class _Cancel:
 Completion = tuple[int, int, int]  # user_data, res, flags
 
 
-def gather(ring: Ring, expect: int, timeout: float) -> list[Completion]:
+def unpack(raw: bytes) -> list[Completion]:
+    """Completions read by Ring.reap_raw(), one tuple each."""
+    return list(CQE.iter_unpack(raw))
+
+
+def gather(ring: Ring, expect: int, timeout: float) -> bytes:
     """Submit what is packed and wait, at most `timeout` seconds, for `expect`
-    completions; every completion posted by then. A batch's completions usually all
-    come in this one wait, and its caller settles them in bulk; what it cannot
-    settle so goes on to complete(first=...)."""
+    completions; every completion posted by then, as Ring.reap_raw() reads them. A
+    batch's completions usually all come in this one wait, and its caller settles
+    them in bulk; what it cannot settle so goes on to complete(first=unpack(...))."""
     ring.submit(wait=expect, timeout=timeout)
-    return ring.reap()
+    return ring.reap_raw()
 
 
 def complete(
