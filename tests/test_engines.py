@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tcpceiling.probe.uring import ring as r
-from tcpceiling.probe.uring.connect import UringBatches
+from tcpceiling.probe.uring.connect import UringBatches, picks
 from tcpceiling.probe.workers.connector import Connector
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
 from tests.conftest import ENGINE_ENV, PROBE, needs_root, probe
@@ -200,3 +200,26 @@ def test_rate_cycles_that_neither_fail_nor_are_accepted_time_out(
     assert blocked[0::2] == (0, errno.ETIMEDOUT), why
     assert took < 2 * TIMEOUT + 1, took
     assert after[1:] == [(8, 0), (8, 0)], after
+
+
+LIVE = [(i, socket.AF_INET6 if i == 2 else socket.AF_INET, None, ("127.0.0.1", 9000 + i))
+        for i in range(3)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("burst", "k", "n", "runs"),
+    [
+        (1, 0, 4, [(0, 2, 1), (1, 2, 1), (2, 10, 1), (0, 2, 1)]),
+        (16, 0, 40, [(0, 2, 16), (1, 2, 16), (2, 10, 8)]),
+        (16, 40, 20, [(2, 10, 8), (0, 2, 12)]),  # starts mid-burst, wraps the tuples
+        (4, 5, 3, [(1, 2, 3)]),
+    ],
+)
+def test_a_batch_picks_its_tuples_in_runs_as_the_epoll_path_does(
+    burst: int, k: int, n: int, runs: list[tuple[int, int, int]]
+) -> None:
+    """Connection j of the fast path goes to live[j // burst % len(live)] on either
+    engine; io_uring builds a batch from runs of one tuple."""
+    assert picks(LIVE, burst, k, n) == runs
+    one_by_one = [LIVE[j // burst % len(LIVE)][:2] for j in range(k, k + n)]
+    assert [(ti, fam) for ti, fam, count in runs for _ in range(count)] == one_by_one

@@ -23,7 +23,7 @@ from array import array
 from collections.abc import Callable
 
 from tcpceiling.probe.uring import ring as r
-from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT, Connector, Target
+from tcpceiling.probe.workers.connector import IP_BIND_ADDRESS_NO_PORT, Connector, Live, Target
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
 
 SOCKET, SOCKOPT, BIND, CONNECT = range(4)
@@ -44,6 +44,21 @@ def connect_ops(plan: ClientPlan) -> tuple[int, ...]:
     if any(src is not None for src, _host, _port in plan.tuples):
         ops += (r.OP_URING_CMD, r.OP_BIND)
     return ops
+
+
+Run = tuple[int, int, int]  # a tuple's index, its family, how many in a row toward it
+
+
+def picks(live: Live, burst: int, k: int, n: int) -> list[Run]:
+    """Connections k..k+n-1 of the fast path as runs toward one tuple: the j-th goes
+    to live[j // burst % len(live)], as Connector.connect_batch picks."""
+    runs, j = [], k
+    while j < k + n:
+        ti, family, _src, _dst = live[j // burst % len(live)]
+        count = min(k + n - j, burst - j % burst)
+        runs.append((ti, family, count))
+        j += count
+    return runs
 
 
 class Addresses:
@@ -94,23 +109,21 @@ class UringBatches:
             return 0, False
         n = min(n, self.most)
         k = self.connector.next_tuple
-        picks = [live[(k + j) // burst % len(live)] for j in range(n)]
+        runs = picks(live, burst, k, n)
         self.connector.next_tuple = k + n
         self.c.attempts += n
-        fds, more = self._sockets([p[1] for p in picks])
+        fds, more = self._sockets(runs, n)
         if fds:
-            more = self._connect(fds, [p[0] for p in picks[: len(fds)]]) and more
+            more = self._connect(fds, runs) and more
         return n, more
 
-    def _sockets(self, families: list[int]) -> tuple[list[int], bool]:
-        """One submission of len(families) socket() calls: the fds made, in order,
-        and False when one failed (EMFILE, ENFILE, ENOBUFS: the rest are not used)."""
-        n, family = len(families), families[0]
-        if families.count(family) == n:
-            self.ring.put(self.socket_entries[family], n)
+    def _sockets(self, runs: list[Run], n: int) -> tuple[list[int], bool]:
+        """One submission of n socket() calls: the fds made, in order, and False
+        when one failed (EMFILE, ENFILE, ENOBUFS: the rest are not used)."""
+        if len({family for _ti, family, _count in runs}) == 1:
+            self.ring.put(self.socket_entries[runs[0][1]], n)
         else:
-            entries = [self.socket_entries[f][64 * j : 64 * j + 64] for j, f in enumerate(families)]
-            self.ring.put(b"".join(entries), n)
+            self.ring.put(self._mixed_sockets(runs), n)
         started = time.perf_counter()
         got = array("i", r.gather(self.ring, n, self.c.plan.connect_timeout))
         results = got[2::4]
@@ -118,21 +131,31 @@ class UringBatches:
             return results.tolist(), True  # every socket made, in order
         done = self._collect(n, lambda _u: True, got, started)
         fds: list[int] = []
-        for j in range(len(families)):
+        for j in range(n):
             res = done[j]
             if res < 0:
                 self.c.fail(-res)
-                for fd in (done[i] for i in range(j + 1, len(families)) if done[i] >= 0):
+                for fd in (done[i] for i in range(j + 1, n) if done[i] >= 0):
                     os.close(fd)
                 return fds, False
             fds.append(res)
         return fds, True
 
-    def _connect(self, fds: list[int], tuples: list[int]) -> bool:
+    def _mixed_sockets(self, runs: list[Run]) -> bytes:
+        """A batch's socket() entries where its tuples are of both families."""
+        entries, j = [], 0
+        for _ti, family, count in runs:
+            entries.append(self.socket_entries[family][64 * j : 64 * (j + count)])
+            j += count
+        return b"".join(entries)
+
+    def _connect(self, fds: list[int], runs: list[Run]) -> bool:
+        tuples = [ti for ti, _family, count in runs for _ in range(count)][: len(fds)]
         if self.connect_entries is None:
             self._pack_chains(fds, tuples)
         else:
-            raw = bytearray(b"".join([self.connect_entries[ti] for ti in tuples]))
+            raw = bytearray(b"".join([self.connect_entries[ti] * count for ti, _f, count in runs]))
+            del raw[64 * len(fds) :]
             view = memoryview(raw)
             view.cast("i")[1::16] = array("i", fds)  # sqe->fd, at byte 4
             view.cast("Q")[4::8] = self.connect_users[: len(fds)]  # sqe->user_data, at 32
