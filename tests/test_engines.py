@@ -20,7 +20,7 @@ import pytest
 
 from tcpceiling.probe.uring import ring as r
 from tcpceiling.probe.uring.connect import UringBatches, picks
-from tcpceiling.probe.workers.connector import Connector
+from tcpceiling.probe.workers.connector import Connector, Live
 from tcpceiling.probe.workers.conns import ClientPlan, Conns
 from tests.conftest import ENGINE_ENV, PROBE, needs_root, probe
 from tests.seccomp import refuse_io_uring
@@ -202,8 +202,8 @@ def test_rate_cycles_that_neither_fail_nor_are_accepted_time_out(
     assert after[1:] == [(8, 0), (8, 0)], after
 
 
-LIVE = [(i, socket.AF_INET6 if i == 2 else socket.AF_INET, None, ("127.0.0.1", 9000 + i))
-        for i in range(3)]  # fmt: skip
+LIVE: Live = [(i, socket.AF_INET6 if i == 2 else socket.AF_INET, None, ("127.0.0.1", 9000 + i))
+              for i in range(3)]  # fmt: skip
 
 
 @pytest.mark.parametrize(

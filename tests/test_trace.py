@@ -127,6 +127,35 @@ print(sum(c.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 8)[0] == 2 for c in clie
 """
 
 
+#: Non-blocking connects, each waited on: 40 to a port with no listener (a RST), then 4
+#: toward an address whose frames go to a MAC no one has (its veth peer drops them,
+#: so no ARP failure turns them into EHOSTUNREACH), which time out
+#: after tcp_syn_retries; prints how many were refused and how many timed out, as
+#: SO_ERROR says.
+REFUSED_AND_TIMED_OUT = """
+import select, socket, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+def outcome(c):
+    return c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+refused = 0
+for _ in range(40):
+    c = socket.socket(); c.setblocking(False); c.connect_ex(("127.0.0.1", 9800))
+    select.select([], [c], [], 2)
+    refused += outcome(c) == 111
+    c.close()
+waiting = []
+for _ in range(4):
+    c = socket.socket(); c.setblocking(False); c.connect_ex(("198.18.0.2", 80))
+    waiting.append(c)
+timed_out = 0
+for c in waiting:
+    select.select([], [c], [], 10)
+    timed_out += outcome(c) == 110
+print(refused, timed_out, flush=True)
+"""
+
+
 @pytest.fixture(autouse=True)
 def global_trace_untouched() -> Iterator[None]:
     """Every test here leaves no instance of ours and the global trace's switches
@@ -185,6 +214,37 @@ def test_trace_names_each_failing_process_its_errno_and_limit(netns: str) -> Non
     assert ports["limit"] == "ports" and ports["call"] == "connect"
     assert abs(ports["count"] - counts[1]) <= 0.1 * counts[1], (ports, counts)
     assert ports["destination"].startswith("127.0.0.1:9500")
+    assert ours() == []
+
+
+@root_only
+def test_connects_refused_and_timed_out_are_named_with_errno_and_destination(
+    netns: str,
+) -> None:
+    """Non-blocking connects refused (no listener) and timed out (SYNs that reach no
+    one, tcp_syn_retries 1): one row each, its errno and destination, counted as
+    the process's own SO_ERROR counts them. The timeouts end in the kernel's timer, so
+    their row may name whichever task was running; the refusals the connecting one."""
+    netns_sysctl(netns, "net.ipv4.tcp_syn_retries", "1")
+    for cmd in ("link add v0 type veth peer name v1", "addr add 198.18.0.1/24 dev v0",
+                "link set v0 up", "link set v1 up",
+                "neigh add 198.18.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent"):  # fmt: skip
+        subprocess.run(["ip", "-n", netns, *cmd.split()], check=True)
+    p = start(["ip", "netns", "exec", netns, sys.executable, "-c", REFUSED_AND_TIMED_OUT])
+    tr = subprocess.Popen([*TCPCEILING, "trace", "7", "--json"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.7)  # the instance is on
+    assert p.stdin is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    refused, timed_out = map(int, p.communicate(timeout=30)[0].split())
+    out, _ = tr.communicate(timeout=30)
+    doc = json.loads(out)
+    assert (refused, timed_out) == (40, 4)
+    rows = [r for r in doc["rows"] if r["call"] == "connect"]
+    mine = row(doc, p.pid, "ECONNREFUSED")  # ip netns exec execs: the same pid
+    assert (mine["destination"], mine["count"]) == ("127.0.0.1:9800", refused), rows
+    timers = [r for r in rows if r["errno"] == "ETIMEDOUT" and r["destination"] == "198.18.0.2:80"]
+    assert sum(r["count"] for r in timers) == timed_out, rows
     assert ours() == []
 
 
@@ -506,6 +566,13 @@ def test_without_tracefs_one_line_exit_3(tmp_path: Path) -> None:
          "sport=40000 dport=443 saddr=10.0.0.1 daddr=10.0.0.5 saddrv6=::ffff:10.0.0.1 "
          "daddrv6=::ffff:10.0.0.5 oldstate=TCP_SYN_SENT newstate=TCP_CLOSE",
          trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")),
+        ("  <idle>-0 [000] ..s2. 8.5: inet_sk_error_report: family=AF_INET6 protocol=IPPROTO_TCP "
+         "sport=40002 dport=8080 saddr=0.0.0.0 daddr=0.0.0.0 saddrv6=::1 daddrv6=::1 error=111",
+         trace.Event("<idle>", 0, "connect_failed", "connect", 111, "[::1]:8080")),
+        ("  java-7 [001] ..s1. 9.0: inet_sk_error_report: family=AF_INET protocol=IPPROTO_TCP "
+         "sport=40003 dport=80 saddr=10.0.0.1 daddr=10.0.0.6 saddrv6=::ffff:10.0.0.1 "
+         "daddrv6=::ffff:10.0.0.6 error=110",
+         trace.Event("java", 7, "connect_failed", "connect", 110, "10.0.0.6:80")),
         ("# tracer: nop", None),
         ("  python-4242 [001] ..... 12.3: io_uring_complete: ring 00000000a1b2c3d4, req "
          "000000001a2b3c4d, user_data 0x5, result -99, cflags 0x0 extra1 0 extra2 0",
@@ -526,9 +593,11 @@ def test_counting_joins_a_refused_connect_to_its_destination() -> None:
     refused = trace.Event("curl", 99, "syscall", "connect", 111)
     state = trace.Event("curl", 99, "connect_failed", "connect", 0, "10.0.0.5:443")
     async_only = trace.Event("java", 7, "connect_failed", "connect", 0, "10.0.0.6:80")
-    rows = trace.count([refused, state, refused, state, async_only])
+    reported = trace.Event("java", 7, "connect_failed", "connect", 110, "10.0.0.7:80")
+    rows = trace.count([refused, state, refused, state, async_only, reported, reported])
     assert rows == (
         trace.Row("curl", 99, "connect", "ECONNREFUSED", "refused", 2, "10.0.0.5:443"),
+        trace.Row("java", 7, "connect", "ETIMEDOUT", "server", 2, "10.0.0.7:80"),
         trace.Row("java", 7, "connect", "refused or timed out", "server", 1, "10.0.0.6:80"),
     )
     clone = trace.count([trace.Event("java", 7, "syscall", "clone3", 11)])

@@ -71,10 +71,25 @@ SYSCALL_FILTERS = {
 #: A request of an io_uring program (IORING_OP_SOCKET, _CONNECT, _ACCEPT: no syscall
 #: of its own) completed with a limit's errno: io_uring:io_uring_complete, whose
 #: `res` is the request's return (include/trace/events/io_uring.h). Not a peer's
-#: refusal or timeout: the connect's SYN_SENT -> CLOSE below counts those.
+#: refusal or timeout: the socket's error report below counts those.
 URING_FILTER = ret_in((*FD_ERRNOS, errno.EADDRNOTAVAIL, errno.EADDRINUSE)).replace("ret", "res")
 TCP_SYN_SENT, TCP_CLOSE = 2, 7  # include/net/tcp_states.h
 PEER_ERRNOS = (errno.ECONNREFUSED, errno.ETIMEDOUT)
+#: A peer's refusal or a timeout, with its destination, however the connect was made
+#: (blocking, non-blocking, io_uring): sock:inet_sk_error_report (Linux 5.14), which
+#: fires where the kernel sets a socket's error (tcp_done_with_error(), net/ipv4/
+#: tcp_input.c: ECONNREFUSED on a RST in SYN_SENT; tcp_write_err(), tcp_timer.c:
+#: ETIMEDOUT, or the ICMP error the retries met). It fires once a failure; the
+#: fallback, sock:inet_sock_set_state filtered on SYN_SENT -> CLOSE, fires on every
+#: state change of every TCP socket (six a loopback connection) before its filter
+#: drops them, and gives no errno.
+NO_ERROR_REPORT = (
+    "connects refused or timed out read from every TCP state change, with no errno "
+    "(no sock:inet_sk_error_report: Linux < 5.14)"
+)
+ERROR_FILTER = " || ".join(
+    f"error == {n}" for n in (*PEER_ERRNOS, errno.EHOSTUNREACH, errno.ENETUNREACH)
+)
 PORT_ERRNOS = (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
 PORT_CALLS = ("connect", "io_uring")  # a connect out of ports, by syscall or io_uring
 STATE_FILTER = f"oldstate == {TCP_SYN_SENT} && newstate == {TCP_CLOSE}"
@@ -114,12 +129,13 @@ def parse_line(line: str) -> Event | None:
     if uring is not None:
         res = int(uring["res"])
         return Event(comm, pid, "syscall", "io_uring", -res) if res < 0 else None
-    if rest.startswith("inet_sock_set_state:"):
+    if rest.startswith(("inet_sk_error_report:", "inet_sock_set_state:")):
         f = dict(_FIELD.findall(rest))
         host = f.get("daddr", "?")
         if f.get("family") == "AF_INET6":
             host = f"[{f.get('daddrv6', '?')}]"
-        return Event(comm, pid, "connect_failed", "connect", 0, f"{host}:{f.get('dport', '?')}")
+        num = int(f.get("error", "0"))  # the set_state fallback has none
+        return Event(comm, pid, "connect_failed", "connect", num, f"{host}:{f.get('dport', '?')}")
     if rest.startswith("tcp_retransmit_synack:"):
         f = dict(_FIELD.findall(rest))
         host = f.get("saddr", "?")
@@ -153,17 +169,18 @@ def count(events: list[Event]) -> tuple[Row, ...]:
     """Failures per (process, call, errno), the most first, each errno named with the
     limit it means (the table probe uses: probe.errnos). A connect refused or timed
     out shows twice in the kernel, as the syscall's errno (a blocking connect) and as
-    SYN_SENT -> CLOSE (with the destination): the state change gives the syscall's
-    row its destination, and is a row of its own only for a non-blocking connect."""
+    the socket's error report (or SYN_SENT -> CLOSE), with the destination: that
+    gives the syscall's row its destination, and is a row of its own only for a
+    non-blocking or io_uring connect."""
     sync: Counter[tuple[str, int, str, int]] = Counter()
-    toward: dict[int, Counter[str]] = {}
+    toward: dict[int, Counter[tuple[str, int]]] = {}  # pid: (destination, errno or 0)
     comms: dict[int, str] = {}
     kernel: Counter[tuple[Kind, str | None]] = Counter()
     for e in events:
         if e.kind == "syscall":
             sync[(e.comm, e.pid, e.call, e.errno)] += 1
         elif e.kind == "connect_failed":
-            toward.setdefault(e.pid, Counter())[e.destination or "?"] += 1
+            toward.setdefault(e.pid, Counter())[(e.destination or "?", e.errno)] += 1
             comms[e.pid] = e.comm
         else:
             kernel[(e.kind, e.destination)] += 1
@@ -171,11 +188,12 @@ def count(events: list[Event]) -> tuple[Row, ...]:
     for (comm, pid, call, num), n in sync.items():
         dst = None
         if call == "connect" and num in PEER_ERRNOS and pid in toward:
-            dst = toward.pop(pid).most_common(1)[0][0]
+            dst = toward.pop(pid).most_common(1)[0][0][0]
         rows.append(Row(comm, pid, call, name(num), _limit(call, num), n, dst))
     for pid, dests in toward.items():
-        for dst, n in dests.items():
-            rows.append(Row(comms[pid], pid, "connect", "refused or timed out", "server", n, dst))
+        for (dst, num), n in dests.items():
+            what = name(num) if num else "refused or timed out"
+            rows.append(Row(comms[pid], pid, "connect", what, "server", n, dst))
     for (kind, dst), n in kernel.items():
         call, what = KERNEL_ROWS[kind]
         rows.append(Row(KERNEL, 0, call, what, "backlog", n, dst))
@@ -337,8 +355,13 @@ class Tracer:
             if d.is_dir():
                 (d / "filter").write_text(flt)
                 (d / "enable").write_text("1")
-        state = events / "sock" / "inet_sock_set_state"
-        if state.is_dir():
+        sock = events / "sock"
+        report, state = sock / "inet_sk_error_report", sock / "inet_sock_set_state"
+        if report.is_dir():
+            (report / "filter").write_text(ERROR_FILTER)
+            (report / "enable").write_text("1")
+        elif state.is_dir():
+            self.notes.append(NO_ERROR_REPORT)
             (state / "filter").write_text(STATE_FILTER)
             (state / "enable").write_text("1")
         complete = events / "io_uring" / "io_uring_complete"
