@@ -635,3 +635,33 @@ def test_namespaces_whose_overflows_rose() -> None:
     before = {"net:[1]": 5, "net:[2]": 9}
     after = {"net:[1]": 5, "net:[2]": 12, "net:[3]": 4}
     assert listen_drops.moved(before, after) == {"net:[2]": 3, "net:[3]": 4}
+
+
+@pytest.mark.parametrize("has_report", [True, False])
+def test_the_error_report_is_used_where_the_kernel_has_it(tmp_path: Path,
+                                                          has_report: bool) -> None:  # fmt: skip
+    """An instance's event switches, as tracefs lays them out: the error report is
+    enabled where the kernel has it, else SYN_SENT -> CLOSE stands in and says so."""
+    inst = tmp_path / "instances" / "ours"
+    events = ["sock/inet_sock_set_state", "io_uring/io_uring_complete"]
+    events += ["sock/inet_sk_error_report"] if has_report else []
+    for event in events:
+        (inst / "events" / event).mkdir(parents=True)
+    t = trace.Tracer(tmp_path, Roots(tmp_path, tmp_path))
+    t.inst = inst
+    t._enable()
+
+    def switched(event: str) -> tuple[str, str] | None:
+        d = inst / "events" / event
+        if not (d / "enable").exists():
+            return None
+        return (d / "filter").read_text(), (d / "enable").read_text()
+
+    state = switched("sock/inet_sock_set_state")
+    if has_report:
+        assert switched("sock/inet_sk_error_report") == (trace.ERROR_FILTER, "1")
+        assert state is None and t.notes == []
+    else:
+        assert state == (trace.STATE_FILTER, "1") and t.notes == [trace.NO_ERROR_REPORT]
+    assert trace.ERROR_FILTER == "error == 111 || error == 110 || error == 113 || error == 101"
+    assert (inst / "tracing_on").read_text() == "1"
