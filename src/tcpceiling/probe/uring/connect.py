@@ -61,6 +61,12 @@ def picks(live: Live, burst: int, k: int, n: int) -> list[Run]:
     return runs
 
 
+def tuples_of(runs: list[Run], n: int) -> list[int]:
+    """The first n connections' tuple indexes, one each (where a batch is read or
+    packed connection by connection)."""
+    return [ti for ti, _family, count in runs for _ in range(count)][:n]
+
+
 class Addresses:
     """Each tuple's addresses as C buffers that outlive the submissions naming them."""
 
@@ -150,9 +156,8 @@ class UringBatches:
         return b"".join(entries)
 
     def _connect(self, fds: list[int], runs: list[Run]) -> bool:
-        tuples = [ti for ti, _family, count in runs for _ in range(count)][: len(fds)]
         if self.connect_entries is None:
-            self._pack_chains(fds, tuples)
+            self._pack_chains(fds, tuples_of(runs, len(fds)))
         else:
             raw = bytearray(b"".join([self.connect_entries[ti] * count for ti, _f, count in runs]))
             del raw[64 * len(fds) :]
@@ -169,7 +174,7 @@ class UringBatches:
             return True
         done = self._collect(len(fds), lambda u: u >> 32 == CONNECT, got, t0)
         per = (time.perf_counter() - t0) / len(fds)
-        return self._settle(fds, tuples, done, per)
+        return self._settle(fds, tuples_of(runs, len(fds)), done, per)
 
     def _pack_chains(self, fds: list[int], tuples: list[int]) -> None:
         """Per socket: setsockopt -> bind -> connect where its tuple has a source."""
