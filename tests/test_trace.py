@@ -182,6 +182,21 @@ def start(cmd: list[str]) -> subprocess.Popen[str]:
     return p
 
 
+def traced(seconds: str, *procs: subprocess.Popen[str]) -> tuple[list[str], str, int]:
+    """`trace SECONDS --json` around processes made ready by start(): once its instance
+    is on, each is told "go"; (what each printed, the trace's output, its exit code)."""
+    tr = subprocess.Popen([*TCPCEILING, "trace", seconds, "--json"], stdout=subprocess.PIPE,
+                          text=True)  # fmt: skip
+    time.sleep(0.7)  # the instance is on
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    printed = [p.communicate(timeout=30)[0] for p in procs]
+    out, _ = tr.communicate(timeout=30)
+    return printed, out, tr.returncode
+
+
 def row(doc: dict[str, Any], pid: int, errno_: str) -> dict[str, Any]:
     found = [r for r in doc["rows"] if r["pid"] == pid and r["errno"] == errno_]
     assert len(found) == 1, doc["rows"]
@@ -197,15 +212,9 @@ def test_trace_names_each_failing_process_its_errno_and_limit(netns: str) -> Non
     a = start(["prlimit", "--nofile=64", sys.executable, "-c", NOFILE, "1.5"])
     b = start(["ip", "netns", "exec", netns, sys.executable, "-c", PORTS, "1.5"])
     bpid = b.pid  # ip netns exec execs the command: the same pid
-    tr = subprocess.Popen([*TCPCEILING, "trace", "3", "--json"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.7)  # the instance is on
-    for p in (a, b):
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    counts = [int(p.communicate(timeout=30)[0].strip()) for p in (a, b)]
-    out, _ = tr.communicate(timeout=30)
-    assert tr.returncode == 1, out
+    printed, out, code = traced("3", a, b)
+    counts = [int(text.strip()) for text in printed]
+    assert code == 1, out
     doc = json.loads(out)
     emfile = row(doc, a.pid, "EMFILE")
     assert emfile["limit"] == "nofile" and emfile["call"] == "socket"
@@ -231,13 +240,8 @@ def test_connects_refused_and_timed_out_are_named_with_errno_and_destination(
                 "neigh add 198.18.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent"):  # fmt: skip
         subprocess.run(["ip", "-n", netns, *cmd.split()], check=True)
     p = start(["ip", "netns", "exec", netns, sys.executable, "-c", REFUSED_AND_TIMED_OUT])
-    tr = subprocess.Popen([*TCPCEILING, "trace", "7", "--json"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.7)  # the instance is on
-    assert p.stdin is not None
-    p.stdin.write("go\n")
-    p.stdin.flush()
-    refused, timed_out = map(int, p.communicate(timeout=30)[0].split())
-    out, _ = tr.communicate(timeout=30)
+    printed, out, _code = traced("7", p)
+    refused, timed_out = map(int, printed[0].split())
     doc = json.loads(out)
     assert (refused, timed_out) == (40, 4)
     rows = [r for r in doc["rows"] if r["call"] == "connect"]
@@ -257,13 +261,8 @@ def test_failures_inside_io_uring_are_named_with_their_limits(netns: str) -> Non
     netns_sysctl(netns, "net.ipv4.ip_local_port_range", "60000 60009")
     cmd = ["ip", "netns", "exec", netns, "prlimit", "--nofile=64", sys.executable, "-c", URING]
     p = start([*cmd, "1.5"])
-    tr = subprocess.Popen([*TCPCEILING, "trace", "3", "--json"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.7)  # the instance is on
-    assert p.stdin is not None
-    p.stdin.write("go\n")
-    p.stdin.flush()
-    emfiles, no_ports = map(int, p.communicate(timeout=30)[0].split())
-    out, _ = tr.communicate(timeout=30)
+    printed, out, _code = traced("3", p)
+    emfiles, no_ports = map(int, printed[0].split())
     doc = json.loads(out)
     emfile, ports = row(doc, p.pid, "EMFILE"), row(doc, p.pid, "EADDRNOTAVAIL")
     assert emfile["call"] == ports["call"] == "io_uring", doc["rows"]
