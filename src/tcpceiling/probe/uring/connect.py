@@ -131,11 +131,12 @@ class UringBatches:
         else:
             self.ring.put(self._mixed_sockets(runs), n)
         started = time.perf_counter()
-        got = array("i", r.gather(self.ring, n, self.c.plan.connect_timeout))
+        cqes = r.gather(self.ring, n, self.c.plan.connect_timeout)
+        got = array("i", cqes)
         results = got[2::4]
         if len(results) == n and got[0::4] == self.order[:n] and min(results) >= 0:
             return results.tolist(), True  # every socket made, in order
-        done = self._collect(n, lambda _u: True, got, started)
+        done = self._collect(n, lambda _u: True, cqes, started)
         fds: list[int] = []
         for j in range(n):
             res = done[j]
@@ -166,13 +167,14 @@ class UringBatches:
             view.cast("Q")[4::8] = self.connect_users[: len(fds)]  # sqe->user_data, at 32
             self.ring.put(raw, len(fds))
         t0 = time.perf_counter()
-        got = array("i", r.gather(self.ring, len(fds), self.c.plan.connect_timeout))
+        cqes = r.gather(self.ring, len(fds), self.c.plan.connect_timeout)
+        got = array("i", cqes)
         if len(got) == 4 * len(fds) and not any(got[2::4]):
             # every chain's connect succeeded (a failed step's completion has res < 0)
             self.c.fds.extend(fds)
             self.c.hist.add((time.perf_counter() - t0) / len(fds) * 1e6, len(fds))
             return True
-        done = self._collect(len(fds), lambda u: u >> 32 == CONNECT, got, t0)
+        done = self._collect(len(fds), lambda u: u >> 32 == CONNECT, cqes, t0)
         per = (time.perf_counter() - t0) / len(fds)
         return self._settle(fds, tuples_of(runs, len(fds)), done, per)
 
@@ -204,10 +206,10 @@ class UringBatches:
                 c.fail(-res)
         return more
 
-    def _collect(self, expect: int, final: Callable[[int], bool], first: array[int],
+    def _collect(self, expect: int, final: Callable[[int], bool], first: bytes,
                  started: float) -> dict[int, int]:  # fmt: skip
         """The rest of a gather(): wait for `expect` final completions in all (past the
         connect timeout from `started`, ETIMEDOUT as the epoll path counts it):
         {index: res}."""
         return r.chains(self.ring, expect, final, self.c.plan.connect_timeout, None,
-                        r.unpack(first.tobytes()), started)  # fmt: skip
+                        r.unpack(first), started)  # fmt: skip
